@@ -1,0 +1,152 @@
+"""Fixtures for the WebUI browser tests (Playwright + Debian's headless Chromium).
+
+* ``chromium``: one browser per session, launched from ``/usr/bin/chromium``
+  (browsers cannot be downloaded here); tests skip when Playwright or Chromium is
+  missing.
+* ``standin``: the scripted stand-in gateway (``standin.py``), reset per test.
+* ``stack``: the real stack (the ``real_stack`` fixture from ``tests/conftest.py``);
+  with ``LOCALAI_WEBUI_STANDIN=1`` and no real stack it falls back to the stand-in,
+  which is how the main flows were developed.
+* ``open_ui``: opens the UI in a fresh browser context (isolated localStorage) at a
+  given viewport / colour scheme, with the API key pre-seeded, and records console
+  errors and CSP violations so that tests can assert there are none.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if importlib.util.find_spec("gateway") is None:  # running from a checkout without an install
+    sys.path.insert(0, str(REPO))
+
+SHOTS = REPO / "test-output" / "screenshots"
+CHROMIUM = os.environ.get("LOCALAI_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STANDIN_PORT = 18310
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"Chromium not found at {CHROMIUM}")
+    pw = sync_api.sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+        yield browser
+    finally:
+        browser.close()
+        pw.stop()
+
+
+@pytest.fixture(scope="session")
+def _standin_server():
+    from standin import StandIn
+
+    s = StandIn(STANDIN_PORT).start()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def standin(_standin_server):
+    _standin_server.reset()
+    if _standin_server._runner is None:
+        _standin_server.start()
+    yield _standin_server
+    _standin_server.reset()
+    if _standin_server._runner is None:
+        _standin_server.start()
+
+
+@pytest.fixture
+def stack(request):
+    try:
+        return request.getfixturevalue("real_stack")
+    except pytest.FixtureLookupError:
+        if os.environ.get("LOCALAI_WEBUI_STANDIN") == "1":
+            return request.getfixturevalue("standin")
+        pytest.skip("real_stack fixture (tests/conftest.py) is not available")
+
+
+class UI:
+    """A page on the WebUI plus what it logged."""
+
+    def __init__(self, context, page, base_url: str) -> None:
+        self.context = context
+        self.page = page
+        self.base_url = base_url
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def goto(self) -> None:
+        self.page.goto(self.base_url + "/")
+        self.page.wait_for_selector("#app.ready")
+
+    def shot(self, name: str) -> Path:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
+    def csp_violations(self) -> list[str]:
+        return self.page.evaluate("window.__cspViolations || []")
+
+    def assert_clean(self, allow: tuple[str, ...] = ()) -> None:
+        """No JS errors and no CSP violation (network failures listed in *allow* are expected)."""
+        errs = [e for e in self.errors if not any(a in e for a in allow)]
+        assert not errs, errs
+        assert not self.csp_violations()
+
+
+@pytest.fixture
+def open_ui(chromium):
+    contexts = []
+
+    def _open(base_url: str, api_key: str | None = None, *, viewport=None, color_scheme="light", goto=True, **kw) -> UI:
+        ctx = chromium.new_context(
+            viewport=viewport or DESKTOP,
+            color_scheme=color_scheme,
+            accept_downloads=True,
+            **kw,
+        )
+        contexts.append(ctx)
+        init = "window.__cspViolations = []; document.addEventListener('securitypolicyviolation', e => window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));"
+        if api_key is not None:
+            init += (
+                f"\nconst __k = {json.dumps(api_key)};"
+                "\ntry { if (localStorage.getItem('localai.apiKey') === null)"
+                " localStorage.setItem('localai.apiKey', JSON.stringify(__k)); } catch (e) {}"
+            )
+        ctx.add_init_script(init)
+        page = ctx.new_page()
+        page.set_default_timeout(15000)
+        ui = UI(ctx, page, base_url.rstrip("/"))
+        if goto:
+            ui.goto()
+        return ui
+
+    yield _open
+    for c in contexts:
+        c.close()
