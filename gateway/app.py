@@ -1,0 +1,305 @@
+"""The aiohttp application: one OpenAI-compatible endpoint in front of every model.
+
+The request path reads top to bottom: auth -> parse -> route -> admit ->
+proxy -> account.  Middlewares give every request an id, an access log line
+and OpenAI-shaped errors; handlers stay thin.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .auth import check_key, load_api_keys
+from .backends import HealthMonitor, Registry
+from .config import Config
+from .errors import HTTP_CODES, ApiError, error_response
+from .observability import Metrics, request_id_var
+from .proxy import Account, forward
+
+log = logging.getLogger("localai.gateway")
+
+REGISTRY = web.AppKey("registry", Registry)
+METRICS = web.AppKey("metrics", Metrics)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+MONITOR = web.AppKey("monitor", HealthMonitor)
+API_KEYS = web.AppKey("api_keys", list)
+CONFIG = web.AppKey("config", Config)
+ACCOUNT = web.RequestKey("account", Account)
+
+WEBUI_DIST = Path(__file__).resolve().parent.parent / "webui" / "dist"
+
+# Paths that need a key. Health and readiness probes and the WebUI's static files don't.
+_PROTECTED_PREFIXES = ("/v1/", "/api/", "/metrics")
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+# --- middlewares -------------------------------------------------------------
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler):
+    """Request id in and out, one JSON log line and the request metrics per request."""
+    rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    if len(rid) > 128 or not rid.isprintable():
+        rid = uuid.uuid4().hex
+    token = request_id_var.set(rid)
+    acct = request[ACCOUNT] = Account(started=time.monotonic())
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-ID"] = rid
+        return response
+    except web.HTTPException as exc:  # only from handlers that prepared a stream already
+        status = exc.status
+        raise
+    except BaseException:
+        # The client went away (handler cancelled) or something broke mid-stream.
+        status = 499
+        raise
+    finally:
+        _account(request, acct, status, rid)
+        request_id_var.reset(token)
+
+
+def _account(request: web.Request, acct: Account, status: int, rid: str) -> None:
+    elapsed = time.monotonic() - acct.started
+    metrics = request.app[METRICS]
+    if acct.model is not None:
+        endpoint = request.path
+        metrics.requests.labels(acct.model, endpoint, str(status)).inc()
+        metrics.latency.labels(acct.model, endpoint).observe(elapsed)
+        if acct.ttft is not None:
+            metrics.ttft.labels(acct.model).observe(acct.ttft)
+        if acct.prompt_tokens:
+            metrics.prompt_tokens.labels(acct.model).inc(acct.prompt_tokens)
+        if acct.completion_tokens:
+            metrics.completion_tokens.labels(acct.model).inc(acct.completion_tokens)
+    elif request.path.startswith(_PROTECTED_PREFIXES) and request.path != "/metrics":
+        metrics.requests.labels("", request.path, str(status)).inc()
+    fields = {
+        "request_id": rid, "method": request.method, "path": request.path, "status": status,
+        "latency_ms": round(elapsed * 1000, 2),
+    }
+    for name, value in (("model", acct.model), ("backend", acct.backend),
+                        ("prompt_tokens", acct.prompt_tokens),
+                        ("completion_tokens", acct.completion_tokens)):
+        if value is not None:
+            fields[name] = value
+    if acct.ttft is not None:
+        fields["ttft_ms"] = round(acct.ttft * 1000, 2)
+    if acct.queue_wait:
+        fields["queue_wait_ms"] = round(acct.queue_wait * 1000, 2)
+    log.info("%s %s %s", request.method, request.path, status, extra=fields)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Every error leaves as OpenAI-shaped JSON; no traceback reaches a client."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, kind = HTTP_CODES.get(exc.status, ("http_error", "invalid_request_error"))
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 404:
+            message = f"No such endpoint: {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"Method {request.method} is not allowed on {request.path}"
+        elif exc.status == 413:
+            limit = request.app[CONFIG].gateway.max_body_bytes
+            message = f"Request body is larger than the limit of {limit} bytes."
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, message, code=code, type=kind, headers=headers)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise  # the client left mid-stream; nothing to answer
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Internal error in the gateway; see its log for this request id.",
+                              code="internal_error", type="server_error")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    keys = request.app[API_KEYS]
+    if keys and request.path.startswith(_PROTECTED_PREFIXES):
+        check_key(keys, request)
+    return await handler(request)
+
+
+# --- request parsing -----------------------------------------------------------
+
+
+async def read_json_body(request: web.Request) -> dict:
+    if request.content_type != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, not '{request.content_type}'.",
+                       code="unsupported_media_type")
+    raw = await request.read()  # raises 413 past gateway.max_body_bytes
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(400, "'stream' must be true or false.", code="invalid_type", param="stream")
+    return body
+
+
+def _check_fields(body: dict, endpoint: str) -> None:
+    if endpoint == "/v1/chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list.", code="invalid_type",
+                           param="messages")
+        if not all(isinstance(m, dict) for m in messages):
+            raise ApiError(400, "Each message must be an object with 'role' and 'content'.",
+                           code="invalid_type", param="messages")
+    elif endpoint == "/v1/completions" and not isinstance(body.get("prompt"), (str, list)):
+        raise ApiError(400, "'prompt' must be a string or a list.", code="invalid_type", param="prompt")
+
+
+# --- handlers --------------------------------------------------------------------
+
+
+async def openai_proxy(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions and /v1/completions."""
+    endpoint = request.match_info.route.resource.canonical  # type: ignore[union-attr]
+    body = await read_json_body(request)
+    _check_fields(body, endpoint)
+    registry = request.app[REGISTRY]
+    backend = registry.resolve(body.get("model"))
+    acct: Account = request[ACCOUNT]
+    acct.model, acct.backend = backend.name, backend.url
+    metrics = request.app[METRICS]
+    try:
+        registry.check_serving(backend)
+    except ApiError as exc:
+        metrics.rejections.labels(backend.name, exc.code).inc()
+        raise
+    body["model"] = backend.served_id
+    waited_from = time.monotonic()
+    slots = backend.slots
+    try:
+        await slots.acquire()
+    except ApiError as exc:
+        metrics.rejections.labels(backend.name, exc.code).inc()
+        raise
+    acct.queue_wait = time.monotonic() - waited_from
+    metrics.queue_wait.labels(backend.name).observe(acct.queue_wait)
+    in_flight = metrics.in_flight.labels(backend.name)
+    in_flight.inc()
+    try:
+        cfg = request.app[CONFIG].gateway
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout,
+                                        sock_read=cfg.read_timeout)
+        try:
+            return await forward(request, request.app[SESSION], backend, endpoint, body, acct,
+                                 metrics, timeout, request_id_var.get() or "")
+        except ApiError as exc:
+            if exc.code == "backend_unreachable":
+                request.app[MONITOR].poke(backend.name)
+            raise
+    finally:
+        in_flight.dec()
+        slots.release()
+
+
+async def list_models(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    data = []
+    for b in registry.backends.values():
+        data.append({
+            "id": b.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "localai",
+            "aliases": b.aliases,
+            "default": b is registry.default,
+            "max_model_len": b.max_model_len,
+            "state": b.state.value,
+            "state_reason": b.reason,
+        })
+    return _json({"object": "list", "data": data})
+
+
+async def health(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return _json({"status": "ok",
+                  "models": {name: b.describe() for name, b in registry.backends.items()}})
+
+
+async def ready(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    ready_models = [n for n, b in registry.backends.items() if b.state.value == "ready"]
+    return _json({"status": "ready" if ready_models else "not ready", "ready": ready_models},
+                 status=200 if ready_models else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# --- factory -----------------------------------------------------------------------
+
+
+def webui_root(cfg: Config) -> Path:
+    return cfg.gateway.webui_dir or WEBUI_DIST
+
+
+def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[access_middleware, error_middleware, auth_middleware],
+        client_max_size=cfg.gateway.max_body_bytes,
+    )
+    app[CONFIG] = cfg
+    app[METRICS] = Metrics()
+    app[REGISTRY] = Registry(cfg, app[METRICS])
+    app[API_KEYS] = api_keys if api_keys is not None else load_api_keys(cfg.gateway.api_key_file)
+    if not app[API_KEYS]:
+        log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; "
+                    "set gateway.api_key_file or LOCALAI_API_KEY", cfg.gateway.host, cfg.gateway.port)
+    app.cleanup_ctx.append(_upstream_ctx)
+
+    app.router.add_post("/v1/chat/completions", openai_proxy)
+    app.router.add_post("/v1/completions", openai_proxy)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_handler)
+    root = webui_root(cfg)
+    if cfg.gateway.webui and (root / "index.html").is_file():
+        from .webui import add_webui_routes
+
+        add_webui_routes(app, root)
+    return app
+
+
+async def _upstream_ctx(app: web.Application):
+    """One shared upstream pool for the app's lifetime, and the health monitor on it."""
+    # limit=0: admission (per-model max_concurrency) is what bounds open streams;
+    # aiohttp's default of 100 connections would silently cap them below that.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+    session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+    app[SESSION] = session
+    monitor = HealthMonitor(app[REGISTRY], session, app[CONFIG].gateway.health_interval, app[METRICS])
+    app[MONITOR] = monitor
+    monitor.start()
+    yield
+    await monitor.stop()
+    await session.close()

@@ -1,0 +1,198 @@
+"""The `localai` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, ManagedModel, load_config
+from .plan import full_plan, server_plan
+
+TINYMODEL_SCRIPT = Path(__file__).resolve().parent / "tinymodel.py"
+
+
+def _die(message: str, code: int = 2) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    print(f"localai: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _load(args) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        _die(f"invalid config\n{exc}")
+
+
+def _managed(cfg: Config, name: str) -> ManagedModel:
+    try:
+        model = cfg.model(name)
+    except KeyError:
+        _die(f"{cfg.source}: no model named '{name}' (models: {', '.join(m.name for m in cfg.models)})")
+    if not isinstance(model, ManagedModel):
+        _die(f"{cfg.source}: model '{name}' is external ({model.url}); nothing to start")
+    return model
+
+
+def _check_vllm_python(cfg: Config) -> None:
+    if cfg.managed_models and not os.access(cfg.vllm.python, os.X_OK):
+        _die(f"{cfg.source}: vllm.python: {cfg.vllm.python} is not an executable; "
+             "install vLLM into its venv first (see README: 'make vllm')")
+
+
+def _run_loop(main) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _until_signalled(run) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run(stop)
+
+
+def cmd_gateway(args) -> int:
+    from .app import create_app
+    from .observability import setup_logging
+    from .server import serve
+
+    cfg = _load(args)
+    setup_logging(cfg.gateway.log_level)
+    app = create_app(cfg)
+
+    async def run(stop: asyncio.Event) -> None:
+        async with serve(app, cfg.gateway.host, cfg.gateway.port):
+            await stop.wait()
+
+    _run_loop(_until_signalled(run))
+    return 0
+
+
+def cmd_up(args) -> int:
+    from .app import create_app
+    from .observability import setup_logging
+    from .supervisor import run_up
+
+    cfg = _load(args)
+    _check_vllm_python(cfg)
+    setup_logging(cfg.gateway.log_level)
+    app = create_app(cfg)
+    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop)))
+    return 0
+
+
+def cmd_check(args) -> int:
+    cfg = _load(args)
+    plan = full_plan(cfg)
+    print(f"config {cfg.source}: OK")
+    print(f"gateway  http://{cfg.gateway.host}:{cfg.gateway.port}  "
+          f"(max_queue {cfg.gateway.max_queue}, api keys: "
+          f"{'file ' + str(cfg.gateway.api_key_file) if cfg.gateway.api_key_file else 'none/env'})")
+    for m in plan["models"]:
+        names = ", ".join([m["name"], *m["aliases"]])
+        flag = "  (default)" if m["default"] else ""
+        print(f"model {names}{flag}: {m['kind']} at {m['url']}, max_concurrency {m['max_concurrency']}")
+        if m["kind"] == "managed":
+            env = " ".join(f"{k}={v}" for k, v in m["env"].items())
+            print(f"    {env + ' ' if env else ''}{subprocess.list2cmdline(m['argv'])}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    print(json.dumps(full_plan(_load(args)), indent=2))
+    return 0
+
+
+def cmd_run_model(args) -> int:
+    """Exec the model's vLLM server in place of this process (a systemd unit's ExecStart)."""
+    cfg = _load(args)
+    plan = server_plan(_managed(cfg, args.name), cfg.vllm)
+    _check_vllm_python(cfg)
+    sys.stdout.flush()
+    os.execve(plan.argv[0], plan.argv, {**os.environ, **plan.env})
+    return 1  # not reached
+
+
+def cmd_wait_ready(args) -> int:
+    """Exit 0 once the model's vLLM answers /health (a unit's ExecStartPost)."""
+    cfg = _load(args)
+    plan = server_plan(_managed(cfg, args.name), cfg.vllm)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(plan.url + "/health", timeout=5) as r:
+                if r.status == 200:
+                    print(f"model {args.name} is ready at {plan.url}")
+                    return 0
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)  # polling interval while the server loads, not synchronisation
+    print(f"localai: model {args.name} did not answer {plan.url}/health within {args.timeout:g} s",
+          file=sys.stderr)
+    return 1
+
+
+def cmd_tiny_model(args) -> int:
+    python = args.python
+    if python is None and args.config:
+        python = str(_load(args).vllm.python)
+    python = python or os.environ.get("LOCALAI_VLLM_PYTHON") or sys.executable
+    cmd = [python, str(TINYMODEL_SCRIPT), str(args.dir), "--seed", str(args.seed)]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="localai", description="Self-hosted OpenAI-compatible AI service.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", type=Path,
+                       default=Path(os.environ.get("LOCALAI_CONFIG", DEFAULT_CONFIG_PATH)),
+                       help=f"config file (default: $LOCALAI_CONFIG or {DEFAULT_CONFIG_PATH})")
+        return p
+
+    with_config(sub.add_parser("gateway", help="run the gateway alone")).set_defaults(func=cmd_gateway)
+    with_config(sub.add_parser("up", help="run every managed model server and the gateway in the foreground")
+                ).set_defaults(func=cmd_up)
+    with_config(sub.add_parser("check", help="validate the config and print the plan")).set_defaults(func=cmd_check)
+    p = with_config(sub.add_parser("plan", help="print the plan as JSON"))
+    p.add_argument("--json", action="store_true", help="JSON output (the default and only format)")
+    p.set_defaults(func=cmd_plan)
+    p = with_config(sub.add_parser("run-model", help="exec one model's vLLM server (systemd ExecStart)"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_run_model)
+    p = with_config(sub.add_parser("wait-ready", help="wait until one model's server answers /health"))
+    p.add_argument("name")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds (default 1800)")
+    p.set_defaults(func=cmd_wait_ready)
+    p = sub.add_parser("tiny-model", help="write a tiny random-weight model for demos and tests (offline)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--python", help="interpreter with torch+transformers (default: vllm.python of --config, "
+                                    "$LOCALAI_VLLM_PYTHON, or this one)")
+    p.add_argument("--config", "-c", type=Path, help="take the interpreter from this config's vllm.python")
+    p.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

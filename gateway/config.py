@@ -1,0 +1,296 @@
+"""Load and validate the localai YAML config.
+
+One file describes the whole service: the gateway, the vLLM venv and the
+models.  Every error names the file, the key path and the line, so a bad
+config never starts anything half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/localai/localai.yaml")
+
+# Names become systemd instance names, metric labels and URL path parts.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+KeyPath = tuple[Union[str, int], ...]
+
+
+class ConfigError(Exception):
+    """A config problem located at FILE:LINE and a dotted key path."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[int | None, str, str]]):
+        self.path = Path(path)
+        self.problems = problems  # (line, key, message)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        lines = []
+        for line, key, message in self.problems:
+            where = f"{self.path}:{line}" if line else str(self.path)
+            lines.append(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        return "\n".join(lines)
+
+
+class _Strict(BaseModel):
+    # strict: "8080" is not a port; extra=forbid: a typo'd key is an error, not a silent default.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    api_key_file: Path | None = None
+    max_queue: int = Field(100, ge=0)
+    queue_timeout: float = Field(60.0, gt=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(600.0, gt=0)
+    health_interval: float = Field(2.0, gt=0)
+    webui: bool = True
+    webui_dir: Path | None = None  # built WebUI; default: webui/dist beside the package
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class VllmSettings(_Strict):
+    python: Path = Path("/opt/localai/venv-vllm/bin/python")
+    host: str = "127.0.0.1"
+    env: dict[str, str] = {}
+
+
+class _ModelBase(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    aliases: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = []
+    default: bool = False
+    max_concurrency: int | None = Field(None, ge=1)
+
+    @property
+    def managed(self) -> bool:
+        return isinstance(self, ManagedModel)
+
+
+class ManagedModel(_ModelBase):
+    """A vLLM server that localai starts (as a child or a systemd unit)."""
+
+    model: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=16)
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None
+    quantization: str | None = None
+    enable_prefix_caching: bool | None = None
+    extra_args: list[str] = []
+    env: dict[str, str] = {}
+
+
+class ExternalModel(_ModelBase):
+    """An OpenAI-compatible server already running elsewhere: routed to, never started."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    served_model: str | None = None  # the upstream's model id; discovered from /v1/models when unset
+    api_key_file: Path | None = None
+    max_model_len: int | None = Field(None, ge=16)
+
+
+def _model_kind(entry: Any) -> str:
+    return "external" if isinstance(entry, dict) and "url" in entry else "managed"
+
+
+ModelEntry = Annotated[
+    Union[Annotated[ManagedModel, Tag("managed")], Annotated[ExternalModel, Tag("external")]],
+    Discriminator(_model_kind),
+]
+
+
+class Config(_Strict):
+    gateway: GatewaySettings = GatewaySettings()
+    vllm: VllmSettings = VllmSettings()
+    models: list[ModelEntry] = Field(min_length=1)
+    source: Path = Path("<memory>")
+
+    @property
+    def managed_models(self) -> list[ManagedModel]:
+        return [m for m in self.models if isinstance(m, ManagedModel)]
+
+    @property
+    def default_model(self) -> ManagedModel | ExternalModel:
+        return next((m for m in self.models if m.default), self.models[0])
+
+    def model(self, name: str) -> ManagedModel | ExternalModel:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+# --- YAML with line numbers ------------------------------------------------
+
+
+def _node_lines(node: yaml.Node, path: KeyPath, out: dict[KeyPath, int], dups: list) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                dups.append((key_node.start_mark.line + 1, path + (key,)))
+            seen.add(key)
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _node_lines(value_node, path + (key,), out, dups)
+            # The key's own line is the better pointer for scalar values too.
+            out[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _node_lines(item, path + (i,), out, dups)
+
+
+def _dotted(path: KeyPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _line_for(lines: dict[KeyPath, int], path: KeyPath) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _expand_path(value: str | Path, base: Path) -> Path:
+    p = Path(os.path.expanduser(str(value)))
+    return p if p.is_absolute() else (base / p)
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~"))
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Expand ~ and make relative paths relative to the config file, before validation."""
+    gw = data.get("gateway")
+    if isinstance(gw, dict):
+        for key in ("api_key_file", "webui_dir"):
+            if isinstance(gw.get(key), str):
+                gw[key] = _expand_path(gw[key], base)
+    vl = data.get("vllm")
+    if isinstance(vl, dict) and isinstance(vl.get("python"), str):
+        vl["python"] = _expand_path(vl["python"], base)
+    for entry in data.get("models") or []:
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("model"), str) and _looks_like_path(entry["model"]):
+            entry["model"] = str(_expand_path(entry["model"], base))
+        if isinstance(entry.get("api_key_file"), str):
+            entry["api_key_file"] = _expand_path(entry["api_key_file"], base)
+
+
+def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
+    """Rules that span entries: unique names/aliases/ports, one default, GPU budget."""
+    problems: list[tuple[KeyPath, str]] = []
+    taken: dict[str, str] = {}
+    for i, m in enumerate(cfg.models):
+        for j, key in enumerate([m.name, *m.aliases]):
+            where: KeyPath = ("models", i, "name") if j == 0 else ("models", i, "aliases", j - 1)
+            if key in taken:
+                problems.append((where, f"'{key}' is already used by model '{taken[key]}'"))
+            else:
+                taken[key] = m.name
+    ports = {cfg.gateway.port: ("gateway", "port")}
+    for i, m in enumerate(cfg.models):
+        if isinstance(m, ManagedModel):
+            if m.port in ports:
+                problems.append((("models", i, "port"), f"port {m.port} is already used by {_dotted(ports[m.port])}"))
+            else:
+                ports[m.port] = ("models", i, "port")
+    defaults = [i for i, m in enumerate(cfg.models) if m.default]
+    if len(defaults) > 1:
+        for i in defaults[1:]:
+            problems.append((("models", i, "default"), f"only one model may be the default (models[{defaults[0]}] already is)"))
+    elif not defaults and len(cfg.models) > 1:
+        problems.append((("models",), "no model has 'default: true'; mark the one that serves requests without a model"))
+    # Models pinned to the same devices share their memory; unpinned ones share every card.
+    budget: dict[str | None, list[int]] = defaultdict(list)
+    for i, m in enumerate(cfg.models):
+        if isinstance(m, ManagedModel) and m.gpu_memory_utilization:
+            budget[m.env.get("CUDA_VISIBLE_DEVICES")].append(i)
+    for devices, idxs in budget.items():
+        group = idxs + ([] if devices is None else budget.get(None, []))
+        total = sum(cfg.models[i].gpu_memory_utilization for i in group)  # type: ignore[union-attr]
+        if total > 1.0 + 1e-9:
+            names = ", ".join(cfg.models[i].name for i in group)
+            problems.append(
+                (("models", group[-1], "gpu_memory_utilization"),
+                 f"gpu_memory_utilization of {names} sums to {total:.2f} on one GPU; it must be at most 1.0")
+            )
+    return problems
+
+
+def _pydantic_path(loc: tuple) -> KeyPath:
+    # Union tags ('managed'/'external') are ours, not the user's keys.
+    return tuple(p for p in loc if p not in ("managed", "external"))
+
+
+def parse_config(text: str, source: Path | str = "<memory>") -> Config:
+    source = Path(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise ConfigError(source, [(line, "", f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, [(1, "", "the config must be a mapping with a 'models' list")])
+    lines: dict[KeyPath, int] = {}
+    dups: list[tuple[int, KeyPath]] = []
+    _node_lines(root, (), lines, dups)
+    if dups:
+        raise ConfigError(source, [(line, _dotted(p), "duplicate key") for line, p in dups])
+    _resolve_paths(data, source.parent if source.name != "<memory>" else Path.cwd())
+    data["source"] = source
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path = _pydantic_path(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            problems.append((_line_for(lines, path), _dotted(path), msg))
+        raise ConfigError(source, problems) from None
+    cross = _cross_checks(cfg)
+    if cross:
+        raise ConfigError(source, [(_line_for(lines, p), _dotted(p), m) for p, m in cross])
+    return cfg
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(path, [(None, "", f"cannot read config: {exc.strerror}")]) from None
+    return parse_config(text, path)

@@ -1,0 +1,83 @@
+"""JSON logs and Prometheus metrics: one place for what the gateway tells operators."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pythonjsonlogger.json import JsonFormatter
+
+# The request id of the request being handled; every log line made while
+# handling it carries the id without each call site passing it along.
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            rid = request_id_var.get()
+            if rid is not None:
+                record.request_id = rid
+        return True
+
+
+def setup_logging(level: str = "info", stream=None) -> None:
+    """One JSON object per line on stdout (journald and `localai up` both read it)."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger", "message": "msg"},
+            timestamp="ts",
+        )
+    )
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log would duplicate our per-request line without its fields.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# Latency buckets in seconds: proxy overhead sits in the first few, model time in the rest.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
+
+class Metrics:
+    """The gateway's metrics, in a registry of its own (one per app, so tests don't collide)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "localai_requests", "Requests answered, by model, endpoint and HTTP status",
+            ["model", "endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            "localai_request_duration_seconds", "Time from request to last byte of the response",
+            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "localai_time_to_first_token_seconds", "Time from request to the first streamed chunk",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram(
+            "localai_inter_token_latency_seconds", "Time between streamed chunks",
+            ["model"], buckets=_ITL_BUCKETS, registry=r)
+        self.queue_depth = Gauge(
+            "localai_queue_depth", "Requests waiting for a slot", ["model"], registry=r)
+        self.queue_wait = Histogram(
+            "localai_queue_wait_seconds", "Time a request waited for a slot",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge(
+            "localai_in_flight_requests", "Requests being served by the backend", ["model"], registry=r)
+        self.rejections = Counter(
+            "localai_rejections", "Requests turned away before reaching a backend, by reason",
+            ["model", "reason"], registry=r)
+        self.prompt_tokens = Counter(
+            "localai_prompt_tokens", "Prompt tokens, as the backend counted them", ["model"], registry=r)
+        self.completion_tokens = Counter(
+            "localai_completion_tokens", "Completion tokens, as the backend counted them", ["model"], registry=r)
+        self.backend_up = Gauge(
+            "localai_backend_up", "1 when the backend answers its health check", ["model"], registry=r)
+        self.backend_ready = Gauge(
+            "localai_backend_ready", "1 when the model serves requests", ["model"], registry=r)

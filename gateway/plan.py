@@ -1,0 +1,98 @@
+"""The plan: what runs where.
+
+`server_plan()` is the only place a managed model entry becomes a vLLM
+command line.  `localai up`, `localai run-model` (the systemd unit's
+ExecStart), `localai check` and `localai plan --json` all call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Config, ExternalModel, ManagedModel, VllmSettings
+
+VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+
+# vLLM's own default when the entry leaves max_num_seqs out.
+VLLM_DEFAULT_MAX_NUM_SEQS = 256
+EXTERNAL_DEFAULT_CONCURRENCY = 64
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    name: str
+    url: str
+    argv: list[str]
+    env: dict[str, str]  # added to the inherited environment
+
+
+def _connect_host(host: str) -> str:
+    # A server bound to every address is reached over loopback.
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def server_plan(model: ManagedModel, vllm: VllmSettings) -> ServerPlan:
+    argv = [
+        str(vllm.python), "-m", VLLM_ENTRYPOINT,
+        "--model", model.model,
+        # The gateway routes by name; the backend answers to the same id.
+        "--served-model-name", model.name,
+        "--host", vllm.host,
+        "--port", str(model.port),
+        # The gateway writes one access log line per request; vLLM's would double it.
+        "--disable-uvicorn-access-log",
+    ]
+    options = {
+        "--gpu-memory-utilization": model.gpu_memory_utilization,
+        "--max-model-len": model.max_model_len,
+        "--max-num-seqs": model.max_num_seqs,
+        "--max-num-batched-tokens": model.max_num_batched_tokens,
+        "--dtype": model.dtype,
+        "--quantization": model.quantization,
+    }
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if model.enable_prefix_caching is not None:
+        argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
+    argv += model.extra_args
+    env = {**vllm.env, **model.env}
+    return ServerPlan(model.name, f"http://{_connect_host(vllm.host)}:{model.port}", argv, env)
+
+
+def backend_url(model: ManagedModel | ExternalModel, vllm: VllmSettings) -> str:
+    if isinstance(model, ExternalModel):
+        return model.url.rstrip("/").removesuffix("/v1")
+    return f"http://{_connect_host(vllm.host)}:{model.port}"
+
+
+def max_concurrency(model: ManagedModel | ExternalModel) -> int:
+    if model.max_concurrency:
+        return model.max_concurrency
+    if isinstance(model, ManagedModel):
+        return model.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
+    return EXTERNAL_DEFAULT_CONCURRENCY
+
+
+def full_plan(cfg: Config) -> dict:
+    """The whole plan as plain data, for `localai check` / `localai plan --json`."""
+    models = []
+    for m in cfg.models:
+        entry = {
+            "name": m.name,
+            "aliases": list(m.aliases),
+            "default": m is cfg.default_model,
+            "kind": "managed" if isinstance(m, ManagedModel) else "external",
+            "url": backend_url(m, cfg.vllm),
+            "max_concurrency": max_concurrency(m),
+        }
+        if isinstance(m, ManagedModel):
+            p = server_plan(m, cfg.vllm)
+            entry.update(port=m.port, argv=p.argv, env=p.env)
+        models.append(entry)
+    return {
+        "config": str(cfg.source),
+        "gateway": {"host": cfg.gateway.host, "port": cfg.gateway.port},
+        "models": models,
+    }
+

@@ -1,0 +1,155 @@
+"""Forwarding one admitted request to its backend, streaming or not.
+
+Streams pass through event by event as they arrive: nothing is buffered
+beyond the current incomplete SSE event.  The only per-chunk work is a
+timestamp and a byte search for the usage event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .backends import Backend
+from .errors import ApiError
+from .observability import Metrics
+
+# Headers of the backend's response that mean something to the client.
+_PASS_HEADERS = ("Content-Type",)
+_USAGE_MARK = b'"usage":{'
+
+
+@dataclass
+class Account:
+    """What one request cost; filled along the path, logged and counted at the end."""
+
+    started: float
+    model: str | None = None
+    backend: str | None = None
+    ttft: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    queue_wait: float | None = None
+
+    def add_usage(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
+            self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
+
+
+def _usage_event_is_only_usage(event: bytes) -> tuple[dict | None, bool]:
+    """Parse an SSE event carrying usage; say whether it is the usage-only final chunk."""
+    payload = event.strip()
+    if payload.startswith(b"data:"):
+        payload = payload[5:].strip()
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None, False
+    return obj.get("usage"), not obj.get("choices")
+
+
+async def forward(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    path: str,
+    body: dict,
+    acct: Account,
+    metrics: Metrics,
+    timeout: aiohttp.ClientTimeout,
+    request_id: str,
+) -> web.StreamResponse:
+    stream = body.get("stream") is True
+    strip_usage = False
+    if stream:
+        # Ask for the usage event so tokens can be counted; drop it again
+        # if the client did not ask for it itself.
+        opts = body.get("stream_options")
+        if not (isinstance(opts, dict) and opts.get("include_usage")):
+            strip_usage = True
+            body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+    if backend.api_key:
+        headers["Authorization"] = f"Bearer {backend.api_key}"
+    try:
+        upstream = await session.post(backend.url + path, data=orjson.dumps(body), headers=headers,
+                                      timeout=timeout)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise ApiError(502, f"Model '{backend.name}' did not answer ({type(exc).__name__}); retry shortly.",
+                       code="backend_unreachable", type="server_error",
+                       headers={"Retry-After": "5"}) from None
+    try:
+        ctype = upstream.headers.get("Content-Type", "")
+        if not (stream and upstream.status == 200 and ctype.startswith("text/event-stream")):
+            data = await upstream.read()
+            if upstream.status == 200 and data[:1] == b"{":
+                try:
+                    acct.add_usage(orjson.loads(data).get("usage"))
+                except orjson.JSONDecodeError:
+                    pass
+            return web.Response(body=data, status=upstream.status,
+                                headers={h: upstream.headers[h] for h in _PASS_HEADERS if h in upstream.headers})
+        return await _relay_stream(request, upstream, acct, metrics, strip_usage)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
+        raise ApiError(502, f"Model '{backend.name}' broke off the response ({type(exc).__name__}).",
+                       code="backend_error", type="server_error") from None
+    finally:
+        # On success the body was read; on cancellation (client gone) or error this
+        # closes the upstream connection, which is how vLLM learns to stop generating.
+        if upstream.content.is_eof():
+            upstream.release()
+        else:
+            upstream.close()
+
+
+async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, acct: Account,
+                        metrics: Metrics, strip_usage: bool) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",  # tell reverse proxies in front of us not to buffer either
+    })
+    await resp.prepare(request)
+    itl = metrics.itl.labels(acct.model)
+    last = None
+    carry = b""
+    async for chunk in upstream.content.iter_any():
+        now = time.monotonic()
+        if last is None:
+            acct.ttft = now - acct.started
+        else:
+            itl.observe(now - last)
+        last = now
+        data = carry + chunk if carry else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:  # no complete event yet
+            carry = data
+            continue
+        carry = data[end + 2:]
+        out = data[:end + 2]
+        if _USAGE_MARK in out:
+            out = _take_usage(out, acct, strip_usage)
+        if out:
+            await resp.write(out)
+    if carry:
+        await resp.write(carry)
+    await resp.write_eof()
+    return resp
+
+
+def _take_usage(events: bytes, acct: Account, strip: bool) -> bytes:
+    kept = []
+    for event in events.split(b"\n\n"):
+        if _USAGE_MARK in event:
+            usage, usage_only = _usage_event_is_only_usage(event)
+            acct.add_usage(usage)
+            if strip and usage_only:
+                continue
+        kept.append(event)
+    return b"\n\n".join(kept)

@@ -1,0 +1,128 @@
+"""`localai up`: the gateway and every managed vLLM server in one foreground process,
+for hosts without systemd (laptops, containers, CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import time
+
+from aiohttp import web
+
+from .backends import Backend, State
+from .config import Config
+from .plan import ServerPlan, server_plan
+
+log = logging.getLogger("localai.up")
+
+# A server that stayed up this long before crashing starts its backoff afresh.
+STABLE_AFTER_S = 60.0
+MAX_BACKOFF_S = 60.0
+STOP_GRACE_S = 20.0
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: if `localai up` is killed outright, the kernel stops its children too.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class ModelProcess:
+    """One vLLM server: started, watched, restarted with backoff, stopped with its whole group."""
+
+    def __init__(self, plan: ServerPlan, backend: Backend):
+        self.plan = plan
+        self.backend = backend
+        self.proc: asyncio.subprocess.Process | None = None
+        self.last_line = ""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            started = time.monotonic()
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.plan.argv, env={**os.environ, **self.plan.env},
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                # Own process group: vLLM spawns engine processes, and stopping must reach them all.
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+            log.info("started model server %s (pid %d)", self.plan.name, self.proc.pid,
+                     extra={"model": self.plan.name, "pid": self.proc.pid})
+            self.backend.set_state(State.LOADING, f"starting vLLM (pid {self.proc.pid})")
+            pump = asyncio.create_task(self._pump(self.proc))
+            exited = asyncio.create_task(self.proc.wait())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if stop.is_set():
+                await self._terminate(exited)
+                await pump
+                return
+            rc = exited.result()
+            _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of a crashed server
+            await pump
+            if time.monotonic() - started > STABLE_AFTER_S:
+                backoff = 1.0
+            why = f"vLLM exited with code {rc}" + (f" ({self.last_line})" if self.last_line else "")
+            self.backend.set_state(State.FAILED, f"{why}; restarting in {backoff:g} s")
+            log.error("model server %s exited with code %s; restarting in %g s", self.plan.name, rc,
+                      backoff, extra={"model": self.plan.name, "exit_code": rc})
+            try:
+                await asyncio.wait_for(stop.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _terminate(self, exited: asyncio.Task) -> None:
+        assert self.proc is not None
+        _kill_group(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            log.warning("model server %s ignored SIGTERM for %g s; killing it", self.plan.name,
+                        STOP_GRACE_S, extra={"model": self.plan.name})
+        _kill_group(self.proc.pid, signal.SIGKILL)
+        await exited
+        log.info("stopped model server %s", self.plan.name, extra={"model": self.plan.name})
+
+    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        """Re-emit the server's output as JSON log lines tagged with its model."""
+        assert proc.stdout is not None
+        logger = logging.getLogger("vllm")
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            level = _LEVELS.get(line.split(" ", 1)[0].strip("()"), logging.INFO)
+            if level >= logging.ERROR or "Error" in line:
+                self.last_line = line[-300:]
+            logger.log(level, line, extra={"model": self.plan.name, "backend": self.backend.url,
+                                           "pid": proc.pid})
+
+
+async def run_up(cfg: Config, app: web.Application, stop: asyncio.Event) -> None:
+    """Serve the gateway and supervise every managed model until `stop` is set."""
+    from .app import REGISTRY
+    from .server import serve
+
+    async with serve(app, cfg.gateway.host, cfg.gateway.port):
+        registry = app[REGISTRY]
+        procs = [ModelProcess(server_plan(m, cfg.vllm), registry.backends[m.name])
+                 for m in cfg.managed_models]
+        tasks = [asyncio.create_task(p.run(stop), name=f"model-{p.plan.name}") for p in procs]
+        await stop.wait()
+        log.info("stopping: %d model servers", len(procs))
+        await asyncio.gather(*tasks)

@@ -1,0 +1,79 @@
+"""Fast tier: the real gateway, served the way production serves it, in front of fake backends."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import aiohttp
+import pytest
+
+from gateway.app import create_app
+from gateway.observability import setup_logging
+from gateway.server import serve
+from tests.conftest import make_config, wait_until
+from tests.fakebackend import FakeBackend
+
+
+class Stack:
+    def __init__(self, url: str, session: aiohttp.ClientSession, app, fakes: dict[str, FakeBackend], logs):
+        self.url = url
+        self.http = session
+        self.app = app
+        self.fakes = fakes
+        self._logs = logs
+
+    def log_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self._logs.getvalue().splitlines() if line.strip()]
+
+    def metrics_text(self) -> str:
+        from prometheus_client import generate_latest
+        from gateway.app import METRICS
+        return generate_latest(self.app[METRICS].registry).decode()
+
+    async def ready(self, *names: str) -> None:
+        async def all_ready():
+            async with self.http.get(self.url + "/health") as r:
+                states = (await r.json())["models"]
+            return all(states[n]["state"] == "ready" for n in names)
+        await wait_until(all_ready)
+
+
+@pytest.fixture
+async def stack(aiohttp_server):
+    """Factory: stack(models={name: FakeBackend | (FakeBackend, entry keys) | entry dict}, api_keys, **gateway)."""
+    cleanups = []
+
+    async def make(models: dict, api_keys: list[str] | None = None, wait: bool = True, **gateway):
+        entries, fakes, servers = [], {}, {}
+        for i, (name, spec) in enumerate(models.items()):
+            entry = {"name": name, "default": i == 0}
+            if isinstance(spec, tuple):  # (FakeBackend, extra config keys)
+                spec, extra = spec
+                entry.update(extra)
+            if isinstance(spec, FakeBackend):
+                server = await aiohttp_server(spec.app())  # test servers cancel handlers on disconnect
+                entry["url"] = str(server.make_url("/")).rstrip("/")
+                entry["served_model"] = spec.model_id
+                fakes[name], servers[name] = spec, server
+            else:
+                entry.update(spec)
+            entries.append(entry)
+        cfg = make_config(entries, **gateway)
+        logs = io.StringIO()
+        setup_logging("info", stream=logs)
+        app = create_app(cfg, api_keys=[k.encode() for k in (api_keys or [])])
+        ctx = serve(app, "127.0.0.1", cfg.gateway.port)
+        await ctx.__aenter__()
+        session = aiohttp.ClientSession()
+        cleanups.append((ctx, session))
+        s = Stack(f"http://127.0.0.1:{cfg.gateway.port}", session, app, fakes, logs)
+        s.servers = servers
+        if wait:
+            await s.ready(*fakes)
+        return s
+
+    yield make
+    for ctx, session in cleanups:
+        await session.close()
+        await ctx.__aexit__(None, None, None)

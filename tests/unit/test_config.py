@@ -1,0 +1,113 @@
+"""Config: a bad file names the file, the key and the line, and nothing starts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+from gateway.plan import full_plan, server_plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+gateway:
+  port: 9000
+models:
+  - name: coder
+    aliases: [dev, python]
+    default: true
+    model: Qwen/Qwen2.5-Coder-7B-Instruct-AWQ
+    port: 8101
+    gpu_memory_utilization: 0.45
+    max_model_len: 8192
+  - name: general
+    model: ./models/general
+    port: 8102
+    gpu_memory_utilization: 0.45
+  - name: remote
+    url: http://10.1.2.3:8000/v1
+"""
+
+
+def problems(text: str) -> list[tuple]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "/etc/localai/localai.yaml")
+    return info.value.problems
+
+
+def test_good_config_loads_with_defaults_and_resolved_paths(tmp_path):
+    path = tmp_path / "localai.yaml"
+    path.write_text(GOOD)
+    cfg = load_config(path)
+    assert cfg.gateway.host == "127.0.0.1" and cfg.gateway.port == 9000
+    assert cfg.gateway.max_queue == 100
+    assert cfg.default_model.name == "coder"
+    assert cfg.model("general").model == str(tmp_path / "models" / "general")
+    assert not cfg.model("remote").managed
+
+
+@pytest.mark.parametrize("text, line, key, words", [
+    (GOOD.replace("    max_model_len: 8192", "    max_model_length: 8192"), 10, "models[0].max_model_length", "unknown key"),
+    (GOOD.replace("port: 8102", "port: '8102'"), 13, "models[1].port", "integer"),
+    (GOOD.replace("  - name: general", "  - name: coder"), 11, "models[1].name", "already used"),
+    (GOOD.replace("[dev, python]", "[dev, general]"), 11, "models[1].name", "already used by model 'coder'"),
+    (GOOD.replace("[dev, python]", "[dev, dev]"), 5, "models[0].aliases[1]", "already used"),
+    (GOOD.replace("port: 8102", "port: 8101"), 13, "models[1].port", "already used"),
+    (GOOD.replace("port: 8102", "port: 9000"), 13, "models[1].port", "gateway.port"),
+    (GOOD.replace("    default: true\n", ""), 3, "models", "default"),
+    (GOOD.replace("  - name: remote\n", "  - name: remote\n    default: true\n"), 16, "models[2].default", "only one"),
+    (GOOD.replace("utilization: 0.45\n  - name: remote", "utilization: 0.6\n  - name: remote"), 14,
+     "models[1].gpu_memory_utilization", "sums to 1.05"),
+    (GOOD.replace("gateway:\n  port: 9000", "gateway:\n  port: 9000\n  port: 9001"), 3, "gateway.port", "duplicate"),
+    (GOOD.replace("url: http://10.1.2.3:8000/v1", "url: ftp://x"), 16, "models[2].url", "match pattern"),
+])
+def test_bad_config_names_key_and_line(text, line, key, words):
+    found = problems(text)
+    assert any(p[0] == line and p[1] == key and words in p[2] for p in found), found
+
+
+def test_invalid_yaml_names_the_line():
+    (found,) = problems("models:\n  - name: x\n   port: [\n")
+    assert found[0] in (2, 3) and "invalid YAML" in found[2]
+
+
+def test_cli_rejects_bad_config_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("port: 8102", "port: eighty"))
+    for command in ("check", "up", "gateway", "plan"):
+        run = subprocess.run([sys.executable, "-m", "gateway.cli", command, "--config", str(path)],
+                             capture_output=True, text=True, cwd=REPO, timeout=30)
+        assert run.returncode == 2, command
+        assert f"{path}:13: models[1].port:" in run.stderr
+        assert "Traceback" not in run.stderr
+        assert run.stdout == ""  # nothing started, nothing printed
+
+
+def test_one_function_makes_the_vllm_command(tmp_path):
+    path = tmp_path / "localai.yaml"
+    path.write_text(GOOD.replace("    max_model_len: 8192", "    max_model_len: 8192\n    enable_prefix_caching: true\n"
+                                 "    extra_args: [--enforce-eager]\n    env: {CUDA_VISIBLE_DEVICES: '0'}"))
+    cfg = load_config(path)
+    plan = server_plan(cfg.model("coder"), cfg.vllm)
+    assert plan.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    args = " ".join(plan.argv)
+    for part in ("--model Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "--served-model-name coder", "--port 8101",
+                 "--gpu-memory-utilization 0.45", "--max-model-len 8192", "--enable-prefix-caching",
+                 "--enforce-eager"):
+        assert part in args
+    assert plan.env == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert plan.url == "http://127.0.0.1:8101"
+    # `localai plan --json` (read by Ansible and the units) carries exactly this argv.
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", "--config", str(path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    import json
+    planned = {m["name"]: m for m in json.loads(run.stdout)["models"]}
+    assert planned["coder"]["argv"] == plan.argv
+    assert full_plan(cfg)["models"][2]["url"] == "http://10.1.2.3:8000"
+
+
+def test_demo_profile_is_valid():
+    cfg = load_config(REPO / "etc" / "demo.yaml")
+    assert [m.name for m in cfg.models] == ["coder", "general"]
