@@ -39,8 +39,6 @@ CHROMIUM_ARGS = [
 ]
 STANDIN_PORT = 18310
 
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +124,7 @@ def open_ui(chromium):
 
     def _open(base_url: str, api_key: str | None = None, *, viewport=None, color_scheme="light", goto=True, **kw) -> UI:
         ctx = chromium.new_context(
-            viewport=viewport or DESKTOP,
+            viewport=viewport or {"width": 1280, "height": 800},
             color_scheme=color_scheme,
             accept_downloads=True,
             **kw,

@@ -226,6 +226,13 @@ class StandIn:
             last = next((x["content"] for x in reversed(body["messages"]) if x["role"] == "user"), "")
             reply = f"{reply[5:]}{last}"
         pieces = re.findall(r"\s*\S+|\s+", reply)
+        last_user = next((x["content"] for x in reversed(body["messages"]) if x["role"] == "user"), "")
+        if "long essay" in last_user:  # like a real model without max_tokens: goes on and on
+            pieces = pieces * 50
+        finish_reason = "stop"
+        if body.get("max_tokens") and len(pieces) > int(body["max_tokens"]):
+            pieces = pieces[: int(body["max_tokens"])]
+            finish_reason = "length"
         prompt_chars = sum(len(x.get("content", "")) for x in body["messages"])
         prompt_tokens = self.prompt_tokens if self.prompt_tokens is not None else max(1, prompt_chars // 4)
 
@@ -238,7 +245,7 @@ class StandIn:
                     "id": "chatcmpl-standin",
                     "object": "chat.completion",
                     "model": m.id,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "finish_reason": finish_reason}],
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces)},
                 },
                 headers=headers,
@@ -267,7 +274,7 @@ class StandIn:
                 await asyncio.sleep(self.token_delay)
                 await send(chunk({"content": p}))
                 self.generated[m.id] = self.generated.get(m.id, 0) + 1
-            await send(chunk({}, "stop"))
+            await send(chunk({}, finish_reason))
             if (body.get("stream_options") or {}).get("include_usage"):
                 await send(
                     {

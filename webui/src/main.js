@@ -248,6 +248,7 @@ async function poll() {
     setConn('down');
   }
   renderPicker();
+  updateEmpty();
   state.pollTimer = setTimeout(poll, next);
 }
 
@@ -442,8 +443,11 @@ function updateEmpty() {
   if (empty) {
     if (state.auth === 'bad' || state.auth === 'missing') el.emptySub.textContent = 'Enter your API key to start chatting.';
     else if (id) {
-      const st = modelState(id).state;
-      el.emptySub.textContent = st === 'ready' ? `Chatting with ${id}.` : `${id} is ${STATE_LABEL[st] ? STATE_LABEL[st].toLowerCase().replace('…', '') : st}.`;
+      const { state: st, reason } = modelState(id);
+      el.emptySub.textContent = st === 'ready' ? `Chatting with ${id}.`
+        : st === 'loading' ? `${id} is still loading. You can type already; the answer starts once it is ready.`
+          : st === 'failed' ? `${id} is unavailable${reason ? `: ${reason}` : ''}. Pick another model or try again later.`
+            : `Chatting with ${id}.`;
     } else el.emptySub.textContent = 'Pick a model above and start typing.';
   }
   const sys = state.conv && state.conv.system && state.conv.system.trim();

@@ -1,0 +1,338 @@
+"""Main WebUI flows in headless Chromium against the real stack.
+
+The ``stack`` fixture is the lead's ``real_stack`` (gateway in front of real vLLM
+servers on generated tiny models). Answers of tiny models are gibberish, so the
+tests look at structure and behaviour, not wording.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from uihelp import (
+    DESKTOP,
+    PHONE,
+    answers,
+    last_answer,
+    metric,
+    models,
+    pick_model,
+    poll,
+    send,
+    stream_lengths,
+    wait_answer,
+    wait_connected,
+    watch_stream,
+)
+
+pytestmark = pytest.mark.browser
+
+
+def _ready_models(stack) -> list[str]:
+    return [m["id"] for m in models(stack.url, stack.api_key) if m.get("state", "ready") == "ready"]
+
+
+def _default_model(stack) -> str:
+    ms = models(stack.url, stack.api_key)
+    d = next((m for m in ms if m.get("default")), None) or ms[0]
+    return d["id"]
+
+
+def _set_max_tokens(page, n: int | None) -> None:
+    page.click("#chat-settings-btn")
+    page.fill("#maxtok-input", "" if n is None else str(n))
+    page.click("#chat-save")
+    expect(page.locator("#chat-dialog")).not_to_be_visible()
+
+
+def test_send_and_stream(stack, open_ui):
+    ui = open_ui(stack.url, stack.api_key)
+    page = ui.page
+    wait_connected(page)
+    model = _default_model(stack)
+    expect(page.locator("#model-name")).to_have_text(model)
+    _set_max_tokens(page, 48)
+    watch_stream(page)
+    send(page, "Hello! Please tell me a story about a robot.")
+    user = page.locator("#thread article.user").last
+    expect(user.locator(".bubble")).to_have_text("Hello! Please tell me a story about a robot.")
+    # The stop button replaces send while the answer streams.
+    expect(page.locator("#stop")).to_be_visible()
+    a = wait_answer(page)
+    assert a.get_attribute("data-status") == "done", a.inner_text()
+    expect(page.locator("#send")).to_be_visible()
+    # Rendered incrementally: the text went through several lengths while streaming.
+    lengths = stream_lengths(page)
+    assert len(lengths) >= 3, lengths
+    assert lengths == sorted(lengths)
+    # Per-answer stats from the usage chunk.
+    stats = a.locator(".stats")
+    expect(stats).to_contain_text("to first token")
+    expect(stats).to_contain_text("tok/s")
+    expect(stats).to_contain_text(re.compile(r"\d+ prompt \+ \d+ completion tokens"))
+    completion = int(re.search(r"\+ (\d+) completion", stats.inner_text()).group(1))
+    assert 1 <= completion <= 48
+    expect(a.locator(".msg-model")).to_have_text(model)
+    # The meter now counts from the real usage.
+    expect(page.locator("#meter-text")).to_contain_text(re.compile(r"^\d[\d,]* / [\d,]+ tokens$"))
+    # The sidebar lists the chat, titled after the first message.
+    expect(page.locator(".conv-item.active .conv-link")).to_have_text("Hello! Please tell me a story about a robot.")
+    ui.shot("real-desktop-light-chat")
+    ui.assert_clean()
+
+
+def test_stop_cancels_generation_in_backend(stack, open_ui):
+    ui = open_ui(stack.url, stack.api_key)
+    page = ui.page
+    wait_connected(page)
+    model = _default_model(stack)
+    before = stack.vllm_metrics(model)
+    aborted_before = _aborted(before, model)
+    send(page, "Write a very long essay about the history of computing, with many chapters.")
+    a = last_answer(page)
+    expect(a).to_have_class(re.compile(r"\bhas-text\b"), timeout=60_000)
+    # vLLM is generating for us right now.
+    poll(lambda: (metric(stack.vllm_metrics(model), "vllm:num_requests_running", model) or 0) >= 1,
+         what="vLLM running the request")
+    ui.shot("real-desktop-light-streaming")
+    page.keyboard.press("Escape")  # the stop shortcut
+    expect(a).to_have_attribute("data-status", "stopped")
+    expect(a.locator(".flag")).to_have_text("Stopped")
+    expect(page.locator("#send")).to_be_visible()
+    text_at_stop = a.locator(".body").inner_text()
+    # The backend stopped generating: nothing is running any more, and where the
+    # server counts aborted requests, ours is one of them.
+    poll(lambda: (metric(stack.vllm_metrics(model), "vllm:num_requests_running", model) or 0) == 0,
+         timeout=15, what="vLLM request aborted")
+    after = stack.vllm_metrics(model)
+    if aborted_before is not None:
+        poll(lambda: _aborted(stack.vllm_metrics(model), model) > aborted_before, timeout=10,
+             what="vLLM counted an aborted request")
+    assert a.locator(".body").inner_text() == text_at_stop
+    assert (metric(after, "vllm:num_requests_waiting", model) or 0) == 0
+    # The partial answer is kept and saved.
+    page.reload()
+    page.wait_for_selector("#app.ready")
+    expect(last_answer(page)).to_have_attribute("data-status", "stopped")
+    ui.assert_clean()
+
+
+def _aborted(text: str, model: str) -> float | None:
+    total = None
+    for line in text.splitlines():
+        if line.startswith("vllm:request_success_total") and 'finished_reason="abort"' in line and (
+            f'model_name="{model}"' in line or "model_name=" not in line
+        ):
+            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_model_switch(stack, open_ui):
+    ids = _ready_models(stack)
+    if len(ids) < 2:
+        pytest.skip("needs two ready models")
+    ui = open_ui(stack.url, stack.api_key)
+    page = ui.page
+    wait_connected(page)
+    page.click("#model-btn")
+    menu = page.locator("#model-menu")
+    expect(menu).to_be_visible()
+    for mid in ids:
+        opt = menu.locator(f'.model-opt[data-model="{mid}"]')
+        expect(opt).to_have_attribute("data-state", "ready")
+        expect(opt.locator(".opt-meta")).to_contain_text("ctx")
+    ui.shot("real-desktop-light-model-menu")
+    page.keyboard.press("Escape")
+    _set_max_tokens(page, 16)
+    first, second = ids[0], ids[1]
+    pick_model(page, first)
+    send(page, "Hi there")
+    expect(wait_answer(page).locator(".msg-model")).to_have_text(first)
+    pick_model(page, second)
+    send(page, "And now the other model")
+    a = wait_answer(page)
+    assert a.get_attribute("data-status") == "done"
+    expect(a.locator(".msg-model")).to_have_text(second)
+    # The meter follows the chosen model's limit.
+    limit = next(m for m in models(stack.url, stack.api_key) if m["id"] == second)
+    limit = limit.get("context_limit") or limit["max_model_len"]
+    expect(page.locator("#meter-text")).to_contain_text(f"/ {limit:,} tokens")
+    # The choice is remembered with the conversation.
+    page.reload()
+    page.wait_for_selector("#app.ready")
+    expect(page.locator("#model-name")).to_have_text(second)
+    ui.assert_clean()
+
+
+def test_reload_keeps_history(stack, open_ui):
+    ui = open_ui(stack.url, stack.api_key)
+    page = ui.page
+    wait_connected(page)
+    _set_max_tokens(page, 12)
+    send(page, "First question")
+    wait_answer(page)
+    send(page, "Second question")
+    wait_answer(page)
+    first_answer = answers(page).first.locator(".body").inner_text()
+    page.reload()
+    page.wait_for_selector("#app.ready")
+    expect(page.locator("#thread article.msg")).to_have_count(4)
+    expect(page.locator("#thread article.user .bubble").first).to_have_text("First question")
+    assert answers(page).first.locator(".body").inner_text() == first_answer
+    expect(page.locator(".conv-item")).to_have_count(1)
+    # A new chat, then back to the old one from the sidebar.
+    page.keyboard.press("Control+Shift+O")
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#thread article")).to_have_count(0)
+    page.click(".conv-item .conv-link")
+    expect(page.locator("#thread article.msg")).to_have_count(4)
+    ui.assert_clean()
+
+
+def test_export_import_round_trip(stack, open_ui, tmp_path):
+    ui = open_ui(stack.url, stack.api_key)
+    page = ui.page
+    wait_connected(page)
+    _set_max_tokens(page, 12)
+    send(page, "Remember the word pineapple")
+    wait_answer(page)
+    answer_text = last_answer(page).locator(".body").inner_text()
+    with page.expect_download() as dl:
+        page.click("#export-btn")
+    path = tmp_path / "export.json"
+    dl.value.save_as(path)
+    data = json.loads(path.read_text())
+    assert data["format"] == "localai-chats"
+    (conv,) = data["conversations"]
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    assert conv["messages"][0]["content"] == "Remember the word pineapple"
+    assert conv["messages"][1]["stats"]["completion_tokens"] >= 1
+
+    # Delete it, then import the file back.
+    page.hover(".conv-item")
+    page.click('.conv-item [data-act="delete"]')
+    page.click("#confirm-ok")
+    expect(page.locator(".conv-item")).to_have_count(0)
+    page.set_input_files("#import-file", str(path))
+    expect(page.locator(".toast", has_text="Imported 1 chat")).to_be_visible()
+    expect(page.locator(".conv-item")).to_have_count(1)
+    page.click(".conv-item .conv-link")
+    expect(page.locator("#thread article.user .bubble")).to_have_text("Remember the word pineapple")
+    assert last_answer(page).locator(".body").inner_text() == answer_text
+
+    # Importing into a fresh browser (another person) gives the same chat.
+    other = open_ui(stack.url, stack.api_key)
+    other.page.set_input_files("#import-file", str(path))
+    expect(other.page.locator(".conv-item")).to_have_count(1)
+    other.page.click(".conv-item .conv-link")
+    expect(other.page.locator("#thread article.msg")).to_have_count(2)
+    ui.assert_clean()
+
+
+def test_context_warning(stack, open_ui):
+    ui = open_ui(stack.url, stack.api_key)
+    page = ui.page
+    wait_connected(page)
+    model = _default_model(stack)
+    m = next(x for x in models(stack.url, stack.api_key) if x["id"] == model)
+    limit = m.get("context_limit") or m["max_model_len"]
+    warn = page.locator("#ctx-warn")
+    expect(warn).to_be_hidden()
+    # A draft worth ~65% of the context (the meter estimates 4 characters a token).
+    page.fill("#input", "lorem ipsum " * int(limit * 0.65 * 4 / 12))
+    expect(page.locator("#meter")).to_have_attribute("data-level", "warn")
+    expect(warn).to_be_visible()
+    expect(warn).to_contain_text("context window")
+    ui.shot("real-desktop-light-context-warning")
+    page.fill("#input", "")
+    expect(warn).to_be_hidden()
+    # After a real exchange the meter uses usage.prompt_tokens from the gateway.
+    _set_max_tokens(page, 8)
+    send(page, "short")
+    a = wait_answer(page)
+    stats = a.locator(".stats").inner_text()
+    p, c = map(int, re.search(r"(\d+) prompt \+ (\d+) completion", stats).groups())
+    expect(page.locator("#meter-text")).to_have_text(f"{p + c:,} / {limit:,} tokens")
+    ui.assert_clean()
+
+
+def test_backend_down_then_up(stack, open_ui):
+    model = _default_model(stack)
+    ui = open_ui(stack.url, stack.api_key)
+    page = ui.page
+    wait_connected(page)
+    dot = page.locator("#model-dot")
+    expect(dot).to_have_attribute("data-state", "ready")
+    stack.stop_backend(model)
+    try:
+        # The UI notices through /health and shows the model as not ready (not a crash).
+        expect(dot).not_to_have_attribute("data-state", "ready", timeout=30_000)
+        expect(page.locator("#model-state")).not_to_be_empty()
+        expect(page.locator("#conn")).not_to_have_attribute("data-state", "ok")
+        ui.shot("real-desktop-light-backend-down")
+        # Sending now gives a readable answer: an error box, or a wait-and-retry notice.
+        send(page, "Are you there?")
+        a = last_answer(page)
+        expect(a.locator(".error-box, .wait")).to_be_visible(timeout=30_000)
+    finally:
+        stack.start_backend(model)
+    stack.wait_ready(model)
+    expect(dot).to_have_attribute("data-state", "ready", timeout=30_000)
+    wait_connected(page)
+    _set_max_tokens(page, 8)
+    # Either the pending request retried by itself, or it failed and "Try again" works.
+    a = wait_answer(page, timeout=120_000)
+    if a.get_attribute("data-status") == "error":
+        a.locator('.error-box [data-act="regen"]').click()
+        a = wait_answer(page)
+    assert a.get_attribute("data-status") == "done"
+    ui.assert_clean(allow=("Failed to load resource",))
+
+
+def test_wrong_key(stack, open_ui):
+    ui = open_ui(stack.url, "definitely-not-the-key")
+    page = ui.page
+    dialog = page.locator("#key-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#key-error")).to_contain_text("did not accept")
+    # The page behind it is intact.
+    expect(page.locator("#sidebar")).to_be_attached()
+    expect(page.locator("#composer")).to_be_attached()
+    ui.shot("real-desktop-light-wrong-key")
+    # Another wrong key: a plain message, the dialog stays.
+    page.fill("#key-input", "still-wrong")
+    page.click("#key-save")
+    expect(page.locator("#key-error")).to_contain_text("not accepted")
+    expect(dialog).to_be_visible()
+    # The right key: models load, chatting works.
+    page.fill("#key-input", stack.api_key)
+    page.click("#key-save")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#model-name")).to_have_text(_default_model(stack))
+    # A key that goes bad later: the chat request shows a plain error with a way out.
+    page.evaluate("localStorage.setItem('localai.apiKey', JSON.stringify('revoked'))")
+    send(page, "hello")
+    a = wait_answer(page)
+    expect(a).to_have_attribute("data-status", "error")
+    expect(a.locator(".error-box")).to_contain_text("did not accept your API key")
+    a.locator('[data-act="key"]').click()
+    expect(dialog).to_be_visible()
+    ui.assert_clean(allow=("401",))
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_screenshots_real(stack, open_ui, scheme, size):
+    ui = open_ui(stack.url, stack.api_key, viewport=DESKTOP if size == "desktop" else PHONE, color_scheme=scheme)
+    page = ui.page
+    wait_connected(page)
+    ui.shot(f"real-{size}-{scheme}-empty")
+    _set_max_tokens(page, 40)
+    send(page, "Give me a short Python example.")
+    wait_answer(page)
+    ui.shot(f"real-{size}-{scheme}-answer")
+    ui.assert_clean()
