@@ -38,6 +38,7 @@ WEBUI_DIST = Path(__file__).resolve().parent.parent / "webui" / "dist"
 
 # Paths that need a key. Health and readiness probes and the WebUI's static files don't.
 _PROTECTED_PREFIXES = ("/v1/", "/api/", "/metrics")
+_PROBE_PATHS = ("/health", "/ready")
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -101,7 +102,10 @@ def _account(request: web.Request, acct: Account, status: int, rid: str) -> None
         fields["ttft_ms"] = round(acct.ttft * 1000, 2)
     if acct.queue_wait:
         fields["queue_wait_ms"] = round(acct.queue_wait * 1000, 2)
-    log.info("%s %s %s", request.method, request.path, status, extra=fields)
+    # Probes come every few seconds from systemd, load balancers and our own UI:
+    # at info level they would drown the lines that matter.
+    level = logging.DEBUG if request.path in _PROBE_PATHS and status == 200 else logging.INFO
+    log.log(level, "%s %s %s", request.method, request.path, status, extra=fields)
 
 
 @web.middleware

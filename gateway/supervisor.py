@@ -7,6 +7,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import re
 import signal
 import time
 
@@ -22,8 +23,8 @@ log = logging.getLogger("localai.up")
 STABLE_AFTER_S = 60.0
 MAX_BACKOFF_S = 60.0
 STOP_GRACE_S = 20.0
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
-           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+# vLLM's lines look like "(APIServer pid=1) INFO 11-23 01:26:02 [file.py:335] message".
+_LEVEL_RE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 
 
 def _die_with_parent() -> None:
@@ -106,7 +107,8 @@ class ModelProcess:
             line = raw.decode(errors="replace").rstrip()
             if not line:
                 continue
-            level = _LEVELS.get(line.split(" ", 1)[0].strip("()"), logging.INFO)
+            found = _LEVEL_RE.search(line, 0, 48)
+            level = logging.getLevelName(found.group(1)) if found else logging.INFO
             if level >= logging.ERROR or "Error" in line:
                 self.last_line = line[-300:]
             logger.log(level, line, extra={"model": self.plan.name, "backend": self.backend.url,

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
 
@@ -41,3 +48,153 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+# --- the real stack: `localai up` with two real vLLM servers on tiny models --------
+
+LOCALAI_HOME = Path(os.environ.get("LOCALAI_HOME", Path.home() / ".cache" / "localai"))
+VLLM_PYTHON = Path(os.environ.get("LOCALAI_VLLM_PYTHON", LOCALAI_HOME / "vllm-venv" / "bin" / "python"))
+TINY_MODELS = LOCALAI_HOME / "models"
+READY_TIMEOUT_S = 600  # two vLLM servers loading at once on 2 cores
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below pid (from /proc), to prove none outlives `localai up`."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class RealStack:
+    """`localai up` serving the generated tiny models through the gateway."""
+
+    def __init__(self, workdir: Path):
+        self.api_key = "sk-localai-test-" + uuid.uuid4().hex[:12]
+        self.gateway_port = free_port()
+        self.model_ports = {"coder": free_port(), "general": free_port()}
+        self.url = f"http://127.0.0.1:{self.gateway_port}"
+        key_file = workdir / "api-keys"
+        key_file.write_text(self.api_key + "\n")
+        key_file.chmod(0o600)
+        models = []
+        for i, (name, aliases) in enumerate((("coder", ["dev", "python"]), ("general", ["chat"]))):
+            models.append({
+                "name": name, "aliases": aliases, "default": i == 0,
+                "model": str(TINY_MODELS / f"tiny-{name}"), "port": self.model_ports[name],
+                "max_model_len": 2048, "max_num_seqs": 8, "dtype": "float32",
+                "extra_args": ["--enforce-eager"],
+            })
+        self.config = workdir / "localai.yaml"
+        self.config.write_text(yaml.safe_dump({
+            "vllm": {"python": str(VLLM_PYTHON),
+                     "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}},
+            "gateway": {"port": self.gateway_port, "api_key_file": str(key_file), "health_interval": 0.5},
+            "models": models,
+        }, sort_keys=False))
+        OUTPUT.mkdir(exist_ok=True)
+        self.log_path = OUTPUT / "real-stack.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        for name in self.model_ports:
+            if not (TINY_MODELS / f"tiny-{name}" / "config.json").exists():
+                pytest.fail(f"tiny model missing under {TINY_MODELS}: run `make models`")
+        if not VLLM_PYTHON.exists():
+            pytest.fail(f"vLLM CPU venv missing ({VLLM_PYTHON}): run `make vllm`")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "up", "--config", str(self.config)],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready("coder", "general", timeout=READY_TIMEOUT_S)
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+            return json.load(r)["models"]
+
+    def wait_ready(self, *names: str, timeout: float = READY_TIMEOUT_S) -> None:
+        names = names or tuple(self.model_ports)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                pytest.fail(f"localai up exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                states = self.health()
+                if all(states[n]["state"] == "ready" for n in names):
+                    return
+            except OSError:
+                pass  # gateway not listening yet
+            time.sleep(0.5)
+        pytest.fail(f"models {names} not ready within {timeout} s; see {self.log_path}")
+
+    def model_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.model_ports[name]}"
+
+    def vllm_metrics(self, name: str) -> str:
+        """vLLM's own /metrics for one model server (read past the gateway)."""
+        with urllib.request.urlopen(self.model_url(name) + "/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def vllm_pid(self, name: str) -> int:
+        """The api_server process serving this model (a direct child of `localai up`)."""
+        assert self.proc is not None
+        port = str(self.model_ports[name])
+        for pid in _descendants(self.proc.pid):
+            try:
+                argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--port" in argv and argv[argv.index(b"--port") + 1] == port.encode():
+                return pid
+        raise AssertionError(f"no vLLM process for {name}")
+
+    def kill_backend(self, name: str) -> None:
+        """Crash one model server (SIGKILL its process group); `localai up` restarts it."""
+        os.killpg(self.vllm_pid(name), signal.SIGKILL)
+
+    def stop(self) -> set[int]:
+        """SIGTERM `localai up`; return the processes of its tree still alive afterwards."""
+        if self.proc is None or self.proc.poll() is not None:
+            return set()
+        tree = _descendants(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
+        return {pid for pid in tree if _alive(pid)}
+
+
+@pytest.fixture(scope="session")
+def real_stack(tmp_path_factory):
+    stack = RealStack(tmp_path_factory.mktemp("real-stack"))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        leftovers = stack.stop()
+        for pid in leftovers:  # never leave vLLM servers running after the tests
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

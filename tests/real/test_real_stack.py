@@ -1,0 +1,176 @@
+"""Real tier: `localai up` starts two real vLLM servers (CPU build) on generated tiny
+models; everything is driven through the gateway with the official openai client."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.real
+
+LONG = {"max_tokens": 1500, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture(scope="module")
+def client(real_stack):
+    return openai.OpenAI(base_url=real_stack.url + "/v1", api_key=real_stack.api_key, max_retries=0)
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of a vLLM metric's samples (any labels)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_lists_models_with_state_and_context(client):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"coder", "general"}
+    coder = models["coder"].model_dump()
+    assert coder["state"] == "ready" and coder["max_model_len"] == 2048
+    assert coder["aliases"] == ["dev", "python"] and coder["default"] is True
+
+
+@pytest.mark.parametrize("model", ["coder", "general", "dev", "chat"])
+def test_chat_reaches_the_right_vllm(client, model):
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Write hello world in Python."}], max_tokens=16)
+    assert reply.choices[0].message.content
+    assert reply.model == ("coder" if model in ("coder", "dev") else "general")
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 16
+
+
+def test_default_model_when_request_names_none(real_stack):
+    r = httpx.post(real_stack.url + "/v1/chat/completions", timeout=60,
+                   headers={"Authorization": f"Bearer {real_stack.api_key}"},
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["model"] == "coder"
+
+
+def test_streamed_chat_arrives_chunk_by_chunk(client):
+    arrivals, text = [], []
+    stream = client.chat.completions.create(
+        model="general", messages=[{"role": "user", "content": "Tell a story."}], stream=True,
+        max_tokens=32, extra_body={"ignore_eos": True})
+    for chunk in stream:
+        arrivals.append(time.monotonic())
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
+    assert len(text) >= 16  # one chunk per token or so, not one buffered blob
+    assert arrivals[-1] - arrivals[0] > 0  # spread over time
+    assert not any(c is None for c in text)
+
+
+def test_stream_usage_when_asked(client):
+    stream = client.chat.completions.create(
+        model="coder", messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=8,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    usage = [c.usage for c in stream if c.usage]
+    assert usage and usage[-1].completion_tokens == 8
+
+
+def test_completions(client):
+    reply = client.completions.create(model="coder", prompt="def fib(n):", max_tokens=12)
+    assert reply.choices[0].text and reply.usage.completion_tokens <= 12
+    streamed = list(client.completions.create(model="python", prompt="import os\n", max_tokens=6, stream=True))
+    assert len([c for c in streamed if c.choices and c.choices[0].text]) >= 3
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["code"] == "model_not_found"
+
+
+def test_wrong_key_is_401(real_stack):
+    bad = openai.OpenAI(base_url=real_stack.url + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        bad.models.list()
+    assert info.value.body["code"] == "invalid_api_key"
+
+
+def _wait_idle(real_stack, model: str, timeout: float) -> float:
+    """Seconds until vLLM reports no running request (polling its own /metrics)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if metric(real_stack.vllm_metrics(model), "vllm:num_requests_running") == 0:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"vLLM still generating {timeout} s after the client left")
+
+
+def _tokens(real_stack, model: str) -> float:
+    return metric(real_stack.vllm_metrics(model), "vllm:generation_tokens_total")
+
+
+def test_disconnect_cancels_streaming_generation(client, real_stack):
+    before = _tokens(real_stack, "coder")
+    stream = client.chat.completions.create(
+        model="coder", messages=[{"role": "user", "content": "go"}], stream=True, **LONG)
+    for i, _ in enumerate(stream):
+        if i == 5:
+            break
+    stream.close()  # the client hangs up after a few tokens
+    _wait_idle(real_stack, "coder", timeout=10)
+    generated = _tokens(real_stack, "coder") - before
+    assert generated < 1000, f"vLLM generated {generated} tokens for a client that left after 5"
+
+
+def test_disconnect_cancels_non_streaming_generation(real_stack):
+    before = _tokens(real_stack, "general")
+    started = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if metric(real_stack.vllm_metrics("general"), "vllm:num_requests_running") >= 1:
+                started.set()
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while vLLM is generating
+        httpx.post(real_stack.url + "/v1/chat/completions", timeout=httpx.Timeout(60, read=2.0),
+                   headers={"Authorization": f"Bearer {real_stack.api_key}"},
+                   json={"model": "general", "messages": [{"role": "user", "content": "go"}],
+                         "max_tokens": 1900, "ignore_eos": True})
+    watcher.join()
+    assert started.is_set()
+    _wait_idle(real_stack, "general", timeout=10)
+    generated = _tokens(real_stack, "general") - before
+    assert generated < 1900, f"vLLM generated all {generated} tokens for a client that left"
+
+
+def test_gateway_metrics_count_real_tokens(real_stack):
+    r = httpx.get(real_stack.url + "/metrics", headers={"Authorization": f"Bearer {real_stack.api_key}"})
+    assert r.status_code == 200
+    assert re.search(r'localai_completion_tokens_total\{model="coder"\} [1-9]', r.text)
+    assert 'localai_backend_ready{model="general"} 1.0' in r.text
+
+
+def test_crashed_backend_is_restarted_and_routed_again(client, real_stack):
+    real_stack.kill_backend("general")
+    deadline = time.monotonic() + 30
+    while real_stack.health()["general"]["state"] == "ready":
+        assert time.monotonic() < deadline, "gateway never noticed the crash"
+        time.sleep(0.2)
+    state = real_stack.health()["general"]
+    assert state["state"] in ("failed", "loading") and state["reason"]
+    # The other model serves on while this one is down.
+    assert client.chat.completions.create(model="coder", messages=[{"role": "user", "content": "x"}],
+                                          max_tokens=2).choices
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="general", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 503
+    real_stack.wait_ready("general")
+    reply = client.chat.completions.create(model="general", messages=[{"role": "user", "content": "x"}],
+                                           max_tokens=4)
+    assert reply.choices[0].message.content is not None
