@@ -18,21 +18,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .auth import check_key, load_api_keys
-from .backends import HealthMonitor, Registry
+from .backends import Backend, HealthMonitor, Registry, State
 from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response
+from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, SESSION
 from .observability import Metrics, request_id_var
-from .proxy import Account, forward
+from .pipeline import openai_handler
+from .proxy import Account
 
 log = logging.getLogger("localai.gateway")
 
-REGISTRY = web.AppKey("registry", Registry)
-METRICS = web.AppKey("metrics", Metrics)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-MONITOR = web.AppKey("monitor", HealthMonitor)
-API_KEYS = web.AppKey("api_keys", list)
-CONFIG = web.AppKey("config", Config)
-ACCOUNT = web.RequestKey("account", Account)
 
 WEBUI_DIST = Path(__file__).resolve().parent.parent / "webui" / "dist"
 
@@ -145,99 +140,34 @@ async def auth_middleware(request: web.Request, handler):
     return await handler(request)
 
 
-# --- request parsing -----------------------------------------------------------
-
-
-async def read_json_body(request: web.Request) -> dict:
-    if request.content_type != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, not '{request.content_type}'.",
-                       code="unsupported_media_type")
-    raw = await request.read()  # raises 413 past gateway.max_body_bytes
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ApiError(400, "'stream' must be true or false.", code="invalid_type", param="stream")
-    return body
-
-
-def _check_fields(body: dict, endpoint: str) -> None:
-    if endpoint == "/v1/chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty list.", code="invalid_type",
-                           param="messages")
-        if not all(isinstance(m, dict) for m in messages):
-            raise ApiError(400, "Each message must be an object with 'role' and 'content'.",
-                           code="invalid_type", param="messages")
-    elif endpoint == "/v1/completions" and not isinstance(body.get("prompt"), (str, list)):
-        raise ApiError(400, "'prompt' must be a string or a list.", code="invalid_type", param="prompt")
-
-
 # --- handlers --------------------------------------------------------------------
 
 
-async def openai_proxy(request: web.Request) -> web.StreamResponse:
-    """POST /v1/chat/completions and /v1/completions."""
-    endpoint = request.match_info.route.resource.canonical  # type: ignore[union-attr]
-    body = await read_json_body(request)
-    _check_fields(body, endpoint)
-    registry = request.app[REGISTRY]
-    backend = registry.resolve(body.get("model"))
-    acct: Account = request[ACCOUNT]
-    acct.model, acct.backend = backend.name, backend.url
-    metrics = request.app[METRICS]
-    try:
-        registry.check_serving(backend)
-    except ApiError as exc:
-        metrics.rejections.labels(backend.name, exc.code).inc()
-        raise
-    body["model"] = backend.served_id
-    waited_from = time.monotonic()
-    slots = backend.slots
-    try:
-        await slots.acquire()
-    except ApiError as exc:
-        metrics.rejections.labels(backend.name, exc.code).inc()
-        raise
-    acct.queue_wait = time.monotonic() - waited_from
-    metrics.queue_wait.labels(backend.name).observe(acct.queue_wait)
-    in_flight = metrics.in_flight.labels(backend.name)
-    in_flight.inc()
-    try:
-        cfg = request.app[CONFIG].gateway
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout,
-                                        sock_read=cfg.read_timeout)
-        try:
-            return await forward(request, request.app[SESSION], backend, endpoint, body, acct,
-                                 metrics, timeout, request_id_var.get() or "")
-        except ApiError as exc:
-            if exc.code == "backend_unreachable":
-                request.app[MONITOR].poke(backend.name)
-            raise
-    finally:
-        in_flight.dec()
-        slots.release()
+def model_card(b: Backend, default: bool) -> dict:
+    window = b.max_model_len
+    return {
+        "id": b.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "localai",
+        "aliases": b.aliases,
+        "default": default,
+        "task": b.model.task,
+        "max_model_len": window,
+        # Prompt tokens the gateway lets through (before max_tokens); clients can budget with it.
+        "context_limit": int(window * b.model.context_limit) if window else None,
+        "state": b.state.value,
+        "state_reason": b.reason,
+    }
 
 
 async def list_models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    data = []
-    for b in registry.backends.values():
-        data.append({
-            "id": b.name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "localai",
-            "aliases": b.aliases,
-            "default": b is registry.default,
-            "max_model_len": b.max_model_len,
-            "state": b.state.value,
-            "state_reason": b.reason,
-        })
+    data = [model_card(b, b is registry.default) for b in registry.backends.values()]
+    # Presets are listed like models, saying which model they use and with what defaults.
+    for name, route in registry.presets():
+        data.append({**model_card(route.backend, False), "id": name, "aliases": [],
+                     "preset_of": route.backend.name, "defaults": route.defaults})
     return _json({"object": "list", "data": data})
 
 
@@ -249,7 +179,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    ready_models = [n for n, b in registry.backends.items() if b.state.value == "ready"]
+    ready_models = [n for n, b in registry.backends.items() if b.state is State.READY]
     return _json({"status": "ready" if ready_models else "not ready", "ready": ready_models},
                  status=200 if ready_models else 503)
 
@@ -280,9 +210,12 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
                     "set gateway.api_key_file or LOCALAI_API_KEY", cfg.gateway.host, cfg.gateway.port)
     app.cleanup_ctx.append(_upstream_ctx)
 
-    app.router.add_post("/v1/chat/completions", openai_proxy)
-    app.router.add_post("/v1/completions", openai_proxy)
+    # Clients differ on the trailing slash; both spellings work.
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        app.router.add_post(path, openai_handler)
+        app.router.add_post(path + "/", openai_handler)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler)

@@ -34,8 +34,7 @@ FAILED_AFTER_MISSES = 2
 class Backend:
     name: str
     url: str  # base URL, without /v1
-    aliases: list[str]
-    managed: bool
+    model: ManagedModel | ExternalModel  # its config entry
     slots: ModelSlots
     served_id: str
     served_model_hint: str | None = None  # managed: the hub id / path it was started with
@@ -53,8 +52,24 @@ class Backend:
             self.state, self.reason = state, reason
             self.changed_at = time.monotonic()
 
+    @property
+    def managed(self) -> bool:
+        return isinstance(self.model, ManagedModel)
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(self.model.aliases)
+
     def describe(self) -> dict:
         return {"state": self.state.value, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes, and the preset defaults its model name carries."""
+
+    backend: Backend
+    defaults: dict
 
 
 def _read_key(model: ExternalModel) -> str | None:
@@ -73,36 +88,39 @@ class Registry:
             slots = ModelSlots(m.name, max_concurrency(m), self.room,
                                metrics.queue_depth.labels(m.name))
             if isinstance(m, ManagedModel):
-                b = Backend(m.name, backend_url(m, cfg.vllm), list(m.aliases), True, slots,
-                            served_id=m.name, served_model_hint=m.model,
-                            max_model_len=m.max_model_len)
+                b = Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.name,
+                            served_model_hint=m.model, max_model_len=m.max_model_len)
             else:
-                b = Backend(m.name, backend_url(m, cfg.vllm), list(m.aliases), False, slots,
-                            served_id=m.served_model or m.name, api_key=_read_key(m),
-                            max_model_len=m.max_model_len)
+                b = Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.served_model or m.name,
+                            api_key=_read_key(m), max_model_len=m.max_model_len)
             self.backends[m.name] = b
         self.default = self.backends[cfg.default_model.name]
-        self._routes: dict[str, Backend] = {}
+        self._routes: dict[str, Route] = {}
         for b in self.backends.values():
             for key in (b.name, *b.aliases, b.served_model_hint):
                 if key:
-                    self._routes.setdefault(key, b)
+                    self._routes.setdefault(key, Route(b, {}))
+            for preset, params in b.model.presets.items():
+                self._routes[preset] = Route(b, params.defaults())
 
     def learn_served_id(self, backend: Backend, served_id: str) -> None:
-        self._routes.setdefault(served_id, backend)
+        self._routes.setdefault(served_id, Route(backend, {}))
 
-    def resolve(self, model: object) -> Backend:
-        """Route by name, alias or served id; no model means the default. Raises ApiError."""
+    def presets(self) -> list[tuple[str, Route]]:
+        return [(name, r) for name, r in self._routes.items() if r.defaults or name in r.backend.model.presets]
+
+    def resolve(self, model: object) -> Route:
+        """Route by name, alias, preset or served id; no model means the default. Raises ApiError."""
         if model is None or model == "":
-            return self.default
+            return Route(self.default, {})
         if not isinstance(model, str):
             raise ApiError(400, "'model' must be a string.", code="invalid_type", param="model")
-        backend = self._routes.get(model)
-        if backend is None:
+        route = self._routes.get(model)
+        if route is None:
             known = ", ".join(sorted(self.backends))
             raise ApiError(404, f"The model '{model}' does not exist. Available models: {known}.",
                            code="model_not_found", param="model")
-        return backend
+        return route
 
     def check_serving(self, backend: Backend) -> None:
         """Loading and failed models answer 503 before anything is queued."""

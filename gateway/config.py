@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/localai/localai.yaml")
@@ -73,11 +74,66 @@ class VllmSettings(_Strict):
     env: dict[str, str] = {}
 
 
+# Request fields a preset may set; a request that sets one itself wins.
+SAMPLING_FIELDS = {
+    "temperature", "top_p", "top_k", "min_p", "max_tokens", "presence_penalty",
+    "frequency_penalty", "repetition_penalty", "seed", "stop",
+}
+
+# Fill-in-the-middle prompt layouts of well-known code models.
+FIM_TEMPLATES = {
+    "qwen": "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+    "deepseek": "<\uff5cfim\u2581begin\uff5c>{prefix}<\uff5cfim\u2581hole\uff5c>{suffix}<\uff5cfim\u2581end\uff5c>",
+    "starcoder": "<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
+    "codellama": "<PRE> {prefix} <SUF>{suffix} <MID>",
+}
+
+
+class Preset(_Strict):
+    """Default sampling parameters under a name of their own (e.g. architect, dev, po)."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = None
+    min_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+    seed: int | None = None
+    stop: list[str] | None = None
+
+    def defaults(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
 class _ModelBase(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     aliases: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = []
+    presets: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Preset] = {}
     default: bool = False
     max_concurrency: int | None = Field(None, ge=1)
+    # "embed": an embedding model, served on /v1/embeddings only.
+    task: Literal["generate", "embed"] = "generate"
+    # Prompts are held to this share of max_model_len (the rest is room to answer).
+    context_limit: float = Field(0.75, gt=0, le=1)
+    context_policy: Literal["truncate", "reject"] = "truncate"
+    # Fill-in-the-middle for /v1/completions with `suffix`: a name from FIM_TEMPLATES
+    # or a template with {prefix} and {suffix}.
+    fim: str | None = None
+
+    @field_validator("fim")
+    @classmethod
+    def _known_fim(cls, value: str | None) -> str | None:
+        if value is None or value in FIM_TEMPLATES:
+            return value
+        if "{prefix}" in value and "{suffix}" in value:
+            return value
+        raise ValueError(f"must be one of {', '.join(FIM_TEMPLATES)} or a template with {{prefix}} and {{suffix}}")
+
+    @property
+    def fim_template(self) -> str | None:
+        return FIM_TEMPLATES.get(self.fim, self.fim) if self.fim else None
 
     @property
     def managed(self) -> bool:
@@ -96,6 +152,8 @@ class ManagedModel(_ModelBase):
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None
     quantization: str | None = None
     enable_prefix_caching: bool | None = None
+    # vLLM's tool-call parser for this model (e.g. hermes for Qwen2.5); enables tools with tool_choice auto.
+    tool_call_parser: str | None = None
     extra_args: list[str] = []
     env: dict[str, str] = {}
 
@@ -107,6 +165,7 @@ class ExternalModel(_ModelBase):
     served_model: str | None = None  # the upstream's model id; discovered from /v1/models when unset
     api_key_file: Path | None = None
     max_model_len: int | None = Field(None, ge=16)
+    tools: bool = True  # whether the upstream accepts `tools`
 
 
 def _model_kind(entry: Any) -> str:
@@ -209,8 +268,10 @@ def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
     problems: list[tuple[KeyPath, str]] = []
     taken: dict[str, str] = {}
     for i, m in enumerate(cfg.models):
-        for j, key in enumerate([m.name, *m.aliases]):
-            where: KeyPath = ("models", i, "name") if j == 0 else ("models", i, "aliases", j - 1)
+        keys = [(m.name, ("models", i, "name"))]
+        keys += [(a, ("models", i, "aliases", j)) for j, a in enumerate(m.aliases)]
+        keys += [(p, ("models", i, "presets", p)) for p in m.presets]
+        for key, where in keys:
             if key in taken:
                 problems.append((where, f"'{key}' is already used by model '{taken[key]}'"))
             else:

@@ -77,6 +77,11 @@ class Metrics:
             "localai_prompt_tokens", "Prompt tokens, as the backend counted them", ["model"], registry=r)
         self.completion_tokens = Counter(
             "localai_completion_tokens", "Completion tokens, as the backend counted them", ["model"], registry=r)
+        self.truncations = Counter(
+            "localai_context_truncations", "Requests whose oldest turns were dropped to fit the context limit",
+            ["model"], registry=r)
+        self.dropped_messages = Counter(
+            "localai_context_dropped_messages", "Messages dropped by the context guard", ["model"], registry=r)
         self.backend_up = Gauge(
             "localai_backend_up", "1 when the backend answers its health check", ["model"], registry=r)
         self.backend_ready = Gauge(

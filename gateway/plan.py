@@ -53,6 +53,10 @@ def server_plan(model: ManagedModel, vllm: VllmSettings) -> ServerPlan:
     for flag, value in options.items():
         if value is not None:
             argv += [flag, str(value)]
+    if model.task == "embed":
+        argv += ["--runner", "pooling", "--convert", "embed"]
+    if model.tool_call_parser:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", model.tool_call_parser]
     if model.enable_prefix_caching is not None:
         argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
     argv += model.extra_args

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -42,6 +43,21 @@ class Account:
             self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
 
 
+class Adapter(Protocol):
+    """Reshapes a backend's OpenAI answer for another API (the Ollama one)."""
+
+    stream_content_type: str
+
+    def events(self, data: bytes) -> bytes:
+        """Complete SSE events in, the bytes to send out."""
+
+    def end(self) -> bytes:
+        """Bytes to send after the backend's stream ended."""
+
+    def body(self, data: bytes) -> bytes:
+        """A successful non-streamed JSON answer, reshaped."""
+
+
 def _usage_event_is_only_usage(event: bytes) -> tuple[dict | None, bool]:
     """Parse an SSE event carrying usage; say whether it is the usage-only final chunk."""
     payload = event.strip()
@@ -64,6 +80,9 @@ async def forward(
     metrics: Metrics,
     timeout: aiohttp.ClientTimeout,
     request_id: str,
+    *,
+    adapter: Adapter | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     stream = body.get("stream") is True
     strip_usage = False
@@ -74,11 +93,11 @@ async def forward(
         if not (isinstance(opts, dict) and opts.get("include_usage")):
             strip_usage = True
             body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-    headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+    up_headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
     if backend.api_key:
-        headers["Authorization"] = f"Bearer {backend.api_key}"
+        up_headers["Authorization"] = f"Bearer {backend.api_key}"
     try:
-        upstream = await session.post(backend.url + path, data=orjson.dumps(body), headers=headers,
+        upstream = await session.post(backend.url + path, data=orjson.dumps(body), headers=up_headers,
                                       timeout=timeout)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise ApiError(502, f"Model '{backend.name}' did not answer ({type(exc).__name__}); retry shortly.",
@@ -88,14 +107,16 @@ async def forward(
         ctype = upstream.headers.get("Content-Type", "")
         if not (stream and upstream.status == 200 and ctype.startswith("text/event-stream")):
             data = await upstream.read()
+            out_headers = {h: upstream.headers[h] for h in _PASS_HEADERS if h in upstream.headers}
             if upstream.status == 200 and data[:1] == b"{":
                 try:
                     acct.add_usage(orjson.loads(data).get("usage"))
                 except orjson.JSONDecodeError:
                     pass
-            return web.Response(body=data, status=upstream.status,
-                                headers={h: upstream.headers[h] for h in _PASS_HEADERS if h in upstream.headers})
-        return await _relay_stream(request, upstream, acct, metrics, strip_usage)
+                if adapter is not None:
+                    data = adapter.body(data)
+            return web.Response(body=data, status=upstream.status, headers={**out_headers, **(headers or {})})
+        return await _relay_stream(request, upstream, acct, metrics, strip_usage, adapter, headers or {})
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
         raise ApiError(502, f"Model '{backend.name}' broke off the response ({type(exc).__name__}).",
                        code="backend_error", type="server_error") from None
@@ -109,11 +130,13 @@ async def forward(
 
 
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, acct: Account,
-                        metrics: Metrics, strip_usage: bool) -> web.StreamResponse:
+                        metrics: Metrics, strip_usage: bool, adapter: Adapter | None,
+                        headers: dict[str, str]) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers={
-        "Content-Type": "text/event-stream",
+        "Content-Type": adapter.stream_content_type if adapter else "text/event-stream",
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",  # tell reverse proxies in front of us not to buffer either
+        **headers,
     })
     await resp.prepare(request)
     itl = metrics.itl.labels(acct.model)
@@ -135,10 +158,14 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         out = data[:end + 2]
         if _USAGE_MARK in out:
             out = _take_usage(out, acct, strip_usage)
+        if adapter is not None:
+            out = adapter.events(out)
         if out:
             await resp.write(out)
-    if carry:
+    if carry and adapter is None:
         await resp.write(carry)
+    if adapter is not None:
+        await resp.write(adapter.end())
     await resp.write_eof()
     return resp
 

@@ -1,0 +1,19 @@
+"""Typed keys for what the app and each request carry."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .backends import HealthMonitor, Registry
+from .config import Config
+from .observability import Metrics
+from .proxy import Account
+
+CONFIG = web.AppKey("config", Config)
+REGISTRY = web.AppKey("registry", Registry)
+METRICS = web.AppKey("metrics", Metrics)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+MONITOR = web.AppKey("monitor", HealthMonitor)
+API_KEYS = web.AppKey("api_keys", list)
+ACCOUNT = web.RequestKey("account", Account)

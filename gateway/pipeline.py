@@ -1,0 +1,164 @@
+"""The request path, top to bottom: parse -> route -> prepare -> guard -> admit -> proxy.
+
+Auth and accounting wrap it as middlewares (app.py). OpenAI handlers and the
+Ollama API both come through `run()`, so they share routing, admission, the
+context guard, logs and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .backends import Backend, Route
+from .context import Guarded, guard
+from .errors import ApiError
+from .keys import ACCOUNT, CONFIG, METRICS, MONITOR, REGISTRY, SESSION
+from .observability import request_id_var
+from .proxy import Adapter, forward
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+_FIM_SLOTS = re.compile(r"(\{prefix\}|\{suffix\})")
+
+
+async def read_json_body(request: web.Request) -> dict:
+    if request.content_type != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, not '{request.content_type}'.",
+                       code="unsupported_media_type")
+    raw = await request.read()  # raises 413 past gateway.max_body_bytes
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def check_fields(body: dict, endpoint: str) -> None:
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(400, "'stream' must be true or false.", code="invalid_type", param="stream")
+    if endpoint == CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list.", code="invalid_type",
+                           param="messages")
+        if not all(isinstance(m, dict) for m in messages):
+            raise ApiError(400, "Each message must be an object with 'role' and 'content'.",
+                           code="invalid_type", param="messages")
+    elif endpoint == COMPLETIONS and not isinstance(body.get("prompt"), (str, list)):
+        raise ApiError(400, "'prompt' must be a string or a list.", code="invalid_type", param="prompt")
+    elif endpoint == EMBEDDINGS and not isinstance(body.get("input"), (str, list)):
+        raise ApiError(400, "'input' must be a string or a list.", code="invalid_type", param="input")
+
+
+def _fill_in_the_middle(backend: Backend, body: dict) -> dict:
+    """vLLM rejects `suffix`; turn prompt + suffix into the model's own FIM prompt."""
+    template = backend.model.fim_template
+    if template is None:
+        raise ApiError(400, f"Model '{backend.name}' does not support fill-in-the-middle ('suffix'); "
+                            "set 'fim' for it in the config, or use a code model that has it.",
+                       code="fim_not_supported", param="suffix")
+    prefix = body.get("prompt")
+    suffix = body.pop("suffix")
+    if not isinstance(prefix, str) or not isinstance(suffix, str):
+        raise ApiError(400, "With 'suffix', 'prompt' and 'suffix' must be strings.", code="invalid_type",
+                       param="suffix")
+    # Split on the placeholders rather than str.format: code is full of braces.
+    parts = _FIM_SLOTS.split(template)
+    values = {"{prefix}": prefix, "{suffix}": suffix}
+    body["prompt"] = "".join(values.get(part, part) for part in parts)
+    return body
+
+
+def prepare(route: Route, endpoint: str, body: dict) -> dict:
+    """Make the body what this backend accepts, or say plainly why it can't."""
+    backend = route.backend
+    model = backend.model
+    if endpoint == EMBEDDINGS:
+        if model.task != "embed":
+            raise ApiError(400, f"Model '{backend.name}' is not an embedding model.",
+                           code="model_not_embedding", param="model")
+    elif model.task == "embed":
+        raise ApiError(400, f"Model '{backend.name}' is an embedding model; use /v1/embeddings.",
+                       code="model_is_embedding", param="model")
+    for key, value in route.defaults.items():
+        body.setdefault(key, value)
+    body["model"] = backend.served_id
+    if endpoint == COMPLETIONS and body.get("suffix") is not None:
+        body = _fill_in_the_middle(backend, body)
+    if endpoint == CHAT and body.get("tools") and body.get("tool_choice", "auto") != "none":
+        tools_ok = model.tool_call_parser if backend.managed else model.tools
+        if not tools_ok:
+            raise ApiError(400, f"Model '{backend.name}' has no tool calling configured; set "
+                                "'tool_call_parser' for it in the config (e.g. hermes for Qwen2.5).",
+                           code="tools_not_supported", param="tools")
+    return body
+
+
+@contextlib.asynccontextmanager
+async def admitted(request: web.Request, backend: Backend):
+    """Hold one of the model's slots for the duration of the upstream request."""
+    metrics = request.app[METRICS]
+    acct = request[ACCOUNT]
+    waited_from = time.monotonic()
+    try:
+        await backend.slots.acquire()
+    except ApiError as exc:
+        metrics.rejections.labels(backend.name, exc.code).inc()
+        raise
+    acct.queue_wait = time.monotonic() - waited_from
+    metrics.queue_wait.labels(backend.name).observe(acct.queue_wait)
+    in_flight = metrics.in_flight.labels(backend.name)
+    in_flight.inc()
+    try:
+        yield
+    finally:
+        in_flight.dec()
+        backend.slots.release()
+
+
+async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None
+              ) -> web.StreamResponse:
+    check_fields(body, endpoint)
+    app = request.app
+    registry, metrics = app[REGISTRY], app[METRICS]
+    route = registry.resolve(body.get("model"))
+    backend = route.backend
+    acct = request[ACCOUNT]
+    acct.model, acct.backend = backend.name, backend.url
+    try:
+        registry.check_serving(backend)
+        body = prepare(route, endpoint, body)
+        guarded = await guard(app[SESSION], backend, body) if endpoint != EMBEDDINGS else Guarded(body)
+    except ApiError as exc:
+        metrics.rejections.labels(backend.name, exc.code).inc()
+        raise
+    headers = {}
+    if guarded.dropped:
+        headers["X-LocalAI-Truncated-Messages"] = str(guarded.dropped)
+        metrics.truncations.labels(backend.name).inc()
+        metrics.dropped_messages.labels(backend.name).inc(guarded.dropped)
+    gw = app[CONFIG].gateway
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=gw.connect_timeout, sock_read=gw.read_timeout)
+    async with admitted(request, backend):
+        try:
+            return await forward(request, app[SESSION], backend, endpoint, guarded.body, acct, metrics,
+                                 timeout, request_id_var.get() or "", adapter=adapter, headers=headers)
+        except ApiError as exc:
+            if exc.code == "backend_unreachable":
+                app[MONITOR].poke(backend.name)
+            raise
+
+
+async def openai_handler(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings (with or without a trailing slash)."""
+    endpoint = request.path.rstrip("/")
+    return await run(request, endpoint, await read_json_body(request))
