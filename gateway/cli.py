@@ -105,7 +105,10 @@ def cmd_check(args) -> int:
     for m in plan["models"]:
         names = ", ".join([m["name"], *m["aliases"]])
         flag = "  (default)" if m["default"] else ""
-        print(f"model {names}{flag}: {m['kind']} at {m['url']}, max_concurrency {m['max_concurrency']}")
+        print(f"model {names}{flag}: {m['kind']} at {m['url']}, max_concurrency {m['max_concurrency']}"
+              + (", embeddings" if m["task"] == "embed" else ""))
+        for preset, defaults in m["presets"].items():
+            print(f"    preset {preset}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
         if m["kind"] == "managed":
             env = " ".join(f"{k}={v}" for k, v in m["env"].items())
             print(f"    {env + ' ' if env else ''}{subprocess.list2cmdline(m['argv'])}")

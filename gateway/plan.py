@@ -89,6 +89,8 @@ def full_plan(cfg: Config) -> dict:
             "kind": "managed" if isinstance(m, ManagedModel) else "external",
             "url": backend_url(m, cfg.vllm),
             "max_concurrency": max_concurrency(m),
+            "task": m.task,
+            "presets": {name: p.defaults() for name, p in m.presets.items()},
         }
         if isinstance(m, ManagedModel):
             p = server_plan(m, cfg.vllm)

@@ -32,6 +32,7 @@ class FakeBackend:
     active: int = 0
     peak_active: int = 0
     cancelled: int = 0
+    tokenize_calls: int = 0
     completed: int = 0
     changed: asyncio.Condition | None = None
 
@@ -68,6 +69,7 @@ class FakeBackend:
             {"id": self.model_id, "object": "model", "max_model_len": self.max_model_len}]})
 
     async def _tokenize(self, request):
+        self.tokenize_calls += 1
         body = await request.json()
         text = body.get("prompt") or json.dumps(body.get("messages"))
         tokens = list(range(len(text.split())))

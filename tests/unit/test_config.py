@@ -108,6 +108,20 @@ def test_one_function_makes_the_vllm_command(tmp_path):
     assert full_plan(cfg)["models"][2]["url"] == "http://10.1.2.3:8000"
 
 
-def test_demo_profile_is_valid():
+def test_shipped_configs_are_valid():
     cfg = load_config(REPO / "etc" / "demo.yaml")
     assert [m.name for m in cfg.models] == ["coder", "general"]
+    assert set(cfg.model("general").presets) == {"architect", "po"}
+    example = load_config(REPO / "etc" / "localai.example.yaml")
+    assert example.model("coder").fim_template.startswith("<|fim_prefix|>")
+
+
+def test_check_prints_the_plan(tmp_path):
+    path = tmp_path / "localai.yaml"
+    path.write_text(GOOD.replace("  - name: general", "  - name: general\n    presets: {po: {temperature: 0.5}}"))
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "--config", str(path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    assert "model coder, dev, python  (default): managed at http://127.0.0.1:8101" in run.stdout
+    assert "--model Qwen/Qwen2.5-Coder-7B-Instruct-AWQ --served-model-name coder" in run.stdout
+    assert "preset po: temperature=0.5" in run.stdout
+    assert "model remote: external at http://10.1.2.3:8000" in run.stdout
