@@ -77,8 +77,54 @@ def standin(_standin_server):
         _standin_server.start()
 
 
+class _AttachedStack:
+    """A stack that is already running (dev loop): LOCALAI_WEBUI_STACK_JSON={"url","key","ports"}."""
+
+    def __init__(self, path: str) -> None:
+        info = json.loads(Path(path).read_text())
+        self.url, self.api_key, self.model_ports = info["url"], info["key"], info["ports"]
+
+    def vllm_metrics(self, name: str) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.model_ports[name]}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def kill_backend(self, name: str) -> None:
+        import signal
+
+        port = str(self.model_ports[name]).encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--port" in argv and argv[argv.index(b"--port") + 1] == port and b"vllm" in b" ".join(argv):
+                os.killpg(int(proc.name), signal.SIGKILL)
+                return
+        raise AssertionError(f"no vLLM process for {name}")
+
+    def wait_ready(self, *names: str, timeout: float = 600) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                    states = json.load(r)["models"]
+                if all(states[n]["state"] == "ready" for n in names):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(names)
+
+
 @pytest.fixture
 def stack(request):
+    if os.environ.get("LOCALAI_WEBUI_STACK_JSON"):
+        return _AttachedStack(os.environ["LOCALAI_WEBUI_STACK_JSON"])
     try:
         return request.getfixturevalue("real_stack")
     except pytest.FixtureLookupError:
@@ -136,6 +182,7 @@ def open_ui(chromium):
         ctx = chromium.new_context(
             viewport=viewport or {"width": 1280, "height": 800},
             color_scheme=color_scheme,
+            reduced_motion="reduce",  # no transitions: screenshots show settled states
             accept_downloads=True,
             **kw,
         )

@@ -95,3 +95,12 @@ def metric(text: str, name: str, model: str | None = None) -> float | None:
             continue
         total = (total or 0.0) + float(m.group(2))
     return total
+
+
+def wait_streaming_text(page: Page, timeout: float = 60_000):
+    """Wait until the streaming answer shows text; fail with the UI's error if it failed instead."""
+    a = last_answer(page)
+    expect(a).to_have_class(re.compile(r"\b(has-text|error|done)\b"), timeout=timeout)
+    if a.get_attribute("data-status") == "error":
+        raise AssertionError("answer failed: " + a.locator(".error-box").inner_text())
+    return a

@@ -35,6 +35,11 @@ const state = {
   stick: true,
 };
 const streams = new Map(); // conversation id -> active generation
+const wakers = new Set(); // retry waits that end early when a model turns ready / the gateway is back
+
+function wakeRetries() {
+  for (const w of [...wakers]) w();
+}
 const store = new Store((e) => toast(storageMessage(e), 'error', 6000));
 
 function storageMessage(e) {
@@ -231,6 +236,10 @@ async function poll() {
     const hm = (state.health && state.health.models) || {};
     const states = Object.values(hm).map((m) => (m && m.state) || 'unknown');
     const ready = rr.status === 200;
+    const prev = state.prevStates || {};
+    const nowReady = Object.entries(hm).some(([k, m]) => m && m.state === 'ready' && prev[k] && prev[k] !== 'ready');
+    state.prevStates = Object.fromEntries(Object.entries(hm).map(([k, m]) => [k, m && m.state]));
+    if (wasDown || nowReady) wakeRetries();
     if (!ready) setConn('noready', states.includes('loading') ? 'Models loading…' : 'No model ready');
     else if (states.some((s) => s !== 'ready')) {
       const n = states.filter((s) => s !== 'ready').length;
@@ -255,6 +264,7 @@ async function poll() {
 function setConn(s, label) {
   state.conn = s;
   el.conn.dataset.state = s;
+  el.app.dataset.conn = s;
   if (s === 'down') {
     const secs = Math.max(0, Math.ceil((state.nextPollAt - Date.now()) / 1000));
     el.connLabel.textContent = 'Offline';
@@ -468,10 +478,10 @@ function fmtStats(s) {
   const parts = [];
   if (s.ttft_ms != null) parts.push(`${(s.ttft_ms / 1000).toFixed(2)} s to first token`);
   if (s.tps != null) parts.push(`${s.tps.toFixed(1)} tok/s`);
-  if (s.prompt_tokens != null || s.completion_tokens != null) {
-    const p = s.prompt_tokens != null ? fmtInt(s.prompt_tokens) : '?';
-    const c = s.completion_tokens != null ? fmtInt(s.completion_tokens) : '?';
-    parts.push(`${p} prompt + ${c} completion tokens`);
+  if (s.prompt_tokens != null && s.completion_tokens != null) {
+    parts.push(`${fmtInt(s.prompt_tokens)} prompt + ${fmtInt(s.completion_tokens)} completion tokens`);
+  } else if (s.completion_tokens != null) {
+    parts.push(`${s.estimated ? '≈' : ''}${fmtInt(s.completion_tokens)} tokens`);
   }
   return parts.join(' · ');
 }
@@ -816,7 +826,16 @@ async function generate(conv) {
       attempt++;
       const secs = Math.min(pol.cap, Math.max(err.retryAfter || 0, 2 ** (attempt - 1)));
       setWait(s, pol.text(secs, attempt, pol.max));
-      await abortableSleep(secs * 1000, s.ctrl.signal, (left) => setWait(s, pol.text(left, attempt, pol.max)));
+      const early = new AbortController();
+      const wake = () => early.abort();
+      wakers.add(wake);
+      try {
+        await abortableSleep(secs * 1000, anySignal(s.ctrl.signal, early.signal), (left) => setWait(s, pol.text(left, attempt, pol.max)));
+      } catch (e) {
+        if (s.ctrl.signal.aborted) throw e; // stopped by the user; else woken early: retry now
+      } finally {
+        wakers.delete(wake);
+      }
       setWait(s, null);
     }
     setWait(s, null);
@@ -886,6 +905,15 @@ async function generate(conv) {
     updateMeter();
   }
   renderSidebar();
+}
+
+function anySignal(...signals) {
+  const c = new AbortController();
+  for (const sig of signals) {
+    if (sig.aborted) c.abort();
+    else sig.addEventListener('abort', () => c.abort(), { once: true });
+  }
+  return c.signal;
 }
 
 function setWait(s, text) {
