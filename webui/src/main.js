@@ -1064,7 +1064,6 @@ function saveChatDialog(ev) {
   el.chatDialog.close();
   updateEmpty();
   updateMeter();
-  toast('Chat settings saved.', 'ok');
 }
 
 function confirmDialog(title, text, okLabel = 'OK') {
