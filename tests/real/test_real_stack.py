@@ -32,18 +32,19 @@ def metric(text: str, name: str) -> float:
 
 def test_lists_models_with_state_and_context(client):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"coder", "general"}
+    assert set(models) == {"coder", "general", "minilm", "dev", "architect", "po"}
     coder = models["coder"].model_dump()
-    assert coder["state"] == "ready" and coder["max_model_len"] == 2048
-    assert coder["aliases"] == ["dev", "python"] and coder["default"] is True
+    assert coder["state"] == "ready" and coder["max_model_len"] == 2048 and coder["context_limit"] == 1536
+    assert coder["aliases"] == ["python"] and coder["default"] is True
+    assert models["architect"].model_dump()["preset_of"] == "general"
 
 
-@pytest.mark.parametrize("model", ["coder", "general", "dev", "chat"])
+@pytest.mark.parametrize("model", ["coder", "general", "python", "chat", "dev", "architect"])
 def test_chat_reaches_the_right_vllm(client, model):
     reply = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Write hello world in Python."}], max_tokens=16)
     assert reply.choices[0].message.content
-    assert reply.model == ("coder" if model in ("coder", "dev") else "general")
+    assert reply.model == ("coder" if model in ("coder", "python", "dev") else "general")
     assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 16
 
 
