@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const src = join(here, 'src');
-const dist = join(here, 'dist');
+// WEBUI_OUT: build elsewhere (the tests rebuild into a temp dir and compare with dist/).
+const dist = process.env.WEBUI_OUT || join(here, 'dist');
 const assets = join(dist, 'assets');
 
 rmSync(dist, { recursive: true, force: true });
@@ -72,6 +73,6 @@ for (const file of walk(dist).sort()) {
   writeFileSync(`${file}.gz`, z);
   raw += data.length;
   gz += z.length;
-  console.log(`${relative(here, file).padEnd(40)} ${String(data.length).padStart(8)} B  ${String(z.length).padStart(7)} B gz`);
+  console.log(`${relative(dist, file).padEnd(40)} ${String(data.length).padStart(8)} B  ${String(z.length).padStart(7)} B gz`);
 }
 console.log(`${'total'.padEnd(40)} ${String(raw).padStart(8)} B  ${String(gz).padStart(7)} B gz`);

@@ -176,3 +176,22 @@ async def test_gz_made_at_startup_when_build_has_none(aiohttp_client, tmp_path):
     r = await client.get("/assets/app-ABC.js", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
     assert r.headers["Content-Encoding"] == "gzip"
     assert gzip.decompress(await r.read()) == (tmp_path / "assets" / "app-ABC.js").read_bytes()
+
+
+def test_committed_dist_matches_sources(tmp_path):
+    """dist/ is what `npm run build` makes from src/ (skipped without node_modules)."""
+    import os
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if not node or not (WEBUI / "node_modules" / "esbuild").is_dir():
+        pytest.skip("needs node and `npm ci` in webui/")
+    out = tmp_path / "dist"
+    subprocess.run([node, "build.mjs"], cwd=WEBUI, env={**os.environ, "WEBUI_OUT": str(out)},
+                   check=True, capture_output=True)
+    built = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(DIST).as_posix() for p in DIST.rglob("*") if p.is_file())
+    assert built == committed, "webui/dist is stale: run `cd webui && npm run build` and commit dist/"
+    for rel in built:
+        assert (out / rel).read_bytes() == (DIST / rel).read_bytes(), rel
