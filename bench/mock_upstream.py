@@ -1,0 +1,271 @@
+"""A mock OpenAI upstream for the gateway benchmark, as cheap as a Python server can be.
+
+One process, uvloop, a raw asyncio protocol per connection (no framework), one
+port per profile:
+
+  port+0  profile A  instant JSON chat completion (pure gateway overhead)
+  port+1  profile B  SSE stream: time to first token, inter-token delay, length settable
+  port+2  profile C  JSON after a fixed delay (1.5 s): many held requests
+
+Every port also answers GET /v1/models (the gateway's health check for an
+external model), GET /health, GET /_stats (counters as JSON) and POST /_reset.
+
+Stream events are sent on an absolute schedule (start + ttft + i * itl), so
+a late timer does not push the rest of the stream back; how late the mock
+itself was is counted (`lag_*` in /_stats) so a report can tell when the mock,
+not the gateway, was the bottleneck.  Each content event carries the
+CLOCK_MONOTONIC time it was written (`"t":`), so the client can measure the
+delay of every event from the mock to itself, direct or through the gateway.
+
+Run: python -m bench.mock_upstream --port 18510 [--ttft 0.1 --itl 0.02 --chunks 128 --delay 1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import signal
+import time
+
+import orjson
+
+MODEL = "mock"
+_now = time.monotonic
+
+_CHAT = orjson.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+                 "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "total_tokens": 21, "completion_tokens": 9},
+})
+_MODELS = orjson.dumps({"object": "list", "data": [
+    {"id": MODEL, "object": "model", "created": 0, "owned_by": "bench", "max_model_len": 4096}]})
+# vLLM-shaped chunk; the send time goes in "t" (the gateway treats events as opaque bytes).
+_EVENT_HEAD = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+               b'"model":"mock","choices":[{"index":0,"delta":{"content":" tok"},"logprobs":null,'
+               b'"finish_reason":null}],"t":')
+_DONE = b"data: [DONE]\n\n"
+
+
+def _response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
+    reason = {200: b"OK", 404: b"Not Found"}.get(status, b"Error")
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+            % (status, reason, ctype, len(body)) + body)
+
+
+def _chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+_RESP_CHAT = _response(200, _CHAT)
+_RESP_MODELS = _response(200, _MODELS)
+_RESP_HEALTH = _response(200, b"")
+_RESP_404 = _response(404, b'{"error":{"message":"no such path","code":404}}')
+_SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n")
+_SSE_END = _chunk(_DONE) + b"0\r\n\r\n"
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.streams_started = 0
+        self.streams_completed = 0
+        self.streams_aborted = 0
+        self.events_sent = 0        # content events
+        self.usage_events_sent = 0
+        self.held_completed = 0
+        self.held_aborted = 0
+        self.lag_n = 0              # timer callbacks, and how late they ran
+        self.lag_sum = 0.0
+        self.lag_max = 0.0
+        self.lag_over_1ms = 0
+        self.lag_over_5ms = 0
+        self.open_connections = getattr(self, "open_connections", 0)
+        self.since = _now()
+
+    def lag(self, late: float) -> None:
+        self.lag_n += 1
+        self.lag_sum += late
+        if late > self.lag_max:
+            self.lag_max = late
+        if late > 0.001:
+            self.lag_over_1ms += 1
+            if late > 0.005:
+                self.lag_over_5ms += 1
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in vars(self).items()}
+        d["lag_mean"] = self.lag_sum / self.lag_n if self.lag_n else 0.0
+        d["pid"] = os.getpid()
+        return d
+
+
+STATS = Stats()
+
+
+class Settings:
+    ttft = 0.1
+    itl = 0.02
+    chunks = 128
+    delay = 1.5
+
+
+class Upstream(asyncio.Protocol):
+    """One client connection; HTTP/1.1 keep-alive, one request at a time."""
+
+    __slots__ = ("profile", "transport", "buf", "timer", "busy", "stream_i", "stream_t0", "usage")
+
+    def __init__(self, profile: str):
+        self.profile = profile
+        self.transport = None
+        self.buf = b""
+        self.timer = None
+        self.busy = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        STATS.open_connections += 1
+
+    def connection_lost(self, exc) -> None:
+        STATS.open_connections -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            if self.profile == "B":
+                STATS.streams_aborted += 1
+            else:
+                STATS.held_aborted += 1
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        while not self.busy:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buf[:end]
+            n = 0
+            cl = head.find(b"ontent-Length:")
+            if cl < 0:
+                cl = head.find(b"ontent-length:")
+            if cl >= 0:
+                eol = head.find(b"\r\n", cl)
+                n = int(head[cl + 14:eol if eol >= 0 else None])
+            if len(buf) < end + 4 + n:
+                break
+            body = buf[end + 4:end + 4 + n]
+            buf = buf[end + 4 + n:]
+            self.handle(head, body)
+        self.buf = buf
+
+    def handle(self, head: bytes, body: bytes) -> None:
+        line = head[:head.find(b"\r\n")]
+        method, path, _ = line.split(b" ", 2)
+        t = self.transport
+        if method == b"POST" and path.endswith(b"/completions"):
+            STATS.requests += 1
+            if self.profile == "A":
+                t.write(_RESP_CHAT)
+            elif self.profile == "C":
+                self.busy = True
+                self.timer = asyncio.get_running_loop().call_later(Settings.delay, self._held, _now() + Settings.delay)
+            else:
+                stream = b'"stream":true' in body or b'"stream": true' in body
+                if not stream:
+                    t.write(_RESP_CHAT)
+                    return
+                self.busy = True
+                self.usage = b'"include_usage":true' in body or b'"include_usage": true' in body
+                STATS.streams_started += 1
+                t.write(_SSE_HEAD)
+                self.stream_i = 0
+                self.stream_t0 = t0 = _now()
+                due = t0 + Settings.ttft
+                self.timer = asyncio.get_running_loop().call_later(Settings.ttft, self._event, due)
+        elif path == b"/v1/models":
+            t.write(_RESP_MODELS)
+        elif path == b"/health":
+            t.write(_RESP_HEALTH)
+        elif path == b"/_stats":
+            t.write(_response(200, orjson.dumps(STATS.as_dict())))
+        elif path == b"/_reset":
+            STATS.reset()
+            t.write(_response(200, b"{}"))
+        else:
+            t.write(_RESP_404)
+
+    def _held(self, due: float) -> None:
+        self.timer = None
+        STATS.lag(_now() - due)
+        STATS.held_completed += 1
+        self.busy = False
+        self.transport.write(_RESP_CHAT)
+        if self.buf:  # a pipelined request waited
+            self.data_received(b"")
+
+    def _event(self, due: float) -> None:
+        now = _now()
+        STATS.lag(now - due)
+        self.transport.write(_chunk(_EVENT_HEAD + b"%.6f}\n\n" % now))
+        STATS.events_sent += 1
+        self.stream_i += 1
+        if self.stream_i < Settings.chunks:
+            due = self.stream_t0 + Settings.ttft + self.stream_i * Settings.itl
+            self.timer = asyncio.get_running_loop().call_later(max(0.0, due - _now()), self._event, due)
+            return
+        self.timer = None
+        if self.usage:
+            n = Settings.chunks
+            self.transport.write(_chunk(
+                b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+                b'"model":"mock","choices":[],"usage":{"prompt_tokens":12,"total_tokens":%d,'
+                b'"completion_tokens":%d}}\n\n' % (12 + n, n)))
+            STATS.usage_events_sent += 1
+        self.transport.write(_SSE_END)
+        STATS.streams_completed += 1
+        self.busy = False
+        if self.buf:
+            self.data_received(b"")
+
+
+async def serve(host: str, port: int, ready_fd: int | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    servers = []
+    for i, profile in enumerate("ABC"):
+        servers.append(await loop.create_server(lambda p=profile: Upstream(p), host, port + i,
+                                                backlog=4096, reuse_address=True))
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+    await stop.wait()
+    for s in servers:
+        s.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=18510, help="profile A; B is port+1, C port+2")
+    p.add_argument("--ttft", type=float, default=0.1, help="profile B: seconds to the first event")
+    p.add_argument("--itl", type=float, default=0.02, help="profile B: seconds between events")
+    p.add_argument("--chunks", type=int, default=128, help="profile B: content events per stream")
+    p.add_argument("--delay", type=float, default=1.5, help="profile C: seconds before the answer")
+    p.add_argument("--ready-fd", type=int, help="write 'ready' to this fd once listening")
+    args = p.parse_args(argv)
+    Settings.ttft, Settings.itl, Settings.chunks, Settings.delay = args.ttft, args.itl, args.chunks, args.delay
+    gc.freeze()  # nothing here makes cycles; keep the collector off the timing path
+    import uvloop
+    uvloop.run(serve(args.host, args.port, args.ready_fd))
+
+
+if __name__ == "__main__":
+    main()
