@@ -8,7 +8,6 @@ config never starts anything half-way.
 from __future__ import annotations
 
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
