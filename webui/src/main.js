@@ -996,9 +996,9 @@ function updateMeter() {
     if (level !== 'ok') {
       el.ctxWarn.replaceChildren(
         h('span', { html: icon('warn') }),
-        h('span', {}, `This chat uses ${Math.min(999, Math.round(frac * 100))}% of ${id}’s context window. `
-          + (frac >= 1 ? 'The oldest messages will be left out of the next request. ' : 'Older messages will be left out once it is full. ')
-          + 'Start a new chat to keep answers focused.'),
+        h('span', {}, frac >= 1
+          ? `This chat is longer than ${id}’s context window, so the oldest messages are left out of each request. Start a new chat to keep answers focused.`
+          : `This chat uses ${Math.round(frac * 100)}% of ${id}’s context window. Older messages will be left out once it is full. Start a new chat to keep answers focused.`),
         h('button', { type: 'button', class: 'link-btn', dataset: { act: 'newchat' } }, 'New chat'),
       );
     }
