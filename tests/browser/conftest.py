@@ -1,6 +1,6 @@
 """Fixtures for the WebUI browser tests (Playwright + Debian's headless Chromium).
 
-* ``chromium``: one browser per session, launched from ``/usr/bin/chromium``
+* ``chromium``: one browser per test module, launched from ``/usr/bin/chromium``
   (browsers cannot be downloaded here); tests skip when Playwright or Chromium is
   missing.
 * ``standin``: the scripted stand-in gateway (``standin.py``), reset per test.
@@ -41,7 +41,10 @@ STANDIN_PORT = 18310
 
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps its event loop registered as
+# "running" in the main thread while it is started, which would break the
+# pytest-asyncio tests of other modules run in the same session.
+@pytest.fixture(scope="module")
 def chromium():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):

@@ -181,7 +181,12 @@ function renderMenu() {
       h('div', { class: 'model-empty' }, state.auth === 'ok' || state.auth === 'unknown' ? 'No models available.' : 'Enter an API key to list models.'),
     );
   }
+  const focused = el.modelMenu.contains(document.activeElement) ? document.activeElement.dataset.model : null;
   el.modelMenu.replaceChildren(...items);
+  if (focused) {
+    const again = el.modelMenu.querySelector(`.model-opt[data-model="${CSS.escape(focused)}"]`);
+    if (again) again.focus();
+  }
 }
 
 function toggleMenu(open = el.modelMenu.hidden) {
@@ -191,7 +196,7 @@ function toggleMenu(open = el.modelMenu.hidden) {
     el.modelBtn.setAttribute('aria-expanded', 'true');
     const sel = el.modelMenu.querySelector('.selected') || el.modelMenu.querySelector('.model-opt');
     if (sel) sel.focus();
-    if (state.auth === 'ok' || state.auth === 'unknown') loadModels();
+    poll(); // fresh model states while the menu is open
   } else {
     el.modelMenu.hidden = true;
     el.modelBtn.setAttribute('aria-expanded', 'false');
