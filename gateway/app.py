@@ -23,6 +23,7 @@ from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response
 from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, SESSION
 from .observability import Metrics, request_id_var
+from .ollama import add_ollama_routes, ollama_error
 from .pipeline import openai_handler
 from .proxy import Account
 
@@ -105,7 +106,14 @@ def _account(request: web.Request, acct: Account, status: int, rid: str) -> None
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
-    """Every error leaves as OpenAI-shaped JSON; no traceback reaches a client."""
+    """Every error leaves as OpenAI-shaped JSON (Ollama-shaped on /api/); no traceback reaches a client."""
+    response = await _json_errors(request, handler)
+    if response.status >= 400 and request.path.startswith("/api/"):
+        response = ollama_error(response)  # Ollama clients read {"error": "message"}
+    return response
+
+
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
@@ -219,6 +227,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler)
+    add_ollama_routes(app)
     root = webui_root(cfg)
     if cfg.gateway.webui and (root / "index.html").is_file():
         from .webui import add_webui_routes
