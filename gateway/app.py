@@ -21,7 +21,7 @@ from .auth import check_key, load_api_keys
 from .backends import Backend, HealthMonitor, Registry, State
 from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response
-from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, SESSION
+from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, REQUEST_ID, SESSION
 from .observability import Metrics, request_id_var
 from .ollama import add_ollama_routes, ollama_error
 from .pipeline import openai_handler
@@ -51,12 +51,13 @@ async def access_middleware(request: web.Request, handler):
     if len(rid) > 128 or not rid.isprintable():
         rid = uuid.uuid4().hex
     token = request_id_var.set(rid)
+    request[REQUEST_ID] = rid
     acct = request[ACCOUNT] = Account(started=time.monotonic())
     status = 500
     try:
         response = await handler(request)
-        status = response.status
-        response.headers["X-Request-ID"] = rid
+        # A stream that began as 200 and was broken off by its backend counts as a 502.
+        status = 502 if acct.error else response.status
         return response
     except web.HTTPException as exc:  # only from handlers that prepared a stream already
         status = exc.status
@@ -98,6 +99,8 @@ def _account(request: web.Request, acct: Account, status: int, rid: str) -> None
         fields["ttft_ms"] = round(acct.ttft * 1000, 2)
     if acct.queue_wait:
         fields["queue_wait_ms"] = round(acct.queue_wait * 1000, 2)
+    if acct.error:
+        fields["error"] = acct.error
     # Probes come every few seconds from systemd, load balancers and our own UI:
     # at info level they would drown the lines that matter.
     level = logging.DEBUG if request.path in _PROBE_PATHS and status == 200 else logging.INFO
@@ -200,6 +203,13 @@ async def metrics_handler(request: web.Request) -> web.Response:
 # --- factory -----------------------------------------------------------------------
 
 
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # On prepare, so streamed answers (whose headers leave before the handler returns) carry it too.
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["X-Request-ID"] = rid
+
+
 def webui_root(cfg: Config) -> Path:
     return cfg.gateway.webui_dir or WEBUI_DIST
 
@@ -217,6 +227,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
         log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; "
                     "set gateway.api_key_file or LOCALAI_API_KEY", cfg.gateway.host, cfg.gateway.port)
     app.cleanup_ctx.append(_upstream_ctx)
+    app.on_response_prepare.append(_stamp_request_id)
 
     # Clients differ on the trailing slash; both spellings work.
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):

@@ -36,6 +36,7 @@ class Account:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     queue_wait: float | None = None
+    error: str | None = None  # what went wrong after a stream had begun (its status was sent as 200)
 
     def add_usage(self, usage: object) -> None:
         if isinstance(usage, dict):
@@ -56,6 +57,9 @@ class Adapter(Protocol):
 
     def body(self, data: bytes) -> bytes:
         """A successful non-streamed JSON answer, reshaped."""
+
+    def error(self, message: str) -> bytes:
+        """The last bytes of a stream the backend broke off."""
 
 
 def _usage_event_is_only_usage(event: bytes) -> tuple[dict | None, bool]:
@@ -139,6 +143,23 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         **headers,
     })
     await resp.prepare(request)
+    try:
+        await _pump_events(resp, upstream, acct, metrics, strip_usage, adapter)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
+        # The status line is gone already: end the stream with an error event the
+        # client can show, instead of leaving it waiting for more.
+        acct.error = f"Model '{acct.model}' broke off the response ({type(exc).__name__})."
+        if adapter is not None:
+            await resp.write(adapter.error(acct.error))
+        else:
+            await resp.write(b"data: " + orjson.dumps({"error": {
+                "message": acct.error, "type": "server_error", "param": None, "code": "backend_error"}}) + b"\n\n")
+        await resp.write_eof()
+    return resp
+
+
+async def _pump_events(resp: web.StreamResponse, upstream: aiohttp.ClientResponse, acct: Account,
+                       metrics: Metrics, strip_usage: bool, adapter: Adapter | None) -> None:
     itl = metrics.itl.labels(acct.model)
     last = None
     carry = b""
@@ -167,7 +188,6 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
     if adapter is not None:
         await resp.write(adapter.end())
     await resp.write_eof()
-    return resp
 
 
 def _take_usage(events: bytes, acct: Account, strip: bool) -> bytes:

@@ -33,6 +33,8 @@ class FakeBackend:
     peak_active: int = 0
     cancelled: int = 0
     tokenize_calls: int = 0
+    # Drop the connection after this many streamed chunks, like a crashing server.
+    break_after: int | None = None
     completed: int = 0
     changed: asyncio.Condition | None = None
 
@@ -113,6 +115,9 @@ class FakeBackend:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             for i in range(self.chunks):
+                if i == self.break_after:
+                    request.transport.close()
+                    return resp
                 if i:
                     if self.gate is not None:
                         await self.gate.wait()

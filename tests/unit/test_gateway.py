@@ -119,6 +119,20 @@ async def test_stream_passes_chunks_through_as_they_are_made(stack):
     assert texts == ["tok0 ", "tok1 ", "tok2 "]  # the injected usage event was removed again
 
 
+async def test_backend_breaking_off_a_stream_ends_it_with_an_error(stack):
+    fake = FakeBackend(chunks=10, break_after=2)
+    s = await stack({"m": fake})
+    async with s.http.post(s.url + "/v1/chat/completions", json=dict(CHAT, stream=True),
+                           headers={"X-Request-ID": "broken-1"}) as r:
+        assert r.status == 200 and r.headers["X-Request-ID"] == "broken-1"
+        text = await asyncio.wait_for(r.text(), 5)  # the stream ends; the client is not left waiting
+    events = [json.loads(e[6:]) for e in text.split("\n\n") if e.startswith("data: {")]
+    assert [e["choices"][0]["delta"]["content"] for e in events[:2]] == ["tok0 ", "tok1 "]
+    assert events[-1]["error"]["code"] == "backend_error"
+    access = [line for line in s.log_lines() if line.get("request_id") == "broken-1"][-1]
+    assert access["status"] == 502 and "broke off" in access["error"]
+
+
 async def test_stream_usage_kept_when_client_asks(stack):
     s = await stack({"m": FakeBackend(chunks=2)})
     body = dict(CHAT, stream=True, stream_options={"include_usage": True})
@@ -284,6 +298,11 @@ async def test_request_id_in_response_backend_and_logs(stack):
     async with s.http.post(s.url + "/v1/chat/completions", json=CHAT) as r:
         generated = r.headers["X-Request-ID"]
     assert len(generated) >= 16 and fake.headers[-1]["X-Request-Id"] == generated
+    async with s.http.post(s.url + "/v1/chat/completions", json=dict(CHAT, stream=True),
+                           headers={"X-Request-ID": "stream-7"}) as r:
+        assert r.headers["X-Request-ID"] == "stream-7"  # streamed answers carry it too
+    async with s.http.get(s.url + "/v1/nope") as r:
+        assert len(r.headers["X-Request-ID"]) >= 16  # and errors
     lines = [line for line in s.log_lines() if line.get("request_id") == "abc-123"]
     assert lines
     access = lines[-1]
