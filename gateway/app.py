@@ -1,8 +1,9 @@
 """The aiohttp application: one OpenAI-compatible endpoint in front of every model.
 
-The request path reads top to bottom: auth -> parse -> route -> admit ->
-proxy -> account.  Middlewares give every request an id, an access log line
-and OpenAI-shaped errors; handlers stay thin.
+Middlewares wrap every request: an id and one access log line with its
+metrics (account), OpenAI- or Ollama-shaped errors, and the API key check
+(auth).  Inside, pipeline.py carries the request path itself: parse, route,
+prepare, guard, admit, proxy.  Handlers stay thin.
 """
 
 from __future__ import annotations
