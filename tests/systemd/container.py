@@ -194,7 +194,7 @@ class Container:
         base = {"PATH": INNER_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
         base.update(env or {})
         return ["env", "-i", *[f"{k}={v}" for k, v in base.items()],
-                "nsenter", "-t", str(self.leader), "-a", "--wd=/root", *argv]
+                "nsenter", "-t", str(self.leader), "-a", "-w", *argv]
 
     def run(self, argv: list[str], check: bool = True, timeout: float = 600, env: dict | None = None,
             input: str | None = None) -> subprocess.CompletedProcess:

@@ -27,7 +27,7 @@ def main() -> int:
         if STATE.exists():
             print(f"a devbox is up already ({STATE}); run down first")
             return 1
-        rw, ro = stage.binds(ct.CACHE / "pip-cache")
+        rw, ro = stage.binds()
         c = ct.Container("localai-devbox", binds=rw, binds_ro=ro, log_path=ct.CACHE / "devbox-console.log",
                          workdir=Path("/var/tmp"))
         c.create(ct.cached_rootfs())

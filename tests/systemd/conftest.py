@@ -1,0 +1,167 @@
+"""The systemd tier: a real systemd in a container, deployed with install.sh.
+
+One container per test session (module scope): booted from the cached
+mmdebstrap rootfs, staged with a copy of this work tree, deployed once; the
+tests then look at it in order. It is always torn down (also on failure, Ctrl-C
+or SIGTERM), after its journal is saved to test-output/systemd/.
+
+Needs root, systemd-nspawn and mmdebstrap (installed with apt-get when
+missing), and ports 18480-18482 free on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import container as ct  # noqa: E402
+import stage  # noqa: E402
+
+OUT = stage.REPO / "test-output" / "systemd"
+TIMINGS: dict[str, float] = {}
+
+
+def _ensure_tools() -> None:
+    missing = [pkg for tool, pkg in (("systemd-nspawn", "systemd-container"), ("mmdebstrap", "mmdebstrap"))
+               if shutil.which(tool) is None]
+    if not missing:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+    res = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail(f"the systemd tier needs {', '.join(missing)} and apt-get could not install them:\n"
+                    f"{res.stderr[-2000:]}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _reap_stale() -> None:
+    """Remove what a killed earlier run left: empty tier cgroups, unmounted tier rootfs folders."""
+    for h in ("unified", "systemd"):
+        base = Path(f"/sys/fs/cgroup/{h}")
+        for top in base.glob("localai-tier-*"):
+            if any((p / "cgroup.procs").read_text().strip() for p in [top, *top.rglob("*")]
+                   if p.is_dir() and (p / "cgroup.procs").exists()):
+                continue  # still has processes: someone's live container, leave it
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                d.rmdir()
+            top.rmdir()
+    mounts = Path("/proc/self/mounts").read_text()
+    for d in Path("/var/tmp").glob("localai-tier-*"):
+        if str(d) not in mounts:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class Box:
+    """The deployed container, as the tests see it."""
+
+    def __init__(self, c: ct.Container):
+        self.c = c
+
+    def sh(self, script: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        return self.c.sh(script, check=check, timeout=timeout)
+
+    def install(self, *extra: str, log_name: str) -> tuple[subprocess.CompletedProcess, dict]:
+        argv = " ".join([*stage.INSTALL_ARGV, *extra])
+        started = time.monotonic()
+        res = self.c.sh(f"cd {stage.SRC_IN} && {argv}", check=False, timeout=3000)
+        TIMINGS[log_name] = time.monotonic() - started
+        (OUT / f"{log_name}.log").write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
+        return res, recap(res.stdout)
+
+    def api_key(self) -> str:
+        return self.c.path("/etc/localai/api-keys").read_text().split()[0]
+
+    def prop(self, unit: str, name: str) -> str:
+        return self.sh(f"systemctl show -p {name} --value {unit}").stdout.strip()
+
+    def wait(self, predicate, timeout: float, what: str, interval: float = 1.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                status = self.sh("systemctl list-units 'localai*' --all --no-pager", check=False).stdout
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{status}")
+            time.sleep(interval)
+
+
+def recap(stdout: str) -> dict:
+    """PLAY RECAP counters of the last play (ok, changed, failed, ...)."""
+    found = re.findall(r"^localhost\s+:\s+(.*)$", stdout, re.M)
+    if not found:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", found[-1])}
+
+
+@pytest.fixture(scope="session")
+def box():
+    if os.geteuid() != 0:
+        pytest.fail("the systemd tier boots a container: run it as root")
+    if not Path("/sys/fs/cgroup/unified").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        pytest.fail("the systemd tier needs cgroup v2 (/sys/fs/cgroup/unified or a unified /sys/fs/cgroup)")
+    busy = [p for p in [stage.GATEWAY_PORT, *stage.MODEL_PORTS.values()] if not _port_free(p)]
+    if busy:
+        pytest.fail(f"ports {busy} are taken on 127.0.0.1 (a devbox still up? "
+                    f"python tests/systemd/devbox.py down)")
+    _ensure_tools()
+    _reap_stale()
+    OUT.mkdir(parents=True, exist_ok=True)
+    rw, ro = stage.binds()
+    c = ct.Container("localai-tier", binds=rw, binds_ro=ro, log_path=OUT / "console.log", workdir=Path("/var/tmp"))
+
+    def on_term(signum, frame):  # CI's timeout: still tear the container down
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    started = time.monotonic()
+    try:
+        t0 = time.monotonic()
+        tarball = ct.cached_rootfs()
+        TIMINGS["rootfs"] = time.monotonic() - t0
+        c.create(tarball)
+        stage.stage(c.root)
+        t0 = time.monotonic()
+        c.boot()
+        TIMINGS["boot"] = time.monotonic() - t0
+        b = Box(c)
+        res, counts = b.install(log_name="install-1")
+        if res.returncode != 0 or counts.get("failed", 1) != 0:
+            tail = "\n".join(res.stdout.splitlines()[-60:])
+            pytest.fail(f"install.sh failed (rc={res.returncode}, {counts}); "
+                        f"log in {OUT / 'install-1.log'}:\n{tail}\n{res.stderr[-2000:]}")
+        b.first_recap = counts
+        yield b
+    finally:
+        try:
+            if c.leader:
+                j = c.run(["journalctl", "-b", "--no-pager", "-o", "short-precise"], check=False, timeout=60)
+                (OUT / "journal.txt").write_text(j.stdout)
+        except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
+            pass
+        c.teardown()
+        signal.signal(signal.SIGTERM, old_term)
+        TIMINGS["tier"] = time.monotonic() - started
+        (OUT / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()))

