@@ -61,6 +61,10 @@ def watch_stream(page: Page) -> None:
         });
         obs.observe(document.querySelector('#thread'), {subtree: true, childList: true, characterData: true});
         window.__streamObs = obs;
+        window.__stopShown = false;
+        const stop = document.querySelector('#stop');
+        new MutationObserver(() => { if (!stop.hidden && document.querySelector('#send').hidden) window.__stopShown = true; })
+          .observe(stop, {attributes: true, attributeFilter: ['hidden']});
       }"""
     )
 

@@ -84,9 +84,13 @@ function findModel(id) {
   return state.models.find((m) => m.id === id) || state.models.find((m) => (m.aliases || []).includes(id)) || null;
 }
 
+// Chat-capable models (the gateway may also list embedding models: task "embed").
+const isChatModel = (m) => !m.task || m.task === 'generate' || m.task === 'chat';
+const chatModels = () => state.models.filter(isChatModel);
+
 function modelState(id) {
   const m = findModel(id);
-  const key = m ? m.id : id;
+  const key = m ? m.preset_of || m.id : id; // a preset runs on its base model's server
   const hm = state.health && state.health.models && state.health.models[key];
   if (hm && hm.state) return { state: hm.state, reason: hm.reason || null };
   if (m) return { state: m.state || 'ready', reason: m.state_reason || null };
@@ -97,8 +101,9 @@ function currentModelId() {
   const c = state.conv;
   if (c && c.model && (findModel(c.model) || !state.modelsLoaded)) return c.model;
   const last = settings.get('model');
-  if (last && findModel(last)) return findModel(last).id;
-  const d = state.models.find((m) => m.default) || state.models.find((m) => modelState(m.id).state === 'ready') || state.models[0];
+  if (last && findModel(last) && isChatModel(findModel(last))) return findModel(last).id;
+  const chat = chatModels();
+  const d = chat.find((m) => m.default) || chat.find((m) => modelState(m.id).state === 'ready') || chat[0];
   if (d) return d.id;
   return (c && c.model) || null;
 }
@@ -150,10 +155,16 @@ function renderPicker() {
 
 function renderMenu() {
   const cur = currentModelId();
-  const items = state.models.map((m) => {
+  const items = chatModels().map((m) => {
     const st = modelState(m.id);
     const lim = contextLimit(m.id);
     const meta = [STATE_LABEL[st.state] || st.state, lim ? `${fmtK(lim)} ctx` : null].filter(Boolean).join(' · ');
+    const about = [];
+    if (m.preset_of) about.push(`preset of ${m.preset_of}`);
+    if (m.defaults && typeof m.defaults === 'object') {
+      for (const [k, v] of Object.entries(m.defaults)) about.push(`${k.replace('temperature', 'temp')} ${v}`);
+    }
+    if (m.aliases && m.aliases.length) about.push(`aka ${m.aliases.join(', ')}`);
     return h(
       'button',
       {
@@ -169,7 +180,7 @@ function renderMenu() {
         'span',
         { class: 'opt-main' },
         h('span', { class: 'opt-name' }, m.id, m.default ? h('span', { class: 'badge' }, 'default') : null),
-        m.aliases && m.aliases.length ? h('span', { class: 'opt-alias' }, `aka ${m.aliases.join(', ')}`) : null,
+        about.length ? h('span', { class: 'opt-alias' }, about.join(' · ')) : null,
         st.state === 'failed' && st.reason ? h('span', { class: 'opt-reason' }, st.reason) : null,
       ),
       h('span', { class: 'opt-meta' }, meta),
@@ -534,7 +545,7 @@ function messageView(m) {
   const flag = h('span', { class: 'flag' }, status === 'stopped' ? 'Stopped' : m.finish === 'length' ? 'Cut off (max tokens)' : '');
   const art = h(
     'article',
-    { class: `msg assistant ${status}`, dataset: { id: m.id, status } },
+    { class: `msg assistant ${status}`, dataset: { id: m.id, status, finish: m.finish || '' } },
     h('div', { class: 'msg-head' }, h('span', { class: 'avatar', html: icon('spark') }), h('span', { class: 'msg-model' }, m.model || 'assistant')),
     m.truncated ? truncNotice(m.truncated) : null,
     reasoning,
