@@ -158,7 +158,21 @@ def cmd_tiny_model(args) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_status(args) -> int:
+    from .ops import status_main
+
+    return status_main(args)
+
+
+def cmd_logs(args) -> int:
+    from .ops import logs_main
+
+    return logs_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .ops import add_logs_arguments, add_status_arguments
+
     parser = argparse.ArgumentParser(prog="localai", description="Self-hosted OpenAI-compatible AI service.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -182,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds (default 1800)")
     p.set_defaults(func=cmd_wait_ready)
+    p = with_config(sub.add_parser("status", help="units, model readiness, ports and GPUs at a glance"))
+    add_status_arguments(p)
+    p.set_defaults(func=cmd_status)
+    p = with_config(sub.add_parser("logs", help="the JSON journal of one unit or all, readable"))
+    add_logs_arguments(p)
+    p.set_defaults(func=cmd_logs)
     p = sub.add_parser("tiny-model", help="write a tiny random-weight model for demos and tests (offline)")
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)

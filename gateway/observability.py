@@ -9,6 +9,8 @@ import sys
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
+from .gpu import GpuCollector
+
 # The request id of the request being handled; every log line made while
 # handling it carries the id without each call site passing it along.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -86,3 +88,5 @@ class Metrics:
             "localai_backend_up", "1 when the backend answers its health check", ["model"], registry=r)
         self.backend_ready = Gauge(
             "localai_backend_ready", "1 when the model serves requests", ["model"], registry=r)
+        # localai_gpu_*, read from NVML at scrape time; nothing at all on a host without a GPU.
+        r.register(GpuCollector())

@@ -346,12 +346,12 @@ def logs_main(args) -> int:
 
 
 def add_status_arguments(p) -> None:
-    """The arguments status_main reads (for the lead's cli.py)."""
+    """The arguments status_main reads; --config comes from cli.py."""
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def add_logs_arguments(p) -> None:
-    """The arguments logs_main reads (for the lead's cli.py); --config comes from cli.py."""
+    """The arguments logs_main reads; --config comes from cli.py."""
     p.add_argument("target", nargs="?", default=None,
                    help="'gateway', a model name or alias; default: every localai unit")
     p.add_argument("-n", "--lines", type=int, default=100, help="how many past records (default 100)")
@@ -359,16 +359,3 @@ def add_logs_arguments(p) -> None:
     p.add_argument("--since", help='e.g. "1 hour ago" or "2026-01-01 10:00"')
     p.add_argument("--json", action="store_true", help="print the records as JSON lines")
 
-
-if __name__ == "__main__":  # python -m gateway.ops status|logs ... (until cli.py wires them)
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m gateway.ops")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, adder, func in (("status", add_status_arguments, status_main), ("logs", add_logs_arguments, logs_main)):
-        sp = sub.add_parser(name)
-        sp.add_argument("--config", "-c", type=Path, default=Path("/etc/localai/localai.yaml"))
-        adder(sp)
-        sp.set_defaults(func=func)
-    ns = ap.parse_args()
-    sys.exit(ns.func(ns))

@@ -342,6 +342,7 @@ async def test_metrics(stack):
         'localai_requests_total{endpoint="/v1/chat/completions",model="",status="404"} 1.0',
     ):
         assert needle in text, needle
+    assert "localai_gpu_" not in text  # no GPU here: absent, not zero
 
 
 # --- bad input -------------------------------------------------------------------------
