@@ -145,13 +145,17 @@ def vram_report(models, gpus, catalog, overhead_gib=1.0, overhead_gib_per_b=0.03
                      f"{est['weights_gib']:.1f} GiB weights + {over:.1f} GiB runtime + "
                      f"{kv_gib:.1f} GiB KV cache ({kv_sequences} x {ctx} tokens) = {need:.1f} GiB")
         if need > share:
-            fit = need / card_gib
+            fit = need / card_gib + 0.01
+            if fit <= float(max_total_util):
+                advice = (f"raise gpu_memory_utilization to {fit:.2f}, lower max_model_len, "
+                          f"or pick a smaller model.")
+            else:
+                advice = "that is more than this card can give one model: lower max_model_len or pick a smaller model."
             problems.append(
                 f"Model '{name}' ({est['model']}) needs about {need:.1f} GiB on GPU {dev} "
                 f"({est['weights_gib']:.1f} weights, {over:.1f} runtime, {kv_gib:.1f} KV cache for "
                 f"{kv_sequences} x {ctx} tokens) but gpu_memory_utilization {util:.2f} of "
-                f"{card_gib:.1f} GiB gives it {share:.1f} GiB: raise gpu_memory_utilization to "
-                f"{min(fit + 0.01, 1.0):.2f}, lower max_model_len, or pick a smaller model.")
+                f"{card_gib:.1f} GiB gives it {share:.1f} GiB; {advice}")
     for dev, shares in totals.items():
         total = sum(u for _, u in shares)
         if total > float(max_total_util) + 1e-9:

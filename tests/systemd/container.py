@@ -117,13 +117,22 @@ class Container:
             "done\n"
             'exec "$@"\n'
         )
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         self.proc = subprocess.Popen(["sh", "-c", launcher, "launcher", *argv], stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.leader = _wait(self._find_leader, 30, "the container's init")
         _wait(lambda: self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
               in ("running", "degraded"), timeout, "systemd inside the container to finish booting", 0.5)
+
+    def reboot(self, timeout: float = 60) -> None:
+        """Power the container off and boot the same root again (what a host reboot does to units)."""
+        assert self.proc is not None
+        self.run(["systemctl", "poweroff", "--no-block"], check=False)
+        self.proc.wait(timeout=90)
+        self._remove_cgroups()
+        self.leader = None
+        self.boot(timeout)
 
     def _find_leader(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

@@ -53,6 +53,14 @@ def test_every_unit_active(box):
         assert unit in listed
 
 
+def test_gateway_notifies_ready_and_pets_the_watchdog(box):
+    unit = "localai-gateway.service"
+    assert box.prop(unit, "Type") == "notify" and box.prop(unit, "WatchdogUSec") == "30s"
+    first = box.prop(unit, "WatchdogTimestampMonotonic")
+    box.wait(lambda: box.prop(unit, "WatchdogTimestampMonotonic") not in ("0", first), 40,
+             "a WATCHDOG=1 from the gateway")
+
+
 def test_enabled_for_boot(box):
     res = box.sh("systemctl is-enabled " + " ".join(UNITS), check=False)
     assert res.stdout.split() == ["enabled"] * len(UNITS), res.stdout
@@ -173,6 +181,56 @@ def test_restart_target_restarts_everything(box):
         assert box.prop(unit, "MainPID") != pid, f"{unit} was not restarted"
     box.wait(lambda: chat(box, "coder")[0] == 200, 120, "the gateway to route after the restart")
     print(f"restart of localai.target took {time.monotonic() - started:.0f} s")
+
+
+def test_everything_comes_back_after_a_reboot(box):
+    box.c.reboot()
+    started = time.monotonic()
+    for unit in UNITS:
+        box.wait(lambda u=unit: box.prop(u, "ActiveState") == "active", 900, f"{unit} active after reboot")
+    box.wait(lambda: chat(box, "general")[0] == 200, 120, "a chat after the reboot")
+    print(f"all units ready {time.monotonic() - started:.0f} s after boot")
+
+
+# The GPU branch of the host checks, with a stand-in nvidia-smi (the knob
+# localai_checks_nvidia_smi): only the checks run (`--tags none` leaves the
+# `always`-tagged checks role), nothing on the host changes.
+FAKE_SMI = {
+    "l4": "0, NVIDIA L4, 23034, 580.95.05",
+    "old-driver": "0, NVIDIA L4, 23034, 550.127.05",
+    "small": "0, NVIDIA GeForce RTX 3070, 8192, 580.95.05",
+}
+
+
+def checks_only(box, card: str, *extra: str):
+    script = f"/root/fake-nvidia-smi-{card}"
+    path = box.c.path(script)
+    path.write_text(f"#!/bin/sh\necho '{FAKE_SMI[card]}'\n")
+    path.chmod(0o755)
+    argv = " ".join(["./install.sh", "--tags", "none", "-e", f"localai_checks_nvidia_smi={script}", *extra])
+    res = box.sh(f"cd {stage.SRC_IN} && {argv}", check=False, timeout=300)
+    (stage.REPO / "test-output" / "systemd" / f"checks-{card}.log").write_text(res.stdout + res.stderr)
+    res.text = " ".join(res.stdout.split())  # Ansible folds long messages
+    return res
+
+
+def test_gpu_host_checks_pick_the_profile_and_budget(box):
+    res = checks_only(box, "l4")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "CUDA host: NVIDIA L4; models from profile 24gb: coder, general." in res.text
+    assert "coder: 10.1 GiB of GPU 0 (0.45 x 22.5) for 5.6 GiB weights" in res.text, res.stdout[-3000:]
+
+
+def test_gpu_host_checks_fail_early_in_plain_words(box):
+    res = checks_only(box, "old-driver")
+    assert res.returncode != 0
+    assert "The NVIDIA driver on this host is 550.127.05" in res.text and "580.65.06 or newer" in res.text
+    res = checks_only(box, "small")
+    assert res.returncode != 0 and "less than the smallest profile needs" in res.text, res.text[-2000:]
+    res = checks_only(box, "l4", "-e", "localai_profile=96gb")
+    assert res.returncode != 0
+    assert "Model ''coder'' (Qwen/Qwen2.5-Coder-32B-Instruct-AWQ) needs about 37.5 GiB on GPU 0" in res.text
+    assert "more than this card can give one model" in res.text
 
 
 def test_uninstall_keeps_models_and_config(box):

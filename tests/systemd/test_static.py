@@ -96,6 +96,10 @@ def test_budget_explains_a_model_that_does_not_fit():
     assert not report["ok"]
     text = report["problems"][0]
     assert "big" in text and "GiB" in text and "gpu_memory_utilization" in text and "max_model_len" in text
+    assert "more than this card can give one model" in text
+    models[0].update(max_model_len=4096, gpu_memory_utilization=0.4)
+    text = budget(models, 49140)["problems"][0]
+    assert "raise gpu_memory_utilization to 0.5" in text
 
 
 def test_budget_rejects_shares_that_leave_no_room_for_each_other():
