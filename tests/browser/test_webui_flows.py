@@ -376,3 +376,36 @@ def test_screenshots_real(stack, open_ui, scheme, size):
     wait_answer(page)
     ui.shot(f"real-{size}-{scheme}-answer")
     ui.assert_clean()
+
+
+def test_truncation_notice_from_gateway(stack, open_ui, tmp_path):
+    """A chat longer than the context: the gateway drops old turns and the UI says so."""
+    ui = open_ui(stack.url, stack.api_key)
+    page = ui.page
+    wait_connected(page)
+    msgs = []
+    for i in range(12):
+        msgs.append({"role": "user", "content": f"Question {i}: " + "lorem ipsum dolor sit amet " * 30})
+        msgs.append({"role": "assistant", "content": f"Answer {i}: " + "consectetur adipiscing elit " * 30})
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({"title": "Long history", "messages": msgs, "params": {"max_tokens": 8}}))
+    page.set_input_files("#import-file", str(path))
+    page.click(".conv-item .conv-link")
+    expect(page.locator("#thread article.msg")).to_have_count(24)
+    # Past the limit already: the warning says old messages will be left out.
+    expect(page.locator("#meter")).to_have_attribute("data-level", "high")
+    expect(page.locator("#ctx-warn")).to_contain_text("longer than")
+    send(page, "And the final question?")
+    a = wait_answer(page)
+    assert a.get_attribute("data-status") == "done", a.inner_text()
+    notice = a.locator(".notice.trunc")
+    expect(notice).to_contain_text(re.compile(r"left out the \d+ oldest messages"))
+    n = int(re.search(r"the (\d+) oldest", notice.inner_text()).group(1))
+    assert 0 < n <= 24
+    # The meter now counts what was sent (usage), and keeps warning that turns are dropped.
+    expect(page.locator("#ctx-warn")).to_contain_text(f"left out the {n} oldest messages")
+    expect(page.locator(".conv-item.active .conv-link")).to_have_text("Long history")
+    ui.shot("real-desktop-light-truncated")
+    page.reload()
+    expect(last_answer(page).locator(".notice.trunc")).to_contain_text(f"the {n} oldest messages")
+    ui.assert_clean()

@@ -660,7 +660,7 @@ function startEdit(art, m) {
     if (idx < 0) return close();
     m.content = text;
     conv.messages.length = idx + 1;
-    if (!conv.renamed) conv.title = titleFrom(conv.messages);
+    if (!conv.renamed && conv.messages.find((x) => x.role === 'user') === m) conv.title = titleFrom(conv.messages);
     store.save(conv);
     renderThread();
     renderSidebar();
@@ -723,7 +723,7 @@ function send(text) {
   const m = { id: uidMsg(), role: 'user', content: text, created: Date.now() };
   conv.messages.push(m);
   if (!conv.model) conv.model = currentModelId();
-  if (!conv.renamed) conv.title = titleFrom(conv.messages);
+  if (!conv.renamed && conv.messages.filter((x) => x.role === 'user').length === 1) conv.title = titleFrom(conv.messages);
   store.save(conv);
   setHash(conv.id);
   document.title = `${conv.title} · LocalAI`;
@@ -902,7 +902,7 @@ async function generate(conv) {
     const gen = (tEnd - tFirst) / 1000;
     msg.stats = {
       ttft_ms: tFirst ? Math.round(tFirst - tStart) : null,
-      tps: tFirst && completion > 1 && gen > 0 ? (completion - 1) / gen : null,
+      tps: tFirst && completion >= 4 && gen > 0.05 ? (completion - 1) / gen : null,
       prompt_tokens: usage ? usage.prompt_tokens : null,
       completion_tokens: completion,
       estimated: !usage,
@@ -1002,7 +1002,10 @@ function updateMeter() {
     }
     el.meter.hidden = false;
     const frac = used / limit;
-    const level = frac >= HIGH_AT ? 'high' : frac >= WARN_AT ? 'warn' : 'ok';
+    const lastAnswer = conv ? [...conv.messages].reverse().find((m) => m.role === 'assistant') : null;
+    const dropped = lastAnswer && lastAnswer.truncated ? lastAnswer.truncated : 0;
+    let level = frac >= HIGH_AT ? 'high' : frac >= WARN_AT ? 'warn' : 'ok';
+    if (dropped && level === 'ok') level = 'warn';
     el.meter.dataset.level = level;
     el.meterFill.style.width = `${Math.min(100, frac * 100).toFixed(1)}%`;
     el.meterText.textContent = `${fmtInt(used)} / ${fmtInt(limit)} tokens`;
@@ -1012,7 +1015,9 @@ function updateMeter() {
     if (level !== 'ok') {
       el.ctxWarn.replaceChildren(
         h('span', { html: icon('warn') }),
-        h('span', {}, frac >= 1
+        h('span', {}, dropped && frac < 1
+          ? `This chat no longer fits ${id}’s context window: the last request left out the ${dropped === 1 ? 'oldest message' : `${dropped} oldest messages`}. Start a new chat to keep answers focused.`
+          : frac >= 1
           ? `This chat is longer than ${id}’s context window, so the oldest messages are left out of each request. Start a new chat to keep answers focused.`
           : `This chat uses ${Math.round(frac * 100)}% of ${id}’s context window. Older messages will be left out once it is full. Start a new chat to keep answers focused.`),
         h('button', { type: 'button', class: 'link-btn', dataset: { act: 'newchat' } }, 'New chat'),

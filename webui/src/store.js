@@ -156,9 +156,11 @@ function normalize(raw) {
   }
   const sysMsg = raw.messages.find((m) => m && m.role === 'system' && typeof m.content === 'string');
   const now = Date.now();
+  const title = typeof raw.title === 'string' && raw.title.trim() ? raw.title.slice(0, 200) : titleFrom(messages);
   return {
+    renamed: Boolean(raw.renamed) || title !== titleFrom(messages),
     id: typeof raw.id === 'string' && /^[\w-]{1,64}$/.test(raw.id) ? raw.id : uid(),
-    title: typeof raw.title === 'string' && raw.title.trim() ? raw.title.slice(0, 200) : titleFrom(messages),
+    title,
     created: Number(raw.created) || now,
     updated: Number(raw.updated) || now,
     model: typeof raw.model === 'string' ? raw.model : null,
