@@ -12,7 +12,10 @@ import re
 import time
 
 import pytest
-from playwright.sync_api import expect
+
+pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
+
+from playwright.sync_api import expect  # noqa: E402
 
 from uihelp import (
     DESKTOP,
@@ -31,7 +34,7 @@ from uihelp import (
     watch_stream,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.real]
 
 
 def _chat_models(stack) -> list[dict]:

@@ -13,9 +13,12 @@ import re
 import statistics
 
 import pytest
-from playwright.sync_api import expect
 
-from uihelp import DESKTOP, PHONE, answers, last_answer, pick_model, send, wait_answer, wait_connected
+pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
+
+from playwright.sync_api import expect  # noqa: E402
+
+from uihelp import DESKTOP, PHONE, answers, last_answer, send, wait_answer, wait_connected
 
 pytestmark = pytest.mark.browser
 
