@@ -556,3 +556,19 @@ def test_import_rejects_garbage(standin, ui, tmp_path):
     expect(page.locator("#system-pill")).to_contain_text("be brief")
     expect(last_answer(page).locator(".body")).to_have_text("imported answer")
     ui.assert_clean()
+
+
+def test_first_load_transfer_under_budget(standin, ui):
+    """What the browser really transfers on a cold first load (gzip, headers included)."""
+    page = ui.page
+    total = page.evaluate("""() => {
+        const nav = performance.getEntriesByType('navigation')[0].transferSize;
+        const res = performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname.startsWith('/assets/'));
+        return nav + res.reduce((a, e) => a + e.transferSize, 0);
+    }""")
+    print(f"first load transferred: {total} bytes")
+    assert 0 < total < 300 * 1024
+    # Every asset came compressed and from this origin only.
+    names = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    assert all(n.startswith(standin.url) for n in names), names
+    ui.assert_clean()

@@ -180,7 +180,7 @@ function renderMenu() {
         'span',
         { class: 'opt-main' },
         h('span', { class: 'opt-name' }, m.id, m.default ? h('span', { class: 'badge' }, 'default') : null),
-        about.length ? h('span', { class: 'opt-alias' }, about.join(' · ')) : null,
+        about.length ? h('span', { class: 'opt-alias', title: about.join(' · ') }, about.join(' · ')) : null,
         st.state === 'failed' && st.reason ? h('span', { class: 'opt-reason' }, st.reason) : null,
       ),
       h('span', { class: 'opt-meta' }, meta),
