@@ -572,3 +572,36 @@ def test_first_load_transfer_under_budget(standin, ui):
     names = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
     assert all(n.startswith(standin.url) for n in names), names
     ui.assert_clean()
+
+
+def test_edit_or_delete_while_streaming(standin, ui):
+    page = ui.page
+    standin.reply = "echo:" + "slow words " * 200
+    standin.token_delay = 0.02
+    send(page, "first")
+    expect(last_answer(page)).to_have_class(re.compile(r"\bhas-text\b"))
+    # Editing the question while its answer streams: the old answer is dropped, a new one runs.
+    user = page.locator("#thread article.user").first
+    user.hover()
+    user.locator('[data-act="edit"]').click()
+    user.locator(".edit-input").fill("second")
+    user.locator(".edit-actions .primary").click()
+    expect(page.locator("#stop")).to_be_visible()
+    expect(answers(page)).to_have_count(1)
+    page.click("#stop")
+    expect(last_answer(page)).to_have_attribute("data-status", "stopped")
+    assert standin.requests[-1]["messages"] == [{"role": "user", "content": "second"}]
+    # Deleting a chat while it streams: it stays deleted when the stream ends.
+    page.keyboard.press("Control+Shift+O")
+    send(page, "doomed")
+    expect(last_answer(page)).to_have_class(re.compile(r"\bhas-text\b"))
+    doomed = page.locator(".conv-item", has_text="doomed")
+    doomed.hover()
+    doomed.locator('[data-act="delete"]').click()
+    page.click("#confirm-ok")
+    expect(page.locator(".conv-item", has_text="doomed")).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
+    page.reload()
+    expect(page.locator(".conv-item")).to_have_count(1)
+    expect(page.locator(".conv-item", has_text="doomed")).to_have_count(0)
+    ui.assert_clean()

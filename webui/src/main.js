@@ -386,7 +386,10 @@ async function deleteConversation(id) {
   const ok = await confirmDialog('Delete chat?', `“${entry.title}” will be removed from this browser.`, 'Delete');
   if (!ok) return;
   const s = streams.get(id);
-  if (s) s.ctrl.abort();
+  if (s) {
+    s.conv.deleted = true; // the ending stream must not save it back
+    s.ctrl.abort();
+  }
   store.remove(id);
   if (state.conv && state.conv.id === id) newChat();
   else renderSidebar();
@@ -874,7 +877,7 @@ async function generate(conv) {
         if (piece) msg.content += piece;
         if (think) msg.reasoning = (msg.reasoning || '') + think;
         schedulePaint(s);
-        if (Date.now() - lastSave > 3000) {
+        if (Date.now() - lastSave > 3000 && !conv.deleted) {
           lastSave = Date.now();
           store.save(conv);
         }
@@ -908,9 +911,10 @@ async function generate(conv) {
       estimated: !usage,
     };
   }
-  streams.delete(conv.id);
+  // An edit may already have started the next answer for this chat.
+  if (streams.get(conv.id) === s) streams.delete(conv.id);
   if (s.raf) cancelAnimationFrame(s.raf);
-  store.save(conv);
+  if (!conv.deleted && conv.messages.includes(msg)) store.save(conv);
   if (state.conv === conv && s.view && s.view.art.isConnected) {
     const v = messageView(msg);
     s.view.art.replaceWith(v.art);
