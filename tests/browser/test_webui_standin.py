@@ -18,7 +18,7 @@ pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not inst
 
 from playwright.sync_api import expect  # noqa: E402
 
-from uihelp import DESKTOP, PHONE, answers, last_answer, send, wait_answer, wait_connected
+from uihelp import DESKTOP, PHONE, answers, last_answer, poll, send, wait_answer, wait_connected
 
 pytestmark = pytest.mark.browser
 
@@ -604,4 +604,22 @@ def test_edit_or_delete_while_streaming(standin, ui):
     page.reload()
     expect(page.locator(".conv-item")).to_have_count(1)
     expect(page.locator(".conv-item", has_text="doomed")).to_have_count(0)
+    ui.assert_clean()
+
+
+def test_reload_mid_stream_keeps_partial_answer(standin, ui):
+    page = ui.page
+    standin.reply = "partial " * 300
+    standin.token_delay = 0.02
+    send(page, "go")
+    a = last_answer(page)
+    expect(a.locator(".body")).to_contain_text("partial partial partial")
+    page.reload()
+    a = last_answer(page)
+    expect(a).to_have_attribute("data-status", "stopped")
+    expect(a.locator(".body")).to_contain_text("partial partial partial")
+    expect(page.locator("#send")).to_be_visible()
+    # The server saw the connection go away and stopped streaming.
+    poll(lambda: standin.running.get("coder", 0) == 0, timeout=10, what="stand-in stream ended")
+    assert standin.cancelled >= 1
     ui.assert_clean()

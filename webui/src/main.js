@@ -886,7 +886,7 @@ async function generate(conv) {
     }
     msg.status = 'done';
   } catch (e) {
-    if (e && e.name === 'AbortError') msg.status = 'stopped';
+    if ((e && e.name === 'AbortError') || state.unloading) msg.status = 'stopped';
     else {
       msg.status = 'error';
       const err = e instanceof ApiError || (e && e.network) ? e : Object.assign(new Error(String((e && e.message) || e)), { network: true });
@@ -1247,6 +1247,7 @@ function wire() {
     renderSidebar();
   });
   window.addEventListener('pagehide', () => {
+    state.unloading = true; // streams cut by leaving the page end as "stopped", not as errors
     for (const s of streams.values()) {
       s.msg.status = 'stopped';
       store.save(s.conv);
