@@ -120,7 +120,7 @@ def test_truncation_notice(standin, ui):
     a = wait_answer(page)
     notice = a.locator(".notice.trunc")
     expect(notice).to_contain_text("left out the 3 oldest messages")
-    expect(page.locator("#ctx-warn")).to_contain_text("the last request left out the 3 oldest messages")
+    expect(page.locator("#ctx-warn")).to_contain_text("left out the 3 oldest messages to fit")
     ui.shot("standin-desktop-light-truncated")
     page.reload()
     expect(last_answer(page).locator(".notice.trunc")).to_contain_text("3 oldest messages")

@@ -1020,10 +1020,10 @@ function updateMeter() {
       el.ctxWarn.replaceChildren(
         h('span', { html: icon('warn') }),
         h('span', {}, dropped && frac < 1
-          ? `This chat no longer fits ${id}’s context window: the last request left out the ${dropped === 1 ? 'oldest message' : `${dropped} oldest messages`}. Start a new chat to keep answers focused.`
+          ? `The gateway left out the ${dropped === 1 ? 'oldest message' : `${dropped} oldest messages`} to fit ${id}’s context.`
           : frac >= 1
-          ? `This chat is longer than ${id}’s context window, so the oldest messages are left out of each request. Start a new chat to keep answers focused.`
-          : `This chat uses ${Math.round(frac * 100)}% of ${id}’s context window. Older messages will be left out once it is full. Start a new chat to keep answers focused.`),
+            ? `Longer than ${id}’s context: the oldest messages are left out of each request.`
+            : `${Math.round(frac * 100)}% of ${id}’s context used. Older messages will be left out once it is full.`),
         h('button', { type: 'button', class: 'link-btn', dataset: { act: 'newchat' } }, 'New chat'),
       );
     }
