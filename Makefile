@@ -11,12 +11,12 @@ VLLM_VENV   := $(LOCALAI_HOME)/vllm-venv
 MODELS      := $(LOCALAI_HOME)/models
 export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
 
-.PHONY: demo test test-fast venv vllm models system-deps
+.PHONY: demo test test-fast venv vllm models system-deps webui-deps
 
 demo: venv vllm models
 	$(VENV)/bin/localai up --config etc/demo.yaml
 
-test: venv vllm models system-deps
+test: venv vllm models system-deps webui-deps
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit tests/browser tests/real tests/systemd
 
 test-fast: venv
@@ -47,6 +47,11 @@ $(MODELS)/tiny-coder/.done: gateway/tinymodel.py | vllm venv
 $(MODELS)/tiny-general/.done: gateway/tinymodel.py | vllm venv
 	$(VENV)/bin/localai tiny-model $(@D) --seed 2 --python $(VLLM_VENV)/bin/python
 	touch $@
+
+# The pinned bundler and libraries, so a test can rebuild webui/dist and compare.
+webui-deps: webui/node_modules/.package-lock.json
+webui/node_modules/.package-lock.json: webui/package-lock.json
+	cd webui && npm ci --no-audit --no-fund --loglevel=error
 
 # Debian packages the browser and systemd tiers drive for real.
 system-deps:

@@ -1,12 +1,11 @@
 """Fixtures for the WebUI browser tests (Playwright + Debian's headless Chromium).
 
 * ``chromium``: one browser per test module, launched from ``/usr/bin/chromium``
-  (browsers cannot be downloaded here); tests skip when Playwright or Chromium is
-  missing.
+  (browsers cannot be downloaded here); a missing Chromium fails the tier, never skips it.
 * ``standin``: the scripted stand-in gateway (``standin.py``), reset per test.
 * ``stack``: the real stack (the ``real_stack`` fixture from ``tests/conftest.py``);
-  with ``LOCALAI_WEBUI_STANDIN=1`` and no real stack it falls back to the stand-in,
-  which is how the main flows were developed.
+  with ``LOCALAI_WEBUI_STANDIN=1`` the stand-in instead (a quick loop while developing),
+
 * ``open_ui``: opens the UI in a fresh browser context (isolated localStorage) at a
   given viewport / colour scheme, with the API key pre-seeded, and records console
   errors and CSP violations so that tests can assert there are none.
@@ -46,9 +45,10 @@ STANDIN_PORT = 18310
 # pytest-asyncio tests of other modules run in the same session.
 @pytest.fixture(scope="module")
 def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
+    from playwright import sync_api  # in the test extra
+
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"Chromium not found at {CHROMIUM}")
+        pytest.fail(f"Chromium not found at {CHROMIUM}: run `make system-deps` (Debian's chromium)")
     pw = sync_api.sync_playwright().start()
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
     try:
@@ -128,12 +128,9 @@ class _AttachedStack:
 def stack(request):
     if os.environ.get("LOCALAI_WEBUI_STACK_JSON"):
         return _AttachedStack(os.environ["LOCALAI_WEBUI_STACK_JSON"])
-    try:
-        return request.getfixturevalue("real_stack")
-    except pytest.FixtureLookupError:
-        if os.environ.get("LOCALAI_WEBUI_STANDIN") == "1":
-            return request.getfixturevalue("standin")
-        pytest.skip("real_stack fixture (tests/conftest.py) is not available")
+    if os.environ.get("LOCALAI_WEBUI_STANDIN") == "1":
+        return request.getfixturevalue("standin")
+    return request.getfixturevalue("real_stack")
 
 
 class UI:

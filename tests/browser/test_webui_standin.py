@@ -14,7 +14,6 @@ import statistics
 
 import pytest
 
-pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
 
 from playwright.sync_api import expect  # noqa: E402
 

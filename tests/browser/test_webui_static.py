@@ -179,14 +179,13 @@ async def test_gz_made_at_startup_when_build_has_none(aiohttp_client, tmp_path):
 
 
 def test_committed_dist_matches_sources(tmp_path):
-    """dist/ is what `npm run build` makes from src/ (skipped without node_modules)."""
+    """dist/ is what `npm run build` makes from src/ (`make test` runs `npm ci` in webui/ first)."""
     import os
     import shutil
     import subprocess
 
     node = shutil.which("node")
-    if not node or not (WEBUI / "node_modules" / "esbuild").is_dir():
-        pytest.skip("needs node and `npm ci` in webui/")
+    assert node and (WEBUI / "node_modules" / "esbuild").is_dir(), "run `make webui-deps` (npm ci in webui/)"
     out = tmp_path / "dist"
     subprocess.run([node, "build.mjs"], cwd=WEBUI, env={**os.environ, "WEBUI_OUT": str(out)},
                    check=True, capture_output=True)
