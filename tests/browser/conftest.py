@@ -4,8 +4,7 @@
   (browsers cannot be downloaded here); a missing Chromium fails the tier, never skips it.
 * ``standin``: the scripted stand-in gateway (``standin.py``), reset per test.
 * ``stack``: the real stack (the ``real_stack`` fixture from ``tests/conftest.py``);
-  with ``LOCALAI_WEBUI_STANDIN=1`` the stand-in instead (a quick loop while developing),
-
+  with ``LOCALAI_WEBUI_STANDIN=1`` the stand-in instead (a quick loop while developing).
 * ``open_ui``: opens the UI in a fresh browser context (isolated localStorage) at a
   given viewport / colour scheme, with the API key pre-seeded, and records console
   errors and CSP violations so that tests can assert there are none.
