@@ -104,7 +104,7 @@ class Container:
         subprocess.run(["tar", "-xf", str(tarball), "-C", str(self.root)], check=True)
         return self.root
 
-    def boot(self, timeout: float = 60) -> None:
+    def boot(self, timeout: float = 60, states=("running", "degraded")) -> None:
         assert self.root is not None
         argv = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit",
                 "--console=read-only", f"--machine={self.name}"]
@@ -123,7 +123,7 @@ class Container:
                                      stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.leader = _wait(self._find_leader, 30, "the container's init")
         _wait(lambda: self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
-              in ("running", "degraded"), timeout, "systemd inside the container to finish booting", 0.5)
+              in states, timeout, "systemd inside the container to finish booting", 0.5)
 
     def reboot(self, timeout: float = 60) -> None:
         """Power the container off and boot the same root again (what a host reboot does to units)."""
@@ -132,7 +132,9 @@ class Container:
         self.proc.wait(timeout=90)
         self._remove_cgroups()
         self.leader = None
-        self.boot(timeout)
+        # Boot jobs include the model units, which take minutes to turn ready:
+        # "starting" is enough here; the caller waits for the units itself.
+        self.boot(timeout, states=("starting", "running", "degraded"))
 
     def _find_leader(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
