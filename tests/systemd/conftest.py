@@ -11,6 +11,7 @@ missing), and ports 18480-18482 free on 127.0.0.1.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -56,21 +57,62 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _live_roots() -> set[str]:
+    """Root folders of running processes (a booted container's init has its rootfs as /)."""
+    roots = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                roots.add(os.readlink(proc / "root"))
+            except OSError:
+                pass
+    return roots
+
+
 def _reap_stale() -> None:
-    """Remove what a killed earlier run left: empty tier cgroups, unmounted tier rootfs folders."""
+    """Remove what a killed earlier run left: empty tier cgroups, tier rootfs folders no process runs in.
+
+    Called with the tier lock held, so no other tier run of this machine is live.
+    Never kills anything: a cgroup that still has processes stays.
+    """
     for h in ("unified", "systemd"):
         base = Path(f"/sys/fs/cgroup/{h}")
         for top in base.glob("localai-tier-*"):
             if any((p / "cgroup.procs").read_text().strip() for p in [top, *top.rglob("*")]
                    if p.is_dir() and (p / "cgroup.procs").exists()):
-                continue  # still has processes: someone's live container, leave it
+                continue  # still has processes: leave it
             for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
                 d.rmdir()
             top.rmdir()
-    mounts = Path("/proc/self/mounts").read_text()
+    live = _live_roots()
     for d in Path("/var/tmp").glob("localai-tier-*"):
-        if str(d) not in mounts:
+        if str(d) not in live:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _take_lock(timeout: float = 2400):
+    """One tier run per machine (they share ports and cgroup names): wait for the other to finish."""
+    ct.CACHE.mkdir(parents=True, exist_ok=True)
+    fh = open(ct.CACHE / "tier.lock", "a+")
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            return fh
+        except BlockingIOError:
+            if not told:
+                fh.seek(0)
+                print(f"\nanother systemd tier run (pid {fh.read().strip() or '?'}) holds {fh.name}; waiting",
+                      file=sys.stderr)
+                told = True
+            if time.monotonic() > deadline:
+                pytest.fail(f"another systemd tier run held {fh.name} for {timeout:.0f} s")
+            time.sleep(2)  # polling a lock held by another process
 
 
 class Box:
@@ -122,12 +164,14 @@ def box():
         pytest.fail("the systemd tier boots a container: run it as root")
     if not Path("/sys/fs/cgroup/unified").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         pytest.fail("the systemd tier needs cgroup v2 (/sys/fs/cgroup/unified or a unified /sys/fs/cgroup)")
-    busy = [p for p in [stage.GATEWAY_PORT, *stage.MODEL_PORTS.values()] if not _port_free(p)]
-    if busy:
-        pytest.fail(f"ports {busy} are taken on 127.0.0.1 (a devbox still up? "
-                    f"python tests/systemd/devbox.py down)")
+    lock = _take_lock()
     _ensure_tools()
     _reap_stale()
+    busy = [p for p in [stage.GATEWAY_PORT, *stage.MODEL_PORTS.values()] if not _port_free(p)]
+    if busy:
+        lock.close()
+        pytest.fail(f"ports {busy} are taken on 127.0.0.1 (a devbox still up? "
+                    f"python tests/systemd/devbox.py down)")
     OUT.mkdir(parents=True, exist_ok=True)
     rw, ro = stage.binds()
     c = ct.Container("localai-tier", binds=rw, binds_ro=ro, log_path=OUT / "console.log", workdir=Path("/var/tmp"))
@@ -162,6 +206,7 @@ def box():
         except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
             pass
         c.teardown()
+        lock.close()
         signal.signal(signal.SIGTERM, old_term)
         TIMINGS["tier"] = time.monotonic() - started
         (OUT / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()))
