@@ -57,8 +57,10 @@ def test_chat_stream(client):
     assert final.eval_duration > 0 and final.total_duration >= final.eval_duration
     pieces = [p.message.content for p in parts[:-1]]
     assert all(isinstance(piece, str) for piece in pieces)
-    # One line per token or so, as Ollama streams, not one buffered blob.
-    assert len(pieces) >= final.eval_count // 2
+    # Several lines, not one buffered blob. (vLLM itself may put several tokens in one
+    # chunk when it runs ahead of its HTTP loop, so not one line per token; the fast
+    # tier proves chunk-for-chunk pass-through deterministically.)
+    assert len(pieces) >= 2
 
 
 def test_generate(client):
