@@ -31,7 +31,7 @@ from .backends import Backend, Registry, State
 from .config import ManagedModel
 from .errors import ApiError
 from .keys import ACCOUNT, CONFIG, REGISTRY
-from .pipeline import CHAT, COMPLETIONS, EMBEDDINGS, run
+from .pipeline import CHAT, COMPLETIONS, EMBEDDINGS, parse_json_object, run
 
 # What /api/version reports: recent enough that clients enable tools, structured
 # outputs and /api/embed.
@@ -310,15 +310,7 @@ async def not_here(request: web.Request) -> web.Response:
 async def _read_body(request: web.Request) -> dict:
     """Ollama accepts a JSON body whatever the Content-Type (curl -d sends form-encoded)."""
     raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
-    return body
+    return parse_json_object(raw) if raw.strip() else {}
 
 
 def _known_name(registry: Registry, name: object) -> object:

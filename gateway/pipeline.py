@@ -32,7 +32,10 @@ async def read_json_body(request: web.Request) -> dict:
     if request.content_type != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, not '{request.content_type}'.",
                        code="unsupported_media_type")
-    raw = await request.read()  # raises 413 past gateway.max_body_bytes
+    return parse_json_object(await request.read())  # read() raises 413 past gateway.max_body_bytes
+
+
+def parse_json_object(raw: bytes) -> dict:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
