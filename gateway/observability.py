@@ -7,7 +7,7 @@ import logging
 import sys
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from .gpu import GpuCollector
 
@@ -29,13 +29,20 @@ def setup_logging(level: str = "info", stream=None) -> None:
     """One JSON object per line on stdout (journald and `localai up` both read it)."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(
-        JsonFormatter(
+        # python-json-logger's orjson flavour: half the cost per line of its stdlib-json one.
+        OrjsonFormatter(
             "%(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "name": "logger", "message": "msg"},
             timestamp="ts",
         )
     )
     handler.addFilter(_RequestIdFilter())
+    # No line of ours prints the caller's file and line, thread or process: don't look
+    # them up for every record (the logging docs' "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -52,6 +59,7 @@ class Metrics:
     """The gateway's metrics, in a registry of its own (one per app, so tests don't collide)."""
 
     def __init__(self) -> None:
+        self._children: dict = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "localai_requests", "Requests answered, by model, endpoint and HTTP status",
@@ -90,3 +98,11 @@ class Metrics:
             "localai_backend_ready", "1 when the model serves requests", ["model"], registry=r)
         # localai_gpu_*, read from NVML at scrape time; nothing at all on a host without a GPU.
         r.register(GpuCollector())
+
+    def child(self, metric, *labels: str):
+        """metric.labels(*labels), looked up once: labels() takes a lock and validates on every call."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child

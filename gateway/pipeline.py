@@ -11,14 +11,13 @@ import contextlib
 import re
 import time
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from .backends import Backend, Route
 from .context import Guarded, guard
 from .errors import ApiError
-from .keys import ACCOUNT, CONFIG, METRICS, MONITOR, REGISTRY, SESSION
+from .keys import ACCOUNT, METRICS, MONITOR, REGISTRY, SESSION, UPSTREAM_TIMEOUT
 from .observability import request_id_var
 from .proxy import Adapter, forward
 
@@ -118,8 +117,8 @@ async def admitted(request: web.Request, backend: Backend):
         metrics.rejections.labels(backend.name, exc.code).inc()
         raise
     acct.queue_wait = time.monotonic() - waited_from
-    metrics.queue_wait.labels(backend.name).observe(acct.queue_wait)
-    in_flight = metrics.in_flight.labels(backend.name)
+    metrics.child(metrics.queue_wait, backend.name).observe(acct.queue_wait)
+    in_flight = metrics.child(metrics.in_flight, backend.name)
     in_flight.inc()
     try:
         yield
@@ -149,12 +148,11 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
         headers["X-LocalAI-Truncated-Messages"] = str(guarded.dropped)
         metrics.truncations.labels(backend.name).inc()
         metrics.dropped_messages.labels(backend.name).inc(guarded.dropped)
-    gw = app[CONFIG].gateway
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=gw.connect_timeout, sock_read=gw.read_timeout)
     async with admitted(request, backend):
         try:
             return await forward(request, app[SESSION], backend, endpoint, guarded.body, acct, metrics,
-                                 timeout, request_id_var.get() or "", adapter=adapter, headers=headers)
+                                 app[UPSTREAM_TIMEOUT], request_id_var.get() or "", adapter=adapter,
+                                 headers=headers)
         except ApiError as exc:
             if exc.code == "backend_unreachable":
                 app[MONITOR].poke(backend.name)

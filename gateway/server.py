@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 
 from aiohttp import web
@@ -22,6 +23,13 @@ async def serve(app: web.Application, host: str, port: int):
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()
+    # What exists now (modules, config, app, metrics: ~50,000 objects) lives as long as the
+    # process: freeze it out of the cyclic collector's walks, which took 17% of the CPU at
+    # 1,000 requests/s. Requests allocate containers by the thousand per second, so the
+    # young generation is collected every 20,000 allocations rather than every 700.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 100)
     log.info("gateway listening on http://%s:%d", host, port, extra={"host": host, "port": port})
     sdnotify.notify("READY=1\nSTATUS=serving")
     watchdog = asyncio.create_task(sdnotify.watchdog())
