@@ -25,8 +25,8 @@ from pathlib import Path
 from statistics import median
 
 from . import loadgen, stats
-from .run import FULL, HOST, PORT_GATEWAY, PORT_MOCK, REPO, Bench, Proc, cpu_seconds, load_avg, log, wait_models_ready, \
-    wait_port, write_configs
+from .run import FULL, HOST, PORT_GATEWAY, PORT_MOCK, REPO, Bench, Proc, cpu_seconds, load_avg, log, runq_wait, \
+    wait_models_ready, wait_port, write_configs
 
 PORT_B = PORT_GATEWAY + 2
 
@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or REPO / "bench" / "results" / ("compare-" + datetime.now().strftime("%Y%m%d-%H%M%S"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     args.no_pin, args.gateway_src = False, None
+    from . import run as _run
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+        _run.NICE[0] = -10
+    except OSError:
+        pass
     plan = dict(FULL, ttft=0.1, itl=0.02, chunks=128, delay=1.5)
     bench = Bench(args, plan, out)
     result: dict = {"a": str(args.a or "installed"), "b": str(args.b), "load_before": load_avg(), "rounds": []}
@@ -78,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.rate:
                     req = loadgen.build_request(HOST, port, "/v1/chat/completions", body_a, "sk-bench-0123456789abcdef")
                     c0, w0 = (cpu_seconds(pid) if pid else 0), time.monotonic()
+                    q0 = runq_wait(pid) if pid else 0
                     res = await loadgen.open_loop(HOST, port, req, args.rate, args.seconds if rnd else 1.0)
                     s = stats.summarize_requests(res.results, res.t_start, args.rate)
                     row[f"{name}_A"] = {"p50": s["latency_ms"]["p50"], "p99": s["latency_ms"]["p99"],
                                         "ok": s["success_rate"],
+                                        "runq_wait_frac": round((runq_wait(pid) - q0) / (time.monotonic() - w0), 4)
+                                        if pid else None,
                                         "cpu_us_per_req": round(1e6 * (cpu_seconds(pid) - c0) / max(1, s["ok"]), 1)
                                         if pid else None}
                 if args.streams:
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             s["overhead_p50_ms"] = round(median(r[f"{v}_A"]["p50"] - r["direct_A"]["p50"] for r in rounds), 4)
             s["overhead_p99_ms"] = round(median(r[f"{v}_A"]["p99"] - r["direct_A"]["p99"] for r in rounds), 4)
             s["success_min"] = min(r[f"{v}_A"]["ok"] for r in rounds)
+            s["runq_wait_frac_max"] = max(r[f"{v}_A"]["runq_wait_frac"] for r in rounds)
         if args.streams:
             s["cpu_us_per_event"] = median(r[f"{v}_B"]["cpu_us_per_event"] for r in rounds)
             s["d_itl_p50_ms"] = round(median(r[f"{v}_B"]["itl_p50"] - r["direct_B"]["itl_p50"] for r in rounds), 4)

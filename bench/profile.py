@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--sample-rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--no-spy", action="store_true", help="only measure CPU per request, no py-spy")
+    ap.add_argument("--native", action="store_true", help="py-spy --native: C frames too (uvloop, parsers)")
     ap.add_argument("--gateway-src", type=Path)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = None
         if not args.no_spy:
             proc = subprocess.Popen([spy, "record", "--pid", str(gw.pid), "--rate", str(args.sample_rate),
-                                     "--duration", str(int(args.seconds)), "--format", "raw", "--nonblocking",
+                                     "--duration", str(int(args.seconds)), "--format", "raw", *(["--native"] if args.native else ["--nonblocking"]),
                                      "-o", str(out / "stacks.txt")], stdout=subprocess.DEVNULL,
                                     stderr=open(out / "py-spy.log", "wb"))
             time.sleep(1.0)
