@@ -85,9 +85,10 @@ def test_send_and_stream(stack, open_ui):
     assert page.evaluate("window.__stopShown")
     expect(page.locator("#send")).to_be_visible()
     expect(page.locator("#stop")).to_be_hidden()
-    # Rendered incrementally: the text went through several lengths while streaming.
+    # Rendered as it arrived, not once at the end: the text grew while streaming. (How many
+    # frames that is depends on the machine's load; the stand-in tier pins chunk timing.)
     lengths = stream_lengths(page)
-    assert len(lengths) >= 3, lengths
+    assert len(lengths) >= 2, lengths
     assert lengths == sorted(lengths)
     # Per-answer stats from the usage chunk.
     stats = a.locator(".stats")
