@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import aiohttp
@@ -43,14 +42,12 @@ class Backend:
     state: State = State.LOADING
     reason: str | None = "starting"
     misses: int = 0
-    changed_at: float = field(default_factory=time.monotonic)
 
     def set_state(self, state: State, reason: str | None) -> None:
         if state != self.state or reason != self.reason:
             log.info("model %s is %s", self.name, state.value,
                      extra={"model": self.name, "state": state.value, "reason": reason})
             self.state, self.reason = state, reason
-            self.changed_at = time.monotonic()
 
     @property
     def managed(self) -> bool:
@@ -107,7 +104,7 @@ class Registry:
         self._routes.setdefault(served_id, Route(backend, {}))
 
     def presets(self) -> list[tuple[str, Route]]:
-        return [(name, r) for name, r in self._routes.items() if r.defaults or name in r.backend.model.presets]
+        return [(name, r) for name, r in self._routes.items() if name in r.backend.model.presets]
 
     def resolve(self, model: object) -> Route:
         """Route by name, alias, preset or served id; no model means the default. Raises ApiError."""

@@ -29,7 +29,6 @@ _PER_TOOL_REQUEST = 512  # tool instructions some templates add
 class Guarded:
     body: dict
     dropped: int = 0  # messages dropped to fit
-    counted: int | None = None  # prompt tokens as the backend counted them, when it was asked
 
 
 def prompt_budget(backend: Backend, body: dict) -> int | None:
@@ -133,7 +132,7 @@ async def guard(session: aiohttp.ClientSession, backend: Backend, body: dict) ->
         return Guarded(body)
     counted = await count_tokens(session, backend, body)
     if counted is None or counted <= allowed:
-        return Guarded(body, counted=counted)
+        return Guarded(body)
     messages = body.get("messages")
     policy = backend.model.context_policy
     user_idx = [i for i, m in enumerate(messages or []) if m.get("role") == "user"]
@@ -160,7 +159,7 @@ async def guard(session: aiohttp.ClientSession, backend: Backend, body: dict) ->
     log.info("context guard dropped %d messages: %d tokens of %d allowed", dropped, counted, allowed,
              extra={"model": backend.name, "dropped_messages": dropped, "prompt_tokens_before": counted,
                     "prompt_tokens_after": fit_count, "allowed_tokens": allowed})
-    return Guarded(trimmed_body, dropped=dropped, counted=fit_count)
+    return Guarded(trimmed_body, dropped=dropped)
 
 
 def _too_long(backend: Backend, counted: int, allowed: int, why: str) -> ApiError:
