@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .auth import check_key, load_api_keys
-from .backends import Backend, HealthMonitor, Registry, State
+from .backends import Backend, HealthMonitor, Registry, Route, State
 from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response
 from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
@@ -173,14 +173,27 @@ def model_card(b: Backend, default: bool) -> dict:
     }
 
 
+def preset_card(name: str, route: Route) -> dict:
+    # Presets are shown like models, saying which model they use and with what defaults.
+    return {**model_card(route.backend, False), "id": name, "aliases": [],
+            "preset_of": route.backend.name, "defaults": route.defaults}
+
+
 async def list_models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     data = [model_card(b, b is registry.default) for b in registry.backends.values()]
-    # Presets are listed like models, saying which model they use and with what defaults.
-    for name, route in registry.presets():
-        data.append({**model_card(route.backend, False), "id": name, "aliases": [],
-                     "preset_of": route.backend.name, "defaults": route.defaults})
+    data += [preset_card(name, route) for name, route in registry.presets()]
     return _json({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: one card, by name, alias or preset (404 model_not_found otherwise)."""
+    registry = request.app[REGISTRY]
+    name = request.match_info["model"]
+    route = registry.resolve(name)
+    if name in route.backend.model.presets:
+        return _json(preset_card(name, route))
+    return _json(model_card(route.backend, route.backend is registry.default))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -239,6 +252,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
         app.router.add_post(path + "/", openai_handler)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)  # ids may hold slashes (Qwen/...)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler)

@@ -92,6 +92,21 @@ async def test_models_report_limits_and_presets(stack):
     assert cards["architect"]["defaults"] == {"temperature": 0.1, "top_p": 0.95}
 
 
+async def test_retrieve_one_model_by_name_alias_or_preset(stack):
+    # GET /v1/models/{id}, as the OpenAI SDKs' models.retrieve() calls it.
+    s = await stack({"general": (FakeBackend(max_model_len=4096),
+                                 {"aliases": ["chat"], "presets": {"po": {"temperature": 0.5}}})})
+    for asked, expected_id in (("general", "general"), ("chat", "general"), ("po", "po")):
+        async with s.http.get(s.url + f"/v1/models/{asked}") as r:
+            assert r.status == 200
+            card = await r.json()
+        assert card["id"] == expected_id and card["object"] == "model" and card["context_limit"] == 3072
+    assert card["preset_of"] == "general" and card["defaults"] == {"temperature": 0.5}
+    async with s.http.get(s.url + "/v1/models/Qwen/Qwen2.5-7B") as r:
+        assert r.status == 404
+        assert_openai_error(await r.json(), "model_not_found")
+
+
 async def test_preset_defaults_apply_only_where_request_is_silent(stack):
     fake = FakeBackend()
     s = await stack({"general": (fake, {"presets": {"architect": {"temperature": 0.1, "top_p": 0.95}}})})
