@@ -64,11 +64,10 @@ export async function* sseChunks(resp) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
-      buf += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buf.search(/\r?\n\r?\n/)) >= 0) {
-        const event = buf.slice(0, cut);
-        buf = buf.slice(cut + (buf[cut] === '\r' ? 4 : 2));
+      // One split per read: a read can hold thousands of events when the page fell behind.
+      const events = (buf + decoder.decode(value, { stream: true })).split(/\r?\n\r?\n/);
+      buf = events.pop();
+      for (const event of events) {
         const data = event
           .split(/\r?\n/)
           .filter((l) => l.startsWith('data:'))

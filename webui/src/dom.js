@@ -28,8 +28,10 @@ export function uid() {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
 
+// One formatter: toLocaleString('en-US') builds a new one on every call.
+const INT = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
 export function fmtInt(n) {
-  return Math.round(n).toLocaleString('en-US');
+  return INT.format(Math.round(n));
 }
 
 export function fmtK(n) {

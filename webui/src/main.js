@@ -799,7 +799,7 @@ async function generate(conv) {
   const upto = conv.messages.length;
   const msg = { id: uidMsg(), role: 'assistant', content: '', model, created: Date.now(), status: 'streaming' };
   conv.messages.push(msg);
-  const s = { conv, msg, ctrl: new AbortController(), view: null, renderer: null, raf: 0 };
+  const s = { conv, msg, ctrl: new AbortController(), view: null, renderer: null, raf: 0, paintTimer: 0, nextPaint: 0 };
   streams.set(conv.id, s);
   if (state.conv === conv) {
     s.view = appendMessage(msg);
@@ -819,6 +819,7 @@ async function generate(conv) {
   let tStart = 0;
   let tFirst = 0;
   let lastSave = Date.now();
+  let lastYield = performance.now();
   let attempt = 0;
   try {
     let resp;
@@ -883,6 +884,12 @@ async function generate(conv) {
         }
       }
       if (ch.finish_reason) msg.finish = ch.finish_reason;
+      // Reads of data already received resolve as microtasks: a fast model would keep
+      // this loop running with no frame painted and no key or click (Stop!) handled.
+      if (performance.now() - lastYield > 10) {
+        await yieldToBrowser();
+        lastYield = performance.now();
+      }
     }
     msg.status = 'done';
   } catch (e) {
@@ -913,7 +920,7 @@ async function generate(conv) {
   }
   // An edit may already have started the next answer for this chat.
   if (streams.get(conv.id) === s) streams.delete(conv.id);
-  if (s.raf) cancelAnimationFrame(s.raf);
+  cancelPaint(s);
   if (!conv.deleted && conv.messages.includes(msg)) store.save(conv);
   if (state.conv === conv && s.view && s.view.art.isConnected) {
     const v = messageView(msg);
@@ -943,20 +950,44 @@ function setWait(s, text) {
   s.view.art.classList.toggle('waiting', !!text);
 }
 
+const yieldToBrowser = () => (globalThis.scheduler && scheduler.yield ? scheduler.yield() : new Promise((r) => setTimeout(r, 0)));
+
+// At most one paint per frame, and spaced by what the last one cost: re-rendering a
+// long last block (and its layout) must not take every frame from input handling.
+const PAINT_SHARE = 0.3; // the most of the main thread painting may take
+
 function schedulePaint(s) {
-  if (s.raf || !s.view) return;
-  s.raf = requestAnimationFrame(() => {
-    s.raf = 0;
-    if (!s.view || !s.view.art.isConnected) return;
-    s.renderer.update(s.msg.content);
-    if (s.msg.reasoning) {
-      s.view.reasoning.hidden = false;
-      if (!s.msg.content) s.view.reasoning.open = true;
-      s.view.reasoning.lastChild.textContent = s.msg.reasoning;
-    }
-    if (s.msg.content) s.view.art.classList.add('has-text');
-    scrollToBottom();
-  });
+  if (s.raf || s.paintTimer || !s.view) return;
+  const frame = () => {
+    s.paintTimer = 0;
+    s.raf = requestAnimationFrame(() => paint(s));
+  };
+  const wait = (s.nextPaint || 0) - performance.now();
+  if (wait > 0) s.paintTimer = setTimeout(frame, wait);
+  else frame();
+}
+
+function paint(s) {
+  s.raf = 0;
+  if (!s.view || !s.view.art.isConnected) return;
+  const t0 = performance.now();
+  s.renderer.update(s.msg.content);
+  if (s.msg.reasoning) {
+    s.view.reasoning.hidden = false;
+    if (!s.msg.content) s.view.reasoning.open = true;
+    s.view.reasoning.lastChild.textContent = s.msg.reasoning;
+  }
+  if (s.msg.content) s.view.art.classList.add('has-text');
+  scrollToBottom(); // forces layout, so the cost below includes it
+  const cost = performance.now() - t0;
+  s.nextPaint = performance.now() + cost * (1 / PAINT_SHARE - 1);
+}
+
+function cancelPaint(s) {
+  if (s.raf) cancelAnimationFrame(s.raf);
+  if (s.paintTimer) clearTimeout(s.paintTimer);
+  s.raf = 0;
+  s.paintTimer = 0;
 }
 
 function stopCurrent() {

@@ -65,14 +65,16 @@ DOMPurify.addHook('afterSanitizeAttributes', (node) => {
   }
 });
 
-const PURIFY = {
+// Set once: a config passed to sanitize() is parsed again on every call, and the
+// streaming renderer sanitises every frame.
+DOMPurify.setConfig({
   FORBID_TAGS: ['style', 'form', 'textarea', 'select', 'option', 'dialog', 'template'],
   FORBID_ATTR: ['style', 'autofocus'],
   ADD_ATTR: ['target'],
-};
+});
 
 export function sanitize(html) {
-  return DOMPurify.sanitize(html, PURIFY);
+  return DOMPurify.sanitize(html);
 }
 
 export function renderMarkdown(text) {
