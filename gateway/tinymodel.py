@@ -149,7 +149,7 @@ def write_tiny_model(outdir: Path, seed: int = 0) -> None:
         eos_token="<|im_end|>",  # chat turns end here, like Qwen2.5-Instruct
         pad_token="<|endoftext|>",
         chat_template=CHAT_TEMPLATE,
-        model_max_length=4096,
+        model_max_length=32768,
     )
     # save_jinja_files=False keeps the template inside tokenizer_config.json
     # (transformers 5 would otherwise write a separate chat_template.jinja).
@@ -164,7 +164,7 @@ def write_tiny_model(outdir: Path, seed: int = 0) -> None:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=32768,  # vLLM's ceiling for max_model_len; the real tier uses it all
         bos_token_id=None,  # no BOS, like Qwen2.5
         eos_token_id=eos_id,
         pad_token_id=pad_id,

@@ -36,7 +36,10 @@ def count(real_stack, model: str, messages: list[dict]) -> int:
 
 
 def conversation_at(real_stack, model: str, tokens: int) -> list[dict]:
-    turns = 1
+    """The shortest long_conversation() of at least *tokens* tokens, as the model counts."""
+    base = count(real_stack, model, long_conversation(0))
+    per_turn = count(real_stack, model, long_conversation(1)) - base
+    turns = max(1, (tokens - base) // per_turn)
     while count(real_stack, model, long_conversation(turns)) < tokens:
         turns += 1
     return long_conversation(turns)
@@ -55,13 +58,14 @@ def test_prompt_at_twice_the_limit_is_truncated_with_counts(client, real_stack):
 
 
 def test_prompt_at_twice_the_limit_is_rejected_under_reject_policy(client, real_stack):
-    msgs = conversation_at(real_stack, "general", 2 * 1536)
+    limit = client.models.retrieve("general").model_dump()["context_limit"]  # 0.75 x 32768
+    msgs = conversation_at(real_stack, "general", 2 * limit)
     counted = count(real_stack, "general", msgs)
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="general", messages=msgs, max_tokens=8)
     err = info.value.body
     assert err["code"] == "context_length_exceeded"
-    assert f"the prompt has {counted} tokens" in err["message"] and "1536" in err["message"]
+    assert f"the prompt has {counted} tokens" in err["message"] and str(limit) in err["message"]
 
 
 def test_fim_autocomplete(client):

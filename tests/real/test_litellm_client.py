@@ -42,7 +42,7 @@ def test_streamed_chat_as_aider_sends_it(aider_env):
 
 
 def test_non_streamed_chat_as_aider_sends_it(aider_env):
-    reply = litellm.completion(model="openai/general", messages=MESSAGES, stream=False, temperature=0,
+    reply = litellm.completion(model="openai/coder", messages=MESSAGES, stream=False, temperature=0,
                                timeout=600)
     assert isinstance(reply.choices[0].message.content, str)
     assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0

@@ -36,7 +36,7 @@ def test_list_show_ps(client):
     assert client.show("minilm").capabilities == ["embedding"]
     assert "temperature 0.1" in client.show("architect").parameters.splitlines()
     running = {m.model: m.context_length for m in client.ps().models}
-    assert running == {"coder": 2048, "general": 2048, "minilm": 256}
+    assert running == {"coder": 2048, "general": 32768, "minilm": 256}
 
 
 @pytest.mark.parametrize("model", ["coder", "general", "python", "chat", "dev", "architect"])
