@@ -799,7 +799,7 @@ async function generate(conv) {
   const upto = conv.messages.length;
   const msg = { id: uidMsg(), role: 'assistant', content: '', model, created: Date.now(), status: 'streaming' };
   conv.messages.push(msg);
-  const s = { conv, msg, ctrl: new AbortController(), view: null, renderer: null, raf: 0, paintTimer: 0, nextPaint: 0 };
+  const s = { conv, msg, ctrl: new AbortController(), view: null, renderer: null, raf: 0 };
   streams.set(conv.id, s);
   if (state.conv === conv) {
     s.view = appendMessage(msg);
@@ -920,7 +920,7 @@ async function generate(conv) {
   }
   // An edit may already have started the next answer for this chat.
   if (streams.get(conv.id) === s) streams.delete(conv.id);
-  cancelPaint(s);
+  if (s.raf) cancelAnimationFrame(s.raf);
   if (!conv.deleted && conv.messages.includes(msg)) store.save(conv);
   if (state.conv === conv && s.view && s.view.art.isConnected) {
     const v = messageView(msg);
@@ -952,42 +952,20 @@ function setWait(s, text) {
 
 const yieldToBrowser = () => (globalThis.scheduler && scheduler.yield ? scheduler.yield() : new Promise((r) => setTimeout(r, 0)));
 
-// At most one paint per frame, and spaced by what the last one cost: re-rendering a
-// long last block (and its layout) must not take every frame from input handling.
-const PAINT_SHARE = 0.3; // the most of the main thread painting may take
-
 function schedulePaint(s) {
-  if (s.raf || s.paintTimer || !s.view) return;
-  const frame = () => {
-    s.paintTimer = 0;
-    s.raf = requestAnimationFrame(() => paint(s));
-  };
-  const wait = (s.nextPaint || 0) - performance.now();
-  if (wait > 0) s.paintTimer = setTimeout(frame, wait);
-  else frame();
-}
-
-function paint(s) {
-  s.raf = 0;
-  if (!s.view || !s.view.art.isConnected) return;
-  const t0 = performance.now();
-  s.renderer.update(s.msg.content);
-  if (s.msg.reasoning) {
-    s.view.reasoning.hidden = false;
-    if (!s.msg.content) s.view.reasoning.open = true;
-    s.view.reasoning.lastChild.textContent = s.msg.reasoning;
-  }
-  if (s.msg.content) s.view.art.classList.add('has-text');
-  scrollToBottom(); // forces layout, so the cost below includes it
-  const cost = performance.now() - t0;
-  s.nextPaint = performance.now() + cost * (1 / PAINT_SHARE - 1);
-}
-
-function cancelPaint(s) {
-  if (s.raf) cancelAnimationFrame(s.raf);
-  if (s.paintTimer) clearTimeout(s.paintTimer);
-  s.raf = 0;
-  s.paintTimer = 0;
+  if (s.raf || !s.view) return;
+  s.raf = requestAnimationFrame(() => {
+    s.raf = 0;
+    if (!s.view || !s.view.art.isConnected) return;
+    s.renderer.update(s.msg.content);
+    if (s.msg.reasoning) {
+      s.view.reasoning.hidden = false;
+      if (!s.msg.content) s.view.reasoning.open = true;
+      s.view.reasoning.lastChild.textContent = s.msg.reasoning;
+    }
+    if (s.msg.content) s.view.art.classList.add('has-text');
+    scrollToBottom();
+  });
 }
 
 function stopCurrent() {
