@@ -48,9 +48,9 @@ def _json(data: object, status: int = 200) -> web.Response:
 @web.middleware
 async def access_middleware(request: web.Request, handler):
     """Request id in and out, one JSON log line and the request metrics per request."""
-    rid = request.headers.get("X-Request-ID") or os.urandom(16).hex()  # a quarter of uuid4().hex's cost
-    if len(rid) > 128 or not rid.isprintable():
-        rid = os.urandom(16).hex()
+    rid = request.headers.get("X-Request-ID")
+    if not rid or len(rid) > 128 or not rid.isprintable():
+        rid = os.urandom(16).hex()  # a quarter of uuid4().hex's cost
     token = request_id_var.set(rid)
     request[REQUEST_ID] = rid
     acct = request[ACCOUNT] = Account(started=time.monotonic())

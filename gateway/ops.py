@@ -3,7 +3,7 @@
 status_main(args): every localai unit's state, each model's readiness
 (loading / ready / failed and why), ports, the gateway, and GPU memory and
 utilisation per card (NVML) or a plain "no GPU" line.
-    args.config: Path of the localai YAML (default /etc/localai/localai.yaml)
+    args.config: Path of the localai YAML (--config, as every command takes it)
     args.json:   bool, print one JSON document instead of the table
     Exit: 0 everything ready, 1 something is not, 2 the config cannot be read.
 
@@ -228,13 +228,13 @@ def status_ok(st: dict) -> bool:
 def status_main(args) -> int:
     from .config import ConfigError
 
-    config = Path(getattr(args, "config", None) or "/etc/localai/localai.yaml")
+    config = args.config
     try:
         st = collect_status(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if getattr(args, "json", False):
+    if args.json:
         print(json.dumps(st, indent=2, default=str))
     else:
         print(render_status(st))
@@ -251,21 +251,18 @@ def units_for(target: str | None, config: Path | None) -> list[str]:
         return [GATEWAY_UNIT]
     if target.startswith("localai-model@"):
         return [target if target.endswith(".service") else target + ".service"]
-    name = target
-    if config is not None and config.exists():
-        try:
-            cfg = _load(config)
-            for m in cfg.models:
-                if target == m.name or target in m.aliases:
-                    name = m.name
-                    break
-            else:
-                known = ", ".join(["gateway", *(m.name for m in cfg.managed_models)])
-                raise SystemExit(f"localai logs: no model or alias '{target}' in {config} (try: {known})")
-        except SystemExit:
-            raise
-        except Exception:  # an unreadable config: take the name as given
-            pass
+    from .config import ConfigError
+
+    try:
+        cfg = _load(config) if config is not None and config.exists() else None
+    except ConfigError:  # an unreadable config: take the name as given
+        cfg = None
+    if cfg is None:
+        return [MODEL_UNIT.format(target)]
+    name = next((m.name for m in cfg.models if target == m.name or target in m.aliases), None)
+    if name is None:
+        known = ", ".join(["gateway", *(m.name for m in cfg.managed_models)])
+        raise SystemExit(f"localai logs: no model or alias '{target}' in {config} (try: {known})")
     return [MODEL_UNIT.format(name)]
 
 
@@ -318,15 +315,14 @@ def logs_main(args) -> int:
         print("localai logs: journalctl is not installed (logs go to the journal of a systemd host)",
               file=sys.stderr)
         return 1
-    config = Path(getattr(args, "config", None) or "/etc/localai/localai.yaml")
-    argv = ["journalctl", "-o", "json", "--no-pager", "-n", str(getattr(args, "lines", None) or 100)]
-    if getattr(args, "follow", False):
+    argv = ["journalctl", "-o", "json", "--no-pager", "-n", str(args.lines)]
+    if args.follow:
         argv.append("-f")
-    if getattr(args, "since", None):
+    if args.since:
         argv += ["--since", args.since]
-    for unit in units_for(getattr(args, "target", None), config):
+    for unit in units_for(args.target, args.config):
         argv += ["-u", unit]
-    as_json = getattr(args, "json", False)
+    as_json = args.json
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

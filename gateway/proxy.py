@@ -160,7 +160,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
 
 async def _pump_events(resp: web.StreamResponse, upstream: aiohttp.ClientResponse, acct: Account,
                        metrics: Metrics, strip_usage: bool, adapter: Adapter | None) -> None:
-    itl = metrics.itl.labels(acct.model)
+    itl = metrics.child(metrics.itl, acct.model)
     last = None
     carry = b""
     async for chunk in upstream.content.iter_any():
