@@ -12,9 +12,7 @@ import re
 import time
 
 import pytest
-
-
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import expect
 
 from uihelp import (
     DESKTOP,
@@ -117,7 +115,7 @@ def test_stop_cancels_generation_in_backend(stack, open_ui):
     tokens_before = metric(before, "vllm:generation_tokens_total", model) or 0
     prompt_before = metric(before, "vllm:prompt_tokens_total", model) or 0
     # Greedy decoding: the tiny models never sample EOS then (they repeat a token, here
-    # new lines), so with no max_tokens the answer runs for seconds, to the context limit.
+    # new lines), so with no max_tokens the answer runs for minutes, to the context limit.
     _set_max_tokens(page, None, temperature=0)
     send(page, "Write a very long essay about the history of computing, with many chapters.")
     a = wait_streaming_text(page)

@@ -13,9 +13,7 @@ import re
 import statistics
 
 import pytest
-
-
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import expect
 
 from uihelp import DESKTOP, PHONE, answers, last_answer, poll, send, wait_answer, wait_connected
 

@@ -139,15 +139,11 @@ class Box:
         return self.sh(f"systemctl show -p {name} --value {unit}").stdout.strip()
 
     def wait(self, predicate, timeout: float, what: str, interval: float = 1.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                status = self.sh("systemctl list-units 'localai*' --all --no-pager", check=False).stdout
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{status}")
-            time.sleep(interval)
+        """ct.wait_for, with the localai units' states in the error."""
+        def units() -> str:
+            return "\n" + self.sh("systemctl list-units 'localai*' --all --no-pager", check=False).stdout
+
+        return ct.wait_for(predicate, timeout, what, interval, detail=units)
 
 
 def recap(stdout: str) -> dict:

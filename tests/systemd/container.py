@@ -72,14 +72,15 @@ def cached_rootfs(log=print) -> Path:
     return tar
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 0.2):
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2, detail=lambda: ""):
+    """predicate()'s first truthy value; past the deadline, an error naming *what* (and detail())."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise ContainerError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise ContainerError(f"timed out after {timeout:.0f} s waiting for {what}{detail()}")
         time.sleep(interval)
 
 
@@ -121,8 +122,8 @@ class Container:
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         self.proc = subprocess.Popen(["sh", "-c", launcher, "launcher", *argv], stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.leader = _wait(self._find_leader, 30, "the container's init")
-        _wait(lambda: self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
+        self.leader = wait_for(self._find_leader, 30, "the container's init")
+        wait_for(lambda: self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
               in states, timeout, "systemd inside the container to finish booting", 0.5)
 
     def reboot(self, timeout: float = 60) -> None:
