@@ -239,7 +239,6 @@ class OpenLoopRun:
 async def open_loop(host: str, port: int, request: bytes, rate: float, duration: float,
                     timeout: float = 2.0, prewarm: int | None = None, max_conns: int = 4000) -> OpenLoopRun:
     """Send at `rate` per second for `duration` seconds; wait up to `timeout` for the last answers."""
-    loop = asyncio.get_running_loop()
     idle: list[Conn] = []
     every: list[Conn] = []
 

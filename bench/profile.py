@@ -17,7 +17,6 @@ config and logging), loads it, records it with `py-spy record` (needs
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import loadgen, stats
-from .run import FULL, PORT_MOCK, REPO, Bench, cpu_seconds, log, write_configs
+from .run import FULL, REPO, Bench, cpu_seconds, log, write_configs
 
 
 def summarize_stacks(path: Path, top: int = 35) -> str:

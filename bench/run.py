@@ -48,7 +48,6 @@ LOCALAI_HOME = Path(os.environ.get("LOCALAI_HOME", Path.home() / ".cache" / "loc
 VLLM_PYTHON = Path(os.environ.get("LOCALAI_VLLM_PYTHON", LOCALAI_HOME / "vllm-venv" / "bin" / "python"))
 TINY_MODEL = LOCALAI_HOME / "models" / "tiny-coder"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-NICE = [0]  # niceness of every process the benchmark starts (and its own), set by --nice
 
 FULL = dict(
     rounds=3, warmup=True,
@@ -87,11 +86,6 @@ class Proc:
         def pin():
             if cpus:
                 os.sched_setaffinity(0, cpus)
-            if NICE[0]:
-                try:
-                    os.setpriority(os.PRIO_PROCESS, 0, NICE[0])
-                except OSError:
-                    pass
 
         self.p = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=cwd,
                                   env=full_env, start_new_session=True, preexec_fn=pin)
@@ -148,6 +142,15 @@ def _descendants(pid: int) -> list[int]:
             out.append(c)
             todo.append(c)
     return out
+
+
+def raise_priority(nice: int) -> str | None:
+    """Run this process, and so every process it starts afterwards, at *nice*; why not, if it can't."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        return exc.strerror
+    return None
 
 
 def runq_wait(pid: int) -> float:
@@ -621,14 +624,13 @@ class Bench:
         idle = wait_idle(0.7, a.wait_idle)
         self.pinning["nice"] = None
         if a.nice:
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, a.nice)
-                NICE[0] = a.nice
+            error = raise_priority(a.nice)
+            if error is None:
                 self.pinning["nice"] = a.nice
                 self.pinning["note"] += (f" Every benchmark process runs at nice {a.nice}, so that other "
                                          "processes on a shared machine take less of its cores' time.")
-            except OSError as exc:
-                self.pinning["note"] += f" Could not raise priority (nice {a.nice}: {exc.strerror})."
+            else:
+                self.pinning["note"] += f" Could not raise priority (nice {a.nice}: {error})."
         log(f"load average {idle['after_wait']} (waited {idle['waited_s']} s); pinning: {self.pinning}")
         synth_cfg, self.real_cfg = write_configs(self.out)
         rep = self.report
