@@ -27,7 +27,12 @@ STOP_GRACE_S = 20.0
 _LEVEL_RE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 
 
-def _die_with_parent() -> None:
+def _prepare_child() -> None:
+    # Own process group: vLLM spawns engine processes, and stopping must reach them all.
+    # Not its own session: the kernel's autogroup (one per session) would then schedule it
+    # apart from `localai up`, and `nice localai up` would not reach it. (uvloop's
+    # subprocess_exec has no process_group argument, hence setpgid here.)
+    os.setpgid(0, 0)
     # PR_SET_PDEATHSIG: if `localai up` is killed outright, the kernel stops its children too.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM, 0, 0, 0)
@@ -53,39 +58,55 @@ class ModelProcess:
         backoff = 1.0
         while not stop.is_set():
             started = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.plan.argv, env={**os.environ, **self.plan.env},
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                # Own process group: vLLM spawns engine processes, and stopping must reach them all.
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-            log.info("started model server %s (pid %d)", self.plan.name, self.proc.pid,
-                     extra={"model": self.plan.name, "pid": self.proc.pid})
-            self.backend.set_state(State.LOADING, f"starting vLLM (pid {self.proc.pid})")
-            pump = asyncio.create_task(self._pump(self.proc))
-            exited = asyncio.create_task(self.proc.wait())
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if stop.is_set():
-                await self._terminate(exited)
-                await pump
+            why = await self._serve_once(stop)
+            if why is None:
                 return
-            rc = exited.result()
-            _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of a crashed server
-            await pump
             if time.monotonic() - started > STABLE_AFTER_S:
                 backoff = 1.0
-            why = f"vLLM exited with code {rc}" + (f" ({self.last_line})" if self.last_line else "")
             self.backend.set_state(State.FAILED, f"{why}; restarting in {backoff:g} s")
-            log.error("model server %s exited with code %s; restarting in %g s", self.plan.name, rc,
-                      backoff, extra={"model": self.plan.name, "exit_code": rc})
+            log.error("model server %s: %s; restarting in %g s", self.plan.name, why, backoff,
+                      extra={"model": self.plan.name})
             try:
                 await asyncio.wait_for(stop.wait(), backoff)
             except asyncio.TimeoutError:
                 pass
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _serve_once(self, stop: asyncio.Event) -> str | None:
+        """Start the server and wait: None once stopped, else why it ended."""
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.plan.argv, env={**os.environ, **self.plan.env},
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_prepare_child,
+            )
+        except OSError as exc:  # e.g. the vLLM venv was removed under us
+            return f"cannot start {self.plan.argv[0]}: {exc.strerror or exc}"
+        log.info("started model server %s (pid %d)", self.plan.name, self.proc.pid,
+                 extra={"model": self.plan.name, "pid": self.proc.pid})
+        self.backend.set_state(State.LOADING, f"starting vLLM (pid {self.proc.pid})")
+        pump = asyncio.create_task(self._pump(self.proc))
+        exited = asyncio.create_task(self.proc.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if stop.is_set():
+            await self._terminate(exited)
+            await pump
+            return None
+        _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of a crashed server
+        await pump
+        return f"vLLM exited with code {exited.result()}" + (f" ({self.last_line})" if self.last_line else "")
+
+    def report_crash(self, task: asyncio.Task) -> None:
+        """A bug in supervising must not leave the model "loading" forever, and say nothing."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.backend.set_state(State.FAILED, f"not supervised any more: {type(exc).__name__}: {exc}")
+        log.error("supervising model server %s failed", self.plan.name, exc_info=exc,
+                  extra={"model": self.plan.name})
 
     async def _terminate(self, exited: asyncio.Task) -> None:
         assert self.proc is not None
@@ -125,6 +146,8 @@ async def run_up(cfg: Config, app: web.Application, stop: asyncio.Event) -> None
         procs = [ModelProcess(server_plan(m, cfg.vllm), registry.backends[m.name])
                  for m in cfg.managed_models]
         tasks = [asyncio.create_task(p.run(stop), name=f"model-{p.plan.name}") for p in procs]
+        for proc, task in zip(procs, tasks):
+            task.add_done_callback(proc.report_crash)
         await stop.wait()
         log.info("stopping: %d model servers", len(procs))
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)  # a crashed one was reported already

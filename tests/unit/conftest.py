@@ -7,12 +7,19 @@ import json
 
 import aiohttp
 import pytest
+import uvloop
 
 from gateway.app import create_app
 from gateway.observability import setup_logging
 from gateway.server import serve
 from tests.conftest import make_config, wait_until
 from tests.fakebackend import FakeBackend
+
+
+def pytest_asyncio_loop_factories(config, item):
+    # `localai gateway` and `localai up` run on uvloop, which differs from asyncio's loop in
+    # places (its subprocess_exec takes fewer arguments, for one): test on the loop we ship.
+    return {"uvloop": uvloop.new_event_loop}
 
 
 class Stack:

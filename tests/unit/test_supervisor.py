@@ -20,6 +20,20 @@ def crashing_python(tmp_path):
     return script
 
 
+async def test_a_server_that_cannot_be_started_is_failed_and_retried(tmp_path):
+    missing = tmp_path / "no-venv" / "python"  # the vLLM venv was removed under a running `localai up`
+    cfg = make_config([{"name": "m", "model": "x", "port": free_port()}])
+    cfg = cfg.model_copy(update={"vllm": cfg.vllm.model_copy(update={"python": missing})})
+    app = create_app(cfg, api_keys=[])
+    stop = asyncio.Event()
+    up = asyncio.create_task(run_up(cfg, app, stop))
+    backend = app[REGISTRY].backends["m"]
+    await wait_until(lambda: backend.state.value == "failed")
+    assert backend.reason.startswith(f"cannot start {missing}: No such file or directory; restarting in 1 s")
+    stop.set()
+    await asyncio.wait_for(up, 10)
+
+
 async def test_crash_is_reported_and_restarted_with_backoff(tmp_path):
     cfg = make_config([{"name": "m", "model": "x", "port": free_port()}])
     cfg = cfg.model_copy(update={"vllm": cfg.vllm.model_copy(update={"python": crashing_python(tmp_path)})})
@@ -50,6 +64,7 @@ async def test_stop_ends_every_child(tmp_path, monkeypatch):
     script.write_text(f"#!{sys.executable}\nimport os, signal, subprocess, sys, time\n"
                       "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                       f"child = subprocess.Popen([{sys.executable!r}, '-c', 'import time; time.sleep(600)'])\n"
+                      f"open({str(tmp_path / 'ids')!r}, 'w').write(f'{{os.getpgid(0)}} {{os.getsid(0)}}')\n"
                       f"open({str(tmp_path / 'pids')!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
                       "time.sleep(600)\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -61,6 +76,10 @@ async def test_stop_ends_every_child(tmp_path, monkeypatch):
     up = asyncio.create_task(run_up(cfg, app, stop))
     await wait_until(lambda: (tmp_path / "pids").exists() and (tmp_path / "pids").read_text())
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    # Its own process group (stopping reaches its children), but our session: `nice localai
+    # up` reaches it, which a session of its own would escape (the kernel's autogroup).
+    pgid, sid = (int(x) for x in (tmp_path / "ids").read_text().split())
+    assert pgid == pids[0] and sid == os.getsid(0)
     stop.set()
     await asyncio.wait_for(up, 15)
 
