@@ -90,6 +90,12 @@ class Proc:
         self.p = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=cwd,
                                   env=full_env, start_new_session=True, preexec_fn=pin)
         self.pid = self.p.pid
+        # Its own session is its own autogroup (the kernel's default): the CPU is shared
+        # between autogroups at the autogroup's nice, whatever the process's. Give it ours.
+        try:
+            Path(f"/proc/{self.pid}/autogroup").write_text(f"{os.getpriority(os.PRIO_PROCESS, 0)}\n")
+        except FileNotFoundError:
+            pass  # a kernel without autogroup: the nice it inherited is what counts
 
     def alive(self) -> bool:
         return self.p.poll() is None
