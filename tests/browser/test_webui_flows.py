@@ -83,11 +83,12 @@ def test_send_and_stream(stack, open_ui):
     assert page.evaluate("window.__stopShown")
     expect(page.locator("#send")).to_be_visible()
     expect(page.locator("#stop")).to_be_hidden()
-    # Rendered as it arrived, not once at the end: the text grew while streaming. (How many
-    # frames that is depends on the machine's load; the stand-in tier pins chunk timing.)
-    lengths = stream_lengths(page)
+    # Rendered as it arrived, not once at the end: text showed in two or more states while
+    # streaming. (How many depends on the machine's load; the stand-in tier pins chunk timing.)
+    # Not always growing: Markdown shrinks it when a closing `*` or backtick turns shown
+    # marks into formatting, and the tiny model writes such characters at random.
+    lengths = [n for n in stream_lengths(page) if n > 0]
     assert len(lengths) >= 2, lengths
-    assert lengths == sorted(lengths)
     # Per-answer stats from the usage chunk.
     stats = a.locator(".stats")
     expect(stats).to_contain_text("to first token")
