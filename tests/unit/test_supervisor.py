@@ -64,8 +64,8 @@ async def test_stop_ends_every_child(tmp_path, monkeypatch):
     script.write_text(f"#!{sys.executable}\nimport os, signal, subprocess, sys, time\n"
                       "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                       f"child = subprocess.Popen([{sys.executable!r}, '-c', 'import time; time.sleep(600)'])\n"
-                      f"open({str(tmp_path / 'ids')!r}, 'w').write(f'{{os.getpgid(0)}} {{os.getsid(0)}}')\n"
-                      f"open({str(tmp_path / 'pids')!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+                      f"open({str(tmp_path / 'pids')!r}, 'w').write("
+                      "f'{os.getpid()} {child.pid} {os.getpgid(0)} {os.getsid(0)}')\n"
                       "time.sleep(600)\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     cfg = make_config([{"name": "m", "model": "x", "port": free_port()}])
@@ -75,10 +75,9 @@ async def test_stop_ends_every_child(tmp_path, monkeypatch):
     stop = asyncio.Event()
     up = asyncio.create_task(run_up(cfg, app, stop))
     await wait_until(lambda: (tmp_path / "pids").exists() and (tmp_path / "pids").read_text())
-    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    *pids, pgid, sid = (int(p) for p in (tmp_path / "pids").read_text().split())
     # Its own process group (stopping reaches its children), but our session: `nice localai
     # up` reaches it, which a session of its own would escape (the kernel's autogroup).
-    pgid, sid = (int(x) for x in (tmp_path / "ids").read_text().split())
     assert pgid == pids[0] and sid == os.getsid(0)
     stop.set()
     await asyncio.wait_for(up, 15)
