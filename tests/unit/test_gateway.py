@@ -180,7 +180,9 @@ async def test_fifo_queue_then_429_then_leave_queue(stack):
 
     first = asyncio.create_task(call("first"))
     await fake.wait_for(lambda f: f.active == 1)
+    # Two connections race to the gateway, so the test lets each join the queue before the next.
     second = asyncio.create_task(call("second"))
+    await wait_until(lambda: s.app[REGISTRY].room.waiting == 1)
     third = asyncio.create_task(call("third"))
     await wait_until(lambda: s.app[REGISTRY].room.waiting == 2)
     assert "localai_queue_depth{model=\"m\"} 2.0" in s.metrics_text()
