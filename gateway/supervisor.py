@@ -101,9 +101,9 @@ class ModelProcess:
 
     def report_crash(self, task: asyncio.Task) -> None:
         """A bug in supervising must not leave the model "loading" forever, and say nothing."""
-        if task.cancelled() or task.exception() is None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is None:
             return
-        exc = task.exception()
         self.backend.set_state(State.FAILED, f"not supervised any more: {type(exc).__name__}: {exc}")
         log.error("supervising model server %s failed", self.plan.name, exc_info=exc,
                   extra={"model": self.plan.name})
