@@ -27,6 +27,8 @@ from .observability import Metrics, request_id_var
 from .ollama import add_ollama_routes, ollama_error
 from .pipeline import openai_handler
 from .proxy import Account
+from .responses import PROTECTED_PATHS
+from .responses import add_routes as add_responses_routes
 
 log = logging.getLogger("localai.gateway")
 
@@ -34,7 +36,7 @@ log = logging.getLogger("localai.gateway")
 WEBUI_DIST = Path(__file__).resolve().parent.parent / "webui" / "dist"
 
 # Paths that need a key. Health and readiness probes and the WebUI's static files don't.
-_PROTECTED_PREFIXES = ("/v1/", "/api/", "/metrics")
+_PROTECTED_PREFIXES = ("/v1/", "/api/", "/metrics", *PROTECTED_PATHS)
 _PROBE_PATHS = ("/health", "/ready")
 
 
@@ -76,7 +78,9 @@ def _account(request: web.Request, acct: Account, status: int, rid: str) -> None
     elapsed = time.monotonic() - acct.started
     metrics = request.app[METRICS]
     if acct.model is not None:
-        endpoint = request.path
+        # The route's pattern (/v1/responses/{response_id}), so ids don't become metric labels.
+        resource = request.match_info.route.resource
+        endpoint = resource.canonical if resource is not None else request.path
         metrics.child(metrics.requests, acct.model, endpoint, str(status)).inc()
         metrics.child(metrics.latency, acct.model, endpoint).observe(elapsed)
         if acct.ttft is not None:
@@ -257,6 +261,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler)
     add_ollama_routes(app)
+    add_responses_routes(app)
     root = webui_root(cfg)
     if cfg.gateway.webui and (root / "index.html").is_file():
         from .webui import add_webui_routes

@@ -112,8 +112,9 @@ class _ModelBase(_Strict):
     presets: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Preset] = {}
     default: bool = False
     max_concurrency: int | None = Field(None, ge=1)
-    # "embed": an embedding model, served on /v1/embeddings only.
-    task: Literal["generate", "embed"] = "generate"
+    # "embed": an embedding model, served on /v1/embeddings (and /v1/score, /v1/rerank by similarity).
+    # "score": a cross-encoder (reranker), served on /v1/score and /v1/rerank.
+    task: Literal["generate", "embed", "score"] = "generate"
     # Prompts are held to this share of max_model_len (the rest is room to answer).
     context_limit: float = Field(0.75, gt=0, le=1)
     context_policy: Literal["truncate", "reject"] = "truncate"

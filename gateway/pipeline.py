@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -24,6 +26,23 @@ from .proxy import Adapter, forward
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
+# vLLM's own endpoints, served as vLLM spells them (its /v1/ spellings are aliases).
+RERANK = "/rerank"
+SCORE = "/score"
+TOKENIZE = "/tokenize"
+DETOKENIZE = "/detokenize"
+# The model tasks that serve each endpoint; generating models serve the rest.
+# vLLM scores with a cross-encoder (task score) or by embedding similarity (task embed).
+_ENDPOINT_TASKS = {
+    EMBEDDINGS: ("embed",),
+    RERANK: ("embed", "score"),
+    SCORE: ("embed", "score"),
+    TOKENIZE: ("generate", "embed", "score"),
+    DETOKENIZE: ("generate", "embed", "score"),
+}
+# Endpoints that generate, and so take a preset's sampling defaults.
+_GENERATING = (CHAT, COMPLETIONS, RESPONSES)
 _FIM_SLOTS = re.compile(r"(\{prefix\}|\{suffix\})")
 
 
@@ -80,19 +99,34 @@ def _fill_in_the_middle(backend: Backend, body: dict) -> dict:
     return body
 
 
+def check_task(backend: Backend, endpoint: str) -> None:
+    """A request only reaches a model whose task serves its endpoint."""
+    task = backend.model.task
+    if task in _ENDPOINT_TASKS.get(endpoint, ("generate",)):
+        return
+    if endpoint == EMBEDDINGS:
+        raise ApiError(400, f"Model '{backend.name}' is not an embedding model.",
+                       code="model_not_embedding", param="model")
+    if endpoint in (RERANK, SCORE):
+        raise ApiError(400, f"Model '{backend.name}' does not score or rerank; that takes a model with "
+                            "task 'score' (a cross-encoder) or 'embed'.", code="model_not_scoring", param="model")
+    if task == "embed":
+        raise ApiError(400, f"Model '{backend.name}' is an embedding model; use /v1/embeddings.",
+                       code="model_is_embedding", param="model")
+    raise ApiError(400, f"Model '{backend.name}' is a scoring model; use /v1/rerank or /v1/score.",
+                   code="model_is_scoring", param="model")
+
+
 def prepare(route: Route, endpoint: str, body: dict) -> dict:
     """Make the body what this backend accepts, or say plainly why it can't."""
     backend = route.backend
     model = backend.model
-    if endpoint == EMBEDDINGS:
-        if model.task != "embed":
-            raise ApiError(400, f"Model '{backend.name}' is not an embedding model.",
-                           code="model_not_embedding", param="model")
-    elif model.task == "embed":
-        raise ApiError(400, f"Model '{backend.name}' is an embedding model; use /v1/embeddings.",
-                       code="model_is_embedding", param="model")
-    for key, value in route.defaults.items():
-        body.setdefault(key, value)
+    check_task(backend, endpoint)
+    if endpoint in _GENERATING:
+        for key, value in route.defaults.items():
+            if key == "max_tokens" and endpoint == RESPONSES:
+                key = "max_output_tokens"  # the Responses API's name for it
+            body.setdefault(key, value)
     body["model"] = backend.served_id
     if endpoint == COMPLETIONS and body.get("suffix") is not None:
         body = _fill_in_the_middle(backend, body)
@@ -103,6 +137,14 @@ def prepare(route: Route, endpoint: str, body: dict) -> dict:
                                 "'tool_call_parser' for it in the config (e.g. hermes for Qwen2.5).",
                            code="tools_not_supported", param="tools")
     return body
+
+
+Guard = Callable[[aiohttp.ClientSession, Backend, dict], Awaitable[Guarded]]
+
+
+async def unguarded(session: aiohttp.ClientSession, backend: Backend, body: dict) -> Guarded:
+    """Endpoints with no prompt to hold to the context window (embeddings, scores, tokenize)."""
+    return Guarded(body)
 
 
 @contextlib.asynccontextmanager
@@ -127,8 +169,9 @@ async def admitted(request: web.Request, backend: Backend):
         backend.slots.release()
 
 
-async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None
-              ) -> web.StreamResponse:
+async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None, *,
+              guard_with: Guard | None = None) -> web.StreamResponse:
+    """guard_with: the context guard for this API's bodies (chat and completions have the default)."""
     check_fields(body, endpoint)
     app = request.app
     registry, metrics = app[REGISTRY], app[METRICS]
@@ -139,7 +182,9 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
     try:
         registry.check_serving(backend)
         body = prepare(route, endpoint, body)
-        guarded = await guard(app[SESSION], backend, body) if endpoint != EMBEDDINGS else Guarded(body)
+        if guard_with is None:
+            guard_with = guard if endpoint in (CHAT, COMPLETIONS) else unguarded
+        guarded = await guard_with(app[SESSION], backend, body)
     except ApiError as exc:
         metrics.rejections.labels(backend.name, exc.code).inc()
         raise

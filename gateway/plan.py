@@ -16,6 +16,10 @@ VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 # vLLM's own default when the entry leaves max_num_seqs out.
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
 EXTERNAL_DEFAULT_CONCURRENCY = 64
+# vLLM keeps Responses API answers only with this set, and without them there is no retrieve
+# and no previous_response_id. It keeps them in memory for the server's life (vLLM warns of
+# that at start); a config's env may set it to "0".
+_RESPONSES_STORE = {"VLLM_ENABLE_RESPONSES_API_STORE": "1"}
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,16 @@ def server_plan(model: ManagedModel, vllm: VllmSettings) -> ServerPlan:
             argv += [flag, str(value)]
     if model.task == "embed":
         argv += ["--runner", "pooling", "--convert", "embed"]
+    elif model.task == "score":
+        # A cross-encoder as is; a causal LM turned into one (its classification head as `score`).
+        argv += ["--runner", "pooling", "--convert", "classify"]
     if model.tool_call_parser:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", model.tool_call_parser]
     if model.enable_prefix_caching is not None:
         argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
     argv += model.extra_args
-    env = {**vllm.env, **model.env}
+    store = _RESPONSES_STORE if model.task == "generate" else {}
+    env = {**store, **vllm.env, **model.env}
     return ServerPlan(model.name, f"http://{_connect_host(vllm.host)}:{model.port}", argv, env)
 
 

@@ -23,6 +23,9 @@ from .observability import Metrics
 # Headers of the backend's response that mean something to the client.
 _PASS_HEADERS = ("Content-Type",)
 _USAGE_MARK = b'"usage":{'
+# Where an OpenAI stream takes `stream_options` to ask for its usage event; others (the
+# Responses API) report usage without being asked.
+_STREAM_OPTIONS_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 @dataclass
@@ -39,9 +42,11 @@ class Account:
     error: str | None = None  # what went wrong after a stream had begun (its status was sent as 200)
 
     def add_usage(self, usage: object) -> None:
+        """Take the counts of an OpenAI usage object, or a Responses one (input/output_tokens)."""
         if isinstance(usage, dict):
-            self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
-            self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
+            self.prompt_tokens = usage.get("prompt_tokens", usage.get("input_tokens", self.prompt_tokens))
+            self.completion_tokens = usage.get("completion_tokens",
+                                               usage.get("output_tokens", self.completion_tokens))
 
 
 class Adapter(Protocol):
@@ -62,16 +67,31 @@ class Adapter(Protocol):
         """The last bytes of a stream the backend broke off."""
 
 
-def _usage_event_is_only_usage(event: bytes) -> tuple[dict | None, bool]:
-    """Parse an SSE event carrying usage; say whether it is the usage-only final chunk."""
-    payload = event.strip()
-    if payload.startswith(b"data:"):
-        payload = payload[5:].strip()
+def event_data(event: bytes) -> dict | None:
+    """The JSON object of one SSE event's data line (which may follow an `event:` line)."""
+    start = event.find(b"data:")
+    if start < 0:
+        return None
     try:
-        obj = orjson.loads(payload)
+        obj = orjson.loads(event[start + 5:])
     except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _usage_event_is_only_usage(event: bytes) -> tuple[dict | None, bool]:
+    """Parse an SSE event carrying usage; say whether it is the usage-only final chunk.
+
+    The usage is the event's own (OpenAI chunks) or its response's (the Responses API's
+    `event: response.completed`).
+    """
+    obj = event_data(event)
+    if obj is None:
         return None, False
-    return obj.get("usage"), not obj.get("choices")
+    usage = obj.get("usage")
+    if usage is None and isinstance(obj.get("response"), dict):
+        usage = obj["response"].get("usage")
+    return usage, "choices" in obj and not obj["choices"]
 
 
 async def forward(
@@ -87,10 +107,13 @@ async def forward(
     *,
     adapter: Adapter | None = None,
     headers: dict[str, str] | None = None,
+    method: str = "POST",
 ) -> web.StreamResponse:
+    """Send body to the backend (as JSON; not at all for a GET, whose body only says whether
+    to relay a stream) and answer the client with what comes back."""
     stream = body.get("stream") is True
     strip_usage = False
-    if stream:
+    if stream and path in _STREAM_OPTIONS_PATHS:
         # Ask for the usage event so tokens can be counted; drop it again
         # if the client did not ask for it itself.
         opts = body.get("stream_options")
@@ -101,8 +124,8 @@ async def forward(
     if backend.api_key:
         up_headers["Authorization"] = f"Bearer {backend.api_key}"
     try:
-        upstream = await session.post(backend.url + path, data=orjson.dumps(body), headers=up_headers,
-                                      timeout=timeout)
+        upstream = await session.request(method, backend.url + path, headers=up_headers, timeout=timeout,
+                                         data=orjson.dumps(body) if method != "GET" else None)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise ApiError(502, f"Model '{backend.name}' did not answer ({type(exc).__name__}); retry shortly.",
                        code="backend_unreachable", type="server_error",

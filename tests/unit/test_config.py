@@ -97,7 +97,8 @@ def test_one_function_makes_the_vllm_command(tmp_path):
                  "--gpu-memory-utilization 0.45", "--max-model-len 8192", "--enable-prefix-caching",
                  "--enforce-eager"):
         assert part in args
-    assert plan.env == {"CUDA_VISIBLE_DEVICES": "0"}
+    # Generating models keep Responses API answers, for retrieve and previous_response_id.
+    assert plan.env == {"VLLM_ENABLE_RESPONSES_API_STORE": "1", "CUDA_VISIBLE_DEVICES": "0"}
     assert plan.url == "http://127.0.0.1:8101"
     # `localai plan --json` (read by Ansible and the units) carries exactly this argv.
     run = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", "--config", str(path)],
