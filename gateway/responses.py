@@ -37,7 +37,15 @@ from .context import Guarded, guard
 from .errors import ApiError
 from .keys import ACCOUNT, METRICS, MONITOR, REGISTRY, SESSION, UPSTREAM_TIMEOUT
 from .observability import request_id_var
-from .pipeline import DETOKENIZE, RERANK, RESPONSES, SCORE, TOKENIZE, read_json_body, run
+from .pipeline import (
+    DETOKENIZE,
+    RERANK,
+    RESPONSES,
+    SCORE,
+    TOKENIZE,
+    read_json_body,
+    run,
+)
 from .proxy import Account, event_data, forward
 
 log = logging.getLogger("localai.responses")
@@ -91,7 +99,8 @@ class RememberOwner:
         # response.created is the first event; after it, nothing more to look at.
         if not self._seen and _CREATED in data:
             self._seen = True
-            created = event_data(data[data.index(_CREATED):])
+            start = data.index(_CREATED)
+            created = event_data(data[start:data.find(b"\n\n", start)])
             response = created.get("response") if created else None
             if isinstance(response, dict):
                 self._owners.remember(response.get("id"), self._acct.model)

@@ -1,16 +1,20 @@
 """A fake OpenAI-compatible backend for fast tests of gateway logic.
 
-It answers like vLLM (/health, /v1/models, /tokenize, /metrics, chat and
-completions, JSON or SSE) with settable time to first token, inter-token
-delay and length, and records what it received and what was cancelled.
+It answers like vLLM (/health, /v1/models, /tokenize, /detokenize, /metrics,
+chat and completions, JSON or SSE; the Responses API with its typed events,
+stored ids, retrieve and cancel; /rerank and /score) with settable time to
+first token, inter-token delay and length, and records what it received and
+what was cancelled.
 It is never the only proof of a feature: the real tier runs real vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -37,6 +41,10 @@ class FakeBackend:
     break_after: int | None = None
     completed: int = 0
     changed: asyncio.Condition | None = None
+    # The Responses API's stored responses, by id (vLLM with VLLM_ENABLE_RESPONSES_API_STORE=1).
+    stored: dict[str, dict] = field(default_factory=dict)
+    # What GET /v1/responses/{id} and POST .../cancel were asked for.
+    looked_up: list[str] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -46,6 +54,12 @@ class FakeBackend:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/responses", self._respond)
+        app.router.add_get("/v1/responses/{id}", self._retrieve)
+        app.router.add_post("/v1/responses/{id}/cancel", self._cancel)
+        app.router.add_post("/rerank", self._rerank)
+        app.router.add_post("/score", self._score)
+        app.router.add_post("/detokenize", self._detokenize)
         return app
 
     async def wait_for(self, predicate, timeout: float = 5.0) -> None:
@@ -60,6 +74,37 @@ class FakeBackend:
             self.changed = asyncio.Condition()
         async with self.changed:
             self.changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def _generating(self, request: web.Request, body: dict):
+        """Record the request; count the generation active while it runs, cancelled if its client leaves."""
+        self.received.append(body)
+        self.headers.append(CIMultiDict(request.headers))
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        await self._notify()
+        try:
+            yield
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+            await self._notify()
+
+    def _wrong_model(self, body: dict) -> web.Response | None:
+        if body.get("model") == self.model_id:
+            return None
+        return web.json_response({"error": {"message": f"model {body.get('model')} not found",
+                                            "type": "NotFoundError", "code": 404}}, status=404)
+
+    async def _paced(self, i: int) -> None:
+        """Wait before streaming the i-th token: the gate (if set) and the inter-token delay."""
+        if i:
+            if self.gate is not None:
+                await self.gate.wait()
+                self.gate.clear()
+            await asyncio.sleep(self.itl)
 
     async def _health(self, request):
         return web.Response(status=self.health_status)
@@ -91,16 +136,10 @@ class FakeBackend:
 
     async def _generate(self, request: web.Request):
         body = await request.json()
-        self.received.append(body)
-        self.headers.append(CIMultiDict(request.headers))
         chat = request.path.endswith("chat/completions")
-        self.active += 1
-        self.peak_active = max(self.peak_active, self.active)
-        await self._notify()
-        try:
-            if body.get("model") != self.model_id:
-                return web.json_response({"error": {"message": f"model {body.get('model')} not found",
-                                                    "type": "NotFoundError", "code": 404}}, status=404)
+        async with self._generating(request, body):
+            if (wrong := self._wrong_model(body)) is not None:
+                return wrong
             await asyncio.sleep(self.ttft)
             usage = {"prompt_tokens": 7, "completion_tokens": self.chunks, "total_tokens": 7 + self.chunks}
             if not body.get("stream"):
@@ -118,11 +157,7 @@ class FakeBackend:
                 if i == self.break_after:
                     request.transport.close()
                     return resp
-                if i:
-                    if self.gate is not None:
-                        await self.gate.wait()
-                        self.gate.clear()
-                    await asyncio.sleep(self.itl)
+                await self._paced(i)
                 await resp.write(b"data: " + json.dumps(self._chunk(i, chat)).encode() + b"\n\n")
             if (body.get("stream_options") or {}).get("include_usage"):
                 final = {"id": "x", "object": "chat.completion.chunk", "model": self.model_id,
@@ -132,9 +167,102 @@ class FakeBackend:
             await resp.write_eof()
             self.completed += 1
             return resp
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.cancelled += 1
-            raise
-        finally:
-            self.active -= 1
-            await self._notify()
+
+    # --- the Responses API -------------------------------------------------------------
+
+    @staticmethod
+    def _not_found(response_id: str):
+        return web.json_response({"error": {"message": f"Response with id '{response_id}' not found.",
+                                            "type": "invalid_request_error", "param": "response_id",
+                                            "code": 404}}, status=404)
+
+    async def _respond(self, request: web.Request):
+        body = await request.json()
+        async with self._generating(request, body):
+            if (wrong := self._wrong_model(body)) is not None:
+                return wrong
+            previous = body.get("previous_response_id")
+            if previous is not None and previous not in self.stored:
+                return self._not_found(previous)
+            response = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
+                        "model": self.model_id, "status": "in_progress", "output": [], "usage": None}
+            if body.get("store", True):
+                self.stored[response["id"]] = response
+            text = "".join(f"tok{i} " for i in range(self.chunks))
+            done = {"status": "completed",
+                    "output": [{"type": "message", "role": "assistant", "status": "completed",
+                                "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                    "usage": {"input_tokens": 7, "output_tokens": self.chunks, "total_tokens": 7 + self.chunks}}
+            await asyncio.sleep(self.ttft)
+            if not body.get("stream"):
+                for _ in range(self.chunks):
+                    await asyncio.sleep(self.itl)
+                response.update(done)
+                self.completed += 1
+                return web.json_response(response)
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            # vLLM's typed events: `event: TYPE` then the data, each with its sequence number.
+            seq = 0
+
+            async def send(kind: str, data: dict) -> None:
+                nonlocal seq
+                event = json.dumps({**data, "sequence_number": seq, "type": kind}, separators=(",", ":"))
+                await resp.write(f"event: {kind}\ndata: {event}\n\n".encode())
+                seq += 1
+
+            await send("response.created", {"response": response})
+            await send("response.in_progress", {"response": response})
+            for i in range(self.chunks):
+                await self._paced(i)
+                await send("response.output_text.delta",
+                           {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": f"tok{i} "})
+            response.update(done)
+            await send("response.completed", {"response": response})
+            await resp.write_eof()
+            self.completed += 1
+            return resp
+
+    async def _retrieve(self, request: web.Request):
+        response_id = request.match_info["id"]
+        self.looked_up.append(response_id)
+        if response_id not in self.stored:
+            return self._not_found(response_id)
+        return web.json_response(self.stored[response_id])
+
+    async def _cancel(self, request: web.Request):
+        response_id = request.match_info["id"]
+        self.looked_up.append(response_id)
+        response = self.stored.get(response_id)
+        if response is None:
+            return self._not_found(response_id)
+        if response["status"] not in ("queued", "in_progress"):
+            return web.json_response({"error": {"message": "Cannot cancel a synchronous response.",
+                                                "type": "invalid_request_error", "param": "response_id",
+                                                "code": 400}}, status=400)
+        response["status"] = "cancelled"
+        return web.json_response(response)
+
+    # --- scoring and tokens ----------------------------------------------------------------
+
+    async def _rerank(self, request: web.Request):
+        body = await request.json()
+        self.received.append(body)
+        documents = body["documents"]
+        results = [{"index": i, "document": {"text": d}, "relevance_score": 1.0 / (i + 1)}
+                   for i, d in enumerate(documents)]
+        return web.json_response({"id": "rerank-x", "model": self.model_id, "results": results,
+                                  "usage": {"prompt_tokens": 3 * len(documents), "total_tokens": 3 * len(documents)}})
+
+    async def _score(self, request: web.Request):
+        body = await request.json()
+        self.received.append(body)
+        texts = body["text_2"] if isinstance(body["text_2"], list) else [body["text_2"]]
+        return web.json_response({"id": "score-x", "object": "list", "model": self.model_id,
+                                  "data": [{"index": i, "object": "score", "score": 0.5} for i in range(len(texts))],
+                                  "usage": {"prompt_tokens": 4 * len(texts), "total_tokens": 4 * len(texts)}})
+
+    async def _detokenize(self, request: web.Request):
+        body = await request.json()
+        self.received.append(body)
+        return web.json_response({"prompt": " ".join(f"t{t}" for t in body["tokens"])})

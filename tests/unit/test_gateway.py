@@ -142,21 +142,25 @@ async def test_stream_usage_kept_when_client_asks(stack):
     assert usage and usage[0]["usage"]["completion_tokens"] == 2
 
 
-@pytest.mark.parametrize("stream", [True, False])
-async def test_client_disconnect_cancels_upstream(stack, stream):
-    fake = FakeBackend(chunks=1000, itl=0.01)
-    s = await stack({"m": fake})
+async def hang_up_midway(url: str, fake: FakeBackend, body: dict) -> None:
+    """Start a long generation and leave: after its first bytes (a stream) or while it waits."""
     session = aiohttp.ClientSession()
-    request = asyncio.ensure_future(session.post(s.url + "/v1/chat/completions",
-                                                 json=dict(CHAT, stream=stream)))
+    request = asyncio.ensure_future(session.post(url, json=body))
     await fake.wait_for(lambda f: f.active == 1)
-    if stream:
+    if body.get("stream"):
         resp = await request
         await resp.content.readany()
         resp.close()
     else:
         request.cancel()
     await session.close()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_client_disconnect_cancels_upstream(stack, stream):
+    fake = FakeBackend(chunks=1000, itl=0.01)
+    s = await stack({"m": fake})
+    await hang_up_midway(s.url + "/v1/chat/completions", fake, dict(CHAT, stream=stream))
     # The backend's generation is cancelled at once, long before its 10 s of tokens.
     await fake.wait_for(lambda f: f.active == 0 and f.cancelled == 1, timeout=3)
     assert fake.completed == 0
