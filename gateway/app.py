@@ -22,17 +22,7 @@ from .auth import check_key, load_api_keys
 from .backends import Backend, HealthMonitor, Registry, Route, State
 from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response
-from .keys import (
-    ACCOUNT,
-    API_KEYS,
-    CONFIG,
-    METRICS,
-    MONITOR,
-    REGISTRY,
-    REQUEST_ID,
-    SESSION,
-    UPSTREAM_TIMEOUT,
-)
+from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
 from .observability import Metrics, request_id_var
 from .ollama import add_ollama_routes, ollama_error
 from .pipeline import openai_handler
