@@ -20,6 +20,12 @@ without `model` the request goes to that backend; with a model served by
 another backend it is a 400, rather than an answer from a model the client did
 not ask for.  Retrieving or cancelling takes no generation slot, and counts no
 tokens (they were counted when the response was made).
+
+Tools pass through as vLLM takes them (it shows the model function tools and
+free-form custom tools, and drops web_search and the other hosted tools), with
+one change: vLLM rejects a custom tool with a grammar format, which Codex CLI
+sends for apply_patch, so the gateway makes it free-form text (vLLM could not
+have held the model to the grammar anyway).
 """
 
 from __future__ import annotations
@@ -190,6 +196,14 @@ def _check_fields(body: dict) -> None:
             raise ApiError(400, f"'{name}' must be {said}.", code="invalid_type", param=name)
 
 
+def _free_form_custom_tools(body: dict) -> None:
+    """Custom tools with a grammar (Codex's apply_patch) become free-form: vLLM refuses grammars."""
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "custom" \
+                and isinstance(tool.get("format"), dict) and tool["format"].get("type") == "grammar":
+            tool["format"] = {"type": "text"}
+
+
 def _text(content: object) -> str:
     """The text of a Responses content field: a string, or a list of parts with text."""
     if isinstance(content, str):
@@ -264,6 +278,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/responses."""
     body = await read_json_body(request)
     _check_fields(body)
+    _free_form_custom_tools(body)
     await _continue_where_it_lives(request.app, body)
     remember = RememberOwner(request.app[RESPONSE_OWNERS], request[ACCOUNT])
     return await run(request, RESPONSES, body, adapter=remember, guard_with=guard_responses)

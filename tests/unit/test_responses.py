@@ -96,6 +96,22 @@ async def test_queue_full_is_429_for_responses_too(stack):
         await r.read()
 
 
+async def test_codex_grammar_tools_become_free_form_text_and_others_pass(stack):
+    fake = FakeBackend()
+    s = await stack({"m": fake})
+    tools = [{"type": "function", "name": "shell", "parameters": {"type": "object"}},
+             {"type": "custom", "name": "apply_patch",
+              "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}},
+             {"type": "web_search"}]
+    await create(s, tools=tools, store=False, include=["reasoning.encrypted_content"],
+                 reasoning={"effort": "medium"})
+    sent = fake.received[-1]
+    assert sent["tools"] == [tools[0], {"type": "custom", "name": "apply_patch", "format": {"type": "text"}},
+                             tools[2]]
+    assert (sent["store"], sent["include"], sent["reasoning"]) == (False, ["reasoning.encrypted_content"],
+                                                                   {"effort": "medium"})
+
+
 # --- ids lead back to their backend ------------------------------------------------------
 
 
