@@ -123,6 +123,16 @@ async def _loaded(request: web.Request, body: dict, kind: str) -> web.Response:
     return json_response(out)
 
 
+async def _answer(request: web.Request, body: dict, endpoint: str, out: dict, kind: str) -> web.StreamResponse:
+    """Run the translated request; the answer comes back in Ollama's shape for /api/chat or /api/generate."""
+    registry: Registry = request.app[REGISTRY]
+    if endpoint == CHAT and isinstance(body.get("think"), bool) and _managed(registry, out["model"]):
+        out["chat_template_kwargs"] = {"enable_thinking": body["think"]}
+    if out["stream"]:
+        out["stream_options"] = {"include_usage": True}  # for eval_count on the final line
+    return await run(request, endpoint, out, adapter=Reshape(echo_name(registry, body.get("model")), kind))
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_body(request)
     registry: Registry = request.app[REGISTRY]
@@ -136,12 +146,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     out = {"model": model, "messages": _messages(messages), "stream": stream, **_sampling(body)}
     if body.get("tools"):
         out["tools"] = body["tools"]
-    if isinstance(body.get("think"), bool) and _managed(registry, model):
-        out["chat_template_kwargs"] = {"enable_thinking": body["think"]}
-    if stream:
-        out["stream_options"] = {"include_usage": True}  # for eval_count on the final line
-    name = echo_name(registry, body.get("model"))
-    return await run(request, CHAT, out, adapter=Reshape(name, "chat"))
+    return await _answer(request, body, CHAT, out, "chat")
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -179,13 +184,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         messages = ([{"role": "system", "content": system}] if system else []) + \
                    ([{"role": "user", "content": prompt}] if prompt else [])
         out = {"model": model, "messages": messages, "stream": stream, **sampling}
-        if isinstance(body.get("think"), bool) and _managed(registry, model):
-            out["chat_template_kwargs"] = {"enable_thinking": body["think"]}
         endpoint = CHAT
-    if stream:
-        out["stream_options"] = {"include_usage": True}
-    name = echo_name(registry, body.get("model"))
-    return await run(request, endpoint, out, adapter=Reshape(name, "generate"))
+    return await _answer(request, body, endpoint, out, "generate")
 
 
 async def embed(request: web.Request) -> web.StreamResponse:
