@@ -11,12 +11,12 @@ VLLM_VENV   := $(LOCALAI_HOME)/vllm-venv
 MODELS      := $(LOCALAI_HOME)/models
 export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
 
-.PHONY: demo test test-fast bench venv vllm models system-deps webui-deps
+.PHONY: demo test test-fast lint bench venv vllm models system-deps webui-deps
 
 demo: venv vllm models
 	$(VENV)/bin/localai up --config etc/demo.yaml
 
-test: venv vllm models system-deps webui-deps
+test: venv vllm models system-deps webui-deps lint
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit tests/browser tests/real tests/systemd
 
 # The gateway's cost per request and per streamed token, direct vs through it (bench/README.md).
@@ -24,8 +24,13 @@ bench: venv vllm models
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(VENV)/bin/python -m bench
 
-test-fast: venv
+test-fast: venv lint
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
+
+# ruff's rules and mypy's settings are in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check gateway
+	$(VENV)/bin/mypy
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml

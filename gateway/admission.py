@@ -27,10 +27,6 @@ class ModelSlots:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._depth = depth_gauge  # a metrics gauge kept equal to the number waiting
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
     async def acquire(self) -> None:
         """Take a slot, waiting in line if all are busy. Raises ApiError 429/503."""
         if self.in_flight < self.limit and not self._waiters:

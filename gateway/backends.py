@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import aiohttp
 
@@ -18,7 +18,7 @@ from .plan import backend_url, max_concurrency
 log = logging.getLogger("localai.backends")
 
 
-class State(str, Enum):
+class State(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
@@ -129,9 +129,6 @@ class Registry:
         raise ApiError(503, f"Model '{backend.name}' is unavailable: {backend.reason}.",
                        code="model_unavailable", type="server_error", headers={"Retry-After": "30"})
 
-    def any_ready(self) -> bool:
-        return any(b.state is State.READY for b in self.backends.values())
-
 
 class HealthMonitor:
     """Polls each backend so that ready models serve while others still load."""
@@ -173,7 +170,7 @@ class HealthMonitor:
                     detail = f"health check answered HTTP {r.status}"
                 if healthy and (b.state is not State.READY or b.max_model_len is None):
                     await self._discover(b, timeout, headers)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 healthy = False
                 detail = f"not reachable at {b.url} ({type(exc).__name__}: {exc})" if str(exc) else \
                     f"not reachable at {b.url} ({type(exc).__name__})"
@@ -183,16 +180,16 @@ class HealthMonitor:
             delay = self.interval if b.state is State.READY else min(self.interval, 1.0)
             try:
                 await asyncio.wait_for(wake.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             wake.clear()
 
-    async def _discover(self, b: Backend, timeout, headers) -> None:
-        async with self.session.get(b.url + "/v1/models", timeout=timeout, headers=headers) as r:
+    async def _discover(self, b: Backend, client_timeout: aiohttp.ClientTimeout, headers: dict[str, str]) -> None:
+        async with self.session.get(b.url + "/v1/models", timeout=client_timeout, headers=headers) as r:
             if r.status != 200:
                 return
             data = (await r.json()).get("data") or []
-        ids = [m.get("id") for m in data if isinstance(m, dict)]
+        ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
         if not b.managed and b.served_id not in ids and ids:
             b.served_id = ids[0]
         for entry in data:

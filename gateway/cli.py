@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, ManagedModel, load_config
 from .plan import full_plan, server_plan
@@ -20,7 +21,7 @@ from .plan import full_plan, server_plan
 TINYMODEL_SCRIPT = Path(__file__).resolve().parent / "tinymodel.py"
 
 
-def _die(message: str, code: int = 2) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def _die(message: str, code: int = 2) -> NoReturn:
     print(f"localai: {message}", file=sys.stderr)
     raise SystemExit(code)
 

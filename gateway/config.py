@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,7 +28,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/localai/localai.yaml")
 # Names become systemd instance names, metric labels and URL path parts.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
-KeyPath = tuple[Union[str, int], ...]
+KeyPath = tuple[str | int, ...]
 
 
 class ConfigError(Exception):
@@ -72,12 +72,6 @@ class VllmSettings(_Strict):
     host: str = "127.0.0.1"
     env: dict[str, str] = {}
 
-
-# Request fields a preset may set; a request that sets one itself wins.
-SAMPLING_FIELDS = {
-    "temperature", "top_p", "top_k", "min_p", "max_tokens", "presence_penalty",
-    "frequency_penalty", "repetition_penalty", "seed", "stop",
-}
 
 # Fill-in-the-middle prompt layouts of well-known code models.
 FIM_TEMPLATES = {
@@ -173,7 +167,7 @@ def _model_kind(entry: Any) -> str:
 
 
 ModelEntry = Annotated[
-    Union[Annotated[ManagedModel, Tag("managed")], Annotated[ExternalModel, Tag("external")]],
+    Annotated[ManagedModel, Tag("managed")] | Annotated[ExternalModel, Tag("external")],
     Discriminator(_model_kind),
 ]
 
@@ -268,7 +262,7 @@ def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
     problems: list[tuple[KeyPath, str]] = []
     taken: dict[str, str] = {}
     for i, m in enumerate(cfg.models):
-        keys = [(m.name, ("models", i, "name"))]
+        keys: list[tuple[str, KeyPath]] = [(m.name, ("models", i, "name"))]
         keys += [(a, ("models", i, "aliases", j)) for j, a in enumerate(m.aliases)]
         keys += [(p, ("models", i, "presets", p)) for p in m.presets]
         for key, where in keys:
@@ -276,7 +270,7 @@ def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
                 problems.append((where, f"'{key}' is already used by model '{taken[key]}'"))
             else:
                 taken[key] = m.name
-    ports = {cfg.gateway.port: ("gateway", "port")}
+    ports: dict[int, KeyPath] = {cfg.gateway.port: ("gateway", "port")}
     for i, m in enumerate(cfg.models):
         if isinstance(m, ManagedModel):
             if m.port in ports:
@@ -286,17 +280,21 @@ def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
     defaults = [i for i, m in enumerate(cfg.models) if m.default]
     if len(defaults) > 1:
         for i in defaults[1:]:
-            problems.append((("models", i, "default"), f"only one model may be the default (models[{defaults[0]}] already is)"))
+            problems.append((("models", i, "default"),
+                             f"only one model may be the default (models[{defaults[0]}] already is)"))
     elif not defaults and len(cfg.models) > 1:
-        problems.append((("models",), "no model has 'default: true'; mark the one that serves requests without a model"))
+        problems.append((("models",),
+                         "no model has 'default: true'; mark the one that serves requests without a model"))
     # Models pinned to the same devices share their memory; unpinned ones share every card.
     budget: dict[str | None, list[int]] = defaultdict(list)
+    share: dict[int, float] = {}
     for i, m in enumerate(cfg.models):
         if isinstance(m, ManagedModel) and m.gpu_memory_utilization:
             budget[m.env.get("CUDA_VISIBLE_DEVICES")].append(i)
+            share[i] = m.gpu_memory_utilization
     for devices, idxs in budget.items():
         group = idxs + ([] if devices is None else budget.get(None, []))
-        total = sum(cfg.models[i].gpu_memory_utilization for i in group)  # type: ignore[union-attr]
+        total = sum(share[i] for i in group)
         if total > 1.0 + 1e-9:
             names = ", ".join(cfg.models[i].name for i in group)
             problems.append(
@@ -324,7 +322,8 @@ def parse_config(text: str, source: Path | str = "<memory>") -> Config:
         raise ConfigError(source, [(1, "", "the config must be a mapping with a 'models' list")])
     lines: dict[KeyPath, int] = {}
     dups: list[tuple[int, KeyPath]] = []
-    _node_lines(root, (), lines, dups)
+    if root is not None:  # an empty file composes to no node
+        _node_lines(root, (), lines, dups)
     if dups:
         raise ConfigError(source, [(line, _dotted(p), "duplicate key") for line, p in dups])
     _resolve_paths(data, source.parent if source.name != "<memory>" else Path.cwd())

@@ -1,6 +1,13 @@
-"""Every error the gateway itself makes, in OpenAI's shape."""
+"""Every error the gateway itself makes, in OpenAI's shape, and the other shapes API families register.
+
+Handlers raise ApiError; the error middleware (app.py) makes the OpenAI-shaped
+response, then hands it to the reshaper an API family registered for the
+request's path prefix (Ollama's {"error": "..."}, Anthropic's typed errors).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -46,3 +53,22 @@ HTTP_CODES = {
     413: ("request_too_large", "invalid_request_error"),
     415: ("unsupported_media_type", "invalid_request_error"),
 }
+
+
+# An API family's error shape: an OpenAI-shaped error response in, the family's own out.
+Reshape = Callable[[web.Response], web.Response]
+ERROR_SHAPES = web.AppKey("error_shapes", list)
+
+
+def register_error_shape(app: web.Application, prefix: str, reshape: Reshape) -> None:
+    """Errors on paths under `prefix` leave in this family's shape (the longest prefix wins)."""
+    shapes: list[tuple[str, Reshape]] = app.setdefault(ERROR_SHAPES, [])
+    shapes.append((prefix, reshape))
+    shapes.sort(key=lambda entry: len(entry[0]), reverse=True)
+
+
+def shape_error(request: web.Request, response: web.Response) -> web.Response:
+    for prefix, reshape in request.app.get(ERROR_SHAPES, ()):
+        if request.path.startswith(prefix):
+            return reshape(response)
+    return response

@@ -5,10 +5,10 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from .accounting import Account
 from .backends import HealthMonitor, Registry
 from .config import Config
 from .observability import Metrics
-from .proxy import Account
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", Registry)

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import gpu as gpu_mod
@@ -275,7 +275,7 @@ def _message(entry: dict) -> str:
 
 def _when(entry: dict) -> datetime:
     try:
-        return datetime.fromtimestamp(int(entry["__REALTIME_TIMESTAMP"]) / 1e6, tz=timezone.utc).astimezone()
+        return datetime.fromtimestamp(int(entry["__REALTIME_TIMESTAMP"]) / 1e6, tz=UTC).astimezone()
     except (KeyError, ValueError):
         return datetime.now().astimezone()
 

@@ -1,8 +1,8 @@
 """The request path, top to bottom: parse -> route -> prepare -> guard -> admit -> proxy.
 
-Auth and accounting wrap it as middlewares (app.py). OpenAI handlers and the
-Ollama API both come through `run()`, so they share routing, admission, the
-context guard, logs and metrics.
+Auth and accounting wrap it as middlewares (app.py). Every API family
+(gateway/families/) comes through `run()`, so they all share routing,
+admission, the context guard, logs and metrics.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import orjson
 from aiohttp import web
 
 from .backends import Backend, Route
+from .config import ManagedModel
 from .context import Guarded, guard
 from .errors import ApiError
-from .keys import ACCOUNT, METRICS, MONITOR, REGISTRY, SESSION, UPSTREAM_TIMEOUT
-from .observability import request_id_var
+from .keys import ACCOUNT, METRICS, MONITOR, REGISTRY, SESSION
 from .proxy import Adapter, forward
 
 CHAT = "/v1/chat/completions"
@@ -44,6 +44,10 @@ _ENDPOINT_TASKS = {
 # Endpoints that generate, and so take a preset's sampling defaults.
 _GENERATING = (CHAT, COMPLETIONS, RESPONSES)
 _FIM_SLOTS = re.compile(r"(\{prefix\}|\{suffix\})")
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 async def read_json_body(request: web.Request) -> dict:
@@ -131,7 +135,7 @@ def prepare(route: Route, endpoint: str, body: dict) -> dict:
     if endpoint == COMPLETIONS and body.get("suffix") is not None:
         body = _fill_in_the_middle(backend, body)
     if endpoint == CHAT and body.get("tools") and body.get("tool_choice", "auto") != "none":
-        tools_ok = model.tool_call_parser if backend.managed else model.tools
+        tools_ok = model.tool_call_parser if isinstance(model, ManagedModel) else model.tools
         if not tools_ok:
             raise ApiError(400, f"Model '{backend.name}' has no tool calling configured; set "
                                 "'tool_call_parser' for it in the config (e.g. hermes for Qwen2.5).",
@@ -195,16 +199,8 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
         metrics.dropped_messages.labels(backend.name).inc(guarded.dropped)
     async with admitted(request, backend):
         try:
-            return await forward(request, app[SESSION], backend, endpoint, guarded.body, acct, metrics,
-                                 app[UPSTREAM_TIMEOUT], request_id_var.get() or "", adapter=adapter,
-                                 headers=headers)
+            return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers)
         except ApiError as exc:
             if exc.code == "backend_unreachable":
                 app[MONITOR].poke(backend.name)
             raise
-
-
-async def openai_handler(request: web.Request) -> web.StreamResponse:
-    """POST /v1/chat/completions, /v1/completions, /v1/embeddings (with or without a trailing slash)."""
-    endpoint = request.path.rstrip("/")
-    return await run(request, endpoint, await read_json_body(request))

@@ -2,51 +2,32 @@
 
 Streams pass through event by event as they arrive: nothing is buffered
 beyond the current incomplete SSE event.  The only per-chunk work is a
-timestamp and a byte search for the usage event.
+timestamp and a search for the event that carries usage.  Backends that
+frame events with CRLF (sse-starlette's default) are read the same way.
 """
 
 from __future__ import annotations
 
-import asyncio
+import re
 import time
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from .accounting import Account
 from .backends import Backend
 from .errors import ApiError
-from .observability import Metrics
+from .keys import ACCOUNT, METRICS, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
 
 # Headers of the backend's response that mean something to the client.
 _PASS_HEADERS = ("Content-Type",)
-_USAGE_MARK = b'"usage":{'
-# Where an OpenAI stream takes `stream_options` to ask for its usage event; others (the
-# Responses API) report usage without being asked.
-_STREAM_OPTIONS_PATHS = ("/v1/chat/completions", "/v1/completions")
-
-
-@dataclass
-class Account:
-    """What one request cost; filled along the path, logged and counted at the end."""
-
-    started: float
-    model: str | None = None
-    backend: str | None = None
-    ttft: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    queue_wait: float | None = None
-    error: str | None = None  # what went wrong after a stream had begun (its status was sent as 200)
-
-    def add_usage(self, usage: object) -> None:
-        """Take the counts of an OpenAI usage object, or a Responses one (input/output_tokens)."""
-        if isinstance(usage, dict):
-            self.prompt_tokens = usage.get("prompt_tokens", usage.get("input_tokens", self.prompt_tokens))
-            self.completion_tokens = usage.get("completion_tokens",
-                                               usage.get("output_tokens", self.completion_tokens))
+# The usage object of OpenAI's final chunk, Anthropic's message_start/message_delta and
+# the Responses API's response.completed, however the backend spaces its JSON.
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+# Paths whose streams report usage only when asked to (stream_options.include_usage).
+_USAGE_ON_REQUEST = ("/v1/chat/completions", "/v1/completions")
 
 
 class Adapter(Protocol):
@@ -67,66 +48,55 @@ class Adapter(Protocol):
         """The last bytes of a stream the backend broke off."""
 
 
-def event_data(event: bytes) -> dict | None:
-    """The JSON object of one SSE event's data line (which may follow an `event:` line)."""
-    start = event.find(b"data:")
-    if start < 0:
-        return None
+def event_json(event: bytes) -> object:
+    """The JSON of an SSE event's data lines (None if there is none)."""
+    data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
     try:
-        obj = orjson.loads(event[start + 5:])
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    return obj if isinstance(obj, dict) else None
 
 
-def _usage_event_is_only_usage(event: bytes) -> tuple[dict | None, bool]:
-    """Parse an SSE event carrying usage; say whether it is the usage-only final chunk.
-
-    The usage is the event's own (OpenAI chunks) or its response's (the Responses API's
-    `event: response.completed`).
-    """
-    obj = event_data(event)
-    if obj is None:
-        return None, False
-    usage = obj.get("usage")
-    if usage is None and isinstance(obj.get("response"), dict):
-        usage = obj["response"].get("usage")
-    return usage, "choices" in obj and not obj["choices"]
+def _usage_of(obj: dict) -> object:
+    """Usage where each API puts it: top level, or in Anthropic's message / the Responses API's response."""
+    if isinstance(obj.get("usage"), dict):
+        return obj["usage"]
+    for holder in ("message", "response"):
+        inner = obj.get(holder)
+        if isinstance(inner, dict) and isinstance(inner.get("usage"), dict):
+            return inner["usage"]
+    return None
 
 
-async def forward(
-    request: web.Request,
-    session: aiohttp.ClientSession,
-    backend: Backend,
-    path: str,
-    body: dict,
-    acct: Account,
-    metrics: Metrics,
-    timeout: aiohttp.ClientTimeout,
-    request_id: str,
-    *,
-    adapter: Adapter | None = None,
-    headers: dict[str, str] | None = None,
-    method: str = "POST",
-) -> web.StreamResponse:
-    """Send body to the backend (as JSON; not at all for a GET, whose body only says whether
-    to relay a stream) and answer the client with what comes back."""
+def _ask_for_usage(path: str, body: dict) -> bool:
+    """Ask an OpenAI stream for its usage event so tokens can be counted; True if the client
+    did not ask for it itself (the event is then dropped again on the way out)."""
+    if path not in _USAGE_ON_REQUEST:
+        return False
+    opts = body.get("stream_options")
+    if isinstance(opts, dict) and opts.get("include_usage"):
+        return False
+    body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    return True
+
+
+async def forward(request: web.Request, backend: Backend, path: str, body: dict, *,
+                  adapter: Adapter | None = None, headers: dict[str, str] | None = None,
+                  method: str = "POST") -> web.StreamResponse:
+    """Send body to the backend as JSON (a GET sends none: its body only says whether to relay
+    a stream) and answer the client with what comes back."""
+    app = request.app
+    acct = request[ACCOUNT]
     stream = body.get("stream") is True
-    strip_usage = False
-    if stream and path in _STREAM_OPTIONS_PATHS:
-        # Ask for the usage event so tokens can be counted; drop it again
-        # if the client did not ask for it itself.
-        opts = body.get("stream_options")
-        if not (isinstance(opts, dict) and opts.get("include_usage")):
-            strip_usage = True
-            body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-    up_headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+    strip_usage = stream and _ask_for_usage(path, body)
+    up_headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     if backend.api_key:
         up_headers["Authorization"] = f"Bearer {backend.api_key}"
     try:
-        upstream = await session.request(method, backend.url + path, headers=up_headers, timeout=timeout,
-                                         data=orjson.dumps(body) if method != "GET" else None)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        upstream = await app[SESSION].request(method, backend.url + path, headers=up_headers,
+                                              data=orjson.dumps(body) if method != "GET" else None,
+                                              timeout=app[UPSTREAM_TIMEOUT])
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise ApiError(502, f"Model '{backend.name}' did not answer ({type(exc).__name__}); retry shortly.",
                        code="backend_unreachable", type="server_error",
                        headers={"Retry-After": "5"}) from None
@@ -137,14 +107,16 @@ async def forward(
             out_headers = {h: upstream.headers[h] for h in _PASS_HEADERS if h in upstream.headers}
             if upstream.status == 200 and data[:1] == b"{":
                 try:
-                    acct.add_usage(orjson.loads(data).get("usage"))
+                    answer = orjson.loads(data)
                 except orjson.JSONDecodeError:
-                    pass
+                    answer = None
+                if isinstance(answer, dict):
+                    acct.add_usage(answer.get("usage"))
                 if adapter is not None:
                     data = adapter.body(data)
             return web.Response(body=data, status=upstream.status, headers={**out_headers, **(headers or {})})
-        return await _relay_stream(request, upstream, acct, metrics, strip_usage, adapter, headers or {})
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
+        return await _relay_stream(request, upstream, strip_usage, adapter, headers or {})
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
         raise ApiError(502, f"Model '{backend.name}' broke off the response ({type(exc).__name__}).",
                        code="backend_error", type="server_error") from None
     finally:
@@ -156,9 +128,9 @@ async def forward(
             upstream.close()
 
 
-async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, acct: Account,
-                        metrics: Metrics, strip_usage: bool, adapter: Adapter | None,
-                        headers: dict[str, str]) -> web.StreamResponse:
+async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, strip_usage: bool,
+                        adapter: Adapter | None, headers: dict[str, str]) -> web.StreamResponse:
+    acct = request[ACCOUNT]
     resp = web.StreamResponse(status=200, headers={
         "Content-Type": adapter.stream_content_type if adapter else "text/event-stream",
         "Cache-Control": "no-cache",
@@ -167,8 +139,8 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
     })
     await resp.prepare(request)
     try:
-        await _pump_events(resp, upstream, acct, metrics, strip_usage, adapter)
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
+        await _pump_events(request, resp, upstream, acct, strip_usage, adapter)
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
         # The status line is gone already: end the stream with an error event the
         # client can show, instead of leaving it waiting for more.
         acct.error = f"Model '{acct.model}' broke off the response ({type(exc).__name__})."
@@ -181,11 +153,13 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
     return resp
 
 
-async def _pump_events(resp: web.StreamResponse, upstream: aiohttp.ClientResponse, acct: Account,
-                       metrics: Metrics, strip_usage: bool, adapter: Adapter | None) -> None:
-    itl = metrics.child(metrics.itl, acct.model)
+async def _pump_events(request: web.Request, resp: web.StreamResponse, upstream: aiohttp.ClientResponse,
+                       acct: Account, strip_usage: bool, adapter: Adapter | None) -> None:
+    metrics = request.app[METRICS]
+    itl = metrics.child(metrics.itl, acct.model or "")
     last = None
     carry = b""
+    crlf: bool | None = None  # decided by the first line ending the backend sends
     async for chunk in upstream.content.iter_any():
         now = time.monotonic()
         if last is None:
@@ -193,21 +167,27 @@ async def _pump_events(resp: web.StreamResponse, upstream: aiohttp.ClientRespons
         else:
             itl.observe(now - last)
         last = now
+        if crlf is None and b"\n" in chunk:
+            crlf = b"\r\n" in chunk
         data = carry + chunk if carry else chunk
+        if crlf:
+            # One framing downstream: LF, as vLLM and OpenAI send it. A CR split from its LF
+            # at a chunk's end stays in `carry` and is joined to it here.
+            data = data.replace(b"\r\n", b"\n")
         end = data.rfind(b"\n\n")
         if end < 0:  # no complete event yet
             carry = data
             continue
         carry = data[end + 2:]
         out = data[:end + 2]
-        if _USAGE_MARK in out:
+        if _USAGE.search(out):
             out = _take_usage(out, acct, strip_usage)
         if adapter is not None:
             out = adapter.events(out)
         if out:
             await resp.write(out)
     if carry and adapter is None:
-        await resp.write(carry)
+        await resp.write(carry.replace(b"\r\n", b"\n") if crlf else carry)
     if adapter is not None:
         await resp.write(adapter.end())
     await resp.write_eof()
@@ -216,10 +196,11 @@ async def _pump_events(resp: web.StreamResponse, upstream: aiohttp.ClientRespons
 def _take_usage(events: bytes, acct: Account, strip: bool) -> bytes:
     kept = []
     for event in events.split(b"\n\n"):
-        if _USAGE_MARK in event:
-            usage, usage_only = _usage_event_is_only_usage(event)
-            acct.add_usage(usage)
-            if strip and usage_only:
-                continue
+        if _USAGE.search(event):
+            obj = event_json(event)
+            if isinstance(obj, dict):
+                acct.add_usage(_usage_of(obj))
+                if strip and "choices" in obj and not obj["choices"]:
+                    continue  # the usage-only chunk the client did not ask for
         kept.append(event)
     return b"\n\n".join(kept)

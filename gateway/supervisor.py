@@ -68,7 +68,7 @@ class ModelProcess:
                       extra={"model": self.plan.name})
             try:
                 await asyncio.wait_for(stop.wait(), backoff)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
@@ -113,7 +113,7 @@ class ModelProcess:
         _kill_group(self.proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(exited), STOP_GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("model server %s ignored SIGTERM for %g s; killing it", self.plan.name,
                         STOP_GRACE_S, extra={"model": self.plan.name})
         _kill_group(self.proc.pid, signal.SIGKILL)
@@ -129,7 +129,7 @@ class ModelProcess:
             if not line:
                 continue
             found = _LEVEL_RE.search(line, 0, 48)
-            level = logging.getLevelName(found.group(1)) if found else logging.INFO
+            level: int = logging.getLevelNamesMapping()[found.group(1)] if found else logging.INFO
             if level >= logging.ERROR or "Error" in line:
                 self.last_line = line[-300:]
             logger.log(level, line, extra={"model": self.plan.name, "backend": self.backend.url,
@@ -146,7 +146,7 @@ async def run_up(cfg: Config, app: web.Application, stop: asyncio.Event) -> None
         procs = [ModelProcess(server_plan(m, cfg.vllm), registry.backends[m.name])
                  for m in cfg.managed_models]
         tasks = [asyncio.create_task(p.run(stop), name=f"model-{p.plan.name}") for p in procs]
-        for proc, task in zip(procs, tasks):
+        for proc, task in zip(procs, tasks, strict=True):
             task.add_done_callback(proc.report_crash)
         await stop.wait()
         log.info("stopping: %d model servers", len(procs))

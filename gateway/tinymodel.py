@@ -135,8 +135,7 @@ def _train_tokenizer():
 def write_tiny_model(outdir: Path, seed: int = 0) -> None:
     """Write model + tokenizer to `outdir`; same seed gives the same weights."""
     import torch
-    from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM,
-                              PreTrainedTokenizerFast)
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep test logs clean

@@ -38,21 +38,13 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .backends import Backend, State
-from .context import Guarded, guard
-from .errors import ApiError
-from .keys import ACCOUNT, METRICS, MONITOR, REGISTRY, SESSION, UPSTREAM_TIMEOUT
-from .observability import request_id_var
-from .pipeline import (
-    DETOKENIZE,
-    RERANK,
-    RESPONSES,
-    SCORE,
-    TOKENIZE,
-    read_json_body,
-    run,
-)
-from .proxy import Account, event_data, forward
+from ..accounting import Account
+from ..backends import Backend, State
+from ..context import Guarded, guard
+from ..errors import ApiError
+from ..keys import ACCOUNT, MONITOR, REGISTRY, SESSION
+from ..pipeline import DETOKENIZE, RERANK, RESPONSES, SCORE, TOKENIZE, read_json_body, run
+from ..proxy import event_json, forward
 
 log = logging.getLogger("localai.responses")
 
@@ -106,8 +98,8 @@ class RememberOwner:
         if not self._seen and _CREATED in data:
             self._seen = True
             start = data.index(_CREATED)
-            created = event_data(data[start:data.find(b"\n\n", start)])
-            response = created.get("response") if created else None
+            created = event_json(data[start:data.find(b"\n\n", start)])
+            response = created.get("response") if isinstance(created, dict) else None
             if isinstance(response, dict):
                 self._owners.remember(response.get("id"), self._acct.model)
         return data
@@ -230,6 +222,9 @@ def _as_message(item: dict) -> dict:
     return {"role": "assistant", "content": orjson.dumps(item).decode()}
 
 
+_FUNCTION_KEYS = ("name", "description", "parameters")
+
+
 def chat_view(body: dict) -> tuple[dict, dict[int, dict]]:
     """The request as a chat body the context guard can count, and each message's input item."""
     messages: list[dict] = []
@@ -242,7 +237,7 @@ def chat_view(body: dict) -> tuple[dict, dict[int, dict]]:
         messages.append(message)
         source[id(message)] = item
     view: dict = {"messages": messages}
-    tools = [{"type": "function", "function": {k: v for k, v in t.items() if k in ("name", "description", "parameters")}}
+    tools = [{"type": "function", "function": {k: v for k, v in t.items() if k in _FUNCTION_KEYS}}
              for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
     if tools:
         view["tools"] = tools
@@ -297,11 +292,10 @@ async def _to_owner(request: web.Request, method: str, suffix: str = "") -> web.
     path = f"/v1/responses/{quote(response_id, safe='')}{suffix}"
     if request.query_string:
         path += "?" + request.query_string  # stream, starting_after, include
-    relay = {"stream": request.query.get("stream", "").lower() in ("true", "1")}  # a GET sends no body: this says what to relay
+    # A GET sends no body; this one only says whether to relay a stream.
+    relay = {"stream": request.query.get("stream", "").lower() in ("true", "1")}
     try:
-        return await forward(request, app[SESSION], backend, path, relay if method == "GET" else {},
-                             acct, app[METRICS], app[UPSTREAM_TIMEOUT], request_id_var.get() or "",
-                             method=method)
+        return await forward(request, backend, path, relay if method == "GET" else {}, method=method)
     except ApiError as exc:
         if exc.code == "backend_unreachable":
             app[MONITOR].poke(backend.name)
@@ -336,10 +330,6 @@ _VLLM_PATHS = {
     "/v1/score": SCORE, SCORE: SCORE,
     TOKENIZE: TOKENIZE, DETOKENIZE: DETOKENIZE,
 }
-# Paths outside /v1/ that still need a key.
-PROTECTED_PATHS = tuple(p for p in _VLLM_PATHS if not p.startswith("/v1/"))
-
-
 def add_routes(app: web.Application) -> None:
     app[RESPONSE_OWNERS] = ResponseOwners()
     app.router.add_post(RESPONSES, create_response)

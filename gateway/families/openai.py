@@ -1,0 +1,72 @@
+"""The OpenAI API: /v1/chat/completions, /v1/completions, /v1/embeddings and the model list.
+
+Errors keep OpenAI's shape (the default in errors.py); bodies go to the backend
+as they are, after the pipeline's routing, preparation and context guard.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..backends import Backend, Route
+from ..keys import REGISTRY
+from ..pipeline import json_response, read_json_body, run
+
+# Clients differ on the trailing slash; both spellings work.
+GENERATING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+def model_card(b: Backend, default: bool) -> dict:
+    window = b.max_model_len
+    return {
+        "id": b.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "localai",
+        "aliases": b.aliases,
+        "default": default,
+        "task": b.model.task,
+        "max_model_len": window,
+        # Prompt tokens the gateway lets through (before max_tokens); clients can budget with it.
+        "context_limit": int(window * b.model.context_limit) if window else None,
+        "state": b.state.value,
+        "state_reason": b.reason,
+    }
+
+
+def preset_card(name: str, route: Route) -> dict:
+    # Presets are shown like models, saying which model they use and with what defaults.
+    return {**model_card(route.backend, False), "id": name, "aliases": [],
+            "preset_of": route.backend.name, "defaults": route.defaults}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    data = [model_card(b, b is registry.default) for b in registry.backends.values()]
+    data += [preset_card(name, route) for name, route in registry.presets()]
+    return json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: one card, by name, alias or preset (404 model_not_found otherwise)."""
+    registry = request.app[REGISTRY]
+    name = request.match_info["model"]
+    route = registry.resolve(name)
+    if name in route.backend.model.presets:
+        return json_response(preset_card(name, route))
+    return json_response(model_card(route.backend, route.backend is registry.default))
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings (with or without a trailing slash)."""
+    endpoint = request.path.rstrip("/")
+    return await run(request, endpoint, await read_json_body(request))
+
+
+def add_routes(app: web.Application) -> None:
+    for path in GENERATING_PATHS:
+        app.router.add_post(path, generate)
+        app.router.add_post(path + "/", generate)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)  # ids may hold slashes (Qwen/...)
