@@ -108,7 +108,7 @@ class RememberOwner:
         return b""
 
     def error(self, message: str) -> bytes:
-        # The Responses API's own error event, which the SDKs raise as an APIError.
+        # The Responses API's own error event (the SDKs' ResponseErrorEvent), as OpenAI ends a failed stream.
         event = {"type": "error", "code": "backend_error", "message": message, "param": None}
         return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
 
@@ -330,6 +330,8 @@ _VLLM_PATHS = {
     "/v1/score": SCORE, SCORE: SCORE,
     TOKENIZE: TOKENIZE, DETOKENIZE: DETOKENIZE,
 }
+
+
 def add_routes(app: web.Application) -> None:
     app[RESPONSE_OWNERS] = ResponseOwners()
     app.router.add_post(RESPONSES, create_response)
