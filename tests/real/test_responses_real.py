@@ -102,6 +102,13 @@ def test_codex_shaped_request(http):
     assert "event: response.created" in text and "event: response.completed" in text
 
 
+def test_a_tool_type_vllm_does_not_know_is_its_400(http):
+    r = http.post("/v1/responses", json={"model": "coder", "input": "hi", "tools": [{"type": "teleport"}]})
+    # vLLM's own answer, passed through: a 400 in OpenAI's shape that says what was wrong.
+    assert r.status_code == 400, r.text
+    assert "teleport" in r.json()["error"]["message"]
+
+
 def test_rerank_and_score_on_an_embedding_model(http):
     docs = ["vLLM serves language models.", "Bananas are yellow.", "The gateway routes to vLLM servers."]
     r = http.post("/v1/rerank", json={"model": "minilm", "query": "What serves the models?", "documents": docs})

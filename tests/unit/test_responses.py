@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from gateway.families.responses import ResponseOwners
 from tests.fakebackend import FakeBackend
 from tests.unit.test_gateway import assert_openai_error, hang_up_midway
 
@@ -171,6 +172,14 @@ async def test_unknown_response_id_is_404_and_reaches_no_generation(stack):
         assert r.status == 404
         assert_openai_error(await r.json(), "response_not_found")
     assert coder.received == [] and general.received == []
+
+
+def test_the_id_map_keeps_the_newest_ids():
+    owners = ResponseOwners(limit=2)
+    for response_id, model in (("a", "m1"), ("b", "m2"), ("a", "m1"), ("c", "m2")):
+        owners.remember(response_id, model)
+    # "a" was remembered again after "b", so "b" is the oldest and goes.
+    assert (owners.owner("a"), owners.owner("b"), owners.owner("c")) == ("m1", None, "m2")
 
 
 async def test_an_id_made_before_a_restart_is_found_by_asking_each_backend(stack):
