@@ -223,6 +223,23 @@ def _as_message(item: dict) -> dict:
 
 
 _FUNCTION_KEYS = ("name", "description", "parameters")
+_TEXT_INPUT = {"type": "object", "properties": {"input": {"type": "string"}}}
+
+
+def _shown_tools(tools: list) -> list[dict]:
+    """The tools vLLM shows the model, as functions: function tools, those inside a namespace
+    (Codex sends one), and custom tools (a one-string function); hosted tools are not shown."""
+    shown = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        if tool.get("type") == "function":
+            shown.append(tool)
+        elif tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
+            shown += _shown_tools([t for t in tool["tools"] if isinstance(t, dict) and t.get("type") == "function"])
+        elif tool.get("type") == "custom":
+            shown.append({**tool, "parameters": _TEXT_INPUT})
+    return shown
 
 
 def chat_view(body: dict) -> tuple[dict, dict[int, dict]]:
@@ -238,7 +255,7 @@ def chat_view(body: dict) -> tuple[dict, dict[int, dict]]:
         source[id(message)] = item
     view: dict = {"messages": messages}
     tools = [{"type": "function", "function": {k: v for k, v in t.items() if k in _FUNCTION_KEYS}}
-             for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+             for t in _shown_tools(body.get("tools") or [])]
     if tools:
         view["tools"] = tools
     if body.get("max_output_tokens") is not None:

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from gateway.families.responses import ResponseOwners
+from gateway.families.responses import ResponseOwners, chat_view
 from tests.fakebackend import FakeBackend
 from tests.unit.test_gateway import assert_openai_error, hang_up_midway
 
@@ -253,6 +253,16 @@ async def test_the_guard_drops_whole_turns_of_the_input(stack):
     sent = fake.received[-1]
     assert dropped > 0 and dropped % 2 == 0
     assert sent["input"] == items[dropped:] and sent["instructions"] == "Be terse."
+
+
+def test_the_guard_counts_the_tools_vllm_shows_the_model():
+    tools = [{"type": "function", "name": "shell", "parameters": {"type": "object"}},
+             {"type": "namespace", "name": "mcp", "tools": [{"type": "function", "name": "read", "parameters": {}}]},
+             {"type": "custom", "name": "apply_patch", "format": {"type": "text"}},
+             {"type": "web_search"}]
+    view, _ = chat_view({"input": [{"role": "developer", "content": "Sandbox: none."}], "tools": tools})
+    assert [t["function"]["name"] for t in view["tools"]] == ["shell", "read", "apply_patch"]
+    assert view["messages"] == [{"role": "system", "content": "Sandbox: none."}]
 
 
 async def test_max_output_tokens_counts_against_the_window(stack):
