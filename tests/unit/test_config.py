@@ -126,3 +126,14 @@ def test_check_prints_the_plan(tmp_path):
     assert "--model Qwen/Qwen2.5-Coder-7B-Instruct-AWQ --served-model-name coder" in run.stdout
     assert "preset po: temperature=0.5" in run.stdout
     assert "model remote: external at http://10.1.2.3:8000" in run.stdout
+
+
+def test_scoring_and_embedding_models_get_vllms_pooling_runner():
+    cfg = parse_config(GOOD + "  - name: rerank\n    task: score\n    model: BAAI/bge-reranker-v2-m3\n    port: 8104\n"
+                       "  - name: embed\n    task: embed\n    model: sentence-transformers/all-MiniLM-L6-v2\n"
+                       "    port: 8105\n")
+    rerank, embed = (server_plan(cfg.model(n), cfg.vllm) for n in ("rerank", "embed"))
+    assert " --runner pooling --convert classify" in " ".join(rerank.argv)
+    assert " --runner pooling --convert embed" in " ".join(embed.argv)
+    # Only generating models keep Responses API answers.
+    assert "VLLM_ENABLE_RESPONSES_API_STORE" not in rerank.env and "VLLM_ENABLE_RESPONSES_API_STORE" not in embed.env
