@@ -56,8 +56,9 @@ class Account:
             self.completion_tokens = completion
 
 
-def account(request: web.Request, acct: Account, status: int, rid: str, metrics: Metrics) -> None:
-    """The request's metrics and its one JSON log line."""
+def account(request: web.Request, acct: Account, status: int, rid: str, metrics: Metrics,
+            key: str | None = None) -> None:
+    """The request's metrics and its one JSON log line; `key` is the API key's name, never the key."""
     elapsed = time.monotonic() - acct.started
     endpoint = request.path
     if acct.model is not None:
@@ -71,11 +72,13 @@ def account(request: web.Request, acct: Account, status: int, rid: str, metrics:
             metrics.child(metrics.completion_tokens, acct.model).inc(acct.completion_tokens)
     elif endpoint.startswith(API_PREFIXES):
         metrics.requests.labels("", endpoint, str(status)).inc()
+    if key is not None:
+        metrics.child(metrics.key_requests, key, str(status)).inc()
     fields: dict[str, object] = {
         "request_id": rid, "method": request.method, "path": endpoint, "status": status,
         "latency_ms": round(elapsed * 1000, 2),
     }
-    for name, value in (("model", acct.model), ("backend", acct.backend),
+    for name, value in (("key", key), ("model", acct.model), ("backend", acct.backend),
                         ("prompt_tokens", acct.prompt_tokens),
                         ("completion_tokens", acct.completion_tokens)):
         if value is not None:

@@ -21,12 +21,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .accounting import Account, account
-from .auth import check_key, load_api_keys
+from .auth import check_key
 from .backends import HealthMonitor, Registry, State
 from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response, shape_error
 from .families import add_all_routes
-from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
+from .keyring import Access, keyring_of, load_keyring
+from .keys import (ACCESS, ACCOUNT, CONFIG, KEY_NAME, METRICS, MONITOR, REGISTRY, REQUEST_ID, SESSION,
+                   UPSTREAM_TIMEOUT)
 from .observability import Metrics, request_id_var
 from .pipeline import json_response
 
@@ -68,7 +70,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = 499
         raise
     finally:
-        account(request, acct, status, rid, request.app[METRICS])
+        account(request, acct, status, rid, request.app[METRICS], request.get(KEY_NAME))
         request_id_var.reset(token)
 
 
@@ -110,9 +112,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[API_KEYS]
-    if keys and request.path.startswith(_PROTECTED_PREFIXES):
-        check_key(keys, request)
+    keyring = request.app[ACCESS].keyring
+    if keyring and request.path.startswith(_PROTECTED_PREFIXES):
+        request[KEY_NAME] = check_key(keyring, request)
     return await handler(request)
 
 
@@ -164,8 +166,9 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
                                                   sock_read=gw.read_timeout)
     app[METRICS] = Metrics()
     app[REGISTRY] = Registry(cfg, app[METRICS])
-    app[API_KEYS] = api_keys if api_keys is not None else load_api_keys(cfg.gateway.api_key_file)
-    if not app[API_KEYS]:
+    keyring = keyring_of(api_keys) if api_keys is not None else load_keyring(cfg.gateway.api_key_file)
+    app[ACCESS] = Access(keyring, cfg.gateway.key_limits)
+    if not keyring:
         log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; "
                     "set gateway.api_key_file or LOCALAI_API_KEY", cfg.gateway.host, cfg.gateway.port)
     app.cleanup_ctx.append(_upstream_ctx)

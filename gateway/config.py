@@ -52,10 +52,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+class KeyLimit(_Strict):
+    """Limits for one API key; unset means unlimited."""
+
+    max_concurrent: int | None = Field(None, ge=1)  # requests in flight or waiting, across models
+    requests_per_minute: int | None = Field(None, ge=1)
+
+
+class KeyLimits(_Strict):
+    """`default` applies to every key; `per_key` (by the key file's names) overrides it field by field."""
+
+    default: KeyLimit = KeyLimit()
+    per_key: dict[Annotated[str, Field(pattern=NAME_PATTERN)], KeyLimit] = {}
+
+    def for_key(self, name: str) -> KeyLimit:
+        own = self.per_key.get(name)
+        if own is None:
+            return self.default
+        # A field the key's entry sets (null too: "no limit for this key") wins over the default.
+        return self.default.model_copy(update={f: getattr(own, f) for f in own.model_fields_set})
+
+
 class GatewaySettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     api_key_file: Path | None = None
+    key_limits: KeyLimits = KeyLimits()
     max_queue: int = Field(100, ge=0)
     queue_timeout: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)

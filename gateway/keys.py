@@ -8,6 +8,7 @@ from aiohttp import web
 from .accounting import Account
 from .backends import HealthMonitor, Registry
 from .config import Config
+from .keyring import Access
 from .observability import Metrics
 
 CONFIG = web.AppKey("config", Config)
@@ -16,6 +17,7 @@ METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM_TIMEOUT = web.AppKey("upstream_timeout", aiohttp.ClientTimeout)
 MONITOR = web.AppKey("monitor", HealthMonitor)
-API_KEYS = web.AppKey("api_keys", list)
+ACCESS = web.AppKey("access", Access)
 ACCOUNT = web.RequestKey("account", Account)
 REQUEST_ID = web.RequestKey("request_id", str)
+KEY_NAME = web.RequestKey("key_name", str)  # the API key's name, never the key

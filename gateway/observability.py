@@ -73,6 +73,10 @@ class Metrics:
         self.itl = Histogram(
             "localai_inter_token_latency_seconds", "Time between streamed chunks",
             ["model"], buckets=_ITL_BUCKETS, registry=r)
+        # By the key's name from the key file (never the key): as many series as named keys.
+        self.key_requests = Counter(
+            "localai_key_requests", "Requests answered, by API key name and HTTP status",
+            ["key", "status"], registry=r)
         self.queue_depth = Gauge(
             "localai_queue_depth", "Requests waiting for a slot", ["model"], registry=r)
         self.queue_wait = Histogram(

@@ -18,7 +18,7 @@ from .backends import Backend, Route
 from .config import ManagedModel
 from .context import Guarded, guard
 from .errors import ApiError
-from .keys import ACCOUNT, METRICS, MONITOR, REGISTRY, SESSION
+from .keys import ACCESS, ACCOUNT, KEY_NAME, METRICS, MONITOR, REGISTRY, SESSION
 from .proxy import Adapter, forward
 
 CHAT = "/v1/chat/completions"
@@ -111,12 +111,19 @@ def prepare(route: Route, endpoint: str, body: dict) -> dict:
 
 @contextlib.asynccontextmanager
 async def admitted(request: web.Request, backend: Backend):
-    """Hold one of the model's slots for the duration of the upstream request."""
+    """Hold one of the model's slots for the duration of the upstream request, within the key's limits."""
     metrics = request.app[METRICS]
     acct = request[ACCOUNT]
+    key = request.get(KEY_NAME, "")
+    limiter = request.app[ACCESS].limiter
     waited_from = time.monotonic()
     try:
-        await backend.slots.acquire()
+        limiter.admit(key)
+        try:
+            await backend.slots.acquire(key)
+        except BaseException:
+            limiter.done(key)
+            raise
     except ApiError as exc:
         metrics.rejections.labels(backend.name, exc.code).inc()
         raise
@@ -128,7 +135,8 @@ async def admitted(request: web.Request, backend: Backend):
         yield
     finally:
         in_flight.dec()
-        backend.slots.release()
+        backend.slots.release(key)
+        limiter.done(key)
 
 
 async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None

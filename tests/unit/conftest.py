@@ -69,7 +69,9 @@ async def stack(aiohttp_server):
         cfg = make_config(entries, **gateway)
         logs = io.StringIO()
         setup_logging("info", stream=logs)
-        app = create_app(cfg, api_keys=[k.encode() for k in (api_keys or [])])
+        # A key file in the config is read as production reads it; otherwise the keys given (or none).
+        keys = None if "api_key_file" in gateway else [k.encode() for k in (api_keys or [])]
+        app = create_app(cfg, api_keys=keys)
         ctx = serve(app, "127.0.0.1", cfg.gateway.port)
         await ctx.__aenter__()
         session = aiohttp.ClientSession()
