@@ -31,6 +31,7 @@ from .keys import (ACCESS, ACCOUNT, CONFIG, KEY_NAME, METRICS, MONITOR, REGISTRY
                    UPSTREAM_TIMEOUT)
 from .observability import Metrics, request_id_var
 from .pipeline import json_response
+from .reload import RELOADER, Reloader
 
 log = logging.getLogger("localai.gateway")
 
@@ -171,6 +172,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
     if not keyring:
         log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; "
                     "set gateway.api_key_file or LOCALAI_API_KEY", cfg.gateway.host, cfg.gateway.port)
+    app[RELOADER] = Reloader(app, cfg)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(_stamp_request_id)
 

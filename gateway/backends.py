@@ -80,25 +80,55 @@ class Registry:
 
     def __init__(self, cfg: Config, metrics: Metrics):
         self.room = WaitingRoom(cfg.gateway.max_queue, cfg.gateway.queue_timeout)
-        self.backends: dict[str, Backend] = {}
-        for m in cfg.models:
-            slots = ModelSlots(m.name, max_concurrency(m), self.room,
-                               metrics.queue_depth.labels(m.name))
-            if isinstance(m, ManagedModel):
-                b = Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.name,
-                            served_model_hint=m.model, max_model_len=m.max_model_len)
-            else:
-                b = Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.served_model or m.name,
-                            api_key=_read_key(m), max_model_len=m.max_model_len)
-            self.backends[m.name] = b
-        self.default = self.backends[cfg.default_model.name]
+        self.metrics = metrics
+        self.backends: dict[str, Backend] = {m.name: self._backend(m, cfg) for m in cfg.models}
         self._routes: dict[str, Route] = {}
+        self._route(cfg)
+
+    def _backend(self, m: ManagedModel | ExternalModel, cfg: Config) -> Backend:
+        slots = ModelSlots(m.name, max_concurrency(m), self.room, self.metrics.queue_depth.labels(m.name))
+        if isinstance(m, ManagedModel):
+            return Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.name,
+                           served_model_hint=m.model, max_model_len=m.max_model_len)
+        return Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.served_model or m.name,
+                       api_key=_read_key(m), max_model_len=m.max_model_len)
+
+    def _route(self, cfg: Config) -> None:
+        self.default = self.backends[cfg.default_model.name]
+        routes: dict[str, Route] = {}
         for b in self.backends.values():
-            for key in (b.name, *b.aliases, b.served_model_hint):
+            for key in (b.name, *b.aliases, b.served_model_hint, b.served_id):
                 if key:
-                    self._routes.setdefault(key, Route(b, {}))
+                    routes.setdefault(key, Route(b, {}))
             for preset, params in b.model.presets.items():
-                self._routes[preset] = Route(b, params.defaults())
+                routes[preset] = Route(b, params.defaults())
+        self._routes = routes
+
+    def apply(self, cfg: Config) -> tuple[list[Backend], list[Backend]]:
+        """A reloaded config: models added and removed, entries, limits and routes updated in place.
+        Requests in flight keep the backend they hold. Returns (added, removed)."""
+        self.room.max_waiting, self.room.timeout = cfg.gateway.max_queue, cfg.gateway.queue_timeout
+        new = {m.name: m for m in cfg.models}
+        removed = [b for name, b in self.backends.items() if name not in new]
+        added = []
+        for name, m in new.items():
+            old = self.backends.get(name)
+            if old is not None and old.managed == isinstance(m, ManagedModel):
+                old.model = m
+                old.url = backend_url(m, cfg.vllm)
+                old.slots.set_limit(max_concurrency(m))
+                if isinstance(m, ExternalModel):
+                    old.api_key = _read_key(m)
+                    old.served_id = m.served_model or old.served_id
+                    old.max_model_len = m.max_model_len or old.max_model_len
+                continue
+            if old is not None:  # managed became external or the other way round
+                removed.append(old)
+            added.append(self._backend(m, cfg))
+            self.backends[name] = added[-1]
+        self.backends = {name: self.backends[name] for name in new}  # config order
+        self._route(cfg)
+        return added, removed
 
     def learn_served_id(self, backend: Backend, served_id: str) -> None:
         self._routes.setdefault(served_id, Route(backend, {}))
@@ -139,18 +169,29 @@ class HealthMonitor:
         self.session = session
         self.interval = interval
         self.metrics = metrics
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
 
     def start(self) -> None:
         for b in self.registry.backends.values():
-            self._wake[b.name] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._watch(b), name=f"health-{b.name}"))
+            self.watch(b)
+
+    def watch(self, b: Backend) -> None:
+        self.unwatch(b.name)
+        self._wake[b.name] = asyncio.Event()
+        self._tasks[b.name] = asyncio.create_task(self._watch(b), name=f"health-{b.name}")
+
+    def unwatch(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            del self._wake[name]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = list(self._tasks.values())
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def poke(self, name: str) -> None:
         """Check this backend now (a request just failed to reach it)."""
@@ -159,11 +200,11 @@ class HealthMonitor:
 
     async def _watch(self, b: Backend) -> None:
         timeout = aiohttp.ClientTimeout(total=5)
-        headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}
         # vLLM's /health turns 503 when its engine dies; an external server is only
         # assumed to speak OpenAI, so its model list is the health check.
         probe = "/health" if b.managed else "/v1/models"
         while True:
+            headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}  # a reload may change it
             try:
                 async with self.session.get(b.url + probe, timeout=timeout, headers=headers) as r:
                     healthy = r.status == 200

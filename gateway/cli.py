@@ -58,41 +58,52 @@ def _run_loop(main) -> None:
         uvloop.run(main)
 
 
-async def _until_signalled(run) -> None:
+async def _until_signalled(run, app) -> None:
+    """Run until SIGINT or SIGTERM; SIGHUP reloads the config, keys and WebUI (systemctl reload)."""
+    from .reload import RELOADER
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload)
     await run(stop)
 
 
-def cmd_gateway(args) -> int:
+def _create_app(cfg: Config):
     from .app import create_app
+
+    try:
+        return create_app(cfg)
+    except ConfigError as exc:  # the API key file
+        _die(f"invalid API key file\n{exc}")
+
+
+def cmd_gateway(args) -> int:
     from .observability import setup_logging
     from .server import serve
 
     cfg = _load(args)
     setup_logging(cfg.gateway.log_level)
-    app = create_app(cfg)
+    app = _create_app(cfg)
 
     async def run(stop: asyncio.Event) -> None:
         async with serve(app, cfg.gateway.host, cfg.gateway.port):
             await stop.wait()
 
-    _run_loop(_until_signalled(run))
+    _run_loop(_until_signalled(run, app))
     return 0
 
 
 def cmd_up(args) -> int:
-    from .app import create_app
     from .observability import setup_logging
     from .supervisor import run_up
 
     cfg = _load(args)
     _check_vllm_python(cfg)
     setup_logging(cfg.gateway.log_level)
-    app = create_app(cfg)
-    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop)))
+    app = _create_app(cfg)
+    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop), app))
     return 0
 
 
