@@ -27,8 +27,18 @@ from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response, shape_error
 from .families import add_all_routes
 from .keyring import Access, keyring_of, load_keyring
-from .keys import (ACCESS, ACCOUNT, CONFIG, KEY_NAME, METRICS, MONITOR, REGISTRY, REQUEST_ID, SESSION,
-                   UPSTREAM_TIMEOUT)
+from .keys import (
+    ACCESS,
+    ACCOUNT,
+    CONFIG,
+    KEY_NAME,
+    METRICS,
+    MONITOR,
+    REGISTRY,
+    REQUEST_ID,
+    SESSION,
+    UPSTREAM_TIMEOUT,
+)
 from .observability import Metrics, request_id_var
 from .pipeline import json_response
 from .reload import RELOADER, Reloader

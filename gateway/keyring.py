@@ -33,6 +33,8 @@ _NAME = NAME_PATTERN.strip("^$")
 _NAMED = re.compile(rf"^({_NAME})\s*:\s*(\S+)$")
 _COMMENTED = re.compile(rf"^(\S+)\s+#\s*({_NAME})$")
 _ANONYMOUS = re.compile(r"^\S+$")
+_BAD_LINE = ("expected 'name: key', 'key  # name' or a key alone "
+             "(names: letters, digits, '.', '_', '-'; keys: no spaces)")
 
 
 def _digest(key: bytes) -> bytes:
@@ -76,8 +78,7 @@ def parse_key_file(text: str, source: Path | str) -> list[tuple[str, str]]:
             name, key = f"key-{anonymous}", line
         else:
             # Never quote the line: it may hold a key.
-            problems.append((number, "", "expected 'name: key', 'key  # name' or a key alone "
-                                         "(names: letters, digits, '.', '_', '-'; keys: no spaces)"))
+            problems.append((number, "", _BAD_LINE))
             continue
         if name in seen_names:
             problems.append((number, "", f"the name '{name}' is already used on line {seen_names[name]}"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,12 +26,36 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+# syslog priorities (sd-daemon(3)'s "<N>" line prefixes) of the logging levels.
+_PRIORITY = {logging.DEBUG: "<7>", logging.INFO: "<6>", logging.WARNING: "<4>", logging.ERROR: "<3>",
+             logging.CRITICAL: "<2>"}
+
+
+class _JournalFormatter(OrjsonFormatter):
+    """Each line prefixed with its syslog priority: journald strips the prefix and files the
+    line under it (SyslogLevelPrefix=, on by default), so `journalctl -p err` finds errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _PRIORITY.get(record.levelno, "<6>") + super().format(record)
+
+
+def writes_to_journal(stream) -> bool:
+    """Whether `stream` is the journal's stream socket systemd gave the unit ($JOURNAL_STREAM)."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor: a StringIO in tests
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(level: str = "info", stream=None) -> None:
     """One JSON object per line on stdout (journald and `localai up` both read it)."""
-    handler = logging.StreamHandler(stream or sys.stdout)
+    stream = stream or sys.stdout
+    handler = logging.StreamHandler(stream)
+    formatter = _JournalFormatter if writes_to_journal(stream) else OrjsonFormatter
     handler.setFormatter(
         # python-json-logger's orjson flavour: half the cost per line of its stdlib-json one.
-        OrjsonFormatter(
+        formatter(
             "%(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "name": "logger", "message": "msg"},
             timestamp="ts",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["add_webui_routes", "Bundle", "WEBUI", "CSP", "SECURITY_HEADERS"]
+__all__ = ["CSP", "SECURITY_HEADERS", "WEBUI", "Bundle", "add_webui_routes"]
 
 log = logging.getLogger(__name__)
 

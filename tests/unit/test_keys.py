@@ -173,7 +173,7 @@ async def test_slots_round_robin_between_keys_fifo_within_and_cancel_hands_on():
     waiters = {}
     for key, tag in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("b", "b2"), ("c", "c1")]:
         waiters[tag] = asyncio.create_task(user(key, tag))
-        await wait_until(lambda n=len(waiters): slots.waiting == n)
+        await wait_until(lambda: slots.waiting == len(waiters))  # each joins the line before the next
     waiters["b1"].cancel()  # b's first request gives up: b2 keeps b's place in the rotation
     await wait_until(lambda: slots.waiting == 5)
     order = ["b2", "c1", "a1", "a2", "a3"]
