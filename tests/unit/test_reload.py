@@ -143,7 +143,7 @@ async def test_reload_adds_and_removes_models_and_resizes_slots(aiohttp_server, 
             async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=dict(CHAT, model=model)) as r:
                 return r.status
 
-        await wait_until(lambda: app[REGISTRY].any_ready())
+        await wait_until(lambda: _is(status("m"), 200))
         assert await status("n") == 404
         write({"n": 1, "m": 5})
         assert app[RELOADER].reload()
