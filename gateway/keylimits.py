@@ -39,9 +39,9 @@ class KeyLimiter:
         self._buckets: dict[str, _Bucket] = {}
 
     def apply(self, limits: KeyLimits) -> None:
-        """New limits (config reload); requests in flight stay counted, rates start afresh."""
+        """New limits (config reload). Requests in flight stay counted; a key's rate bucket
+        carries over unless its rate changed, so a reload is no way round a rate limit."""
         self.limits = limits
-        self._buckets.clear()
 
     def admit(self, key: str) -> None:
         """Count one more request of `key` (a key's name), or raise ApiError 429 over a limit.
