@@ -156,3 +156,43 @@ async def test_reload_adds_and_removes_models_and_resizes_slots(aiohttp_server, 
 
 async def _is(status, expected: int) -> bool:
     return await status == expected
+
+
+async def test_connections_made_while_the_gateway_restarts_are_served_not_refused(aiohttp_server, tmp_path):
+    backend = await aiohttp_server(FakeBackend().app())
+    keys, config, webui = tmp_path / "api-keys", tmp_path / "localai.yaml", tmp_path / "webui"
+    keys.write_text("alice: sk-alice\n")
+    keys.chmod(0o600)
+    write_config(config, str(backend.make_url("/")).rstrip("/"), keys, webui)
+    # The test holds the listening socket as systemd's localai-gateway.socket does.
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/models"
+    first = start_socket_activated(config, listener, tmp_path / "log-1")
+    second = None
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def served() -> bool:
+                try:
+                    async with http.get(url, headers={"Authorization": "Bearer sk-alice"}) as r:
+                        return r.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+            await wait_until(served, timeout=30)
+            first.terminate()
+            assert first.wait(timeout=30) == 0
+            # No gateway runs now: a connection is still accepted (into the socket's backlog)...
+            reader, writer = await asyncio.open_connection(*listener.getsockname())
+            writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-alice\r\n"
+                         b"Connection: close\r\n\r\n")
+            await writer.drain()
+            # ...and answered by the next gateway.
+            second = start_socket_activated(config, listener, tmp_path / "log-2")
+            answer = await asyncio.wait_for(reader.read(), timeout=60)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 ") and b'"id":"m"' in answer
+    finally:
+        listener.close()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
