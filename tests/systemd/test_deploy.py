@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -215,6 +216,11 @@ def test_a_stream_in_flight_survives_reload(box):
     body = {"model": "coder", "stream": True, "max_tokens": 1500, "ignore_eos": True,
             "messages": [{"role": "user", "content": "Count to a thousand"}]}
     conn = http.client.HTTPConnection("127.0.0.1", stage.GATEWAY_PORT, timeout=300)
+    # A small receive buffer: the gateway cannot finish the stream until this test reads it.
+    conn.sock = socket.socket()
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.sock.settimeout(300)
+    conn.sock.connect(("127.0.0.1", stage.GATEWAY_PORT))
     conn.request("POST", "/v1/chat/completions", json.dumps(body),
                  {"Authorization": f"Bearer {box.api_key()}", "Content-Type": "application/json",
                   "X-Request-ID": "stream-across-reload"})
