@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
@@ -171,10 +172,19 @@ class HealthMonitor:
         self.metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._unchecked = set(registry.backends)
+        self._first_round = asyncio.Event()
 
     def start(self) -> None:
         for b in self.registry.backends.values():
             self.watch(b)
+
+    async def first_round(self, timeout: float) -> None:
+        """Until every backend was checked once (or `timeout` s): a gateway that starts serving
+        then answers a ready model's requests at once, not with 503 model_loading."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._first_round.wait()
 
     def watch(self, b: Backend) -> None:
         self.unwatch(b.name)
@@ -216,6 +226,9 @@ class HealthMonitor:
                 detail = f"not reachable at {b.url} ({type(exc).__name__}: {exc})" if str(exc) else \
                     f"not reachable at {b.url} ({type(exc).__name__})"
             self._record(b, healthy, detail)
+            self._unchecked.discard(b.name)
+            if not self._unchecked:
+                self._first_round.set()
             wake = self._wake[b.name]
             # Poll fast while waiting for a model to come up, slower once it serves.
             delay = self.interval if b.state is State.READY else min(self.interval, 1.0)

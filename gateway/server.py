@@ -12,6 +12,7 @@ import socket
 from aiohttp import web
 
 from . import sdnotify
+from .keys import MONITOR
 
 log = logging.getLogger("localai.gateway")
 
@@ -39,6 +40,9 @@ async def serve(app: web.Application, host: str, port: int):
     # default since 3.9 is to let the handler run on).
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    # Connections that waited in systemd's socket during a restart are served as soon as we
+    # listen: know which models are ready first (a few ms; bounded for a hung backend).
+    await app[MONITOR].first_round(timeout=3.0)
     inherited = listen_socket()
     site: web.BaseSite
     if inherited is not None:

@@ -182,14 +182,16 @@ async def test_connections_made_while_the_gateway_restarts_are_served_not_refuse
             assert first.wait(timeout=30) == 0
             # No gateway runs now: a connection is still accepted (into the socket's backlog)...
             reader, writer = await asyncio.open_connection(*listener.getsockname())
-            writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-alice\r\n"
-                         b"Connection: close\r\n\r\n")
+            body = json.dumps(CHAT).encode()
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-alice\r\n"
+                         b"Content-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
-            # ...and answered by the next gateway.
+            # ...and answered by the next gateway, which knows the model is ready before it listens.
             second = start_socket_activated(config, listener, tmp_path / "log-2")
             answer = await asyncio.wait_for(reader.read(), timeout=60)
             writer.close()
-            assert answer.startswith(b"HTTP/1.1 200 ") and b'"id":"m"' in answer
+            assert answer.startswith(b"HTTP/1.1 200 ") and b'"chat.completion"' in answer
     finally:
         listener.close()
         for proc in (first, second):
