@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
@@ -179,12 +178,10 @@ class HealthMonitor:
         for b in self.registry.backends.values():
             self.watch(b)
 
-    async def first_round(self, timeout: float) -> None:
-        """Until every backend was checked once (or `timeout` s): a gateway that starts serving
-        then answers a ready model's requests at once, not with 503 model_loading."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._first_round.wait()
+    async def first_round(self) -> None:
+        """Until every backend was checked once: a gateway that starts serving then answers
+        a ready model's requests at once, not with 503 model_loading."""
+        await self._first_round.wait()
 
     def watch(self, b: Backend) -> None:
         self.unwatch(b.name)

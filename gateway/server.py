@@ -42,7 +42,9 @@ async def serve(app: web.Application, host: str, port: int):
     await runner.setup()
     # Connections that waited in systemd's socket during a restart are served as soon as we
     # listen: know which models are ready first (a few ms; bounded for a hung backend).
-    await app[MONITOR].first_round(timeout=3.0)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(3.0):
+            await app[MONITOR].first_round()
     inherited = listen_socket()
     site: web.BaseSite
     if inherited is not None:
