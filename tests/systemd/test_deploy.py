@@ -251,7 +251,7 @@ def test_restart_refuses_no_connection(box):
     def knock() -> None:  # fresh connections, one after the other, until told to stop
         while not stop.is_set():
             started = time.monotonic()
-            results.append((started, http("GET", f"{GATEWAY}/v1/models", box.api_key(), timeout=60)[0]))
+            results.append((started, chat(box, "coder")[0]))
 
     knocker = threading.Thread(target=knock)
     knocker.start()
