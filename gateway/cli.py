@@ -22,7 +22,11 @@ TINYMODEL_SCRIPT = Path(__file__).resolve().parent / "tinymodel.py"
 
 
 def _die(message: str, code: int = 2) -> NoReturn:
-    print(f"localai: {message}", file=sys.stderr)
+    from .observability import writes_to_journal
+
+    # Under systemd each line is a journal entry of its own: mark every one an error (<3>).
+    prefix = "<3>" if writes_to_journal(sys.stderr) else ""
+    print("\n".join(prefix + line for line in f"localai: {message}".splitlines()), file=sys.stderr)
     raise SystemExit(code)
 
 

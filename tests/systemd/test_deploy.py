@@ -142,9 +142,9 @@ def gateway_log(box, *flags: str) -> list[dict]:
 
 def test_errors_found_by_priority(box):
     # A config with a typo, reloaded: the gateway keeps running and logs an ERROR.
-    box.sh("cp /etc/localai/localai.yaml /root/localai.yaml.good && "
-           "printf 'typo_key: 1\n' >> /etc/localai/localai.yaml && systemctl reload localai-gateway")
+    box.sh("cp /etc/localai/localai.yaml /root/localai.yaml.good")
     try:
+        box.sh("printf 'typo_key: 1\\n' >> /etc/localai/localai.yaml && systemctl reload localai-gateway")
         box.wait(lambda: any(r["msg"].startswith("reload failed") for r in gateway_log(box, "-p", "err")), 30,
                  "the failed reload in journalctl --namespace=localai -p err")
         errors = gateway_log(box, "-p", "err")

@@ -183,14 +183,12 @@ def test_model_unit_runs_the_plan_not_an_argv(rendered):
 
 def test_gateway_unit_notifies_reloads_and_takes_a_private_copy_of_the_keys(rendered):
     text = (rendered / "localai-gateway.service").read_text()
-    copy = ("+/usr/bin/install -m 0400 -o localai -g localai /etc/localai/api-keys "
-            "/run/localai-gateway/api-keys")
+    copy = "/usr/bin/install -m 0400 -o localai -g localai /etc/localai/api-keys /run/localai-gateway/api-keys"
     for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=30", "SyslogIdentifier=localai-gateway",
-                 "RuntimeDirectoryMode=0700", f"ExecStartPre={copy}", f"ExecReload={copy}",
-                 "ExecReload=/bin/kill -HUP $MAINPID", "Requires=localai-gateway.socket",
-                 "LogNamespace=localai", "PartOf=localai.target"]:
+                 "RuntimeDirectoryMode=0700", f"ExecStartPre=+{copy}",
+                 f"ExecReload=+/bin/sh -c '{copy} && kill -HUP $$MAINPID'",  # fresh keys, then SIGHUP
+                 "Requires=localai-gateway.socket", "LogNamespace=localai", "PartOf=localai.target"]:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
-    assert text.index(f"ExecReload={copy}") < text.index("ExecReload=/bin/kill")  # fresh keys, then SIGHUP
     assert not re.search(r"^PrivateDevices=", text, re.M)
     assert "LogNamespace=localai" in (rendered / "localai-model@.service").read_text()
     socket_unit = (rendered / "localai-gateway.socket").read_text()

@@ -31,3 +31,15 @@ def test_journal_lines_carry_syslog_priorities(tmp_path):
 def test_plain_json_lines_off_the_journal(tmp_path):
     lines = run_logging(tmp_path, journal=False)
     assert [json.loads(line)["msg"] for line in lines] == ["d", "i", "w", "e", "c"]
+
+
+def test_a_config_error_at_start_is_an_error_in_the_journal(tmp_path):
+    config = tmp_path / "localai.yaml"
+    config.write_text("models: [{name: m, url: 'http://127.0.0.1:1'}]\ntypo_key: 1\n")
+    err = tmp_path / "stderr"
+    with err.open("w") as f:
+        st = os.fstat(f.fileno())
+        run = subprocess.run([sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config)], stderr=f,
+                             env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, cwd=REPO, timeout=30)
+    assert run.returncode == 2
+    assert err.read_text().splitlines() == ["<3>localai: invalid config", f"<3>{config}:2: typo_key: unknown key"]
