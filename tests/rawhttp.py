@@ -17,27 +17,34 @@ class RawResponse:
         return json.loads(self.body)
 
 
-async def exchange(port: int, head: bytes, rest: bytes = b"", timeout: float = 10.0) -> RawResponse:
+async def exchange(port: int, head: bytes, rest: bytes = b"", *, half_close: bool = False,
+                   timeout: float = 10.0) -> RawResponse | None:
     """Send *head*; then, once the server asks for the body (100 Continue), *rest*. Returns the
-    final response after the server closed the connection, so whatever the server does for
-    this request (its log lines included) is done by then."""
+    final response once the server has closed the connection (send `Connection: close` with
+    a well-formed request), so whatever the server does for this request, its log lines
+    included, is done by then. *half_close*: end the sending side after *head*. None: the
+    server closed the connection without an answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         async with asyncio.timeout(timeout):
             writer.write(head)
+            if half_close:
+                writer.write_eof()
             await writer.drain()
             while True:
-                status, headers = await _read_head(reader)
+                try:
+                    status, headers = await _read_head(reader)
+                except asyncio.IncompleteReadError:
+                    return None
                 if status != 100:
                     break
                 writer.write(rest)  # the server has parsed the head and reads the body now
                 await writer.drain()
-            length = int(headers.get("content-length", "0"))
-            body = await reader.readexactly(length)
-            await reader.read()  # until the server closes: its work on this request is over
+            data = await reader.read()  # until the server closes: its work on this request is over
     finally:
         writer.close()
-    return RawResponse(status, headers, body)
+    length = headers.get("content-length")
+    return RawResponse(status, headers, data[: int(length)] if length is not None else data)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:

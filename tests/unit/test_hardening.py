@@ -71,7 +71,7 @@ async def test_refused_http_is_json_and_one_quiet_line_without_the_key(stack, he
     s = await stack({"m": fake}, api_keys=[KEY])
     before = len(s.log_lines())
     r = await exchange(s.port, head, rest)
-    assert r.status == status and r.headers["content-type"] == "application/json"
+    assert r is not None and r.status == status and r.headers["content-type"] == "application/json"
     err = assert_openai_error(r.json())
     assert words in err["message"]
     assert KEY.encode() not in r.body and b"Traceback" not in r.body
