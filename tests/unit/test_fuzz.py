@@ -43,7 +43,7 @@ ALSO_READ = ["model", "name", "format", "images", "template", "suffix", "context
 MESSAGE_FIELDS = ["role", "content", "tool_calls", "name", "images", "tool_call_id", "tool_name"]
 OPTIONS = ["temperature", "top_p", "top_k", "min_p", "seed", "stop", "num_predict", "num_ctx", "presence_penalty",
            "frequency_penalty", "repeat_penalty", "mirostat"]
-WRONG = ["hot", -1, 1e20, True, [], {}, [None], [{}], 10**30]
+WRONG = ["hot", -1, True, [None], {}]  # a value of each wrong kind; ranges are test_validation.py's
 HEADERS = [
     {"Authorization": "Bearer"}, {"Authorization": f"Bearer   {KEY}   "}, {"Authorization": f"bearer {KEY}"},
     {"Authorization": f"Basic {KEY}"}, {"Authorization": KEY}, {"Authorization": "Bearer " + "k" * 10_000},
