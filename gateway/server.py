@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import re
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
@@ -53,7 +54,7 @@ class _GatewayProtocol(RequestHandler):
 
     __slots__ = ()
 
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         if status >= 500:  # a handler raised past every middleware: a bug of ours, logged in full
             log.error("unhandled error answering %s %s", request.method, request.path, exc_info=exc)
@@ -71,7 +72,8 @@ class _GatewayProtocol(RequestHandler):
         response.force_close()
         return response
 
-    async def finish_response(self, request, resp, start_time):
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
         if isinstance(resp, web.HTTPException) and resp.status >= 400:
             # Raised before the app's middlewares could shape it: an Expect other than 100-continue.
             resp = error_response(resp.status, f"{resp.reason}.", code="http_error")
@@ -86,7 +88,7 @@ class _GatewayProtocol(RequestHandler):
             # would wait for the rest of it as long as the client keeps the connection open.
             request.content.set_exception(RequestPayloadError("the request body is malformed"))
 
-    def log_exception(self, *args, **kw) -> None:
+    def log_exception(self, *args: Any, **kw: Any) -> None:
         # A body broken off mid-way (bad chunk, bad gzip) raises again when aiohttp drains
         # it after the handler answered 400: that request has had its line already.
         if isinstance(kw.get("exc_info"), (HttpProcessingError, RequestPayloadError)):

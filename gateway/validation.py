@@ -82,7 +82,8 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     def check_number(value: Any) -> Problem | None:
         if type(value) is not int and type(value) is not float:
             return Problem(_TYPE, must)
-        if lo is not None and (value <= lo if lo_open else value < lo) or hi is not None and value > hi:
+        too_low = lo is not None and (value <= lo if lo_open else value < lo)
+        if too_low or (hi is not None and value > hi):
             return Problem(_VALUE, must)
         return None
     return check_number
