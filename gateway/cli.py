@@ -111,8 +111,17 @@ def cmd_check(args) -> int:
         for preset, defaults in m["presets"].items():
             print(f"    preset {preset}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
         if m["kind"] == "managed":
+            if m["load"] == "on_demand":
+                keep = "never" if m["keep_alive"] < 0 else f"{m['keep_alive']:g} s"
+                print(f"    load on_demand ({m['swap']}), share {m['share']:g}, keep_alive {keep}")
             env = " ".join(f"{k}={v}" for k, v in m["env"].items())
             print(f"    {env + ' ' if env else ''}{subprocess.list2cmdline(m['argv'])}")
+    residency = plan["residency"]
+    if residency["on_demand_together"]:
+        always = ", ".join(residency["always"]) or "no model"
+        print(f"resident together: {always} (always), with any one of:")
+        for names in residency["on_demand_together"]:
+            print(f"    {', '.join(names)}")
     return 0
 
 
