@@ -26,7 +26,19 @@ from .backends import HealthMonitor, Registry, State
 from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response, shape_error
 from .families import add_all_routes
-from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
+from .keys import (
+    ACCOUNT,
+    API_KEYS,
+    CONFIG,
+    LIFECYCLE,
+    METRICS,
+    MONITOR,
+    REGISTRY,
+    REQUEST_ID,
+    SESSION,
+    UPSTREAM_TIMEOUT,
+)
+from .lifecycle import Lifecycle
 from .observability import Metrics, request_id_var
 from .pipeline import json_response
 
@@ -164,6 +176,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
                                                   sock_read=gw.read_timeout)
     app[METRICS] = Metrics()
     app[REGISTRY] = Registry(cfg, app[METRICS])
+    app[LIFECYCLE] = Lifecycle(cfg, app[REGISTRY], app[METRICS])
     app[API_KEYS] = api_keys if api_keys is not None else load_api_keys(cfg.gateway.api_key_file)
     if not app[API_KEYS]:
         log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; "
@@ -195,6 +208,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     monitor = HealthMonitor(app[REGISTRY], session, app[CONFIG].gateway.health_interval, app[METRICS])
     app[MONITOR] = monitor
     monitor.start()
+    app[LIFECYCLE].start(session, monitor.poke)
     yield
+    await app[LIFECYCLE].close()
     await monitor.stop()
     await session.close()

@@ -8,6 +8,7 @@ from aiohttp import web
 from .accounting import Account
 from .backends import HealthMonitor, Registry
 from .config import Config
+from .lifecycle import Lifecycle
 from .observability import Metrics
 
 CONFIG = web.AppKey("config", Config)
@@ -16,6 +17,9 @@ METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM_TIMEOUT = web.AppKey("upstream_timeout", aiohttp.ClientTimeout)
 MONITOR = web.AppKey("monitor", HealthMonitor)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 API_KEYS = web.AppKey("api_keys", list)
 ACCOUNT = web.RequestKey("account", Account)
 REQUEST_ID = web.RequestKey("request_id", str)
+# Ollama's keep_alive of this request, in seconds (-1: never unload).
+KEEP_ALIVE = web.RequestKey("keep_alive", float)
