@@ -1,0 +1,133 @@
+"""Model lifecycle by stop/start (#13): `localai up`'s real supervisor starts and stops model
+servers whose "vLLM" is tests/fakebackend.py run as a program, as the CPU build is swapped.
+The real tier does the same with real vLLM (tests/real/test_lifecycle_real.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+import aiohttp
+
+from gateway.app import create_app
+from gateway.supervisor import run_up
+from tests.conftest import REPO, free_port, make_config, wait_until
+
+
+def fake_vllm(tmp_path):
+    """An interpreter path for vllm.python whose "vLLM" is the fake backend on the planned port."""
+    script = tmp_path / "python"
+    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                      "from tests.fakebackend import main\nmain(sys.argv[1:])\n")
+    script.chmod(0o755)
+    return script
+
+
+@contextlib.asynccontextmanager
+async def up(tmp_path, models: list[dict], **gateway):
+    cfg = make_config(models, min_residency=0, **gateway)
+    cfg = cfg.model_copy(update={"vllm": cfg.vllm.model_copy(update={"python": fake_vllm(tmp_path)})})
+    app = create_app(cfg, api_keys=[])
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_up(cfg, app, stop))
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{cfg.gateway.port}") as http:
+        try:
+            yield http, app
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+
+def model(name: str, share: float, load: str = "on_demand", **extra) -> dict:
+    entry = {"name": name, "model": f"/m/{name}", "port": free_port(), "gpu_memory_utilization": share,
+             "default": name == "a", **extra}
+    if load == "on_demand":
+        entry.update(load="on_demand", sleep_mode="off")
+    return entry
+
+
+async def states(http) -> dict[str, dict]:
+    async with http.get("/v1/models") as r:
+        return {m["id"]: m for m in (await r.json())["data"]}
+
+
+async def until_states(http, **wanted: str) -> None:
+    async def check():
+        try:
+            cards = await states(http)
+        except aiohttp.ClientConnectionError:
+            return False  # `localai up` is not listening yet
+        return all(cards[n]["state"] == s for n, s in wanted.items())
+    await wait_until(check, timeout=20)
+
+
+async def chat(http, name: str, stream: bool = False) -> tuple[int, str]:
+    async with http.post("/v1/chat/completions", json={"model": name, "stream": stream,
+                                                       "messages": [{"role": "user", "content": "hi"}]}) as r:
+        return r.status, await r.text()
+
+
+async def listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+async def test_on_demand_servers_start_when_asked_for_and_the_lru_idle_one_is_stopped(tmp_path):
+    models = [model("a", 0.4, load="always"), model("b", 0.3), model("c", 0.3), model("d", 0.3)]
+    async with up(tmp_path, models) as (http, app):
+        await until_states(http, a="ready", b="stopped", c="stopped", d="stopped")
+        assert (await states(http))["b"]["state_reason"] == "stopped: starts on the first request"
+        assert not await listening(models[1]["port"])
+        for name in "bc":
+            status, text = await chat(http, name)
+            assert status == 200 and "tok0" in text
+        assert await listening(models[1]["port"]) and await listening(models[2]["port"])
+        assert (await chat(http, "d"))[0] == 200  # b, least recently used, is stopped to make room
+        cards = await states(http)
+        assert [cards[n]["state"] for n in "abcd"] == ["ready", "stopped", "ready", "ready"]
+        assert not await listening(models[1]["port"])
+        from prometheus_client import generate_latest
+
+        from gateway.keys import METRICS
+        metrics = generate_latest(app[METRICS].registry).decode()
+        assert 'localai_model_swaps_total{kind="start",model="b"} 1.0' in metrics
+        assert 'localai_model_swaps_total{kind="stop",model="b"} 1.0' in metrics
+        assert 'localai_model_resident{model="b"} 0.0' in metrics
+
+
+async def test_a_long_stream_is_never_cut_by_a_swap(tmp_path):
+    # b streams 40 chunks while c and d are asked for; there is room for two of them.
+    models = [model("a", 0.4, load="always"), model("b", 0.3, extra_args=["--fake-chunks", "40", "--fake-itl", "0.02"]),
+              model("c", 0.3), model("d", 0.3)]
+    async with up(tmp_path, models) as (http, _):
+        await until_states(http, a="ready", b="stopped")
+        async with http.post("/v1/chat/completions", json={"model": "b", "stream": True,
+                                                           "messages": [{"role": "user", "content": "hi"}]}) as r:
+            assert r.status == 200
+            first = await r.content.readline()
+            while not first.startswith(b"data: {"):  # heartbeats while b starts
+                first = await r.content.readline()
+            assert (await chat(http, "c"))[0] == 200
+            assert (await chat(http, "d"))[0] == 200  # c goes, not b: b is busy
+            rest = (await r.content.read()).decode()
+        assert rest.count('"content"') == 39 and rest.rstrip().endswith("data: [DONE]")
+        cards = await states(http)
+        assert [cards[n]["state"] for n in "bcd"] == ["ready", "stopped", "ready"]
+
+
+async def test_a_server_that_fails_to_start_answers_503_naming_why_and_is_retried(tmp_path):
+    models = [model("a", 0.5, load="always"), model("b", 0.5, extra_args=["--fake-fail", "no weights here"])]
+    async with up(tmp_path, models) as (http, _):
+        await until_states(http, a="ready", b="stopped")
+        for _ in range(2):  # each request tries again
+            status, text = await chat(http, "b")
+            assert status == 503 and "model_unavailable" in text
+            assert "vLLM exited with code 1 (ERROR no weights here)" in text
+        card = (await states(http))["b"]
+        assert card["state"] == "failed" and "start failed: vLLM exited with code 1" in card["state_reason"]
+        assert not await listening(models[1]["port"])  # not left restarting
