@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 
 import aiohttp
+import yaml
 
 from gateway.app import create_app
+from gateway.config import load_config
 from gateway.supervisor import run_up
-from tests.conftest import REPO, free_port, make_config, wait_until
+from tests.conftest import REPO, free_port, wait_until
 
 
 def fake_vllm(tmp_path):
@@ -24,14 +27,21 @@ def fake_vllm(tmp_path):
     return script
 
 
+KEY = "sk-lifecycle-test"
+
+
 @contextlib.asynccontextmanager
 async def up(tmp_path, models: list[dict], **gateway):
-    cfg = make_config(models, min_residency=0, **gateway)
-    cfg = cfg.model_copy(update={"vllm": cfg.vllm.model_copy(update={"python": fake_vllm(tmp_path)})})
-    app = create_app(cfg, api_keys=[])
+    """`localai up` in this process, from a config file the CLI can read too (tmp_path/localai.yaml)."""
+    (tmp_path / "localai.yaml").write_text(yaml.safe_dump({
+        "gateway": {"port": free_port(), "health_interval": 0.05, "min_residency": 0, "webui": False, **gateway},
+        "vllm": {"python": str(fake_vllm(tmp_path))}, "models": models}))
+    cfg = load_config(tmp_path / "localai.yaml")
+    app = create_app(cfg, api_keys=[KEY.encode()])
     stop = asyncio.Event()
     task = asyncio.create_task(run_up(cfg, app, stop))
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{cfg.gateway.port}") as http:
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{cfg.gateway.port}",
+                                     headers={"Authorization": f"Bearer {KEY}"}) as http:
         try:
             yield http, app
         finally:
@@ -131,3 +141,31 @@ async def test_a_server_that_fails_to_start_answers_503_naming_why_and_is_retrie
         card = (await states(http))["b"]
         assert card["state"] == "failed" and "start failed: vLLM exited with code 1" in card["state_reason"]
         assert not await listening(models[1]["port"])  # not left restarting
+
+
+async def localai(tmp_path, *args: str) -> tuple[int, str]:
+    """The `localai` command against the gateway of tmp_path/localai.yaml (the key from the environment)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *args, "--config", str(tmp_path / "localai.yaml"), cwd=REPO,
+        env={**os.environ, "LOCALAI_API_KEY": KEY}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode, out.decode()
+
+
+async def test_localai_ps_load_and_unload(tmp_path):
+    async with up(tmp_path, [model("a", 0.5, load="always"), model("b", 0.5)]) as (http, _):
+        await until_states(http, a="ready", b="stopped")
+        rc, out = await localai(tmp_path, "ps")
+        assert rc == 0 and out.splitlines()[0].split() == ["NAME", "STATE", "SINCE", "UNTIL", "VRAM"]
+        assert out.splitlines()[1].split() == ["a", "ready", "-", "forever", "always", "loaded"]
+        assert len(out.splitlines()) == 2
+        rc, out = await localai(tmp_path, "load", "b", "--keep-alive", "1h")
+        assert rc == 0 and "b is loaded" in out, out
+        rc, out = await localai(tmp_path, "ps")
+        row = next(line for line in out.splitlines() if line.startswith("b "))
+        assert "ready" in row and " ago " in row + " " and "in 60 min" in row and "50% of its card" in row
+        rc, out = await localai(tmp_path, "unload", "b")
+        assert rc == 0 and "b is unloaded" in out, out
+        assert (await states(http))["b"]["state"] == "stopped"
+        rc, out = await localai(tmp_path, "unload", "a")
+        assert rc == 1 and "a is not load: on_demand; it stays loaded" in out
