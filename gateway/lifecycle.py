@@ -75,6 +75,7 @@ class Lifecycle:
         self._swap = asyncio.Lock()
         for name in self._levels:
             registry.backends[name].residence = Residence(self.residency.need(name).share)
+            registry.backends[name].on_change.append(lambda _: self._nudge())  # waiters look again
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -175,12 +176,18 @@ class Lifecycle:
                         if victims is not None:
                             await self._swap_in(b, victims)
                             continue
+                now = loop.time()
+                if name in self.resident and not self._draining[name]:
+                    # On the card but not serving: its server crashed and `localai up` restarts it.
+                    if now >= deadline:
+                        raise self._unavailable(b)
+                    await self._wait_nudge(deadline - now)
+                    continue
                 # No room yet: the models in the way are busy or were brought in moments ago.
                 blockers, wake_at = self._blockers(name)
                 self._draining.subtract(marked)
                 marked = blockers
                 self._draining.update(marked)
-                now = loop.time()
                 if now >= deadline:
                     raise self._no_room(b, blockers)
                 await self._wait_nudge(min(deadline, wake_at) - now)
@@ -334,7 +341,7 @@ class Lifecycle:
         self.metrics.resident.labels(name).set(1 if name in self.resident else 0)
 
     def _unavailable(self, b: Backend) -> ApiError:
-        return ApiError(503, f"Model '{b.name}' could not be loaded: {b.reason}. The next request tries again.",
+        return ApiError(503, f"Model '{b.name}' is not available: {b.reason}. The next request tries again.",
                         code="model_unavailable", type="server_error", headers={"Retry-After": "10"})
 
     def _no_room(self, b: Backend, busy: set[str]) -> ApiError:
