@@ -140,8 +140,11 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     ready_models = [n for n, b in registry.backends.items() if b.state is State.READY]
-    return json_response({"status": "ready" if ready_models else "not ready", "ready": ready_models},
-                         status=200 if ready_models else 503)
+    # load: on_demand models off the card serve too: a request brings them in.
+    on_demand = [n for n, b in registry.backends.items() if b.state in (State.SLEEPING, State.STOPPED)]
+    serving = ready_models or on_demand
+    return json_response({"status": "ready" if serving else "not ready", "ready": ready_models,
+                          "on_demand": on_demand}, status=200 if serving else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

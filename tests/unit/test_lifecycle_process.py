@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
+from pathlib import Path
 
 import aiohttp
 import yaml
@@ -128,6 +130,32 @@ async def test_a_long_stream_is_never_cut_by_a_swap(tmp_path):
         assert rest.count('"content"') == 39 and rest.rstrip().endswith("data: [DONE]")
         cards = await states(http)
         assert [cards[n]["state"] for n in "bcd"] == ["ready", "stopped", "ready"]
+
+
+def server_pid(port: int) -> int:
+    """The fake model server listening on this port (a child of this test's `localai up`)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--port" in argv and argv[argv.index(b"--port") + 1] == str(port).encode():
+                return int(entry.name)
+    raise AssertionError(f"no server on port {port}")
+
+
+async def test_a_resident_server_that_crashes_is_restarted_and_its_requests_wait(tmp_path):
+    models = [model("a", 0.5, load="always"), model("b", 0.5)]
+    async with up(tmp_path, models) as (http, _):
+        await until_states(http, a="ready", b="stopped")
+        async with http.get("/ready") as r:  # stopped on_demand models count as serving
+            assert r.status == 200 and (await r.json())["on_demand"] == ["b"]
+        assert (await chat(http, "b"))[0] == 200
+        os.kill(server_pid(models[1]["port"]), signal.SIGKILL)
+        await until_states(http, b="failed")  # `localai up` restarts it after a second
+        status, text = await chat(http, "b")  # waits for the restart instead of failing
+        assert status == 200 and "tok0" in text
 
 
 async def test_a_server_that_fails_to_start_answers_503_naming_why_and_is_retried(tmp_path):
