@@ -224,10 +224,8 @@ class Config(_Strict):
 
     def residency(self) -> Residency:
         """What each managed model takes of its cards while resident (see residency.py)."""
-        return Residency(tuple(
-            Need(m.name, m.gpu_memory_utilization or 0.0,
-                 {**self.vllm.env, **m.env}.get("CUDA_VISIBLE_DEVICES"), m.load == "on_demand")
-            for m in self.managed_models))
+        return Residency(tuple(Need(m.name, m.gpu_memory_utilization or 0.0, {**self.vllm.env, **m.env}.get(
+            "CUDA_VISIBLE_DEVICES"), m.load == "on_demand") for m in self.managed_models))
 
     def model(self, name: str) -> ManagedModel | ExternalModel:
         for m in self.models:
@@ -344,11 +342,8 @@ def _lifecycle_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
             problems.append((("models", index[m.name], "gpu_memory_utilization"),
                              "gpu_memory_utilization is required when models are loaded on demand: "
                              "which of them fit together is planned by each one's share of the card"))
-    if problems:
-        return problems
-    for name, message in cfg.residency().problems():
-        problems.append((("models", index[name], "gpu_memory_utilization"), message))
-    return problems
+    return problems or [(("models", index[name], "gpu_memory_utilization"), message)
+                        for name, message in cfg.residency().problems()]
 
 
 def _pydantic_path(loc: tuple) -> KeyPath:
