@@ -118,8 +118,9 @@ def cmd_check(args) -> int:
             print(f"    {env + ' ' if env else ''}{subprocess.list2cmdline(m['argv'])}")
     residency = plan["residency"]
     if residency["on_demand_together"]:
-        always = ", ".join(residency["always"]) or "no model"
-        print(f"resident together: {always} (always), with any one of:")
+        always = ", ".join(residency["always"])
+        print(f"resident together: {always} (always), with any one of:" if always else
+              "resident together: any one of:")
         for names in residency["on_demand_together"]:
             print(f"    {', '.join(names)}")
     return 0

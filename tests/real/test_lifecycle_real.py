@@ -51,11 +51,17 @@ class LifecycleStack(RealStack):
 
     def until(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            if predicate(self.states()):
-                return
+            try:
+                states = self.states()
+            except OSError:
+                pass  # the gateway is not listening yet
+            else:
+                if predicate(states):
+                    return
             time.sleep(0.5)  # polling a state we can only observe
-        pytest.fail(f"{what} within {timeout} s (states {self.states()}); see {self.log_path}")
+        pytest.fail(f"{what} within {timeout} s (states {states}); see {self.log_path}")
 
     def localai(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--config", str(self.config)], cwd=REPO,
