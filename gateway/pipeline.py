@@ -14,6 +14,7 @@ import time
 import orjson
 from aiohttp import web
 
+from . import validation
 from .backends import Backend, Route
 from .config import ManagedModel
 from .context import Guarded, guard
@@ -49,21 +50,8 @@ def parse_json_object(raw: bytes) -> dict:
     return body
 
 
-def check_fields(body: dict, endpoint: str) -> None:
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ApiError(400, "'stream' must be true or false.", code="invalid_type", param="stream")
-    if endpoint == CHAT:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty list.", code="invalid_type",
-                           param="messages")
-        if not all(isinstance(m, dict) for m in messages):
-            raise ApiError(400, "Each message must be an object with 'role' and 'content'.",
-                           code="invalid_type", param="messages")
-    elif endpoint == COMPLETIONS and not isinstance(body.get("prompt"), (str, list)):
-        raise ApiError(400, "'prompt' must be a string or a list.", code="invalid_type", param="prompt")
-    elif endpoint == EMBEDDINGS and not isinstance(body.get("input"), (str, list)):
-        raise ApiError(400, "'input' must be a string or a list.", code="invalid_type", param="input")
+_RULES = {CHAT: validation.CHAT, COMPLETIONS: validation.COMPLETIONS, EMBEDDINGS: validation.EMBEDDINGS}
+_REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
 
 
 def _fill_in_the_middle(backend: Backend, body: dict) -> dict:
@@ -134,7 +122,7 @@ async def admitted(request: web.Request, backend: Backend):
 
 async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None
               ) -> web.StreamResponse:
-    check_fields(body, endpoint)
+    validation.check(body, _RULES[endpoint], _REQUIRED[endpoint])
     app = request.app
     registry, metrics = app[REGISTRY], app[METRICS]
     route = registry.resolve(body.get("model"))
@@ -164,6 +152,8 @@ async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str
     app = request.app
     metrics = app[METRICS]
     try:
+        # After the model is in: an on_demand model's max_model_len may be learnt only then.
+        validation.check_output_budget(body, backend.max_model_len)
         guarded = await guard(app[SESSION], backend, body) if endpoint != EMBEDDINGS else Guarded(body)
     except ApiError as exc:
         metrics.rejections.labels(backend.name, exc.code).inc()
