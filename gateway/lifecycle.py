@@ -135,7 +135,11 @@ class Lifecycle:
     @contextlib.asynccontextmanager
     async def hold(self, b: Backend, keep_alive: float | None = None) -> AsyncIterator[None]:
         """Bring the model in if need be and keep it resident while the request lasts."""
-        await self._ensure(b)
+        try:
+            await self._ensure(b)
+        except ApiError as exc:
+            self.metrics.rejections.labels(b.name, exc.code).inc()
+            raise
         name = b.name
         self._users[name] += 1  # no await since _ensure saw it ready: it can't have left meanwhile
         self._cancel_expiry(name)

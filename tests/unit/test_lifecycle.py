@@ -125,6 +125,7 @@ async def test_with_no_room_a_request_waits_then_gets_503_with_retry_after(stack
         error = (await r.json())["error"]
     assert error["code"] == "queue_timeout" and "b is serving requests" in error["message"]
     assert await state(s, "c") == "sleeping" and await state(s, "b") == "ready"
+    assert 'localai_rejections_total{model="c",reason="queue_timeout"} 1.0' in s.metrics_text()
     release(b)
     assert (await holding)[0] == 200
 
