@@ -130,7 +130,10 @@ class ProcessSwitch:
 
     async def bring_in(self, b: Backend) -> None:
         b.set_state(State.LOADING, "starting")
-        self.supervisor.start(b.name)
+        try:
+            self.supervisor.start(b.name)
+        except RuntimeError as exc:  # `localai up` is shutting down
+            raise SwapError(str(exc)) from None
         try:
             await until_state(b, (State.READY, State.FAILED), self.timeout, lambda: self.poke(b.name))
         except TimeoutError:
