@@ -34,6 +34,7 @@ from .keys import (
     ACCOUNT,
     CONFIG,
     KEY_NAME,
+    LIFECYCLE,
     METRICS,
     MONITOR,
     REGISTRY,
@@ -41,6 +42,7 @@ from .keys import (
     SESSION,
     UPSTREAM_TIMEOUT,
 )
+from .lifecycle import Lifecycle
 from .observability import Metrics, request_id_var
 from .pipeline import json_response
 from .reload import RELOADER, Reloader
@@ -163,8 +165,11 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     ready_models = [n for n, b in registry.backends.items() if b.state is State.READY]
-    return json_response({"status": "ready" if ready_models else "not ready", "ready": ready_models},
-                         status=200 if ready_models else 503)
+    # load: on_demand models off the card serve too: a request brings them in.
+    on_demand = [n for n, b in registry.backends.items() if b.state in (State.SLEEPING, State.STOPPED)]
+    serving = ready_models or on_demand
+    return json_response({"status": "ready" if serving else "not ready", "ready": ready_models,
+                          "on_demand": on_demand}, status=200 if serving else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -199,6 +204,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
                                                   sock_read=gw.read_timeout)
     app[METRICS] = Metrics()
     app[REGISTRY] = Registry(cfg, app[METRICS])
+    app[LIFECYCLE] = Lifecycle(cfg, app[REGISTRY], app[METRICS])
     keyring = keyring_of(api_keys) if api_keys is not None else load_keyring(cfg.gateway.api_key_file)
     app[ACCESS] = Access(keyring, cfg.gateway.key_limits)
     if not keyring:
@@ -232,6 +238,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     monitor = HealthMonitor(app[REGISTRY], session, app[CONFIG].gateway.health_interval, app[METRICS])
     app[MONITOR] = monitor
     monitor.start()
+    app[LIFECYCLE].start(session, monitor.poke)
     yield
+    await app[LIFECYCLE].close()
     await monitor.stop()
     await session.close()

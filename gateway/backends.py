@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import aiohttp
@@ -22,6 +23,24 @@ class State(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    # load: on_demand models out of the card (lifecycle.py), and one on its way back from sleep.
+    SLEEPING = "sleeping"
+    STOPPED = "stopped"
+    WAKING = "waking"
+
+
+# States the model lifecycle sets and the health checks leave alone: a sleeping vLLM still
+# answers /health, and a stopped one is meant to be unreachable.
+LIFECYCLE_STATES = (State.SLEEPING, State.STOPPED, State.WAKING)
+
+
+@dataclass
+class Residence:
+    """A load: on_demand model's place on its card (lifecycle.py keeps it)."""
+
+    share: float  # of its card (gpu_memory_utilization)
+    since: float | None = None  # wall clock: resident since
+    expires_at: float | None = None  # wall clock: keep_alive runs out; None = never
 
 
 # A ready backend that misses this many health checks in a row is declared failed;
@@ -42,12 +61,16 @@ class Backend:
     state: State = State.LOADING
     reason: str | None = "starting"
     misses: int = 0
+    residence: Residence | None = None  # set for load: on_demand models only
+    on_change: list[Callable[[Backend], None]] = field(default_factory=list)
 
     def set_state(self, state: State, reason: str | None) -> None:
         if state != self.state or reason != self.reason:
             log.info("model %s is %s", self.name, state.value,
                      extra={"model": self.name, "state": state.value, "reason": reason})
             self.state, self.reason = state, reason
+            for call in self.on_change:
+                call(self)
 
     @property
     def managed(self) -> bool:
@@ -216,7 +239,8 @@ class HealthMonitor:
                 async with self.session.get(b.url + probe, timeout=timeout, headers=headers) as r:
                     healthy = r.status == 200
                     detail = f"health check answered HTTP {r.status}"
-                if healthy and (b.state is not State.READY or b.max_model_len is None):
+                learn = b.state not in LIFECYCLE_STATES and (b.state is not State.READY or b.max_model_len is None)
+                if healthy and learn:
                     await self._discover(b, timeout, headers)
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 healthy = False
@@ -251,7 +275,9 @@ class HealthMonitor:
 
     def _record(self, b: Backend, healthy: bool, detail: str) -> None:
         self.metrics.backend_up.labels(b.name).set(1 if healthy else 0)
-        if healthy:
+        if b.state in LIFECYCLE_STATES:
+            pass
+        elif healthy:
             b.misses = 0
             b.set_state(State.READY, None)
         else:

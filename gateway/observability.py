@@ -77,6 +77,7 @@ def setup_logging(level: str = "info", stream=None) -> None:
 
 # Latency buckets in seconds: proxy overhead sits in the first few, model time in the rest.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_SWAP_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 
@@ -125,6 +126,16 @@ class Metrics:
             "localai_backend_up", "1 when the backend answers its health check", ["model"], registry=r)
         self.backend_ready = Gauge(
             "localai_backend_ready", "1 when the model serves requests", ["model"], registry=r)
+        # Model lifecycle (load: on_demand models): kinds are wake and start (in), sleep and stop (out).
+        self.swaps = Counter(
+            "localai_model_swaps", "Models brought onto their card or taken off it, by model and kind",
+            ["model", "kind"], registry=r)
+        self.swap_duration = Histogram(
+            "localai_model_swap_duration_seconds", "Time a swap took, by kind (a start or wake includes "
+            "the warm-up request)", ["kind"], buckets=_SWAP_BUCKETS, registry=r)
+        self.resident = Gauge(
+            "localai_model_resident", "1 while a load: on_demand model is resident on its card", ["model"],
+            registry=r)
         # localai_gpu_*, read from NVML at scrape time; nothing at all on a host without a GPU.
         r.register(GpuCollector())
 

@@ -19,8 +19,9 @@ from .backends import Backend, Route
 from .config import ManagedModel
 from .context import Guarded, guard
 from .errors import ApiError
-from .keys import ACCESS, ACCOUNT, KEY_NAME, METRICS, MONITOR, REGISTRY, SESSION
+from .keys import ACCESS, ACCOUNT, KEY_NAME, LIFECYCLE, METRICS, MONITOR, REGISTRY, SESSION
 from .proxy import Adapter, forward
+from .waiting import serve_on_demand
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -136,9 +137,30 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
     backend = route.backend
     acct = request[ACCOUNT]
     acct.model, acct.backend = backend.name, backend.url
+    on_demand = app[LIFECYCLE].manages(backend.name)
     try:
-        registry.check_serving(backend)
+        if not on_demand:
+            registry.check_serving(backend)
         body = prepare(route, endpoint, body)
+    except ApiError as exc:
+        metrics.rejections.labels(backend.name, exc.code).inc()
+        raise
+
+    async def serve(prepared: web.StreamResponse | None) -> web.StreamResponse:
+        return await _guarded_forward(request, backend, endpoint, body, adapter, prepared)
+
+    if on_demand:
+        return await serve_on_demand(request, backend, body.get("stream") is True, adapter, serve)
+    return await serve(None)
+
+
+async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str, body: dict,
+                           adapter: Adapter | None, prepared: web.StreamResponse | None) -> web.StreamResponse:
+    """Guard -> admit -> proxy, once the model serves."""
+    app = request.app
+    metrics = app[METRICS]
+    try:
+        # After the model is in: an on_demand model's max_model_len may be learnt only then.
         validation.check_output_budget(body, backend.max_model_len)
         guarded = await guard(app[SESSION], backend, body) if endpoint != EMBEDDINGS else Guarded(body)
     except ApiError as exc:
@@ -151,7 +173,8 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
         metrics.dropped_messages.labels(backend.name).inc(guarded.dropped)
     async with admitted(request, backend):
         try:
-            return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers)
+            return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers,
+                                 prepared=prepared)
         except ApiError as exc:
             if exc.code == "backend_unreachable":
                 app[MONITOR].poke(backend.name)

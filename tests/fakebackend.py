@@ -3,13 +3,19 @@
 It answers like vLLM (/health, /v1/models, /tokenize, /metrics, chat and
 completions, JSON or SSE) with settable time to first token, inter-token
 delay and length, and records what it received and what was cancelled.
+Like vLLM in sleep mode (VLLM_SERVER_DEV_MODE=1) it has /sleep?level=N,
+/wake_up, /is_sleeping, /collective_rpc and /reset_prefix_cache, and refuses
+to generate while asleep. Run as a program (`main`) it stands in for a vLLM
+server process that `localai up` starts and stops.
 It is never the only proof of a feature: the real tier runs real vLLM.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +43,11 @@ class FakeBackend:
     break_after: int | None = None
     completed: int = 0
     changed: asyncio.Condition | None = None
+    # Sleep mode: the level it sleeps at (0: awake), the calls it got, and how wake_up goes.
+    sleeping: int = 0
+    sleep_calls: list[str] = field(default_factory=list)
+    wake_status: int = 200
+    wake_gate: asyncio.Event | None = None  # wake_up waits for it
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -46,7 +57,38 @@ class FakeBackend:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/sleep", self._sleep)
+        app.router.add_post("/wake_up", self._wake_up)
+        app.router.add_get("/is_sleeping", self._is_sleeping)
+        app.router.add_post("/collective_rpc", self._sleep_mode_call)
+        app.router.add_post("/reset_prefix_cache", self._sleep_mode_call)
         return app
+
+    async def _sleep(self, request):
+        self.sleep_calls.append(request.path_qs)
+        self.sleeping = int(request.query.get("level", "1"))
+        await self._notify()
+        return web.Response()
+
+    async def _wake_up(self, request):
+        self.sleep_calls.append(request.path_qs)
+        await self._notify()
+        if self.wake_gate is not None:
+            await self.wake_gate.wait()
+        if self.wake_status != 200:
+            return web.json_response({"error": {"message": "CUDA out of memory", "code": self.wake_status}},
+                                     status=self.wake_status)
+        if request.query.get("tags") != "weights":  # level 2 wakes the weights first, the KV cache last
+            self.sleeping = 0
+        await self._notify()
+        return web.Response()
+
+    async def _is_sleeping(self, request):
+        return web.json_response({"is_sleeping": bool(self.sleeping)})
+
+    async def _sleep_mode_call(self, request):
+        self.sleep_calls.append(request.path_qs)
+        return web.json_response({})
 
     async def wait_for(self, predicate, timeout: float = 5.0) -> None:
         """Wait until predicate(self) holds; state changes notify, no polling."""
@@ -80,7 +122,9 @@ class FakeBackend:
                                   "tokens": tokens})
 
     async def _metrics(self, request):
-        return web.Response(text=f"fake_active {self.active}\nfake_cancelled {self.cancelled}\n")
+        # Its memory, as vLLM's sleep mode changes it: all of its share awake, none asleep.
+        return web.Response(text=f"fake_active {self.active}\nfake_cancelled {self.cancelled}\n"
+                                 f"fake_sleeping {self.sleeping}\nfake_memory_share {0 if self.sleeping else 1}\n")
 
     def _chunk(self, i: int, chat: bool) -> dict:
         if chat:
@@ -99,6 +143,8 @@ class FakeBackend:
         self.peak_active = max(self.peak_active, self.active)
         await self._notify()
         try:
+            if self.sleeping:
+                return web.json_response({"error": {"message": "the engine is asleep", "code": 500}}, status=500)
             if body.get("model") != self.model_id:
                 return web.json_response({"error": {"message": f"model {body.get('model')} not found",
                                                     "type": "NotFoundError", "code": 404}}, status=404)
@@ -159,3 +205,26 @@ class EmbedFake(FakeBackend):
                 for i, t in reversed(list(enumerate(texts)))]
         return web.json_response({"object": "list", "model": self.model_id, "data": data,
                                   "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}})
+
+
+def main(argv: list[str]) -> None:
+    """A "vLLM server" process: takes vLLM's command line (the flags it needs, the rest ignored),
+    plus --fake-* knobs a test sets through a model's extra_args."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--served-model-name", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fake-chunks", type=int, default=5)
+    parser.add_argument("--fake-itl", type=float, default=0.0)
+    parser.add_argument("--fake-fail", help="exit at once with this error, as a server that cannot load")
+    args, _ = parser.parse_known_args(argv)
+    if args.fake_fail:
+        print(f"ERROR {args.fake_fail}", flush=True)
+        raise SystemExit(1)
+    fake = FakeBackend(model_id=args.served_model_name, chunks=args.fake_chunks, itl=args.fake_itl)
+    print(f"INFO fake vLLM serving {args.served_model_name} on port {args.port}", flush=True)
+    web.run_app(fake.app(), host=args.host, port=args.port, print=None, handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -12,7 +12,7 @@ import uvloop
 from gateway.app import create_app
 from gateway.observability import setup_logging
 from gateway.server import serve
-from tests.conftest import make_config, wait_until
+from tests.conftest import free_port, make_config, wait_until
 from tests.fakebackend import FakeBackend
 
 
@@ -65,7 +65,14 @@ async def stack(aiohttp_server):
             if isinstance(spec, tuple):  # (FakeBackend, extra config keys)
                 spec, extra = spec
                 entry.update(extra)
-            if isinstance(spec, FakeBackend):
+            if isinstance(spec, FakeBackend) and "model" in entry:
+                # A managed model whose "vLLM" is this fake, already listening on the model's port
+                # (for sleep mode, which the gateway drives over HTTP; it serves as the model's name).
+                port = free_port()
+                server = await aiohttp_server(spec.app(), port=port)
+                entry["port"] = port
+                fakes[name], servers[name] = spec, server
+            elif isinstance(spec, FakeBackend):
                 server = await aiohttp_server(spec.app())  # test servers cancel handlers on disconnect
                 entry["url"] = str(server.make_url("/")).rstrip("/")
                 entry["served_model"] = spec.model_id

@@ -8,8 +8,9 @@ from aiohttp import web
 
 from ... import validation
 from ...backends import Registry
+from ...config import parse_duration
 from ...errors import ApiError
-from ...keys import ACCOUNT, REGISTRY
+from ...keys import ACCOUNT, KEEP_ALIVE, LIFECYCLE, REGISTRY
 from ...pipeline import CHAT, COMPLETIONS, EMBEDDINGS, json_response, run
 from .answers import Embeddings, Reshape
 from .common import OPTION_FIELDS, echo_name, known_name, now, read_body
@@ -94,14 +95,35 @@ def _managed(registry: Registry, model: object) -> bool:
         return False
 
 
+def _keep_alive(request: web.Request, body: dict) -> float | None:
+    """Ollama's per-request keep_alive (`5m`, seconds, 0 = unload after, negative = never),
+    kept on the request for the model lifecycle."""
+    if body.get("keep_alive") is None:
+        return None
+    try:
+        seconds = parse_duration(body["keep_alive"])
+    except ValueError as exc:
+        raise ApiError(400, f"'keep_alive' {exc}.", code="invalid_type", param="keep_alive") from None
+    request[KEEP_ALIVE] = seconds
+    return seconds
+
+
 async def _loaded(request: web.Request, body: dict, kind: str) -> web.Response:
     """A request with nothing to generate: Ollama's way to load a model (or unload it, keep_alive 0)."""
     registry: Registry = request.app[REGISTRY]
     route = registry.resolve(known_name(registry, body.get("model")))
     acct = request[ACCOUNT]
     acct.model, acct.backend = route.backend.name, route.backend.url
-    registry.check_serving(route.backend)
-    unload = body.get("keep_alive") in (0, "0", "0s")
+    keep_alive = _keep_alive(request, body)
+    unload = keep_alive == 0
+    lifecycle = request.app[LIFECYCLE]
+    if not lifecycle.manages(route.backend.name):
+        registry.check_serving(route.backend)  # always loaded: nothing to load or unload
+    elif unload:
+        await lifecycle.unload(route.backend)
+    else:
+        async with lifecycle.hold(route.backend, keep_alive):
+            pass
     out: dict = {"model": echo_name(registry, body.get("model")), "created_at": now()}
     if kind == "chat":
         out["message"] = {"role": "assistant", "content": ""}
@@ -114,6 +136,7 @@ async def _loaded(request: web.Request, body: dict, kind: str) -> web.Response:
 async def _answer(request: web.Request, body: dict, endpoint: str, out: dict, kind: str) -> web.StreamResponse:
     """Run the translated request; the answer comes back in Ollama's shape for /api/chat or /api/generate."""
     registry: Registry = request.app[REGISTRY]
+    _keep_alive(request, body)
     if endpoint == CHAT and isinstance(body.get("think"), bool) and _managed(registry, out["model"]):
         out["chat_template_kwargs"] = {"enable_thinking": body["think"]}
     if out["stream"]:
