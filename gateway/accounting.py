@@ -56,29 +56,36 @@ class Account:
             self.completion_tokens = completion
 
 
-def account(request: web.Request, acct: Account, status: int, rid: str, metrics: Metrics) -> None:
-    """The request's metrics and its one JSON log line."""
-    elapsed = time.monotonic() - acct.started
-    # The route's pattern (/v1/responses/{response_id}), so ids don't become metric labels.
+def endpoint_label(request: web.Request) -> str:
+    """The route a request matched, as registered ("/v1/models/{model}"): never the raw path,
+    which anyone can vary to make a new metrics series per request."""
     resource = request.match_info.route.resource
-    label = resource.canonical if resource is not None else request.path
-    endpoint = request.path
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def account(request: web.Request, acct: Account, status: int, rid: str, metrics: Metrics,
+            key: str | None = None) -> None:
+    """The request's metrics and its one JSON log line; `key` is the API key's name, never the key."""
+    elapsed = time.monotonic() - acct.started
+    endpoint = endpoint_label(request)
     if acct.model is not None:
-        metrics.child(metrics.requests, acct.model, label, str(status)).inc()
-        metrics.child(metrics.latency, acct.model, label).observe(elapsed)
+        metrics.child(metrics.requests, acct.model, endpoint, str(status)).inc()
+        metrics.child(metrics.latency, acct.model, endpoint).observe(elapsed)
         if acct.ttft is not None:
             metrics.child(metrics.ttft, acct.model).observe(acct.ttft)
         if acct.prompt_tokens:
             metrics.child(metrics.prompt_tokens, acct.model).inc(acct.prompt_tokens)
         if acct.completion_tokens:
             metrics.child(metrics.completion_tokens, acct.model).inc(acct.completion_tokens)
-    elif endpoint.startswith(API_PREFIXES):
-        metrics.requests.labels("", label, str(status)).inc()
+    elif request.path.startswith(API_PREFIXES):
+        metrics.child(metrics.requests, "", endpoint, str(status)).inc()
+    if key is not None:
+        metrics.child(metrics.key_requests, key, str(status)).inc()
     fields: dict[str, object] = {
-        "request_id": rid, "method": request.method, "path": endpoint, "status": status,
+        "request_id": rid, "method": request.method, "path": request.path, "status": status,
         "latency_ms": round(elapsed * 1000, 2),
     }
-    for name, value in (("model", acct.model), ("backend", acct.backend),
+    for name, value in (("key", key), ("model", acct.model), ("backend", acct.backend),
                         ("prompt_tokens", acct.prompt_tokens),
                         ("completion_tokens", acct.completion_tokens)):
         if value is not None:
@@ -89,5 +96,5 @@ def account(request: web.Request, acct: Account, status: int, rid: str, metrics:
         fields["queue_wait_ms"] = round(acct.queue_wait * 1000, 2)
     if acct.error:
         fields["error"] = acct.error
-    level = logging.DEBUG if endpoint in PROBE_PATHS and status == 200 else logging.INFO
-    log.log(level, "%s %s %s", request.method, endpoint, status, extra=fields)
+    level = logging.DEBUG if request.path in PROBE_PATHS and status == 200 else logging.INFO
+    log.log(level, "%s %s %s", request.method, request.path, status, extra=fields)

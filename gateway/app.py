@@ -18,17 +18,34 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .accounting import Account, account
-from .auth import check_key, load_api_keys
+from .auth import check_key
 from .backends import HealthMonitor, Registry, State
 from .config import Config
 from .errors import HTTP_CODES, ApiError, error_response, shape_error
 from .families import add_all_routes
-from .keys import ACCOUNT, API_KEYS, CONFIG, METRICS, MONITOR, REGISTRY, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
+from .keyring import Access, keyring_of, load_keyring
+from .keys import (
+    ACCESS,
+    ACCOUNT,
+    CONFIG,
+    KEY_NAME,
+    LIFECYCLE,
+    METRICS,
+    MONITOR,
+    REGISTRY,
+    REQUEST_ID,
+    SESSION,
+    UPSTREAM_TIMEOUT,
+)
+from .lifecycle import Lifecycle
 from .observability import Metrics, request_id_var
 from .pipeline import json_response
+from .reload import RELOADER, Reloader
 
 log = logging.getLogger("localai.gateway")
 
@@ -69,7 +86,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = 499
         raise
     finally:
-        account(request, acct, status, rid, request.app[METRICS])
+        account(request, acct, status, rid, request.app[METRICS], request.get(KEY_NAME))
         request_id_var.reset(token)
 
 
@@ -101,6 +118,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             message = f"Request body is larger than the limit of {limit} bytes."
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, message, code=code, type=kind, headers=headers)
+    except (RequestPayloadError, HttpProcessingError):
+        # The body broke off mid-way (bad chunk framing or Content-Encoding): the client's fault.
+        return error_response(400, "The request body could not be read: its chunked framing or "
+                                   "Content-Encoding is invalid.", code="malformed_request")
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         raise  # the client left mid-stream; nothing to answer
     except Exception:
@@ -111,26 +132,45 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[API_KEYS]
-    if keys and request.path.startswith(_PROTECTED_PREFIXES):
-        check_key(keys, request)
+    keyring = request.app[ACCESS].keyring
+    if keyring and request.path.startswith(_PROTECTED_PREFIXES):
+        request[KEY_NAME] = check_key(keyring, request)
     return await handler(request)
 
 
 # --- service handlers ------------------------------------------------------------
 
 
+def _holds_key(request: web.Request) -> bool:
+    keyring = request.app[ACCESS].keyring
+    if not keyring:
+        return True  # an open gateway shows everything to everyone
+    try:
+        check_key(keyring, request)
+    except ApiError:
+        return False
+    return True
+
+
 async def health(request: web.Request) -> web.Response:
+    """Liveness and each model's state, for probes that carry no key. Why a model is down
+    (backend URLs, exception text) only for a caller that could read /v1/models anyway."""
     registry = request.app[REGISTRY]
-    return json_response({"status": "ok",
-                          "models": {name: b.describe() for name, b in registry.backends.items()}})
+    if _holds_key(request):
+        models = {name: b.describe() for name, b in registry.backends.items()}
+    else:
+        models = {name: {"state": b.state.value} for name, b in registry.backends.items()}
+    return json_response({"status": "ok", "models": models})
 
 
 async def ready(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     ready_models = [n for n, b in registry.backends.items() if b.state is State.READY]
-    return json_response({"status": "ready" if ready_models else "not ready", "ready": ready_models},
-                         status=200 if ready_models else 503)
+    # load: on_demand models off the card serve too: a request brings them in.
+    on_demand = [n for n, b in registry.backends.items() if b.state in (State.SLEEPING, State.STOPPED)]
+    serving = ready_models or on_demand
+    return json_response({"status": "ready" if serving else "not ready", "ready": ready_models,
+                          "on_demand": on_demand}, status=200 if serving else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -165,10 +205,13 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
                                                   sock_read=gw.read_timeout)
     app[METRICS] = Metrics()
     app[REGISTRY] = Registry(cfg, app[METRICS])
-    app[API_KEYS] = api_keys if api_keys is not None else load_api_keys(cfg.gateway.api_key_file)
-    if not app[API_KEYS]:
+    app[LIFECYCLE] = Lifecycle(cfg, app[REGISTRY], app[METRICS])
+    keyring = keyring_of(api_keys) if api_keys is not None else load_keyring(cfg.gateway.api_key_file)
+    app[ACCESS] = Access(keyring, cfg.gateway.key_limits)
+    if not keyring:
         log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; "
                     "set gateway.api_key_file or LOCALAI_API_KEY", cfg.gateway.host, cfg.gateway.port)
+    app[RELOADER] = Reloader(app, cfg)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(_stamp_request_id)
 
@@ -196,6 +239,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     monitor = HealthMonitor(app[REGISTRY], session, app[CONFIG].gateway.health_interval, app[METRICS])
     app[MONITOR] = monitor
     monitor.start()
+    app[LIFECYCLE].start(session, monitor.poke)
     yield
+    await app[LIFECYCLE].close()
     await monitor.stop()
     await session.close()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import aiohttp
@@ -22,6 +23,24 @@ class State(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    # load: on_demand models out of the card (lifecycle.py), and one on its way back from sleep.
+    SLEEPING = "sleeping"
+    STOPPED = "stopped"
+    WAKING = "waking"
+
+
+# States the model lifecycle sets and the health checks leave alone: a sleeping vLLM still
+# answers /health, and a stopped one is meant to be unreachable.
+LIFECYCLE_STATES = (State.SLEEPING, State.STOPPED, State.WAKING)
+
+
+@dataclass
+class Residence:
+    """A load: on_demand model's place on its card (lifecycle.py keeps it)."""
+
+    share: float  # of its card (gpu_memory_utilization)
+    since: float | None = None  # wall clock: resident since
+    expires_at: float | None = None  # wall clock: keep_alive runs out; None = never
 
 
 # A ready backend that misses this many health checks in a row is declared failed;
@@ -42,12 +61,16 @@ class Backend:
     state: State = State.LOADING
     reason: str | None = "starting"
     misses: int = 0
+    residence: Residence | None = None  # set for load: on_demand models only
+    on_change: list[Callable[[Backend], None]] = field(default_factory=list)
 
     def set_state(self, state: State, reason: str | None) -> None:
         if state != self.state or reason != self.reason:
             log.info("model %s is %s", self.name, state.value,
                      extra={"model": self.name, "state": state.value, "reason": reason})
             self.state, self.reason = state, reason
+            for call in self.on_change:
+                call(self)
 
     @property
     def managed(self) -> bool:
@@ -80,25 +103,55 @@ class Registry:
 
     def __init__(self, cfg: Config, metrics: Metrics):
         self.room = WaitingRoom(cfg.gateway.max_queue, cfg.gateway.queue_timeout)
-        self.backends: dict[str, Backend] = {}
-        for m in cfg.models:
-            slots = ModelSlots(m.name, max_concurrency(m), self.room,
-                               metrics.queue_depth.labels(m.name))
-            if isinstance(m, ManagedModel):
-                b = Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.name,
-                            served_model_hint=m.model, max_model_len=m.max_model_len)
-            else:
-                b = Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.served_model or m.name,
-                            api_key=_read_key(m), max_model_len=m.max_model_len)
-            self.backends[m.name] = b
-        self.default = self.backends[cfg.default_model.name]
+        self.metrics = metrics
+        self.backends: dict[str, Backend] = {m.name: self._backend(m, cfg) for m in cfg.models}
         self._routes: dict[str, Route] = {}
+        self._route(cfg)
+
+    def _backend(self, m: ManagedModel | ExternalModel, cfg: Config) -> Backend:
+        slots = ModelSlots(m.name, max_concurrency(m), self.room, self.metrics.queue_depth.labels(m.name))
+        if isinstance(m, ManagedModel):
+            return Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.name,
+                           served_model_hint=m.model, max_model_len=m.max_model_len)
+        return Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.served_model or m.name,
+                       api_key=_read_key(m), max_model_len=m.max_model_len)
+
+    def _route(self, cfg: Config) -> None:
+        self.default = self.backends[cfg.default_model.name]
+        routes: dict[str, Route] = {}
         for b in self.backends.values():
-            for key in (b.name, *b.aliases, b.served_model_hint):
+            for key in (b.name, *b.aliases, b.served_model_hint, b.served_id):
                 if key:
-                    self._routes.setdefault(key, Route(b, {}))
+                    routes.setdefault(key, Route(b, {}))
             for preset, params in b.model.presets.items():
-                self._routes[preset] = Route(b, params.defaults())
+                routes[preset] = Route(b, params.defaults())
+        self._routes = routes
+
+    def apply(self, cfg: Config) -> tuple[list[Backend], list[Backend]]:
+        """A reloaded config: models added and removed, entries, limits and routes updated in place.
+        Requests in flight keep the backend they hold. Returns (added, removed)."""
+        self.room.max_waiting, self.room.timeout = cfg.gateway.max_queue, cfg.gateway.queue_timeout
+        new = {m.name: m for m in cfg.models}
+        removed = [b for name, b in self.backends.items() if name not in new]
+        added = []
+        for name, m in new.items():
+            old = self.backends.get(name)
+            if old is not None and old.managed == isinstance(m, ManagedModel):
+                old.model = m
+                old.url = backend_url(m, cfg.vllm)
+                old.slots.set_limit(max_concurrency(m))
+                if isinstance(m, ExternalModel):
+                    old.api_key = _read_key(m)
+                    old.served_id = m.served_model or old.served_id
+                    old.max_model_len = m.max_model_len or old.max_model_len
+                continue
+            if old is not None:  # managed became external or the other way round
+                removed.append(old)
+            added.append(self._backend(m, cfg))
+            self.backends[name] = added[-1]
+        self.backends = {name: self.backends[name] for name in new}  # config order
+        self._route(cfg)
+        return added, removed
 
     def learn_served_id(self, backend: Backend, served_id: str) -> None:
         self._routes.setdefault(served_id, Route(backend, {}))
@@ -139,18 +192,36 @@ class HealthMonitor:
         self.session = session
         self.interval = interval
         self.metrics = metrics
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._unchecked = set(registry.backends)
+        self._first_round = asyncio.Event()
 
     def start(self) -> None:
         for b in self.registry.backends.values():
-            self._wake[b.name] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._watch(b), name=f"health-{b.name}"))
+            self.watch(b)
+
+    async def first_round(self) -> None:
+        """Until every backend was checked once: a gateway that starts serving then answers
+        a ready model's requests at once, not with 503 model_loading."""
+        await self._first_round.wait()
+
+    def watch(self, b: Backend) -> None:
+        self.unwatch(b.name)
+        self._wake[b.name] = asyncio.Event()
+        self._tasks[b.name] = asyncio.create_task(self._watch(b), name=f"health-{b.name}")
+
+    def unwatch(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            del self._wake[name]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = list(self._tasks.values())
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def poke(self, name: str) -> None:
         """Check this backend now (a request just failed to reach it)."""
@@ -159,22 +230,26 @@ class HealthMonitor:
 
     async def _watch(self, b: Backend) -> None:
         timeout = aiohttp.ClientTimeout(total=5)
-        headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}
         # vLLM's /health turns 503 when its engine dies; an external server is only
         # assumed to speak OpenAI, so its model list is the health check.
         probe = "/health" if b.managed else "/v1/models"
         while True:
+            headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}  # a reload may change it
             try:
                 async with self.session.get(b.url + probe, timeout=timeout, headers=headers) as r:
                     healthy = r.status == 200
                     detail = f"health check answered HTTP {r.status}"
-                if healthy and (b.state is not State.READY or b.max_model_len is None):
+                learn = b.state not in LIFECYCLE_STATES and (b.state is not State.READY or b.max_model_len is None)
+                if healthy and learn:
                     await self._discover(b, timeout, headers)
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 healthy = False
                 detail = f"not reachable at {b.url} ({type(exc).__name__}: {exc})" if str(exc) else \
                     f"not reachable at {b.url} ({type(exc).__name__})"
             self._record(b, healthy, detail)
+            self._unchecked.discard(b.name)
+            if not self._unchecked:
+                self._first_round.set()
             wake = self._wake[b.name]
             # Poll fast while waiting for a model to come up, slower once it serves.
             delay = self.interval if b.state is State.READY else min(self.interval, 1.0)
@@ -200,7 +275,9 @@ class HealthMonitor:
 
     def _record(self, b: Backend, healthy: bool, detail: str) -> None:
         self.metrics.backend_up.labels(b.name).set(1 if healthy else 0)
-        if healthy:
+        if b.state in LIFECYCLE_STATES:
+            pass
+        elif healthy:
             b.misses = 0
             b.set_state(State.READY, None)
         else:

@@ -22,7 +22,11 @@ TINYMODEL_SCRIPT = Path(__file__).resolve().parent / "tinymodel.py"
 
 
 def _die(message: str, code: int = 2) -> NoReturn:
-    print(f"localai: {message}", file=sys.stderr)
+    from .observability import writes_to_journal
+
+    # Under systemd each line is a journal entry of its own: mark every one an error (<3>).
+    prefix = "<3>" if writes_to_journal(sys.stderr) else ""
+    print("\n".join(prefix + line for line in f"localai: {message}".splitlines()), file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -58,41 +62,52 @@ def _run_loop(main) -> None:
         uvloop.run(main)
 
 
-async def _until_signalled(run) -> None:
+async def _until_signalled(run, app) -> None:
+    """Run until SIGINT or SIGTERM; SIGHUP reloads the config, keys and WebUI (systemctl reload)."""
+    from .reload import RELOADER
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload)
     await run(stop)
 
 
-def cmd_gateway(args) -> int:
+def _create_app(cfg: Config):
     from .app import create_app
+
+    try:
+        return create_app(cfg)
+    except ConfigError as exc:  # the API key file
+        _die(f"invalid API key file\n{exc}")
+
+
+def cmd_gateway(args) -> int:
     from .observability import setup_logging
     from .server import serve
 
     cfg = _load(args)
     setup_logging(cfg.gateway.log_level)
-    app = create_app(cfg)
+    app = _create_app(cfg)
 
     async def run(stop: asyncio.Event) -> None:
         async with serve(app, cfg.gateway.host, cfg.gateway.port):
             await stop.wait()
 
-    _run_loop(_until_signalled(run))
+    _run_loop(_until_signalled(run, app))
     return 0
 
 
 def cmd_up(args) -> int:
-    from .app import create_app
     from .observability import setup_logging
     from .supervisor import run_up
 
     cfg = _load(args)
     _check_vllm_python(cfg)
     setup_logging(cfg.gateway.log_level)
-    app = create_app(cfg)
-    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop)))
+    app = _create_app(cfg)
+    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop), app))
     return 0
 
 
@@ -111,8 +126,18 @@ def cmd_check(args) -> int:
         for preset, defaults in m["presets"].items():
             print(f"    preset {preset}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
         if m["kind"] == "managed":
+            if m["load"] == "on_demand":
+                keep = "never" if m["keep_alive"] < 0 else f"{m['keep_alive']:g} s"
+                print(f"    load on_demand ({m['swap']}), share {m['share']:g}, keep_alive {keep}")
             env = " ".join(f"{k}={v}" for k, v in m["env"].items())
             print(f"    {env + ' ' if env else ''}{subprocess.list2cmdline(m['argv'])}")
+    residency = plan["residency"]
+    if residency["on_demand_together"]:
+        always = ", ".join(residency["always"])
+        print(f"resident together: {always} (always), with any one of:" if always else
+              "resident together: any one of:")
+        for names in residency["on_demand_together"]:
+            print(f"    {', '.join(names)}")
     return 0
 
 
@@ -171,6 +196,24 @@ def cmd_logs(args) -> int:
     return logs_main(args)
 
 
+def cmd_ps(args) -> int:
+    from .loadcli import ps_main
+
+    return ps_main(_load(args), args.json)
+
+
+def cmd_load(args) -> int:
+    from .loadcli import load_main
+
+    return load_main(_load(args), args.name, args.keep_alive)
+
+
+def cmd_unload(args) -> int:
+    from .loadcli import unload_main
+
+    return unload_main(_load(args), args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .ops import add_logs_arguments, add_status_arguments
 
@@ -203,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("logs", help="the JSON journal of one unit or all, readable"))
     add_logs_arguments(p)
     p.set_defaults(func=cmd_logs)
+    p = with_config(sub.add_parser("ps", help="the models resident now, since and until when, their VRAM share"))
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=cmd_ps)
+    p = with_config(sub.add_parser("load", help="bring a load: on_demand model in now"))
+    p.add_argument("name")
+    p.add_argument("--keep-alive", help="how long it stays once idle: 10m, 30s, -1 = until room is needed")
+    p.set_defaults(func=cmd_load)
+    p = with_config(sub.add_parser("unload", help="take a load: on_demand model off its card (once idle)"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_unload)
     p = sub.add_parser("tiny-model", help="write a tiny random-weight model for demos and tests (offline)")
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)

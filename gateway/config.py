@@ -8,13 +8,14 @@ config never starts anything half-way.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -23,12 +24,33 @@ from pydantic import (
     field_validator,
 )
 
+from .residency import Need, Residency
+
 DEFAULT_CONFIG_PATH = Path("/etc/localai/localai.yaml")
 
 # Names become systemd instance names, metric labels and URL path parts.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 KeyPath = tuple[str | int, ...]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Ollama's keep_alive spelling: `10m`, `30s`, `1h`, `500ms`, or seconds; negative = never (-1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like 10m, 30s, 0 or -1")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    else:
+        raise ValueError("must be a duration like 10m, 30s, 0 or -1")
+    return -1.0 if seconds < 0 else seconds
+
+
+# Seconds; -1 means never.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class ConfigError(Exception):
@@ -52,10 +74,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+class KeyLimit(_Strict):
+    """Limits for one API key; unset means unlimited."""
+
+    max_concurrent: int | None = Field(None, ge=1)  # requests in flight or waiting, across models
+    requests_per_minute: int | None = Field(None, ge=1)
+
+
+class KeyLimits(_Strict):
+    """`default` applies to every key; `per_key` (by the key file's names) overrides it field by field."""
+
+    default: KeyLimit = KeyLimit()
+    per_key: dict[Annotated[str, Field(pattern=NAME_PATTERN)], KeyLimit] = {}
+
+    def for_key(self, name: str) -> KeyLimit:
+        own = self.per_key.get(name)
+        if own is None:
+            return self.default
+        # A field the key's entry sets (null too: "no limit for this key") wins over the default.
+        return self.default.model_copy(update={f: getattr(own, f) for f in own.model_fields_set})
+
+
 class GatewaySettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     api_key_file: Path | None = None
+    key_limits: KeyLimits = KeyLimits()
     max_queue: int = Field(100, ge=0)
     queue_timeout: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -65,6 +109,13 @@ class GatewaySettings(_Strict):
     webui: bool = True
     webui_dir: Path | None = None  # built WebUI; default: webui/dist beside the package
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Model lifecycle (load: on_demand models): a model brought in stays at least this long
+    # before it may be evicted again, so two models that can't be resident together are
+    # served in turn rather than thrashed.
+    min_residency: float = Field(30.0, ge=0)
+    # A wake (sleep mode) or a start that takes longer has failed.
+    wake_timeout: float = Field(60.0, gt=0)
+    start_timeout: float = Field(900.0, gt=0)
 
 
 class VllmSettings(_Strict):
@@ -150,6 +201,14 @@ class ManagedModel(_ModelBase):
     tool_call_parser: str | None = None
     extra_args: list[str] = []
     env: dict[str, str] = {}
+    # always: resident for as long as the service runs. on_demand: brought in when asked
+    # for, put to sleep or stopped when idle past keep_alive or when the card needs room.
+    load: Literal["always", "on_demand"] = "always"
+    keep_alive: Duration | None = None  # on_demand only; unset = -1, never (evicted only for room)
+    # How an on_demand model leaves the card: vLLM sleep mode (level1: weights to CPU RAM,
+    # level2: dropped and reloaded), or off (stopped and started). auto: level1 where the
+    # vLLM build has sleep mode (CUDA), off where it does not (the CPU build).
+    sleep_mode: Literal["auto", "off", "level1", "level2"] = "auto"
 
 
 class ExternalModel(_ModelBase):
@@ -185,6 +244,11 @@ class Config(_Strict):
     @property
     def default_model(self) -> ManagedModel | ExternalModel:
         return next((m for m in self.models if m.default), self.models[0])
+
+    def residency(self) -> Residency:
+        """What each managed model takes of its cards while resident (see residency.py)."""
+        return Residency(tuple(Need(m.name, m.gpu_memory_utilization or 0.0, {**self.vllm.env, **m.env}.get(
+            "CUDA_VISIBLE_DEVICES"), m.load == "on_demand") for m in self.managed_models))
 
     def model(self, name: str) -> ManagedModel | ExternalModel:
         for m in self.models:
@@ -285,23 +349,24 @@ def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
     elif not defaults and len(cfg.models) > 1:
         problems.append((("models",),
                          "no model has 'default: true'; mark the one that serves requests without a model"))
-    # Models pinned to the same devices share their memory; unpinned ones share every card.
-    budget: dict[str | None, list[int]] = defaultdict(list)
-    share: dict[int, float] = {}
-    for i, m in enumerate(cfg.models):
-        if isinstance(m, ManagedModel) and m.gpu_memory_utilization:
-            budget[m.env.get("CUDA_VISIBLE_DEVICES")].append(i)
-            share[i] = m.gpu_memory_utilization
-    for devices, idxs in budget.items():
-        group = idxs + ([] if devices is None else budget.get(None, []))
-        total = sum(share[i] for i in group)
-        if total > 1.0 + 1e-9:
-            names = ", ".join(cfg.models[i].name for i in group)
-            problems.append(
-                (("models", group[-1], "gpu_memory_utilization"),
-                 f"gpu_memory_utilization of {names} sums to {total:.2f} on one GPU; it must be at most 1.0")
-            )
-    return problems
+    return problems + _lifecycle_checks(cfg)
+
+
+def _lifecycle_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
+    """keep_alive only where it means something, a share wherever models swap, and the card's budget."""
+    problems: list[tuple[KeyPath, str]] = []
+    index = {m.name: i for i, m in enumerate(cfg.models)}
+    swapping = any(m.load == "on_demand" for m in cfg.managed_models)
+    for m in cfg.managed_models:
+        if m.keep_alive is not None and m.load != "on_demand":
+            problems.append((("models", index[m.name], "keep_alive"),
+                             "applies to 'load: on_demand' models only (a 'load: always' model stays)"))
+        if swapping and m.gpu_memory_utilization is None:
+            problems.append((("models", index[m.name], "gpu_memory_utilization"),
+                             "gpu_memory_utilization is required when models are loaded on demand: "
+                             "which of them fit together is planned by each one's share of the card"))
+    return problems or [(("models", index[name], "gpu_memory_utilization"), message)
+                        for name, message in cfg.residency().problems()]
 
 
 def _pydantic_path(loc: tuple) -> KeyPath:

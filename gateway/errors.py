@@ -46,6 +46,32 @@ def error_response(status: int, message: str, *, code: str, type: str = "invalid
                         headers=headers)
 
 
+def message_of(raw: bytes) -> str | None:
+    """The message in an error body: OpenAI's shape, a bare string, vLLM's older {"message"} or
+    FastAPI's {"detail"}; None when it has none."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return err["message"]
+    if isinstance(err, str):
+        return err
+    for key in ("message", "detail"):
+        if isinstance(body.get(key), str):
+            return body[key]
+    return None
+
+
+def error_event(message: str, *, code: str, type: str = "server_error", param: str | None = None) -> bytes:
+    """An error as the last SSE event of a stream whose status line left already."""
+    return b"data: " + orjson.dumps({"error": {"message": message, "type": type, "param": param,
+                                               "code": code}}) + b"\n\n"
+
+
 # aiohttp's own HTTP exceptions (no route, wrong method, body too large) mapped to codes.
 HTTP_CODES = {
     404: ("not_found", "invalid_request_error"),

@@ -8,6 +8,8 @@ from aiohttp import web
 from .accounting import Account
 from .backends import HealthMonitor, Registry
 from .config import Config
+from .keyring import Access
+from .lifecycle import Lifecycle
 from .observability import Metrics
 
 CONFIG = web.AppKey("config", Config)
@@ -16,6 +18,10 @@ METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM_TIMEOUT = web.AppKey("upstream_timeout", aiohttp.ClientTimeout)
 MONITOR = web.AppKey("monitor", HealthMonitor)
-API_KEYS = web.AppKey("api_keys", list)
+ACCESS = web.AppKey("access", Access)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 ACCOUNT = web.RequestKey("account", Account)
 REQUEST_ID = web.RequestKey("request_id", str)
+KEY_NAME = web.RequestKey("key_name", str)  # the API key's name, never the key
+# Ollama's keep_alive of this request, in seconds (-1: never unload).
+KEEP_ALIVE = web.RequestKey("keep_alive", float)

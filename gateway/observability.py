@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,12 +26,36 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+# syslog priorities (sd-daemon(3)'s "<N>" line prefixes) of the logging levels.
+_PRIORITY = {logging.DEBUG: "<7>", logging.INFO: "<6>", logging.WARNING: "<4>", logging.ERROR: "<3>",
+             logging.CRITICAL: "<2>"}
+
+
+class _JournalFormatter(OrjsonFormatter):
+    """Each line prefixed with its syslog priority: journald strips the prefix and files the
+    line under it (SyslogLevelPrefix=, on by default), so `journalctl -p err` finds errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _PRIORITY.get(record.levelno, "<6>") + super().format(record)
+
+
+def writes_to_journal(stream) -> bool:
+    """Whether `stream` is the journal's stream socket systemd gave the unit ($JOURNAL_STREAM)."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor: a StringIO in tests
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(level: str = "info", stream=None) -> None:
     """One JSON object per line on stdout (journald and `localai up` both read it)."""
-    handler = logging.StreamHandler(stream or sys.stdout)
+    stream = stream or sys.stdout
+    handler = logging.StreamHandler(stream)
+    formatter = _JournalFormatter if writes_to_journal(stream) else OrjsonFormatter
     handler.setFormatter(
         # python-json-logger's orjson flavour: half the cost per line of its stdlib-json one.
-        OrjsonFormatter(
+        formatter(
             "%(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "name": "logger", "message": "msg"},
             timestamp="ts",
@@ -52,6 +77,7 @@ def setup_logging(level: str = "info", stream=None) -> None:
 
 # Latency buckets in seconds: proxy overhead sits in the first few, model time in the rest.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_SWAP_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 
@@ -73,6 +99,10 @@ class Metrics:
         self.itl = Histogram(
             "localai_inter_token_latency_seconds", "Time between streamed chunks",
             ["model"], buckets=_ITL_BUCKETS, registry=r)
+        # By the key's name from the key file (never the key): as many series as named keys.
+        self.key_requests = Counter(
+            "localai_key_requests", "Requests answered, by API key name and HTTP status",
+            ["key", "status"], registry=r)
         self.queue_depth = Gauge(
             "localai_queue_depth", "Requests waiting for a slot", ["model"], registry=r)
         self.queue_wait = Histogram(
@@ -96,6 +126,16 @@ class Metrics:
             "localai_backend_up", "1 when the backend answers its health check", ["model"], registry=r)
         self.backend_ready = Gauge(
             "localai_backend_ready", "1 when the model serves requests", ["model"], registry=r)
+        # Model lifecycle (load: on_demand models): kinds are wake and start (in), sleep and stop (out).
+        self.swaps = Counter(
+            "localai_model_swaps", "Models brought onto their card or taken off it, by model and kind",
+            ["model", "kind"], registry=r)
+        self.swap_duration = Histogram(
+            "localai_model_swap_duration_seconds", "Time a swap took, by kind (a start or wake includes "
+            "the warm-up request)", ["kind"], buckets=_SWAP_BUCKETS, registry=r)
+        self.resident = Gauge(
+            "localai_model_resident", "1 while a load: on_demand model is resident on its card", ["model"],
+            registry=r)
         # localai_gpu_*, read from NVML at scrape time; nothing at all on a host without a GPU.
         r.register(GpuCollector())
 

@@ -38,6 +38,9 @@ from . import gpu as gpu_mod
 GATEWAY_UNIT = "localai-gateway.service"
 TARGET_UNIT = "localai.target"
 MODEL_UNIT = "localai-model@{}.service"
+# The units log to their own journald namespace (LogNamespace=localai); '+' also reads the
+# host's journal, where systemd's own lines about the units (started, failed) are.
+JOURNAL = "--namespace=+localai"
 UNIT_GLOB = "localai-*"
 _SHOW_PROPS = ["ActiveState", "SubState", "Result", "NRestarts", "ExecMainStatus", "ExecMainCode",
                "ActiveEnterTimestamp", "InactiveExitTimestamp", "LoadState", "UnitFileState"]
@@ -85,7 +88,7 @@ def _last_error_line(unit: str) -> str:
     """The last line of the unit's journal that looks like an error (for 'failed: why')."""
     if shutil.which("journalctl") is None:
         return ""
-    res = subprocess.run(["journalctl", "-u", unit, "-n", "200", "-o", "cat", "--no-pager"],
+    res = subprocess.run(["journalctl", JOURNAL, "-u", unit, "-n", "200", "-o", "cat", "--no-pager"],
                          capture_output=True, text=True)
     lines = [line.strip() for line in res.stdout.splitlines() if line.strip()]
     keys = ("Error", "error:", "Exception", "Traceback", "CUDA out of memory", "No available memory",
@@ -315,7 +318,7 @@ def logs_main(args) -> int:
         print("localai logs: journalctl is not installed (logs go to the journal of a systemd host)",
               file=sys.stderr)
         return 1
-    argv = ["journalctl", "-o", "json", "--no-pager", "-n", str(args.lines)]
+    argv = ["journalctl", JOURNAL, "-o", "json", "--no-pager", "-n", str(args.lines)]
     if args.follow:
         argv.append("-f")
     if args.since:

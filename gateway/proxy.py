@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .accounting import Account
 from .backends import Backend
-from .errors import ApiError
+from .errors import ApiError, error_event, message_of
 from .keys import ACCOUNT, METRICS, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
 
 # Headers of the backend's response that mean something to the client.
@@ -82,9 +82,10 @@ def _ask_for_usage(path: str, body: dict) -> bool:
 
 async def forward(request: web.Request, backend: Backend, path: str, body: dict, *,
                   adapter: Adapter | None = None, headers: dict[str, str] | None = None,
-                  method: str = "POST") -> web.StreamResponse:
-    """Send body to the backend as JSON (a GET sends none: its body only says whether to relay
-    a stream) and answer the client with what comes back."""
+                  prepared: web.StreamResponse | None = None, method: str = "POST") -> web.StreamResponse:
+    """`prepared`: a stream already opened for this request (while its model was loading);
+    the answer continues it, and an error becomes its last event (raised as ApiError).
+    A GET (`method`) sends no body: its `body` only says whether to relay a stream."""
     app = request.app
     acct = request[ACCOUNT]
     stream = body.get("stream") is True
@@ -104,6 +105,10 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
         ctype = upstream.headers.get("Content-Type", "")
         if not (stream and upstream.status == 200 and ctype.startswith("text/event-stream")):
             data = await upstream.read()
+            if prepared is not None:
+                status = upstream.status if upstream.status >= 400 else 502
+                message = message_of(data) or f"the model server answered HTTP {upstream.status}"
+                raise ApiError(status, message, code="backend_error", type="server_error")
             out_headers = {h: upstream.headers[h] for h in _PASS_HEADERS if h in upstream.headers}
             if upstream.status == 200 and data[:1] == b"{":
                 try:
@@ -115,7 +120,7 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
                 if adapter is not None:
                     data = adapter.body(data)
             return web.Response(body=data, status=upstream.status, headers={**out_headers, **(headers or {})})
-        return await _relay_stream(request, upstream, strip_usage, adapter, headers or {})
+        return await _relay_stream(request, upstream, strip_usage, adapter, headers or {}, prepared)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
         raise ApiError(502, f"Model '{backend.name}' broke off the response ({type(exc).__name__}).",
                        code="backend_error", type="server_error") from None
@@ -129,15 +134,19 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
 
 
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, strip_usage: bool,
-                        adapter: Adapter | None, headers: dict[str, str]) -> web.StreamResponse:
+                        adapter: Adapter | None, headers: dict[str, str],
+                        prepared: web.StreamResponse | None) -> web.StreamResponse:
     acct = request[ACCOUNT]
-    resp = web.StreamResponse(status=200, headers={
-        "Content-Type": adapter.stream_content_type if adapter else "text/event-stream",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",  # tell reverse proxies in front of us not to buffer either
-        **headers,
-    })
-    await resp.prepare(request)
+    if prepared is not None:
+        resp = prepared
+    else:
+        resp = web.StreamResponse(status=200, headers={
+            "Content-Type": adapter.stream_content_type if adapter else "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # tell reverse proxies in front of us not to buffer either
+            **headers,
+        })
+        await resp.prepare(request)
     try:
         await _pump_events(request, resp, upstream, acct, strip_usage, adapter)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
@@ -147,8 +156,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         if adapter is not None:
             await resp.write(adapter.error(acct.error))
         else:
-            await resp.write(b"data: " + orjson.dumps({"error": {
-                "message": acct.error, "type": "server_error", "param": None, "code": "backend_error"}}) + b"\n\n")
+            await resp.write(error_event(acct.error, code="backend_error"))
         await resp.write_eof()
     return resp
 

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from .backends import Backend, State
+from .backends import Backend, Registry, State
 from .config import Config
 from .plan import ServerPlan, server_plan
 
@@ -136,18 +136,55 @@ class ModelProcess:
                                            "pid": proc.pid})
 
 
+class Supervisor:
+    """Every managed model's server as a child: started at `localai up` (load: always) or when
+    the model lifecycle asks for it (load: on_demand), stopped alone or all together."""
+
+    def __init__(self, cfg: Config, registry: Registry):
+        self._procs = {m.name: ModelProcess(server_plan(m, cfg.vllm), registry.backends[m.name])
+                       for m in cfg.managed_models}
+        self._running: dict[str, tuple[asyncio.Event, asyncio.Task]] = {}
+        self._closing = False
+
+    def start(self, name: str) -> None:
+        """Start this model's server (and restart it on crashes) unless it runs already."""
+        if self._closing:
+            raise RuntimeError("localai up is stopping")
+        if name in self._running and not self._running[name][1].done():
+            return
+        proc = self._procs[name]
+        stop = asyncio.Event()
+        task = asyncio.create_task(proc.run(stop), name=f"model-{name}")
+        task.add_done_callback(proc.report_crash)
+        self._running[name] = (stop, task)
+
+    async def stop(self, name: str) -> None:
+        """Stop this model's server, its whole process group, and wait until it is gone."""
+        running = self._running.pop(name, None)
+        if running is None:
+            return
+        stop, task = running
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)  # a crashed one was reported already
+
+    async def stop_all(self) -> None:
+        self._closing = True  # a request arriving now must not start a server nobody stops
+        log.info("stopping: %d model servers", len(self._running))
+        await asyncio.gather(*(self.stop(name) for name in list(self._running)))
+
+
 async def run_up(cfg: Config, app: web.Application, stop: asyncio.Event) -> None:
     """Serve the gateway and supervise every managed model until `stop` is set."""
-    from .app import REGISTRY
+    from .keys import LIFECYCLE, REGISTRY
     from .server import serve
 
+    supervisor = Supervisor(cfg, app[REGISTRY])
+    # load: on_demand models are the lifecycle's to start; it must know how before the first request.
+    lifecycle = app[LIFECYCLE]
+    lifecycle.use_supervisor(supervisor)
     async with serve(app, cfg.gateway.host, cfg.gateway.port):
-        registry = app[REGISTRY]
-        procs = [ModelProcess(server_plan(m, cfg.vllm), registry.backends[m.name])
-                 for m in cfg.managed_models]
-        tasks = [asyncio.create_task(p.run(stop), name=f"model-{p.plan.name}") for p in procs]
-        for proc, task in zip(procs, tasks, strict=True):
-            task.add_done_callback(proc.report_crash)
+        for m in cfg.managed_models:
+            if not lifecycle.manages(m.name):
+                supervisor.start(m.name)
         await stop.wait()
-        log.info("stopping: %d model servers", len(procs))
-        await asyncio.gather(*tasks, return_exceptions=True)  # a crashed one was reported already
+        await supervisor.stop_all()

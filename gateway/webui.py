@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["add_webui_routes", "CSP", "SECURITY_HEADERS"]
+__all__ = ["CSP", "SECURITY_HEADERS", "WEBUI", "Bundle", "add_webui_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,31 @@ def _respond(request: web.Request, f: _File) -> web.Response:
     return web.Response(body=body, headers=headers)
 
 
+class Bundle:
+    """The WebUI's files, read into memory; load() again picks up a new build (reload)."""
+
+    def __init__(self, root: pathlib.Path):
+        self.root = pathlib.Path(root)
+        self.files: dict[str, _File] = {}
+        self.index = _File(body=_MISSING_PAGE.encode(), gz=None, content_type="text/html; charset=utf-8",
+                           etag='"missing"', cache=CACHE_REVALIDATE)
+
+    def load(self) -> None:
+        files = _load(self.root) if self.root.is_dir() else {}
+        index = files.get("index.html")
+        if index is None:
+            # At start: a placeholder page. On reload (a build half copied?): the build it had.
+            log.warning("WebUI bundle not found in %s; / serves %s", self.root,
+                        "the build loaded before" if self.files else "a placeholder page")
+            return
+        log.info("WebUI: %d files from %s", len(files), self.root)
+        # Two assignments, no await between them: a request sees the old build or the new one.
+        self.files, self.index = files, index
+
+
+WEBUI = web.AppKey("webui", Bundle)
+
+
 def add_webui_routes(app: web.Application, root: pathlib.Path) -> None:
     """Register ``GET /`` and ``GET /assets/{name}`` serving the built WebUI in *root*.
 
@@ -166,26 +191,14 @@ def add_webui_routes(app: web.Application, root: pathlib.Path) -> None:
     A missing bundle is logged and answered with a short explanatory page rather
     than failing the gateway start.
     """
-    root = pathlib.Path(root)
-    files = _load(root) if root.is_dir() else {}
-    index = files.get("index.html")
-    if index is None:
-        log.warning("WebUI bundle not found in %s; / serves a placeholder page", root)
-        index = _File(
-            body=_MISSING_PAGE.encode(),
-            gz=None,
-            content_type="text/html; charset=utf-8",
-            etag='"missing"',
-            cache=CACHE_REVALIDATE,
-        )
-    else:
-        log.info("WebUI: %d files from %s", len(files), root)
+    bundle = app[WEBUI] = Bundle(root)
+    bundle.load()
 
     async def serve_index(request: web.Request) -> web.StreamResponse:
-        return _respond(request, index)
+        return _respond(request, bundle.index)
 
     async def serve_asset(request: web.Request) -> web.StreamResponse:
-        f = files.get("assets/" + request.match_info["name"])
+        f = bundle.files.get("assets/" + request.match_info["name"])
         if f is None:
             raise web.HTTPNotFound(headers=SECURITY_HEADERS)
         return _respond(request, f)

@@ -139,6 +139,11 @@ class RealStack:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready(*self.model_ports, timeout=READY_TIMEOUT_S)
+
+    def launch(self) -> None:
+        """Start `localai up` on self.config (niced, logging to self.log_path)."""
         for name in ("coder", "general"):
             if not (TINY_MODELS / f"tiny-{name}" / "config.json").exists():
                 pytest.fail(f"tiny model missing under {TINY_MODELS}: run `make models`")
@@ -156,10 +161,11 @@ class RealStack:
             ["nice", "-n", "10", sys.executable, "-m", "gateway.cli", "up", "--config", str(self.config)],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         _nice_autogroup(self.proc.pid, 10)
-        self.wait_ready(*self.model_ports, timeout=READY_TIMEOUT_S)
 
     def health(self) -> dict:
-        with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+        """Each model's state, and with the key, why it is not ready."""
+        request = urllib.request.Request(self.url + "/health", headers={"Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(request, timeout=5) as r:
             return json.load(r)["models"]
 
     def wait_ready(self, *names: str, timeout: float = READY_TIMEOUT_S) -> None:

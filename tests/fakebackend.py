@@ -5,14 +5,20 @@ chat and completions, JSON or SSE; the Responses API with its typed events,
 stored ids, retrieve and cancel; /rerank and /score) with settable time to
 first token, inter-token delay and length, and records what it received and
 what was cancelled.
+Like vLLM in sleep mode (VLLM_SERVER_DEV_MODE=1) it has /sleep?level=N,
+/wake_up, /is_sleeping, /collective_rpc and /reset_prefix_cache, and refuses
+to generate while asleep. Run as a program (`main`) it stands in for a vLLM
+server process that `localai up` starts and stops.
 It is never the only proof of a feature: the real tier runs real vLLM.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +51,11 @@ class FakeBackend:
     stored: dict[str, dict] = field(default_factory=dict)
     # What GET /v1/responses/{id} and POST .../cancel were asked for.
     looked_up: list[str] = field(default_factory=list)
+    # Sleep mode: the level it sleeps at (0: awake), the calls it got, and how wake_up goes.
+    sleeping: int = 0
+    sleep_calls: list[str] = field(default_factory=list)
+    wake_status: int = 200
+    wake_gate: asyncio.Event | None = None  # wake_up waits for it
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -60,7 +71,38 @@ class FakeBackend:
         app.router.add_post("/rerank", self._rerank)
         app.router.add_post("/score", self._score)
         app.router.add_post("/detokenize", self._detokenize)
+        app.router.add_post("/sleep", self._sleep)
+        app.router.add_post("/wake_up", self._wake_up)
+        app.router.add_get("/is_sleeping", self._is_sleeping)
+        app.router.add_post("/collective_rpc", self._sleep_mode_call)
+        app.router.add_post("/reset_prefix_cache", self._sleep_mode_call)
         return app
+
+    async def _sleep(self, request):
+        self.sleep_calls.append(request.path_qs)
+        self.sleeping = int(request.query.get("level", "1"))
+        await self._notify()
+        return web.Response()
+
+    async def _wake_up(self, request):
+        self.sleep_calls.append(request.path_qs)
+        await self._notify()
+        if self.wake_gate is not None:
+            await self.wake_gate.wait()
+        if self.wake_status != 200:
+            return web.json_response({"error": {"message": "CUDA out of memory", "code": self.wake_status}},
+                                     status=self.wake_status)
+        if request.query.get("tags") != "weights":  # level 2 wakes the weights first, the KV cache last
+            self.sleeping = 0
+        await self._notify()
+        return web.Response()
+
+    async def _is_sleeping(self, request):
+        return web.json_response({"is_sleeping": bool(self.sleeping)})
+
+    async def _sleep_mode_call(self, request):
+        self.sleep_calls.append(request.path_qs)
+        return web.json_response({})
 
     async def wait_for(self, predicate, timeout: float = 5.0) -> None:
         """Wait until predicate(self) holds; state changes notify, no polling."""
@@ -118,13 +160,16 @@ class FakeBackend:
     async def _tokenize(self, request):
         self.tokenize_calls += 1
         body = await request.json()
-        text = body.get("prompt") or json.dumps(body.get("messages"))
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt or body.get("messages"))
         tokens = list(range(len(text.split())))
         return web.json_response({"count": len(tokens), "max_model_len": self.max_model_len,
                                   "tokens": tokens})
 
     async def _metrics(self, request):
-        return web.Response(text=f"fake_active {self.active}\nfake_cancelled {self.cancelled}\n")
+        # Its memory, as vLLM's sleep mode changes it: all of its share awake, none asleep.
+        return web.Response(text=f"fake_active {self.active}\nfake_cancelled {self.cancelled}\n"
+                                 f"fake_sleeping {self.sleeping}\nfake_memory_share {0 if self.sleeping else 1}\n")
 
     def _chunk(self, i: int, chat: bool) -> dict:
         if chat:
@@ -138,6 +183,8 @@ class FakeBackend:
         body = await request.json()
         chat = request.path.endswith("chat/completions")
         async with self._generating(request, body):
+            if self.sleeping:
+                return web.json_response({"error": {"message": "the engine is asleep", "code": 500}}, status=500)
             if (wrong := self._wrong_model(body)) is not None:
                 return wrong
             await asyncio.sleep(self.ttft)
@@ -266,3 +313,46 @@ class FakeBackend:
         body = await request.json()
         self.received.append(body)
         return web.json_response({"prompt": " ".join(f"t{t}" for t in body["tokens"])})
+
+
+class EmbedFake(FakeBackend):
+    """An embedding server: /v1/embeddings only, like vLLM's pooling runner."""
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.router.add_post("/v1/embeddings", self._embed)
+        return app
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.received.append(body)
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        # Answer in reverse order: the gateway must sort by index.
+        data = [{"index": i, "object": "embedding",
+                 "embedding": [float(i), float(len(t) if isinstance(t, (str, list)) else 1), 0.5]}
+                for i, t in reversed(list(enumerate(texts)))]
+        return web.json_response({"object": "list", "model": self.model_id, "data": data,
+                                  "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}})
+
+
+def main(argv: list[str]) -> None:
+    """A "vLLM server" process: takes vLLM's command line (the flags it needs, the rest ignored),
+    plus --fake-* knobs a test sets through a model's extra_args."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--served-model-name", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fake-chunks", type=int, default=5)
+    parser.add_argument("--fake-itl", type=float, default=0.0)
+    parser.add_argument("--fake-fail", help="exit at once with this error, as a server that cannot load")
+    args, _ = parser.parse_known_args(argv)
+    if args.fake_fail:
+        print(f"ERROR {args.fake_fail}", flush=True)
+        raise SystemExit(1)
+    fake = FakeBackend(model_id=args.served_model_name, chunks=args.fake_chunks, itl=args.fake_itl)
+    print(f"INFO fake vLLM serving {args.served_model_name} on port {args.port}", flush=True)
+    web.run_app(fake.app(), host=args.host, port=args.port, print=None, handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

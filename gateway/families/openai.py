@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..backends import Backend, Route
 from ..keys import REGISTRY
+from ..lifecycle import residence_fields
 from ..pipeline import json_response, read_json_body, run
 
 # Clients differ on the trailing slash; both spellings work.
@@ -31,6 +32,7 @@ def model_card(b: Backend, default: bool) -> dict:
         "context_limit": int(window * b.model.context_limit) if window else None,
         "state": b.state.value,
         "state_reason": b.reason,
+        **residence_fields(b),
     }
 
 

@@ -169,7 +169,7 @@ async def _continue_where_it_lives(app: web.Application, body: dict) -> None:
 # --- create --------------------------------------------------------------------------------
 
 
-_TYPED_FIELDS = (("instructions", str, "a string"), ("tools", list, "a list"),
+_TYPED_FIELDS = (("instructions", str, "a string"), ("tools", list, "a list"), ("stream", bool, "true or false"),
                  ("store", bool, "true or false"), ("background", bool, "true or false"))
 
 

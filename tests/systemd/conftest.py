@@ -199,6 +199,9 @@ def box():
             if c.leader:
                 j = c.run(["journalctl", "-b", "--no-pager", "-o", "short-precise"], check=False, timeout=60)
                 (OUT / "journal.txt").write_text(j.stdout)
+                j = c.run(["journalctl", "--namespace=localai", "--no-pager", "-o", "short-precise"], check=False,
+                          timeout=60)
+                (OUT / "journal-localai.txt").write_text(j.stdout)
         except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
             pass
         c.teardown()

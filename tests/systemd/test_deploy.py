@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 
 import pytest
 import stage
@@ -51,6 +54,8 @@ def test_every_unit_active(box):
     listed = box.sh("systemctl list-units 'localai-*' --no-legend --plain --no-pager").stdout
     for unit in UNITS[1:]:
         assert unit in listed
+    assert box.prop("localai-gateway.socket", "ActiveState") == "active"
+    assert box.sh("systemctl is-enabled localai-gateway.socket", check=False).stdout.strip() == "enabled"
 
 
 def test_gateway_notifies_ready_and_pets_the_watchdog(box):
@@ -74,7 +79,7 @@ def test_chat_through_the_units_from_the_host(box):
         assert body["usage"]["completion_tokens"] >= 1
     status, _ = http("POST", f"{GATEWAY}/v1/chat/completions", None,
                      {"model": "coder", "messages": [{"role": "user", "content": "hi"}]})
-    assert status == 401  # the key from LoadCredential= is enforced
+    assert status == 401  # the key file the unit copies for the gateway is enforced
 
 
 def test_api_key_file_is_root_only_and_off_the_command_line(box):
@@ -84,6 +89,8 @@ def test_api_key_file_is_root_only_and_off_the_command_line(box):
     assert key not in cmdlines
     env = box.sh("systemctl show -p Environment localai-gateway.service").stdout
     assert key not in env
+    # The gateway's own copy: its user alone may read it.
+    assert box.sh("stat -c '%a %U' /run/localai-gateway/api-keys").stdout.split() == ["400", "localai"]
 
 
 def test_killed_model_server_comes_back_and_is_routed_to(box):
@@ -112,19 +119,51 @@ def test_check_diff_on_converged_host_changes_nothing(box):
     assert counts.get("changed") == 0, counts
 
 
-def test_journald_dropin_in_effect(box):
-    out = box.sh("systemd-analyze cat-config systemd/journald.conf --no-pager").stdout
-    assert "/etc/systemd/journald.conf.d/60-localai.conf" in out
+def test_journal_caps_apply_to_the_localai_namespace_only(box):
+    out = box.sh("cat /etc/systemd/journald@localai.conf").stdout
     assert re.search(r"^SystemMaxUse=10G$", out, re.M)
     assert re.search(r"^MaxRetentionSec=7day$", out, re.M)
-    assert box.sh("test -d /var/log/journal && echo yes").stdout.strip() == "yes"
+    host = box.sh("systemd-analyze cat-config systemd/journald.conf --no-pager").stdout
+    assert "localai" not in host and "SystemMaxUse=10G" not in host
+    assert box.sh("ls -d /var/log/journal/*.localai").stdout.strip()  # kept on disk
+    # The units' lines are in their namespace, not in the host's journal.
+    assert not box.sh("journalctl _SYSTEMD_UNIT=localai-gateway.service -o cat --no-pager").stdout.strip()
+
+
+def gateway_log(box, *flags: str) -> list[dict]:
+    out = box.sh("journalctl --namespace=localai -u localai-gateway -o json --no-pager " + " ".join(flags)).stdout
+    records = []
+    for line in out.splitlines():
+        entry = json.loads(line)
+        if isinstance(entry.get("MESSAGE"), str) and entry["MESSAGE"].startswith("{"):
+            records.append({**json.loads(entry["MESSAGE"]), "PRIORITY": entry.get("PRIORITY")})
+    return records
+
+
+def test_errors_found_by_priority(box):
+    # A config with a typo, reloaded: the gateway keeps running and logs an ERROR.
+    box.sh("cp /etc/localai/localai.yaml /root/localai.yaml.good")
+    try:
+        box.sh("printf 'typo_key: 1\\n' >> /etc/localai/localai.yaml && systemctl reload localai-gateway")
+        box.wait(lambda: any(r["msg"].startswith("reload failed") for r in gateway_log(box, "-p", "err")), 30,
+                 "the failed reload in journalctl --namespace=localai -p err")
+        errors = gateway_log(box, "-p", "err")
+        assert {r["PRIORITY"] for r in errors} <= {"3", "2"} and all(r["level"] == "ERROR" for r in errors)
+        assert "typo_key: unknown key" in errors[-1]["msg"]
+        assert not [r for r in gateway_log(box, "-p", "err") if r["level"] == "INFO"]
+        info = gateway_log(box, "-p", "info")
+        assert any(r["PRIORITY"] == "6" and r["level"] == "INFO" for r in info)
+    finally:
+        box.sh("cp /root/localai.yaml.good /etc/localai/localai.yaml && systemctl reload localai-gateway")
+    assert chat(box, "coder")[0] == 200
 
 
 def test_gateway_logs_json_lines(box):
-    lines = box.sh("journalctl -u localai-gateway -o cat --no-pager").stdout.splitlines()
+    lines = box.sh("journalctl --namespace=localai -u localai-gateway -o cat --no-pager").stdout.splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert any(r.get("path") == "/v1/chat/completions" and r.get("status") == 200 for r in records), lines[-20:]
-    own = box.sh("journalctl _SYSTEMD_UNIT=localai-gateway.service -o cat --no-pager").stdout.splitlines()
+    own = box.sh("journalctl --namespace=localai _SYSTEMD_UNIT=localai-gateway.service -o cat --no-pager"
+                 ).stdout.splitlines()
     not_json = [line for line in own if line.strip() and not line.startswith("{")]
     assert not not_json, not_json[:10]
     for line in own:
@@ -134,7 +173,7 @@ def test_gateway_logs_json_lines(box):
 
 
 def test_syslog_identifiers(box):
-    ids = box.sh("journalctl -o json --no-pager -u 'localai-*' | "
+    ids = box.sh("journalctl --namespace=localai -o json --no-pager -u 'localai-*' | "
                  "python3 -c 'import sys,json; print(sorted({json.loads(l).get(\"SYSLOG_IDENTIFIER\",\"\") "
                  "for l in sys.stdin}))'").stdout
     for ident in ["localai-gateway", *(f"localai-model-{m}" for m in stage.MODEL_PORTS)]:
@@ -142,7 +181,8 @@ def test_syslog_identifiers(box):
 
 
 def test_units_verify_clean_and_gateway_exposure(box):
-    files = "/etc/systemd/system/localai-gateway.service /etc/systemd/system/localai.target " + " ".join(
+    files = "/etc/systemd/system/localai-gateway.service /etc/systemd/system/localai-gateway.socket " \
+        "/etc/systemd/system/localai.target " + " ".join(
         f"/etc/systemd/system/localai-model@{m}.service" for m in stage.MODEL_PORTS)
     res = box.sh(f"systemd-analyze verify {files} 2>&1", check=False)
     assert res.returncode == 0 and res.stdout.strip() == "", res.stdout
@@ -169,6 +209,63 @@ def test_status_and_logs_commands(box):
     assert logs and all(" gateway " in line for line in logs), logs
     alias = box.sh(f"{base} logs chat -n 5 --json --config /etc/localai/localai.yaml").stdout.splitlines()
     assert alias and all(json.loads(line)["unit"] == "localai-model@general.service" for line in alias)
+
+
+def test_a_stream_in_flight_survives_reload(box):
+    pid = box.prop("localai-gateway.service", "MainPID")
+    body = {"model": "coder", "stream": True, "max_tokens": 1500, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count to a thousand"}]}
+    conn = HTTPConnection("127.0.0.1", stage.GATEWAY_PORT, timeout=300)
+    # A small receive buffer: the gateway cannot finish the stream until this test reads it.
+    conn.sock = socket.socket()
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.sock.settimeout(300)
+    conn.sock.connect(("127.0.0.1", stage.GATEWAY_PORT))
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Authorization": f"Bearer {box.api_key()}", "Content-Type": "application/json",
+                  "X-Request-ID": "stream-across-reload"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"data: {")
+
+    def reloads() -> list[str]:
+        return [r["ts"] for r in gateway_log(box) if r["msg"].startswith("reloaded ")]
+
+    before = len(reloads())
+    box.sh("systemctl reload localai-gateway")
+    box.wait(lambda: len(reloads()) > before, 30, "the gateway to log its reload")
+    rest = resp.read()
+    conn.close()
+    assert rest.rstrip().endswith(b"data: [DONE]") and b'"error"' not in rest
+    assert box.prop("localai-gateway.service", "MainPID") == pid  # reloaded, not restarted
+    (done,) = [r for r in gateway_log(box) if r.get("request_id") == "stream-across-reload"]
+    assert done["status"] == 200 and "error" not in done
+    assert reloads()[-1] < done["ts"]  # the stream ended after the reload took effect
+
+
+def test_restart_refuses_no_connection(box):
+    pid = box.prop("localai-gateway.service", "MainPID")
+    results: list[tuple[float, object]] = []
+    stop = threading.Event()
+
+    def knock() -> None:  # fresh connections, one after the other, until told to stop
+        while not stop.is_set():
+            started = time.monotonic()
+            results.append((started, chat(box, "coder")[0]))
+
+    knocker = threading.Thread(target=knock)
+    knocker.start()
+    box.wait(lambda: len(results) >= 3, 30, "requests before the restart")
+    began = time.monotonic()
+    box.sh("systemctl restart localai-gateway")
+    ended = time.monotonic()
+    box.wait(lambda: any(t > ended for t, _ in results), 60, "requests after the restart")
+    stop.set()
+    knocker.join(timeout=90)
+    assert box.prop("localai-gateway.service", "MainPID") != pid
+    during = [status for t, status in results if began <= t <= ended]
+    assert during, "no request was made while the gateway restarted"
+    assert [status for _, status in results] == [200] * len(results), results
 
 
 def test_restart_target_restarts_everything(box):

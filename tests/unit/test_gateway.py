@@ -282,16 +282,6 @@ async def test_auth(stack):
     assert '"status": 401' in logs
 
 
-def test_keys_from_file_and_env(tmp_path, monkeypatch, caplog):
-    from gateway.auth import load_api_keys
-    f = tmp_path / "keys"
-    f.write_text("# team keys\nsk-a\n\nsk-b\n")
-    f.chmod(0o644)
-    monkeypatch.setenv("LOCALAI_API_KEY", "sk-env")
-    assert load_api_keys(f) == [b"sk-a", b"sk-b", b"sk-env"]
-    assert "chmod 600" in caplog.text and "sk-a" not in caplog.text
-
-
 # --- request ids, logs, metrics ------------------------------------------------------
 
 

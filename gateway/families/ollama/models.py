@@ -11,6 +11,7 @@ from ...backends import Backend, Registry, State
 from ...config import ManagedModel
 from ...errors import ApiError
 from ...keys import CONFIG, REGISTRY
+from ...lifecycle import residence_fields
 from ...modelfacts import human_count, model_facts
 from ...pipeline import json_response
 from .common import NEVER, OLLAMA_VERSION, PARAMETER_NAMES, STARTED, known_name, read_body
@@ -92,11 +93,17 @@ async def ps(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     models = []
     for name, b in registry.backends.items():
-        if b.state is not State.READY:
+        coming = b.residence is not None and b.state in (State.WAKING, State.LOADING)
+        if b.state is not State.READY and not coming:
             continue
         entry = _entry(name, b, model_facts(b, cfg))
         entry.pop("modified_at")
-        entry.update(expires_at=NEVER, size_vram=0, context_length=b.max_model_len)
+        card = residence_fields(b)
+        # Beyond Ollama's fields: the state (a model on its way in is listed too), since when it is
+        # resident, and its share of its card (size_vram stays 0: the bytes are vLLM's business).
+        entry.update(expires_at=card.get("expires_at") or NEVER, size_vram=0, context_length=b.max_model_len,
+                     state=b.state.value, resident_since=card.get("resident_since"),
+                     vram_share=card.get("vram_share"))
         models.append(entry)
     return json_response({"models": models})
 
@@ -134,7 +141,21 @@ async def version(request: web.Request) -> web.Response:
     return json_response({"version": OLLAMA_VERSION})
 
 
+_PAST = {"pull": "pulled", "push": "pushed", "create": "created", "copy": "copied", "delete": "deleted"}
+
+
 async def not_here(request: web.Request) -> web.Response:
-    raise ApiError(501, f"{request.path} is not available: models are managed in the localai config "
-                        "(models: in localai.yaml), not pulled or created through the API.",
-                   code="not_supported", type="invalid_request_error")
+    """/api/pull, /push, /create, /copy, /delete: a client error that says where models come from.
+
+    Those that act on a model we have (push, copy, delete) say 404 for one we don't, as Ollama does."""
+    body = await read_body(request)
+    registry: Registry = request.app[REGISTRY]
+    action = request.path.rstrip("/").rsplit("/", 1)[-1]
+    if action in ("push", "copy", "delete"):
+        field = "source" if action == "copy" else "model"
+        name = body.get(field) or body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, f"'{field}' is required.", code="invalid_type", param=field)
+        registry.resolve(known_name(registry, name))
+    raise ApiError(400, f"Models cannot be {_PAST[action]} through this API: they are managed in the localai "
+                        "config (models: in localai.yaml).", code="not_supported")

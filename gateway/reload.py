@@ -1,0 +1,89 @@
+"""Reload on SIGHUP (`systemctl reload localai-gateway`): new keys, config and WebUI
+without a restart, and without touching a request in flight.
+
+What applies live: the key file, gateway.key_limits, models (added, removed, their
+aliases, presets, default, max_concurrency, context settings, external URLs and
+keys), max_queue, queue_timeout, health_interval, log_level, and a new WebUI build.
+What a running process cannot change (where it listens, the body limit, upstream
+timeouts, whether the WebUI is served, how vLLM servers are started) is logged as
+"needs restart". A config or key file with errors changes nothing: the gateway
+keeps what it has and logs why, FILE:LINE.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from .config import Config, ConfigError, ManagedModel, load_config
+from .keyring import load_keyring
+from .keys import ACCESS, MONITOR, REGISTRY
+from .plan import server_plan
+from .webui import WEBUI
+
+log = logging.getLogger("localai.reload")
+
+# Gateway settings a running process keeps until it restarts.
+_RESTART_SETTINGS = ("host", "port", "max_body_bytes", "connect_timeout", "read_timeout", "webui")
+
+
+class Reloader:
+    """Holds the config in force; reload() reads the file again and applies what it can."""
+
+    def __init__(self, app: web.Application, cfg: Config):
+        self.app = app
+        self.config = cfg
+
+    def reload(self) -> bool:
+        """True when the new config (and key file) are in force."""
+        old = self.config
+        log.info("reloading %s", old.source)
+        try:
+            new = load_config(old.source) if old.source.name != "<memory>" else old
+            keyring = load_keyring(new.gateway.api_key_file)
+        except ConfigError as exc:
+            log.error("reload failed; keeping the running config and keys:\n%s", exc,
+                      extra={"config": str(old.source)})
+            return False
+        needs_restart = _needs_restart(old, new)
+        app = self.app
+        access = app[ACCESS]
+        access.keyring = keyring
+        access.limiter.apply(new.gateway.key_limits)
+        added, removed = app[REGISTRY].apply(new)
+        monitor = app.get(MONITOR)
+        if monitor is not None:  # None before the app started
+            monitor.interval = new.gateway.health_interval
+            for b in removed:
+                monitor.unwatch(b.name)
+            for b in added:
+                monitor.watch(b)
+        logging.getLogger().setLevel(new.gateway.log_level.upper())
+        if WEBUI in app:
+            app[WEBUI].load()
+        self.config = new
+        for what in needs_restart:
+            log.warning("%s changed: needs restart (the running value stays)", what, extra={"setting": what})
+        log.info("reloaded %s: %d keys, models %s", new.source, len(keyring.names),
+                 ", ".join(app[REGISTRY].backends),
+                 extra={"keys": len(keyring.names), "added": [b.name for b in added],
+                        "removed": [b.name for b in removed], "needs_restart": needs_restart})
+        return True
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """What changed that this process cannot apply."""
+    changed = [f"gateway.{name}" for name in _RESTART_SETTINGS
+               if getattr(old.gateway, name) != getattr(new.gateway, name)]
+    if old.gateway.webui and old.gateway.webui_dir != new.gateway.webui_dir:
+        changed.append("gateway.webui_dir")
+    # How a vLLM server is started belongs to its own unit (or `localai up`): restart that.
+    for m in new.managed_models:
+        before = next((o for o in old.managed_models if o.name == m.name), None)
+        if isinstance(before, ManagedModel) and server_plan(before, old.vllm) != server_plan(m, new.vllm):
+            changed.append(f"model {m.name}'s vLLM server (restart localai-model@{m.name})")
+    return changed
+
+
+RELOADER = web.AppKey("reloader", Reloader)
