@@ -43,6 +43,7 @@ class Account:
     completion_tokens: int | None = None
     queue_wait: float | None = None
     error: str | None = None  # what went wrong after a stream had begun (its status was sent as 200)
+    answered: bool = False  # the stream's final event reached the client
 
     def add_usage(self, usage: object) -> None:
         """Take the counts of an OpenAI usage object, or an Anthropic / Responses one."""

@@ -82,8 +82,9 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = exc.status
         raise
     except BaseException:
-        # The client went away (handler cancelled) or something broke mid-stream.
-        status = 499
+        # The client went away (handler cancelled) or something broke mid-stream; a client
+        # that hangs up after the stream's final event had its whole answer.
+        status = 200 if acct.answered else 499
         raise
     finally:
         account(request, acct, status, rid, request.app[METRICS], request.get(KEY_NAME))

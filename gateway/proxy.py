@@ -26,6 +26,9 @@ _PASS_HEADERS = ("Content-Type",)
 # The usage object of OpenAI's final chunk, Anthropic's message_start/message_delta and
 # the Responses API's response.completed, however the backend spaces its JSON.
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
+# The event that ends a stream, in each API: the client has its whole answer once it is sent.
+_FINAL_EVENT = re.compile(rb"^(?:data: ?\[DONE\]|event: ?(?:message_stop|response\.(?:completed|failed|incomplete)))\s*$",
+                          re.M)
 # Paths whose streams report usage only when asked to (stream_options.include_usage).
 _USAGE_ON_REQUEST = ("/v1/chat/completions", "/v1/completions")
 
@@ -190,10 +193,15 @@ async def _pump_events(request: web.Request, resp: web.StreamResponse, upstream:
         out = data[:end + 2]
         if _USAGE.search(out):
             out = _take_usage(out, acct, strip_usage)
+        final = _FINAL_EVENT.search(out) is not None
         if adapter is not None:
             out = adapter.events(out)
         if out:
             await resp.write(out)
+        if final:
+            # A client may hang up once it has the final event (Codex does), before the backend
+            # closes the stream: the request was still answered.
+            acct.answered = True
     if carry and adapter is None:
         await resp.write(carry.replace(b"\r\n", b"\n") if crlf else carry)
     if adapter is not None:

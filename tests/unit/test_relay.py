@@ -3,10 +3,12 @@ CRLF-framed SSE (sse-starlette's default), usage JSON spaced another way, nonsen
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
 
+from tests.conftest import wait_until
 from tests.unit.test_gateway import CHAT
 
 MODEL = "odd"
@@ -98,3 +100,31 @@ async def test_nonsense_token_counts_never_break_a_200(stack, aiohttp_server):
     async with s.http.post(s.url + "/v1/chat/completions", json=dict(CHAT, stream=True)) as r:
         assert r.status == 200 and (await r.text()).endswith("data: [DONE]\n\n")
     assert _counted(s, "prompt") == 6 and _counted(s, "completion") == 0
+
+
+async def test_client_leaving_after_the_final_event_was_answered(stack, aiohttp_server):
+    """Codex hangs up as soon as it has response.completed, before the backend closes the stream."""
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "max_model_len": 4096}]})
+
+    async def responses(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        done = {"type": "response.completed", "response": {"id": "resp_1", "usage": {
+            "input_tokens": 9, "output_tokens": 1}}}
+        await resp.write(b"event: response.completed\ndata: " + json.dumps(done).encode() + b"\n\n")
+        await hold.wait()  # the backend keeps the stream open
+        return resp
+
+    hold = asyncio.Event()
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/responses", responses)
+    s = await _stack_with(stack, aiohttp_server, app)
+    async with s.http.post(s.url + "/v1/responses", json={"input": "hi", "stream": True},
+                           headers={"X-Request-ID": "codex-1"}) as r:
+        assert b"response.completed" in await r.content.readuntil(b"\n\n")
+    # The client is gone; the gateway's line for it says the request was answered.
+    await wait_until(lambda: any(line.get("request_id") == "codex-1" for line in s.log_lines()))
+    line = next(line for line in s.log_lines() if line.get("request_id") == "codex-1")
+    assert line["status"] == 200 and line["prompt_tokens"] == 9
