@@ -27,8 +27,8 @@ _PASS_HEADERS = ("Content-Type",)
 # the Responses API's response.completed, however the backend spaces its JSON.
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 # The event that ends a stream, in each API: the client has its whole answer once it is sent.
-_FINAL_EVENT = re.compile(rb"^(?:data: ?\[DONE\]|event: ?(?:message_stop|response\.(?:completed|failed|incomplete)))\s*$",
-                          re.M)
+_FINAL_EVENT = re.compile(
+    rb"^(?:data: ?\[DONE\]|event: ?(?:message_stop|response\.(?:completed|failed|incomplete)))\s*$", re.M)
 # Paths whose streams report usage only when asked to (stream_options.include_usage).
 _USAGE_ON_REQUEST = ("/v1/chat/completions", "/v1/completions")
 
