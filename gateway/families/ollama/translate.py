@@ -144,12 +144,15 @@ async def _answer(request: web.Request, body: dict, endpoint: str, out: dict, ki
     return await run(request, endpoint, out, adapter=Reshape(echo_name(registry, body.get("model")), kind))
 
 
-async def chat(request: web.Request) -> web.StreamResponse:
+async def _generating_request(request: web.Request, rules: validation.Rules) -> tuple[dict, object, bool]:
+    """The checked body of /api/chat or /api/generate, the model it names (our spelling) and whether to stream."""
     body = await read_body(request)
-    validation.check(body, validation.OLLAMA_CHAT)
-    registry: Registry = request.app[REGISTRY]
-    model = known_name(registry, body.get("model"))
-    stream = _stream(body)
+    validation.check(body, rules)
+    return body, known_name(request.app[REGISTRY], body.get("model")), _stream(body)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body, model, stream = await _generating_request(request, validation.OLLAMA_CHAT)
     messages = body.get("messages")
     if not messages:
         return await _loaded(request, body, "chat")
@@ -160,11 +163,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    body = await read_body(request)
-    validation.check(body, validation.OLLAMA_GENERATE)
+    body, model, stream = await _generating_request(request, validation.OLLAMA_GENERATE)
     registry: Registry = request.app[REGISTRY]
-    model = known_name(registry, body.get("model"))
-    stream = _stream(body)
     _no_images(body.get("images"), "images")
     prompt, suffix, system = body.get("prompt") or "", body.get("suffix"), body.get("system")
     if body.get("template"):
