@@ -43,6 +43,7 @@ class Account:
     completion_tokens: int | None = None
     queue_wait: float | None = None
     error: str | None = None  # what went wrong after a stream had begun (its status was sent as 200)
+    max_tokens_capped: int | None = None  # the context guard lowered max_tokens to this
 
     def add_usage(self, usage: object) -> None:
         """Take the counts of an OpenAI usage object, or an Anthropic / Responses one."""
@@ -86,5 +87,7 @@ def account(request: web.Request, acct: Account, status: int, rid: str, metrics:
         fields["queue_wait_ms"] = round(acct.queue_wait * 1000, 2)
     if acct.error:
         fields["error"] = acct.error
+    if acct.max_tokens_capped is not None:
+        fields["max_tokens_capped"] = acct.max_tokens_capped
     level = logging.DEBUG if endpoint in PROBE_PATHS and status == 200 else logging.INFO
     log.log(level, "%s %s %s", request.method, endpoint, status, extra=fields)

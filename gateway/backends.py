@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from enum import StrEnum
 
 import aiohttp
 
 from .admission import ModelSlots, WaitingRoom
-from .config import Config, ExternalModel, ManagedModel
+from .config import GLOB_CHARS, Config, ExternalModel, ManagedModel
 from .errors import ApiError
 from .observability import Metrics
 from .plan import backend_url, max_concurrency
@@ -93,9 +94,13 @@ class Registry:
             self.backends[m.name] = b
         self.default = self.backends[cfg.default_model.name]
         self._routes: dict[str, Route] = {}
+        # Glob aliases, in config order: tried only when no exact name matches, first match wins.
+        self._globs: list[tuple[str, Route]] = []
         for b in self.backends.values():
             for key in (b.name, *b.aliases, b.served_model_hint):
-                if key:
+                if key and key in b.aliases and any(c in key for c in GLOB_CHARS):
+                    self._globs.append((key, Route(b, {})))
+                elif key:
                     self._routes.setdefault(key, Route(b, {}))
             for preset, params in b.model.presets.items():
                 self._routes[preset] = Route(b, params.defaults())
@@ -107,12 +112,15 @@ class Registry:
         return [(name, r) for name, r in self._routes.items() if name in r.backend.model.presets]
 
     def resolve(self, model: object) -> Route:
-        """Route by name, alias, preset or served id; no model means the default. Raises ApiError."""
+        """Route by name, alias, preset, served id or glob alias; no model means the default.
+        Raises ApiError."""
         if model is None or model == "":
             return Route(self.default, {})
         if not isinstance(model, str):
             raise ApiError(400, "'model' must be a string.", code="invalid_type", param="model")
         route = self._routes.get(model)
+        if route is None:
+            route = next((r for pattern, r in self._globs if fnmatchcase(model, pattern)), None)
         if route is None:
             known = ", ".join(sorted(self.backends))
             raise ApiError(404, f"The model '{model}' does not exist. Available models: {known}.",

@@ -16,14 +16,17 @@ from aiohttp import web
 
 from .backends import Backend, Route
 from .config import ManagedModel
-from .context import Guarded, guard
+from .context import MESSAGES, Guarded, guard
 from .errors import ApiError
 from .keys import ACCOUNT, METRICS, MONITOR, REGISTRY, SESSION
-from .proxy import Adapter, forward
+from .proxy import Adapter, StreamError, forward
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
+COUNT_TOKENS = MESSAGES + "/count_tokens"
+# Paths whose bodies hold no prompt to guard.
+_UNGUARDED = (EMBEDDINGS, COUNT_TOKENS)
 _FIM_SLOTS = re.compile(r"(\{prefix\}|\{suffix\})")
 
 
@@ -96,17 +99,22 @@ def prepare(route: Route, endpoint: str, body: dict) -> dict:
         raise ApiError(400, f"Model '{backend.name}' is an embedding model; use /v1/embeddings.",
                        code="model_is_embedding", param="model")
     for key, value in route.defaults.items():
-        body.setdefault(key, value)
+        body.setdefault("stop_sequences" if key == "stop" and endpoint == MESSAGES else key, value)
     body["model"] = backend.served_id
     if endpoint == COMPLETIONS and body.get("suffix") is not None:
         body = _fill_in_the_middle(backend, body)
-    if endpoint == CHAT and body.get("tools") and body.get("tool_choice", "auto") != "none":
+    if endpoint in (CHAT, MESSAGES) and body.get("tools") and not _tools_off(body.get("tool_choice")):
         tools_ok = model.tool_call_parser if isinstance(model, ManagedModel) else model.tools
         if not tools_ok:
             raise ApiError(400, f"Model '{backend.name}' has no tool calling configured; set "
                                 "'tool_call_parser' for it in the config (e.g. hermes for Qwen2.5).",
                            code="tools_not_supported", param="tools")
     return body
+
+
+def _tools_off(tool_choice: object) -> bool:
+    """tool_choice 'none', in OpenAI's spelling or Anthropic's ({"type": "none"})."""
+    return tool_choice == "none" or (isinstance(tool_choice, dict) and tool_choice.get("type") == "none")
 
 
 @contextlib.asynccontextmanager
@@ -131,8 +139,8 @@ async def admitted(request: web.Request, backend: Backend):
         backend.slots.release()
 
 
-async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None
-              ) -> web.StreamResponse:
+async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None, *,
+              stream_error: StreamError | None = None) -> web.StreamResponse:
     check_fields(body, endpoint)
     app = request.app
     registry, metrics = app[REGISTRY], app[METRICS]
@@ -143,7 +151,7 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
     try:
         registry.check_serving(backend)
         body = prepare(route, endpoint, body)
-        guarded = await guard(app[SESSION], backend, body) if endpoint != EMBEDDINGS else Guarded(body)
+        guarded = Guarded(body) if endpoint in _UNGUARDED else await guard(app[SESSION], backend, body, endpoint)
     except ApiError as exc:
         metrics.rejections.labels(backend.name, exc.code).inc()
         raise
@@ -152,9 +160,13 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
         headers["X-LocalAI-Truncated-Messages"] = str(guarded.dropped)
         metrics.truncations.labels(backend.name).inc()
         metrics.dropped_messages.labels(backend.name).inc(guarded.dropped)
+    if guarded.max_tokens_capped is not None:
+        acct.max_tokens_capped = guarded.max_tokens_capped
+        headers["X-LocalAI-Max-Tokens-Capped"] = str(guarded.max_tokens_capped)
     async with admitted(request, backend):
         try:
-            return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers)
+            return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers,
+                                 stream_error=stream_error)
         except ApiError as exc:
             if exc.code == "backend_unreachable":
                 app[MONITOR].poke(backend.name)

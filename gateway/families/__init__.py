@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import ollama, openai
+from . import anthropic, ollama, openai
 
 
 def add_all_routes(app: web.Application) -> None:
-    for family in (openai, ollama):
+    for family in (openai, ollama, anthropic):
         family.add_routes(app)
