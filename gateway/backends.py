@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from enum import StrEnum
+from fnmatch import fnmatchcase
 
 import aiohttp
 
