@@ -58,6 +58,10 @@ def cap_max_tokens(body: dict, room: int) -> int | None:
         value = body.get(name)
         if isinstance(value, int) and value > room:
             body[name] = capped = room
+    thinking = body.get("thinking")  # Anthropic's: its budget must stay below max_tokens
+    if capped is not None and isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int) \
+            and thinking["budget_tokens"] >= capped:
+        body["thinking"] = {**thinking, "budget_tokens": capped - 1}
     return capped
 
 

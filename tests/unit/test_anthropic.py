@@ -177,15 +177,44 @@ async def test_broken_off_stream_ends_with_an_anthropic_error_event(stack):
 async def test_max_tokens_beyond_the_window_is_capped_and_said(stack):
     fake = FakeBackend(max_model_len=32768)
     s = await stack({"m": fake})
-    body = dict(ASK, max_tokens=32000, system="word " * 900)  # opencode's and Claude Code's ask
+    body = dict(ASK, max_tokens=32000, system="word " * 900,  # opencode's and Claude Code's ask
+                thinking={"type": "enabled", "budget_tokens": 31999})
     async with s.http.post(s.url + "/v1/messages", json=body, headers=HEADERS) as r:
         assert r.status == 200, await r.text()
         capped = int(r.headers["X-LocalAI-Max-Tokens-Capped"])
     counted = fake.received[-2]  # what the guard sent to count_tokens
     assert set(counted) == {"model", "messages", "system"}
     assert capped == 32768 - fake.last_count and fake.received[-1]["max_tokens"] == capped
+    assert fake.received[-1]["thinking"]["budget_tokens"] == capped - 1  # vLLM wants it below max_tokens
     access = [line for line in s.log_lines() if line.get("path") == "/v1/messages"][-1]
     assert access["max_tokens_capped"] == capped
+
+
+async def test_old_turns_dropped_but_never_a_tool_result_from_its_call(stack):
+    fake = FakeBackend(max_model_len=400)  # truncate policy; prompts up to 300 tokens
+    s = await stack({"m": fake})
+    call = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "done"}]}
+    old = [{"role": "user", "content": "word " * 350}, {"role": "assistant", "content": "ok"}]
+    body = dict(ASK, messages=[*old, {"role": "user", "content": "read it"}, call, result])
+    async with s.http.post(s.url + "/v1/messages", json=body, headers=HEADERS) as r:
+        assert r.status == 200 and r.headers["X-LocalAI-Truncated-Messages"] == "2"
+    assert fake.received[-1]["messages"] == body["messages"][2:]  # the call and its result stay together
+    # The latest turn (the question, the call, its result) alone too long: rejected, not split.
+    body["messages"][2]["content"] = "word " * 400
+    async with s.http.post(s.url + "/v1/messages", json=body, headers=HEADERS) as r:
+        assert r.status == 400
+        assert_anthropic_error(await r.json(), "invalid_request_error")
+    assert sum("max_tokens" in b for b in fake.received) == 1
+
+
+async def test_preset_defaults_apply_in_anthropic_names(stack):
+    fake = FakeBackend()
+    s = await stack({"m": (fake, {"presets": {"dev": {"temperature": 0.3, "stop": ["###"]}}})})
+    async with s.http.post(s.url + "/v1/messages", json=dict(ASK, model="dev"), headers=HEADERS) as r:
+        assert r.status == 200
+    sent = fake.received[-1]
+    assert sent["temperature"] == 0.3 and sent["stop_sequences"] == ["###"] and "stop" not in sent
 
 
 async def test_short_prompt_that_fits_is_not_counted_or_capped(stack):
