@@ -118,8 +118,10 @@ async def count_tokens(session: aiohttp.ClientSession, backend: Backend, body: d
         request = {"model": backend.served_id, "messages": body["messages"], "add_generation_prompt": True}
         if body.get("tools"):
             request["tools"] = body["tools"]
-    else:
+    elif "prompt" in body:
         request = {"model": backend.served_id, "prompt": body["prompt"]}
+    else:  # a body this guard can't read (another API's input): the backend judges it
+        return None
     headers = {"Content-Type": "application/json"}
     if backend.api_key:
         headers["Authorization"] = f"Bearer {backend.api_key}"
