@@ -50,6 +50,10 @@ class Account:
         if not isinstance(usage, dict):
             return
         prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        if prompt is not None and "prompt_tokens" not in usage:
+            # Anthropic's input_tokens leave out the prompt tokens read from or written to the cache.
+            prompt += sum(_count(usage.get(k)) or 0 for k in ("cache_read_input_tokens",
+                                                              "cache_creation_input_tokens"))
         completion = _count(usage.get("completion_tokens", usage.get("output_tokens")))
         if prompt is not None:
             self.prompt_tokens = prompt

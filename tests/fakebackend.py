@@ -172,7 +172,9 @@ class FakeBackend:
                 await asyncio.sleep(self.itl)
             return web.json_response({**message, "content": [{"type": "text", "text": "".join(text)}],
                                       "stop_reason": "max_tokens",
-                                      "usage": {"input_tokens": 7, "output_tokens": self.chunks}})
+                                      # vLLM with prompt-tokens details: 7 prompt tokens, 3 of them cached.
+                                      "usage": {"input_tokens": 4, "cache_read_input_tokens": 3,
+                                                "output_tokens": self.chunks}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
@@ -191,7 +193,9 @@ class FakeBackend:
         await event("content_block_stop", {"type": "content_block_stop", "index": 0})
         await event("message_delta", {"type": "message_delta",
                                       "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
-                                      "usage": {"input_tokens": 7, "output_tokens": self.chunks}})
+                                      # vLLM with prompt-tokens details: 7 prompt tokens, 3 of them cached.
+                                      "usage": {"input_tokens": 4, "cache_read_input_tokens": 3,
+                                                "output_tokens": self.chunks}})
         await event("message_stop", {"type": "message_stop"})
         await resp.write_eof()
         self.completed += 1

@@ -76,13 +76,14 @@ def test_claude_code_shaped_request_is_answered_with_max_tokens_capped(claude, r
               "input_schema": {"type": "object", "properties": {"path": {"type": "string"}},
                                "required": ["path"]}}]
     system = [{"type": "text", "text": "You are a coding agent."}]
-    raw = claude.messages.with_raw_response.create(
-        model="coder", max_tokens=32000, system=system, tools=tools, messages=ASK,
-        metadata={"user_id": "user_test"}, extra_query={"beta": "true"},
-        extra_headers={"anthropic-beta": "claude-code-20250219"})
+    # Streamed, as Claude Code does (the SDK refuses a non-streamed max_tokens this large).
+    with claude.messages.stream(model="coder", max_tokens=32000, system=system, tools=tools, messages=ASK,
+                                metadata={"user_id": "user_test"}, extra_query={"beta": "true"},
+                                extra_headers={"anthropic-beta": "claude-code-20250219"}) as stream:
+        capped = int(stream.response.headers["X-LocalAI-Max-Tokens-Capped"])
+        message = stream.get_final_message()
     prompt = claude.messages.count_tokens(model="coder", system=system, tools=tools, messages=ASK).input_tokens
-    assert int(raw.headers["X-LocalAI-Max-Tokens-Capped"]) == 2048 - prompt
-    message = raw.parse()
+    assert capped == 2048 - prompt
     assert message.usage.input_tokens == prompt and message.content
 
 
