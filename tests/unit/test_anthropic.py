@@ -51,6 +51,7 @@ async def test_claude_code_request_routes_by_glob_alias_to_the_backend(stack):
     async with s.http.post(s.url + "/v1/messages?beta=true", json=body, headers=headers) as r:
         assert r.status == 200, await r.text()
         answer = await r.json()
+        assert general.headers[-1]["X-Request-Id"] == r.headers["X-Request-ID"]  # one id, end to end
     assert answer["content"][0]["text"].startswith("tok0")
     sent = general.received[-1]
     assert sent["model"] == "general-id" and sent["system"] == body["system"] and sent["metadata"] == {"user_id": "u1"}
