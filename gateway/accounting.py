@@ -61,10 +61,17 @@ class Account:
             self.completion_tokens = completion
 
 
+def endpoint_label(request: web.Request) -> str:
+    """The route a request matched, as registered ("/v1/models/{model}"): never the raw path,
+    which anyone can vary to make a new metrics series per request."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 def account(request: web.Request, acct: Account, status: int, rid: str, metrics: Metrics) -> None:
     """The request's metrics and its one JSON log line."""
     elapsed = time.monotonic() - acct.started
-    endpoint = request.path
+    endpoint = endpoint_label(request)
     if acct.model is not None:
         metrics.child(metrics.requests, acct.model, endpoint, str(status)).inc()
         metrics.child(metrics.latency, acct.model, endpoint).observe(elapsed)
@@ -74,10 +81,10 @@ def account(request: web.Request, acct: Account, status: int, rid: str, metrics:
             metrics.child(metrics.prompt_tokens, acct.model).inc(acct.prompt_tokens)
         if acct.completion_tokens:
             metrics.child(metrics.completion_tokens, acct.model).inc(acct.completion_tokens)
-    elif endpoint.startswith(API_PREFIXES):
-        metrics.requests.labels("", endpoint, str(status)).inc()
+    elif request.path.startswith(API_PREFIXES):
+        metrics.child(metrics.requests, "", endpoint, str(status)).inc()
     fields: dict[str, object] = {
-        "request_id": rid, "method": request.method, "path": endpoint, "status": status,
+        "request_id": rid, "method": request.method, "path": request.path, "status": status,
         "latency_ms": round(elapsed * 1000, 2),
     }
     for name, value in (("model", acct.model), ("backend", acct.backend),
@@ -93,5 +100,5 @@ def account(request: web.Request, acct: Account, status: int, rid: str, metrics:
         fields["error"] = acct.error
     if acct.max_tokens_capped is not None:
         fields["max_tokens_capped"] = acct.max_tokens_capped
-    level = logging.DEBUG if endpoint in PROBE_PATHS and status == 200 else logging.INFO
-    log.log(level, "%s %s %s", request.method, endpoint, status, extra=fields)
+    level = logging.DEBUG if request.path in PROBE_PATHS and status == 200 else logging.INFO
+    log.log(level, "%s %s %s", request.method, request.path, status, extra=fields)

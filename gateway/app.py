@@ -18,6 +18,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .accounting import Account, account
@@ -100,6 +102,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             message = f"Request body is larger than the limit of {limit} bytes."
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, message, code=code, type=kind, headers=headers)
+    except (RequestPayloadError, HttpProcessingError):
+        # The body broke off mid-way (bad chunk framing or Content-Encoding): the client's fault.
+        return error_response(400, "The request body could not be read: its chunked framing or "
+                                   "Content-Encoding is invalid.", code="malformed_request")
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         raise  # the client left mid-stream; nothing to answer
     except Exception:
@@ -119,10 +125,26 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 # --- service handlers ------------------------------------------------------------
 
 
+def _holds_key(request: web.Request) -> bool:
+    keys = request.app[API_KEYS]
+    if not keys:
+        return True  # an open gateway shows everything to everyone
+    try:
+        check_key(keys, request)
+    except ApiError:
+        return False
+    return True
+
+
 async def health(request: web.Request) -> web.Response:
+    """Liveness and each model's state, for probes that carry no key. Why a model is down
+    (backend URLs, exception text) only for a caller that could read /v1/models anyway."""
     registry = request.app[REGISTRY]
-    return json_response({"status": "ok",
-                          "models": {name: b.describe() for name, b in registry.backends.items()}})
+    if _holds_key(request):
+        models = {name: b.describe() for name, b in registry.backends.items()}
+    else:
+        models = {name: {"state": b.state.value} for name, b in registry.backends.items()}
+    return json_response({"status": "ok", "models": models})
 
 
 async def ready(request: web.Request) -> web.Response:

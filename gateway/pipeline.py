@@ -14,6 +14,7 @@ import time
 import orjson
 from aiohttp import web
 
+from . import validation
 from .backends import Backend, Route
 from .config import ManagedModel
 from .context import MESSAGES, Guarded, guard
@@ -51,21 +52,10 @@ def parse_json_object(raw: bytes) -> dict:
     return body
 
 
-def check_fields(body: dict, endpoint: str) -> None:
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ApiError(400, "'stream' must be true or false.", code="invalid_type", param="stream")
-    if endpoint == CHAT:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty list.", code="invalid_type",
-                           param="messages")
-        if not all(isinstance(m, dict) for m in messages):
-            raise ApiError(400, "Each message must be an object with 'role' and 'content'.",
-                           code="invalid_type", param="messages")
-    elif endpoint == COMPLETIONS and not isinstance(body.get("prompt"), (str, list)):
-        raise ApiError(400, "'prompt' must be a string or a list.", code="invalid_type", param="prompt")
-    elif endpoint == EMBEDDINGS and not isinstance(body.get("input"), (str, list)):
-        raise ApiError(400, "'input' must be a string or a list.", code="invalid_type", param="input")
+_RULES = {CHAT: validation.CHAT, COMPLETIONS: validation.COMPLETIONS, EMBEDDINGS: validation.EMBEDDINGS,
+          MESSAGES: validation.ANTHROPIC_MESSAGES, COUNT_TOKENS: validation.ANTHROPIC_COUNT_TOKENS}
+_REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input", MESSAGES: "messages",
+             COUNT_TOKENS: "messages"}
 
 
 def _fill_in_the_middle(backend: Backend, body: dict) -> dict:
@@ -141,7 +131,7 @@ async def admitted(request: web.Request, backend: Backend):
 
 async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None, *,
               stream_error: StreamError | None = None) -> web.StreamResponse:
-    check_fields(body, endpoint)
+    validation.check(body, _RULES[endpoint], _REQUIRED[endpoint])
     app = request.app
     registry, metrics = app[REGISTRY], app[METRICS]
     route = registry.resolve(body.get("model"))

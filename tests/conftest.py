@@ -159,7 +159,9 @@ class RealStack:
         self.wait_ready(*self.model_ports, timeout=READY_TIMEOUT_S)
 
     def health(self) -> dict:
-        with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+        """Each model's state, and with the key, why it is not ready."""
+        request = urllib.request.Request(self.url + "/health", headers={"Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(request, timeout=5) as r:
             return json.load(r)["models"]
 
     def wait_ready(self, *names: str, timeout: float = READY_TIMEOUT_S) -> None:

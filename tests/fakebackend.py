@@ -76,7 +76,8 @@ class FakeBackend:
     async def _tokenize(self, request):
         self.tokenize_calls += 1
         body = await request.json()
-        text = body.get("prompt") or json.dumps(body.get("messages"))
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt or body.get("messages"))
         tokens = list(range(len(text.split())))
         self.last_count = len(tokens)
         return web.json_response({"count": len(tokens), "max_model_len": self.max_model_len,
@@ -200,3 +201,22 @@ class FakeBackend:
         await resp.write_eof()
         self.completed += 1
         return resp
+
+class EmbedFake(FakeBackend):
+    """An embedding server: /v1/embeddings only, like vLLM's pooling runner."""
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.router.add_post("/v1/embeddings", self._embed)
+        return app
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.received.append(body)
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        # Answer in reverse order: the gateway must sort by index.
+        data = [{"index": i, "object": "embedding",
+                 "embedding": [float(i), float(len(t) if isinstance(t, (str, list)) else 1), 0.5]}
+                for i, t in reversed(list(enumerate(texts)))]
+        return web.json_response({"object": "list", "model": self.model_id, "data": data,
+                                  "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}})

@@ -56,48 +56,15 @@ def stream_error(message: str) -> bytes:
     return b"event: error\ndata: " + data + b"\n\n"
 
 
-# --- bad input: caught here, so nothing malformed reaches a backend ----------------------
+# --- bad input: caught before anything is forwarded -------------------------------------
+# Field types are checked by the pipeline (validation.ANTHROPIC_*); here what Anthropic's API
+# requires besides them: a model always (no default model, unlike OpenAI's clients), max_tokens.
 
 
-def _bad(message: str, param: str) -> ApiError:
-    return ApiError(400, message, code="invalid_request", param=param)
-
-
-def _check_content(content: object, where: str) -> None:
-    if isinstance(content, str):
-        return
-    if not isinstance(content, list) or not all(isinstance(b, dict) and isinstance(b.get("type"), str)
-                                                for b in content):
-        raise _bad(f"{where}: must be a string or a list of content blocks, each with a 'type'.", where)
-
-
-def check_messages_body(body: dict, *, counting: bool) -> None:
-    """The fields the gateway relies on, typed as Anthropic's API types them."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model: a model name (string) is required.", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages: must be a non-empty list.", "messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise _bad(f"messages.{i}: must be an object with role 'user' or 'assistant'.", "messages")
-        _check_content(message.get("content"), f"messages.{i}.content")
-    if "system" in body and body["system"] is not None:
-        _check_content(body["system"], "system")
-    if "tools" in body and not (isinstance(body["tools"], list) and all(isinstance(t, dict) for t in body["tools"])):
-        raise _bad("tools: must be a list of tool objects.", "tools")
-    if counting:
-        if "stream" in body:
-            raise _bad("stream: count_tokens does not stream; leave 'stream' out.", "stream")
-        return
-    max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise _bad("max_tokens: a positive integer is required.", "max_tokens")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise _bad("stream: must be true or false.", "stream")
-    if "metadata" in body and not isinstance(body["metadata"], (dict, type(None))):
-        raise _bad("metadata: must be an object.", "metadata")
+def _require(body: dict, *names: str) -> None:
+    for name in names:
+        if body.get(name) in (None, ""):
+            raise ApiError(400, f"'{name}' is required.", code="invalid_type", param=name)
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -106,14 +73,17 @@ def check_messages_body(body: dict, *, counting: bool) -> None:
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages (Claude Code adds ?beta=true; the query changes nothing here)."""
     body = await read_json_body(request)
-    check_messages_body(body, counting=False)
+    _require(body, "model", "max_tokens")
     return await run(request, MESSAGES, body, stream_error=stream_error)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages/count_tokens: counted by the model's own server."""
     body = await read_json_body(request)
-    check_messages_body(body, counting=True)
+    _require(body, "model")
+    if "stream" in body:
+        raise ApiError(400, "count_tokens does not stream; leave 'stream' out.", code="invalid_value",
+                       param="stream")
     return await run(request, COUNT_TOKENS, body)
 
 

@@ -197,7 +197,11 @@ class StandIn:
         return web.json_response({"object": "list", "data": data}, headers=self._headers())
 
     async def _health(self, request: web.Request) -> web.Response:
-        models = {m.id: {"state": m.state, "reason": m.reason} for m in self.models}
+        # Like the gateway: why a model is down only for a caller with the key.
+        if self._authorized(request):
+            models = {m.id: {"state": m.state, "reason": m.reason} for m in self.models}
+        else:
+            models = {m.id: {"state": m.state} for m in self.models}
         return web.json_response({"status": "ok", "models": models}, headers=self._headers())
 
     async def _ready(self, request: web.Request) -> web.Response:

@@ -30,8 +30,15 @@ class Stack:
         self.fakes = fakes
         self._logs = logs
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def log_text(self) -> str:
+        return self._logs.getvalue()
+
     def log_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self._logs.getvalue().splitlines() if line.strip()]
+        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
 
     def metrics_text(self) -> str:
         from prometheus_client import generate_latest

@@ -12,7 +12,7 @@ import ollama
 import pytest
 from aiohttp import web
 
-from tests.fakebackend import FakeBackend
+from tests.fakebackend import EmbedFake, FakeBackend
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -34,25 +34,6 @@ def assert_ollama_error(body: dict, *needles: str) -> None:
     assert set(body) == {"error"} and isinstance(body["error"], str), body
     for needle in needles:
         assert needle in body["error"], (needle, body["error"])
-
-
-class EmbedFake(FakeBackend):
-    """An embedding server: /v1/embeddings only, like vLLM's pooling runner."""
-
-    def app(self) -> web.Application:
-        app = super().app()
-        app.router.add_post("/v1/embeddings", self._embed)
-        return app
-
-    async def _embed(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.received.append(body)
-        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        # Answer in reverse order: the gateway must sort by index.
-        data = [{"index": i, "object": "embedding", "embedding": [float(i), float(len(t)), 0.5]}
-                for i, t in reversed(list(enumerate(texts)))]
-        return web.json_response({"object": "list", "model": self.model_id, "data": data,
-                                  "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}})
 
 
 class ToolFake(FakeBackend):
@@ -424,7 +405,7 @@ async def test_embed_and_legacy_embeddings(stack):
     ("/api/generate", {"json": {"model": "m", "prompt": "x", "images": ["aGk="]}}, 400, "Images"),
     ("/api/generate", {"json": {"model": "m", "prompt": "x", "template": "{{ .Prompt }}"}}, 400, "template"),
     ("/api/generate", {"json": {"model": "m", "prompt": "x", "format": 3}}, 400, "format"),
-    ("/api/pull", {"json": {"model": "llama3"}}, 501, "localai config"),
+    ("/api/pull", {"json": {"model": "llama3"}}, 400, "localai config"),
     ("/api/nothing", {"json": {}}, 404, "/api/nothing"),
 ])
 async def test_errors_are_ollama_shaped(stack, path, kwargs, status, needle):

@@ -238,7 +238,8 @@ async function poll() {
     let rr;
     try {
       [hr, rr] = await Promise.all([
-        fetch('health', { cache: 'no-store', signal: t.signal }),
+        // With the key, /health also says why a model is down.
+        fetch('health', { headers: authHeaders(), cache: 'no-store', signal: t.signal }),
         fetch('ready', { cache: 'no-store', signal: t.signal }),
       ]);
     } finally {

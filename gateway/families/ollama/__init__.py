@@ -33,5 +33,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/generate", generate)
     app.router.add_post("/api/embed", embed)
     app.router.add_post("/api/embeddings", embed)
-    for path in ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"):
-        app.router.add_route("*", path, not_here)
+    for action in ("pull", "push", "create", "copy"):
+        app.router.add_post(f"/api/{action}", not_here)
+    app.router.add_delete("/api/delete", not_here)

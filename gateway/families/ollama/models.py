@@ -134,7 +134,21 @@ async def version(request: web.Request) -> web.Response:
     return json_response({"version": OLLAMA_VERSION})
 
 
+_PAST = {"pull": "pulled", "push": "pushed", "create": "created", "copy": "copied", "delete": "deleted"}
+
+
 async def not_here(request: web.Request) -> web.Response:
-    raise ApiError(501, f"{request.path} is not available: models are managed in the localai config "
-                        "(models: in localai.yaml), not pulled or created through the API.",
-                   code="not_supported", type="invalid_request_error")
+    """/api/pull, /push, /create, /copy, /delete: a client error that says where models come from.
+
+    Those that act on a model we have (push, copy, delete) say 404 for one we don't, as Ollama does."""
+    body = await read_body(request)
+    registry: Registry = request.app[REGISTRY]
+    action = request.path.rstrip("/").rsplit("/", 1)[-1]
+    if action in ("push", "copy", "delete"):
+        field = "source" if action == "copy" else "model"
+        name = body.get(field) or body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, f"'{field}' is required.", code="invalid_type", param=field)
+        registry.resolve(known_name(registry, name))
+    raise ApiError(400, f"Models cannot be {_PAST[action]} through this API: they are managed in the localai "
+                        "config (models: in localai.yaml).", code="not_supported")

@@ -6,6 +6,7 @@ import json
 
 from aiohttp import web
 
+from ... import validation
 from ...backends import Registry
 from ...errors import ApiError
 from ...keys import ACCOUNT, REGISTRY
@@ -17,18 +18,12 @@ from .common import OPTION_FIELDS, echo_name, known_name, now, read_body
 def _sampling(body: dict) -> dict:
     """Ollama `options` and `format` as OpenAI fields."""
     out: dict = {}
-    options = body.get("options")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(400, "'options' must be an object.", code="invalid_type", param="options")
-    for key, value in (options or {}).items():
+    for key, value in (body.get("options") or {}).items():  # typed by validation.OLLAMA_*
         if value is None:
             continue
         if key in OPTION_FIELDS:
             out[OPTION_FIELDS[key]] = value
         elif key == "num_predict":
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ApiError(400, "'options.num_predict' must be an integer.", code="invalid_type",
-                               param="options.num_predict")
             if value > 0:  # -1 (until done) and -2 (fill the context) are vLLM's default anyway
                 out["max_tokens"] = value
     fmt = body.get("format")
@@ -44,11 +39,7 @@ def _sampling(body: dict) -> dict:
 
 def _stream(body: dict) -> bool:
     stream = body.get("stream")
-    if stream is None:
-        return True  # Ollama streams unless told otherwise
-    if not isinstance(stream, bool):
-        raise ApiError(400, "'stream' must be true or false.", code="invalid_type", param="stream")
-    return stream
+    return True if stream is None else stream  # Ollama streams unless told otherwise
 
 
 def _no_images(images: object, where: str) -> None:
@@ -79,9 +70,6 @@ def _messages(messages: list) -> list[dict]:
     out: list[dict] = []
     open_calls: list[tuple[str, str]] = []  # (id, function name) not yet answered
     for m in messages:
-        if not isinstance(m, dict):
-            raise ApiError(400, "Each message must be an object with 'role' and 'content'.",
-                           code="invalid_type", param="messages")
         _no_images(m.get("images"), "messages[].images")
         msg = {"role": m.get("role"), "content": m.get("content") or ""}
         if m.get("tool_calls"):
@@ -135,14 +123,13 @@ async def _answer(request: web.Request, body: dict, endpoint: str, out: dict, ki
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_body(request)
+    validation.check(body, validation.OLLAMA_CHAT)
     registry: Registry = request.app[REGISTRY]
     model = known_name(registry, body.get("model"))
     stream = _stream(body)
     messages = body.get("messages")
-    if messages is None or messages == []:
+    if not messages:
         return await _loaded(request, body, "chat")
-    if not isinstance(messages, list):
-        raise ApiError(400, "'messages' must be a list.", code="invalid_type", param="messages")
     out = {"model": model, "messages": _messages(messages), "stream": stream, **_sampling(body)}
     if body.get("tools"):
         out["tools"] = body["tools"]
@@ -151,13 +138,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_body(request)
+    validation.check(body, validation.OLLAMA_GENERATE)
     registry: Registry = request.app[REGISTRY]
     model = known_name(registry, body.get("model"))
     stream = _stream(body)
     _no_images(body.get("images"), "images")
     prompt, suffix, system = body.get("prompt") or "", body.get("suffix"), body.get("system")
-    if not isinstance(prompt, str):
-        raise ApiError(400, "'prompt' must be a string.", code="invalid_type", param="prompt")
     if body.get("template"):
         raise ApiError(400, "Custom 'template' is not supported: the model's own chat template is used; "
                             "send raw: true with a fully formatted prompt instead.",
@@ -193,6 +179,10 @@ async def embed(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app[REGISTRY]
     model = known_name(registry, body.get("model"))
     legacy = request.path.rstrip("/") == "/api/embeddings"
+    if legacy:
+        validation.check(body, validation.OLLAMA_EMBEDDINGS, "prompt")
+    else:
+        validation.check(body, validation.OLLAMA_EMBED, "input")
     out: dict = {"model": model, "input": body.get("prompt") if legacy else body.get("input")}
     if isinstance(body.get("dimensions"), int):
         out["dimensions"] = body["dimensions"]
