@@ -44,12 +44,17 @@ class Account:
     queue_wait: float | None = None
     error: str | None = None  # what went wrong after a stream had begun (its status was sent as 200)
     answered: bool = False  # the stream's final event reached the client
+    max_tokens_capped: int | None = None  # the context guard lowered max_tokens to this
 
     def add_usage(self, usage: object) -> None:
         """Take the counts of an OpenAI usage object, or an Anthropic / Responses one."""
         if not isinstance(usage, dict):
             return
         prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        if prompt is not None and "prompt_tokens" not in usage:
+            # Anthropic's input_tokens leave out the prompt tokens read from or written to the cache.
+            prompt += sum(_count(usage.get(k)) or 0 for k in ("cache_read_input_tokens",
+                                                              "cache_creation_input_tokens"))
         completion = _count(usage.get("completion_tokens", usage.get("output_tokens")))
         if prompt is not None:
             self.prompt_tokens = prompt
@@ -97,5 +102,7 @@ def account(request: web.Request, acct: Account, status: int, rid: str, metrics:
         fields["queue_wait_ms"] = round(acct.queue_wait * 1000, 2)
     if acct.error:
         fields["error"] = acct.error
+    if acct.max_tokens_capped is not None:
+        fields["max_tokens_capped"] = acct.max_tokens_capped
     level = logging.DEBUG if request.path in PROBE_PATHS and status == 200 else logging.INFO
     log.log(level, "%s %s %s", request.method, request.path, status, extra=fields)

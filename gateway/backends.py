@@ -7,11 +7,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from fnmatch import fnmatchcase
 
 import aiohttp
 
 from .admission import ModelSlots, WaitingRoom
-from .config import Config, ExternalModel, ManagedModel
+from .config import GLOB_CHARS, Config, ExternalModel, ManagedModel
 from .errors import ApiError
 from .observability import Metrics
 from .plan import backend_url, max_concurrency
@@ -119,13 +120,17 @@ class Registry:
     def _route(self, cfg: Config) -> None:
         self.default = self.backends[cfg.default_model.name]
         routes: dict[str, Route] = {}
+        # Glob aliases, in config order: tried only when no exact name matches, first match wins.
+        globs: list[tuple[str, Route]] = []
         for b in self.backends.values():
             for key in (b.name, *b.aliases, b.served_model_hint, b.served_id):
-                if key:
+                if key and key in b.aliases and any(c in key for c in GLOB_CHARS):
+                    globs.append((key, Route(b, {})))
+                elif key:
                     routes.setdefault(key, Route(b, {}))
             for preset, params in b.model.presets.items():
                 routes[preset] = Route(b, params.defaults())
-        self._routes = routes
+        self._routes, self._globs = routes, globs
 
     def apply(self, cfg: Config) -> tuple[list[Backend], list[Backend]]:
         """A reloaded config: models added and removed, entries, limits and routes updated in place.
@@ -160,12 +165,15 @@ class Registry:
         return [(name, r) for name, r in self._routes.items() if name in r.backend.model.presets]
 
     def resolve(self, model: object) -> Route:
-        """Route by name, alias, preset or served id; no model means the default. Raises ApiError."""
+        """Route by name, alias, preset, served id or glob alias; no model means the default.
+        Raises ApiError."""
         if model is None or model == "":
             return Route(self.default, {})
         if not isinstance(model, str):
             raise ApiError(400, "'model' must be a string.", code="invalid_type", param="model")
         route = self._routes.get(model)
+        if route is None:
+            route = next((r for pattern, r in self._globs if fnmatchcase(model, pattern)), None)
         if route is None:
             known = ", ".join(sorted(self.backends))
             raise ApiError(404, f"The model '{model}' does not exist. Available models: {known}.",

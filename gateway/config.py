@@ -30,6 +30,10 @@ DEFAULT_CONFIG_PATH = Path("/etc/localai/localai.yaml")
 
 # Names become systemd instance names, metric labels and URL path parts.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# An alias may also be a glob (`claude-*`, `gpt-4?`) catching the names agents ask for by
+# default; `*` and `?` only (no `[...]`), plus the `:`, `/` and `@` of vendors' model ids.
+ALIAS_PATTERN = r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}|[A-Za-z0-9.:/@*?_-]*[*?][A-Za-z0-9.:/@*?_-]*)$"
+GLOB_CHARS = ("*", "?")
 
 KeyPath = tuple[str | int, ...]
 
@@ -153,7 +157,7 @@ class Preset(_Strict):
 
 class _ModelBase(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    aliases: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = []
+    aliases: list[Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=128)]] = []
     presets: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Preset] = {}
     default: bool = False
     max_concurrency: int | None = Field(None, ge=1)
@@ -331,7 +335,8 @@ def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
         keys += [(p, ("models", i, "presets", p)) for p in m.presets]
         for key, where in keys:
             if key in taken:
-                problems.append((where, f"'{key}' is already used by model '{taken[key]}'"))
+                also = f" (model '{m.name}' cannot use it too)" if taken[key] != m.name else ""
+                problems.append((where, f"'{key}' is already used by model '{taken[key]}'{also}"))
             else:
                 taken[key] = m.name
     ports: dict[int, KeyPath] = {cfg.gateway.port: ("gateway", "port")}

@@ -19,6 +19,9 @@ from .errors import ApiError
 
 log = logging.getLogger("localai.context")
 
+# The Anthropic Messages endpoint: its bodies are counted with the backend's count_tokens.
+MESSAGES = "/v1/messages"
+
 # Template tokens per message (role markers, separators) and per request, generously.
 _PER_MESSAGE = 16
 _PER_REQUEST = 64
@@ -29,18 +32,37 @@ _PER_TOOL_REQUEST = 512  # tool instructions some templates add
 class Guarded:
     body: dict
     dropped: int = 0  # messages dropped to fit
+    max_tokens_capped: int | None = None  # the answer's new limit, when the one asked for didn't fit
 
 
-def prompt_budget(backend: Backend, body: dict) -> int | None:
-    """Prompt tokens allowed: context_limit x max_model_len, leaving room for max_tokens."""
-    window = backend.max_model_len
-    if not window:
-        return None
-    allowed = int(backend.model.context_limit * window)
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(max_tokens, int) and max_tokens > 0:
-        allowed = min(allowed, window - max_tokens)
-    return allowed
+# Where clients say how long an answer may get: OpenAI chat and completions (and Anthropic
+# Messages), OpenAI's newer name, the Responses API.  Ollama's num_predict arrives as max_tokens.
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def prompt_limit(backend: Backend, window: int) -> int:
+    """Prompt tokens allowed: context_limit x max_model_len, and room for one token of answer."""
+    return min(int(backend.model.context_limit * window), window - 1)
+
+
+def requested_max_tokens(body: dict) -> int | None:
+    asked = [v for f in MAX_TOKENS_FIELDS if isinstance(v := body.get(f), int) and v > 0]
+    return max(asked) if asked else None
+
+
+def cap_max_tokens(body: dict, room: int) -> int | None:
+    """Lower every max-tokens field above *room* (what the window leaves after the prompt) to it,
+    as vLLM itself does; the new value, or None when the request asked for no more than fits."""
+    capped = None
+    for name in MAX_TOKENS_FIELDS:
+        value = body.get(name)
+        if isinstance(value, int) and value > room:
+            body[name] = capped = room
+    thinking = body.get("thinking")  # Anthropic's: its budget must stay below max_tokens
+    if capped is not None and isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int) \
+            and thinking["budget_tokens"] >= capped:
+        body["thinking"] = {**thinking, "budget_tokens": capped - 1}
+    return capped
 
 
 def _text_bytes(content: object) -> int | None:
@@ -58,8 +80,15 @@ def _text_bytes(content: object) -> int | None:
     return None
 
 
-def upper_bound(body: dict) -> int | None:
+def upper_bound(body: dict, path: str) -> int | None:
     """Tokens the prompt can at most take, or None when no cheap bound exists."""
+    if path == MESSAGES:
+        # Anthropic blocks (text, tool_use, tool_result) render as at most their JSON's bytes.
+        dumped = orjson.dumps([body.get("system"), body["messages"], body.get("tools")])
+        if b'"image"' in dumped or b'"document"' in dumped:
+            return None
+        tools = _PER_TOOL_REQUEST if body.get("tools") else 0
+        return len(dumped) + _PER_REQUEST + _PER_MESSAGE * len(body["messages"]) + tools
     if "messages" in body:
         total = _PER_REQUEST
         for message in body["messages"]:
@@ -76,26 +105,35 @@ def upper_bound(body: dict) -> int | None:
     return len(prompt.encode()) + _PER_REQUEST if isinstance(prompt, str) else None
 
 
-async def count_tokens(session: aiohttp.ClientSession, backend: Backend, body: dict) -> int | None:
-    """The prompt's size by the backend's own tokenizer and chat template (vLLM's /tokenize)."""
-    if "messages" in body:
+async def count_tokens(session: aiohttp.ClientSession, backend: Backend, body: dict, path: str
+                       ) -> int | None:
+    """The prompt's size by the backend's own tokenizer and chat template (vLLM's /tokenize,
+    or its /v1/messages/count_tokens for Anthropic bodies)."""
+    counter, answer_key = "/tokenize", "count"
+    if path == MESSAGES:
+        counter, answer_key = MESSAGES + "/count_tokens", "input_tokens"
+        request = {k: body[k] for k in ("messages", "system", "tools", "tool_choice") if k in body}
+        request["model"] = backend.served_id
+    elif "messages" in body:
         request = {"model": backend.served_id, "messages": body["messages"], "add_generation_prompt": True}
         if body.get("tools"):
             request["tools"] = body["tools"]
-    else:
+    elif "prompt" in body:
         request = {"model": backend.served_id, "prompt": body["prompt"]}
+    else:  # a body this guard can't read (another API's input): the backend judges it
+        return None
     headers = {"Content-Type": "application/json"}
     if backend.api_key:
         headers["Authorization"] = f"Bearer {backend.api_key}"
     try:
-        async with session.post(backend.url + "/tokenize", data=orjson.dumps(request), headers=headers,
+        async with session.post(backend.url + counter, data=orjson.dumps(request), headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=30)) as r:
             if r.status != 200:
                 if r.status == 404:  # not vLLM: nothing to count with
                     return None
                 raise ApiError(r.status if r.status < 500 else 502, await _error_text(r),
                                code="invalid_request" if r.status < 500 else "backend_error")
-            return int((await r.json())["count"])
+            return int((await r.json())[answer_key])
     except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
         log.warning("could not count tokens with %s: %s", backend.name, exc)
         return None
@@ -108,10 +146,20 @@ async def _error_text(r: aiohttp.ClientResponse) -> str:
         return f"the backend answered HTTP {r.status} when counting tokens"
 
 
+def _starts_turn(message: dict) -> bool:
+    """A user message, unless it only carries tool results (Anthropic's shape for them): those
+    belong to the assistant's tool call before them and are never split from it."""
+    if message.get("role") != "user":
+        return False
+    content = message.get("content")
+    return not (isinstance(content, list) and content
+                and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content))
+
+
 def _turn_starts(messages: list[dict], latest_user: int) -> list[int]:
     """Indices where droppable turns begin: each user message before the latest one,
     together with the assistant and tool messages that answer it."""
-    return [i for i in range(latest_user) if messages[i].get("role") == "user"]
+    return [i for i in range(latest_user) if _starts_turn(messages[i])]
 
 
 def _without_turns(messages: list[dict], starts: list[int], n: int, latest_user: int) -> list[dict]:
@@ -123,43 +171,49 @@ def _without_turns(messages: list[dict], starts: list[int], n: int, latest_user:
     return [m for i, m in enumerate(messages) if i >= cut_end or m.get("role") == "system"]
 
 
-async def guard(session: aiohttp.ClientSession, backend: Backend, body: dict) -> Guarded:
-    allowed = prompt_budget(backend, body)
-    if allowed is None:
+async def guard(session: aiohttp.ClientSession, backend: Backend, body: dict, path: str) -> Guarded:
+    """Hold the prompt to the model's limit (dropping old turns or rejecting, per its
+    context_policy), then cap max_tokens to what the window leaves: never stricter than vLLM."""
+    window = backend.max_model_len
+    if not window:
         return Guarded(body)
-    bound = upper_bound(body)
-    if bound is not None and bound <= allowed:
+    allowed = prompt_limit(backend, window)
+    bound = upper_bound(body, path)
+    if bound is not None and bound <= allowed and bound + (requested_max_tokens(body) or 0) <= window:
         return Guarded(body)
-    counted = await count_tokens(session, backend, body)
-    if counted is None or counted <= allowed:
+    counted = await count_tokens(session, backend, body, path)
+    if counted is None:
         return Guarded(body)
+    if counted <= allowed:
+        return Guarded(body, max_tokens_capped=cap_max_tokens(body, window - counted))
     messages = body.get("messages")
     policy = backend.model.context_policy
-    user_idx = [i for i, m in enumerate(messages or []) if m.get("role") == "user"]
+    user_idx = [i for i, m in enumerate(messages or []) if _starts_turn(m)]
     if policy == "reject" or not messages or not user_idx:
         raise _too_long(backend, counted, allowed, policy)
     latest_user = user_idx[-1]
     starts = _turn_starts(messages, latest_user)
     if not starts and any(m.get("role") != "system" for m in messages[:latest_user]):
         starts = [0]
-    # Fewest dropped turns that fit: binary search, each probe one /tokenize.
+    # Fewest dropped turns that fit: binary search, each probe one count.
     lo, hi, fit_count = 1, len(starts), None
     trimmed_body = None
     while lo <= hi:
         mid = (lo + hi) // 2
         candidate = {**body, "messages": _without_turns(messages, starts, mid, latest_user)}
-        n = await count_tokens(session, backend, candidate)
+        n = await count_tokens(session, backend, candidate, path)
         if n is not None and n <= allowed:
             hi, fit_count, trimmed_body = mid - 1, n, candidate
         else:
             lo = mid + 1
-    if trimmed_body is None:
+    if trimmed_body is None or fit_count is None:
         raise _too_long(backend, counted, allowed, "latest")
     dropped = len(messages) - len(trimmed_body["messages"])
     log.info("context guard dropped %d messages: %d tokens of %d allowed", dropped, counted, allowed,
              extra={"model": backend.name, "dropped_messages": dropped, "prompt_tokens_before": counted,
                     "prompt_tokens_after": fit_count, "allowed_tokens": allowed})
-    return Guarded(trimmed_body, dropped=dropped)
+    return Guarded(trimmed_body, dropped=dropped,
+                   max_tokens_capped=cap_max_tokens(trimmed_body, window - fit_count))
 
 
 def _too_long(backend: Backend, counted: int, allowed: int, why: str) -> ApiError:
@@ -170,6 +224,6 @@ def _too_long(backend: Backend, counted: int, allowed: int, why: str) -> ApiErro
     return ApiError(
         400,
         f"This model's context limit is {allowed} prompt tokens ({backend.model.context_limit:g} of "
-        f"max_model_len {backend.max_model_len}, less max_tokens); the prompt has {counted} tokens, "
+        f"max_model_len {backend.max_model_len}); the prompt has {counted} tokens, "
         f"and {hint}.",
         code="context_length_exceeded", param="messages")

@@ -72,6 +72,17 @@ def error_event(message: str, *, code: str, type: str = "server_error", param: s
                                                "code": code}}) + b"\n\n"
 
 
+def error_message(response: web.Response) -> str:
+    """The message of an error response: ours, a backend's (OpenAI-, Anthropic- or FastAPI-shaped), or its text."""
+    raw = response.body if isinstance(response.body, bytes) else b""
+    return message_of(raw) or raw.decode(errors="replace").strip() or response.reason or f"HTTP {response.status}"
+
+
+def reshaped_headers(response: web.StreamResponse) -> dict[str, str]:
+    """An error response's headers (Retry-After, Allow...) for its reshaped copy."""
+    return {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
+
+
 # aiohttp's own HTTP exceptions (no route, wrong method, body too large) mapped to codes.
 HTTP_CODES = {
     404: ("not_found", "invalid_request_error"),
@@ -83,18 +94,21 @@ HTTP_CODES = {
 
 # An API family's error shape: an OpenAI-shaped error response in, the family's own out.
 Reshape = Callable[[web.Response], web.Response]
+# Whether a request under the prefix speaks the family's API (e.g. sends its version header).
+Speaks = Callable[[web.Request], bool]
 ERROR_SHAPES = web.AppKey("error_shapes", list)
 
 
-def register_error_shape(app: web.Application, prefix: str, reshape: Reshape) -> None:
-    """Errors on paths under `prefix` leave in this family's shape (the longest prefix wins)."""
-    shapes: list[tuple[str, Reshape]] = app.setdefault(ERROR_SHAPES, [])
-    shapes.append((prefix, reshape))
+def register_error_shape(app: web.Application, prefix: str, reshape: Reshape, when: Speaks | None = None) -> None:
+    """Errors on paths under `prefix` leave in this family's shape (the longest prefix wins),
+    for every request there or only those `when` picks out."""
+    shapes: list[tuple[str, Reshape, Speaks | None]] = app.setdefault(ERROR_SHAPES, [])
+    shapes.append((prefix, reshape, when))
     shapes.sort(key=lambda entry: len(entry[0]), reverse=True)
 
 
 def shape_error(request: web.Request, response: web.Response) -> web.Response:
-    for prefix, reshape in request.app.get(ERROR_SHAPES, ()):
-        if request.path.startswith(prefix):
+    for prefix, reshape, when in request.app.get(ERROR_SHAPES, ()):
+        if request.path.startswith(prefix) and (when is None or when(request)):
             return reshape(response)
     return response

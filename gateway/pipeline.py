@@ -19,10 +19,10 @@ from aiohttp import web
 from . import validation
 from .backends import Backend, Route
 from .config import ManagedModel
-from .context import Guarded, guard
+from .context import MESSAGES, Guarded, guard
 from .errors import ApiError
 from .keys import ACCESS, ACCOUNT, KEY_NAME, LIFECYCLE, METRICS, MONITOR, REGISTRY, SESSION
-from .proxy import Adapter, forward
+from .proxy import Adapter, StreamError, forward
 from .waiting import serve_on_demand
 
 CHAT = "/v1/chat/completions"
@@ -44,7 +44,10 @@ _ENDPOINT_TASKS = {
     DETOKENIZE: ("generate", "embed", "score"),
 }
 # Endpoints that generate, and so take a preset's sampling defaults.
-_GENERATING = (CHAT, COMPLETIONS, RESPONSES)
+_GENERATING = (CHAT, COMPLETIONS, RESPONSES, MESSAGES)
+COUNT_TOKENS = MESSAGES + "/count_tokens"
+# Paths whose prompts the default context guard holds to the window.
+_GUARDED = (CHAT, COMPLETIONS, MESSAGES)
 _FIM_SLOTS = re.compile(r"(\{prefix\}|\{suffix\})")
 
 
@@ -69,8 +72,10 @@ def parse_json_object(raw: bytes) -> dict:
     return body
 
 
-_RULES = {CHAT: validation.CHAT, COMPLETIONS: validation.COMPLETIONS, EMBEDDINGS: validation.EMBEDDINGS}
-_REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
+_RULES = {CHAT: validation.CHAT, COMPLETIONS: validation.COMPLETIONS, EMBEDDINGS: validation.EMBEDDINGS,
+          MESSAGES: validation.ANTHROPIC_MESSAGES, COUNT_TOKENS: validation.ANTHROPIC_COUNT_TOKENS}
+_REQUIRED = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input", MESSAGES: "messages",
+             COUNT_TOKENS: "messages"}
 
 
 def _fill_in_the_middle(backend: Backend, body: dict) -> dict:
@@ -119,11 +124,13 @@ def prepare(route: Route, endpoint: str, body: dict) -> dict:
         for key, value in route.defaults.items():
             if key == "max_tokens" and endpoint == RESPONSES:
                 key = "max_output_tokens"  # the Responses API's name for it
+            elif key == "stop" and endpoint == MESSAGES:
+                key = "stop_sequences"  # the Messages API's name for it
             body.setdefault(key, value)
     body["model"] = backend.served_id
     if endpoint == COMPLETIONS and body.get("suffix") is not None:
         body = _fill_in_the_middle(backend, body)
-    if endpoint == CHAT and body.get("tools") and body.get("tool_choice", "auto") != "none":
+    if endpoint in (CHAT, MESSAGES) and body.get("tools") and not _tools_off(body.get("tool_choice")):
         tools_ok = model.tool_call_parser if isinstance(model, ManagedModel) else model.tools
         if not tools_ok:
             raise ApiError(400, f"Model '{backend.name}' has no tool calling configured; set "
@@ -135,9 +142,9 @@ def prepare(route: Route, endpoint: str, body: dict) -> dict:
 Guard = Callable[[aiohttp.ClientSession, Backend, dict], Awaitable[Guarded]]
 
 
-async def unguarded(session: aiohttp.ClientSession, backend: Backend, body: dict) -> Guarded:
-    """Endpoints with no prompt to hold to the context window (embeddings, scores, tokenize)."""
-    return Guarded(body)
+def _tools_off(tool_choice: object) -> bool:
+    """tool_choice 'none', in OpenAI's spelling or Anthropic's ({"type": "none"})."""
+    return tool_choice == "none" or (isinstance(tool_choice, dict) and tool_choice.get("type") == "none")
 
 
 @contextlib.asynccontextmanager
@@ -171,8 +178,9 @@ async def admitted(request: web.Request, backend: Backend):
 
 
 async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None, *,
-              guard_with: Guard | None = None) -> web.StreamResponse:
-    """guard_with: the context guard for this API's bodies (chat and completions have the default)."""
+              guard_with: Guard | None = None, stream_error: StreamError | None = None) -> web.StreamResponse:
+    """guard_with: the context guard for this API's bodies (chat, completions and messages have the
+    default); stream_error: the family's last event for a stream its backend breaks off."""
     validation.check(body, _RULES.get(endpoint, {}), _REQUIRED.get(endpoint))
     app = request.app
     registry, metrics = app[REGISTRY], app[METRICS]
@@ -190,7 +198,8 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
         raise
 
     async def serve(prepared: web.StreamResponse | None) -> web.StreamResponse:
-        return await _guarded_forward(request, backend, endpoint, body, adapter, prepared, guard_with)
+        return await _guarded_forward(request, backend, endpoint, body, adapter, prepared, guard_with,
+                                      stream_error)
 
     if on_demand:
         return await serve_on_demand(request, backend, body.get("stream") is True, adapter, serve)
@@ -199,16 +208,18 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
 
 async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str, body: dict,
                            adapter: Adapter | None, prepared: web.StreamResponse | None,
-                           guard_with: Guard | None) -> web.StreamResponse:
+                           guard_with: Guard | None, stream_error: StreamError | None) -> web.StreamResponse:
     """Guard -> admit -> proxy, once the model serves."""
     app = request.app
-    metrics = app[METRICS]
+    metrics, acct = app[METRICS], request[ACCOUNT]
     try:
         # After the model is in: an on_demand model's max_model_len may be learnt only then.
-        validation.check_output_budget(body, backend.max_model_len)
-        if guard_with is None:
-            guard_with = guard if endpoint in (CHAT, COMPLETIONS) else unguarded
-        guarded = await guard_with(app[SESSION], backend, body)
+        if guard_with is not None:
+            guarded = await guard_with(app[SESSION], backend, body)
+        elif endpoint in _GUARDED:
+            guarded = await guard(app[SESSION], backend, body, endpoint)
+        else:  # no prompt to hold to the window: embeddings, scores, tokenize, count_tokens
+            guarded = Guarded(body)
     except ApiError as exc:
         metrics.rejections.labels(backend.name, exc.code).inc()
         raise
@@ -217,10 +228,13 @@ async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str
         headers["X-LocalAI-Truncated-Messages"] = str(guarded.dropped)
         metrics.truncations.labels(backend.name).inc()
         metrics.dropped_messages.labels(backend.name).inc(guarded.dropped)
+    if guarded.max_tokens_capped is not None:
+        acct.max_tokens_capped = guarded.max_tokens_capped
+        headers["X-LocalAI-Max-Tokens-Capped"] = str(guarded.max_tokens_capped)
     async with admitted(request, backend):
         try:
             return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers,
-                                 prepared=prepared)
+                                 prepared=prepared, stream_error=stream_error)
         except ApiError as exc:
             if exc.code == "backend_unreachable":
                 app[MONITOR].poke(backend.name)

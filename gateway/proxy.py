@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import aiohttp
@@ -51,6 +52,14 @@ class Adapter(Protocol):
         """The last bytes of a stream the backend broke off."""
 
 
+# The last event of a stream its backend broke off, in the client's API's shape.
+StreamError = Callable[[str], bytes]
+
+
+def _openai_stream_error(message: str) -> bytes:
+    return error_event(message, code="backend_error")
+
+
 def event_json(event: bytes) -> object:
     """The JSON of an SSE event's data lines (None if there is none)."""
     data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
@@ -85,10 +94,12 @@ def _ask_for_usage(path: str, body: dict) -> bool:
 
 async def forward(request: web.Request, backend: Backend, path: str, body: dict, *,
                   adapter: Adapter | None = None, headers: dict[str, str] | None = None,
-                  prepared: web.StreamResponse | None = None, method: str = "POST") -> web.StreamResponse:
+                  prepared: web.StreamResponse | None = None, method: str = "POST",
+                  stream_error: StreamError | None = None) -> web.StreamResponse:
     """`prepared`: a stream already opened for this request (while its model was loading);
     the answer continues it, and an error becomes its last event (raised as ApiError).
-    A GET (`method`) sends no body: its `body` only says whether to relay a stream."""
+    A GET (`method`) sends no body: its `body` only says whether to relay a stream.
+    `stream_error`: the family's last event for a stream its backend breaks off."""
     app = request.app
     acct = request[ACCOUNT]
     stream = body.get("stream") is True
@@ -123,7 +134,8 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
                 if adapter is not None:
                     data = adapter.body(data)
             return web.Response(body=data, status=upstream.status, headers={**out_headers, **(headers or {})})
-        return await _relay_stream(request, upstream, strip_usage, adapter, headers or {}, prepared)
+        last_words = adapter.error if adapter is not None else stream_error or _openai_stream_error
+        return await _relay_stream(request, upstream, strip_usage, adapter, headers or {}, prepared, last_words)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
         raise ApiError(502, f"Model '{backend.name}' broke off the response ({type(exc).__name__}).",
                        code="backend_error", type="server_error") from None
@@ -138,7 +150,7 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
 
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, strip_usage: bool,
                         adapter: Adapter | None, headers: dict[str, str],
-                        prepared: web.StreamResponse | None) -> web.StreamResponse:
+                        prepared: web.StreamResponse | None, last_words: StreamError) -> web.StreamResponse:
     acct = request[ACCOUNT]
     if prepared is not None:
         resp = prepared
@@ -156,10 +168,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         # The status line is gone already: end the stream with an error event the
         # client can show, instead of leaving it waiting for more.
         acct.error = f"Model '{acct.model}' broke off the response ({type(exc).__name__})."
-        if adapter is not None:
-            await resp.write(adapter.error(acct.error))
-        else:
-            await resp.write(error_event(acct.error, code="backend_error"))
+        await resp.write(last_words(acct.error))
         await resp.write_eof()
     return resp
 

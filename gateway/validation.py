@@ -42,17 +42,6 @@ def check(body: dict, rules: Rules, required: str | None = None) -> None:
                 raise ApiError(400, f"'{param}' {problem.text}.", code=problem.code, param=param)
 
 
-def check_output_budget(body: dict, max_model_len: int | None) -> None:
-    """max_tokens (or max_completion_tokens) no larger than the model's whole context."""
-    if not max_model_len:
-        return
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if type(value) is int and value > max_model_len:
-            raise ApiError(400, f"'{name}' is {value}, more than this model's context of "
-                                f"{max_model_len} tokens (max_model_len).", code=_VALUE, param=name)
-
-
 # --- checks ----------------------------------------------------------------------------------
 
 
@@ -279,3 +268,27 @@ OLLAMA_EMBED = {
     "dimensions": integer(1),
 }
 OLLAMA_EMBEDDINGS = {**_OLLAMA_COMMON, "prompt": STRING}  # the older /api/embeddings
+
+# --- the Anthropic Messages API (model and max_tokens required: families/anthropic.py) ---------
+
+# Claude Code (2.1) puts a "system" turn inside messages too; vLLM's Messages API takes it.
+_ANTHROPIC_MESSAGE = fields({"role": one_of("user", "assistant", "system"), "content": _content},
+                            "must be an object with 'role' and 'content'", required=("role", "content"))
+_ANTHROPIC_PROMPT: dict[str, Check] = {
+    "messages": list_of(_ANTHROPIC_MESSAGE, "must be a non-empty list", non_empty=True),
+    "system": _content,
+    "tools": OBJECTS,
+    "tool_choice": OBJECT,
+    "thinking": OBJECT,
+}
+ANTHROPIC_COUNT_TOKENS = _ANTHROPIC_PROMPT
+ANTHROPIC_MESSAGES = {
+    **_ANTHROPIC_PROMPT,
+    "max_tokens": _MAX_TOKENS,
+    "stream": BOOLEAN,
+    "metadata": OBJECT,
+    "stop_sequences": list_of(STRING, "must be a list of strings"),
+    "temperature": number(0, 2),
+    "top_p": number(0, 1, lo_open=True),
+    "top_k": integer(-1),
+}

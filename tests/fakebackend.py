@@ -1,10 +1,11 @@
 """A fake OpenAI-compatible backend for fast tests of gateway logic.
 
 It answers like vLLM (/health, /v1/models, /tokenize, /detokenize, /metrics,
-chat and completions, JSON or SSE; the Responses API with its typed events,
-stored ids, retrieve and cancel; /rerank and /score) with settable time to
-first token, inter-token delay and length, and records what it received and
-what was cancelled.
+chat and completions, JSON or SSE; Anthropic's /v1/messages and its
+count_tokens; the Responses API with its typed events, stored ids, retrieve
+and cancel; /rerank and /score) with settable time to first token,
+inter-token delay and length, and records what it received and what was
+cancelled.
 Like vLLM in sleep mode (VLLM_SERVER_DEV_MODE=1) it has /sleep?level=N,
 /wake_up, /is_sleeping, /collective_rpc and /reset_prefix_cache, and refuses
 to generate while asleep. Run as a program (`main`) it stands in for a vLLM
@@ -43,6 +44,7 @@ class FakeBackend:
     peak_active: int = 0
     cancelled: int = 0
     tokenize_calls: int = 0
+    last_count: int | None = None  # what /tokenize or count_tokens answered last
     # Drop the connection after this many streamed chunks, like a crashing server.
     break_after: int | None = None
     completed: int = 0
@@ -76,6 +78,8 @@ class FakeBackend:
         app.router.add_get("/is_sleeping", self._is_sleeping)
         app.router.add_post("/collective_rpc", self._sleep_mode_call)
         app.router.add_post("/reset_prefix_cache", self._sleep_mode_call)
+        app.router.add_post("/v1/messages", self._generate)
+        app.router.add_post("/v1/messages/count_tokens", self._count_messages)
         return app
 
     async def _sleep(self, request):
@@ -163,8 +167,18 @@ class FakeBackend:
         prompt = body.get("prompt")
         text = prompt if isinstance(prompt, str) else json.dumps(prompt or body.get("messages"))
         tokens = list(range(len(text.split())))
+        self.last_count = len(tokens)
         return web.json_response({"count": len(tokens), "max_model_len": self.max_model_len,
                                   "tokens": tokens})
+
+    async def _count_messages(self, request):
+        """Anthropic's count_tokens: one token per word of the system, messages and tools."""
+        self.tokenize_calls += 1
+        body = await request.json()
+        self.received.append(body)
+        text = json.dumps([body.get("system"), body.get("messages"), body.get("tools")])
+        self.last_count = len(text.split())
+        return web.json_response({"input_tokens": self.last_count})
 
     async def _metrics(self, request):
         # Its memory, as vLLM's sleep mode changes it: all of its share awake, none asleep.
@@ -179,15 +193,26 @@ class FakeBackend:
         return {"id": "x", "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": self.model_id, "choices": [choice]}
 
+    async def _pace(self, i: int, request: web.Request) -> bool:
+        """Wait before streamed chunk i (gate, inter-token delay); False when the server 'crashes' here."""
+        if i == self.break_after:
+            request.transport.close()
+            return False
+        await self._paced(i)
+        return True
+
     async def _generate(self, request: web.Request):
         body = await request.json()
         chat = request.path.endswith("chat/completions")
+        anthropic = request.path == "/v1/messages"
         async with self._generating(request, body):
             if self.sleeping:
                 return web.json_response({"error": {"message": "the engine is asleep", "code": 500}}, status=500)
             if (wrong := self._wrong_model(body)) is not None:
                 return wrong
             await asyncio.sleep(self.ttft)
+            if anthropic:
+                return await self._anthropic(request, body)
             usage = {"prompt_tokens": 7, "completion_tokens": self.chunks, "total_tokens": 7 + self.chunks}
             if not body.get("stream"):
                 for _ in range(self.chunks):
@@ -201,10 +226,8 @@ class FakeBackend:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             for i in range(self.chunks):
-                if i == self.break_after:
-                    request.transport.close()
+                if not await self._pace(i, request):
                     return resp
-                await self._paced(i)
                 await resp.write(b"data: " + json.dumps(self._chunk(i, chat)).encode() + b"\n\n")
             if (body.get("stream_options") or {}).get("include_usage"):
                 final = {"id": "x", "object": "chat.completion.chunk", "model": self.model_id,
@@ -314,6 +337,45 @@ class FakeBackend:
         self.received.append(body)
         return web.json_response({"prompt": " ".join(f"t{t}" for t in body["tokens"])})
 
+    # --- Anthropic Messages, as vLLM's /v1/messages answers -------------------------------
+
+    async def _anthropic(self, request: web.Request, body: dict) -> web.StreamResponse:
+        text = [f"tok{i} " for i in range(self.chunks)]
+        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": self.model_id,
+                   "stop_reason": None, "stop_sequence": None, "content": []}
+        if not body.get("stream"):
+            for _ in range(self.chunks):
+                await asyncio.sleep(self.itl)
+            return web.json_response({**message, "content": [{"type": "text", "text": "".join(text)}],
+                                      "stop_reason": "max_tokens",
+                                      # vLLM with prompt-tokens details: 7 prompt tokens, 3 of them cached.
+                                      "usage": {"input_tokens": 4, "cache_read_input_tokens": 3,
+                                                "output_tokens": self.chunks}})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def event(name: str, data: dict) -> None:
+            await resp.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+
+        await event("message_start", {"type": "message_start",
+                                      "message": {**message, "usage": {"input_tokens": 7, "output_tokens": 0}}})
+        await event("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "text", "text": ""}})
+        for i, piece in enumerate(text):
+            if not await self._pace(i, request):
+                return resp
+            await event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                "delta": {"type": "text_delta", "text": piece}})
+        await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        await event("message_delta", {"type": "message_delta",
+                                      "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+                                      # vLLM with prompt-tokens details: 7 prompt tokens, 3 of them cached.
+                                      "usage": {"input_tokens": 4, "cache_read_input_tokens": 3,
+                                                "output_tokens": self.chunks}})
+        await event("message_stop", {"type": "message_stop"})
+        await resp.write_eof()
+        self.completed += 1
+        return resp
 
 class EmbedFake(FakeBackend):
     """An embedding server: /v1/embeddings only, like vLLM's pooling runner."""

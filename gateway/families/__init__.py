@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import ollama, openai, responses
+from . import anthropic, ollama, openai, responses
 
 
 def add_all_routes(app: web.Application) -> None:
-    for family in (openai, ollama, responses):
+    for family in (openai, ollama, anthropic, responses):
         family.add_routes(app)

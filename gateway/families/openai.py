@@ -12,6 +12,7 @@ from ..backends import Backend, Route
 from ..keys import REGISTRY
 from ..lifecycle import residence_fields
 from ..pipeline import json_response, read_json_body, run
+from . import anthropic
 
 # Clients differ on the trailing slash; both spellings work.
 GENERATING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -44,6 +45,8 @@ def preset_card(name: str, route: Route) -> dict:
 
 async def list_models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
+    if anthropic.asks_anthropic(request):
+        return json_response(anthropic.model_list(registry))
     data = [model_card(b, b is registry.default) for b in registry.backends.values()]
     data += [preset_card(name, route) for name, route in registry.presets()]
     return json_response({"object": "list", "data": data})
@@ -54,6 +57,9 @@ async def retrieve_model(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     name = request.match_info["model"]
     route = registry.resolve(name)
+    if anthropic.asks_anthropic(request):
+        return json_response(anthropic.model_entry(name if name in route.backend.model.presets
+                                                   else route.backend.name))
     if name in route.backend.model.presets:
         return json_response(preset_card(name, route))
     return json_response(model_card(route.backend, route.backend is registry.default))

@@ -43,7 +43,7 @@ from ..backends import Backend, State
 from ..context import Guarded, guard
 from ..errors import ApiError
 from ..keys import ACCOUNT, MONITOR, REGISTRY, SESSION
-from ..pipeline import DETOKENIZE, RERANK, RESPONSES, SCORE, TOKENIZE, read_json_body, run
+from ..pipeline import CHAT, DETOKENIZE, RERANK, RESPONSES, SCORE, TOKENIZE, read_json_body, run
 from ..proxy import event_json, forward
 
 log = logging.getLogger("localai.responses")
@@ -268,9 +268,8 @@ async def guard_responses(session: aiohttp.ClientSession, backend: Backend, body
     is its max_tokens; turns it drops are dropped from `input` too."""
     view, source = chat_view(body)
     try:
-        # The one call site of the context guard for this API: where it caps max_tokens to the
-        # room left (the anthropic branch's change), the cap comes back as max_output_tokens below.
-        guarded = await guard(session, backend, view)
+        # The guard caps the view's max_tokens to the room left; it goes back as max_output_tokens below.
+        guarded = await guard(session, backend, view, CHAT)
     except ApiError as exc:
         if exc.code != "invalid_request":
             raise
@@ -283,7 +282,7 @@ async def guard_responses(session: aiohttp.ClientSession, backend: Backend, body
     if guarded.dropped:
         kept = [source[id(m)] for m in guarded.body["messages"] if id(m) in source]
         body["input"] = kept
-    return Guarded(body, dropped=guarded.dropped)
+    return Guarded(body, dropped=guarded.dropped, max_tokens_capped=guarded.max_tokens_capped)
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:

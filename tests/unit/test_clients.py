@@ -70,15 +70,22 @@ async def test_latest_message_alone_too_long_is_400(stack):
         assert_openai_error(await r.json(), "context_length_exceeded")
 
 
-async def test_max_tokens_leaves_room(stack):
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_max_tokens_too_big_for_the_window_is_capped_not_rejected(stack, field):
     fake = FakeBackend(max_model_len=400)
     s = await stack({"m": (fake, {"context_policy": "reject"})})
-    body = {"messages": [{"role": "user", "content": "word " * 150}], "max_tokens": 300}
+    body = {"messages": [{"role": "user", "content": "word " * 150}], field: 300}
     async with s.http.post(s.url + "/v1/chat/completions", json=body) as r:
-        assert r.status == 400  # 150 words fit 300, but not 400 - 300 = 100
-    body["max_tokens"] = 10
+        assert r.status == 200, await r.text()  # 150 words fit; 300 more would not: capped, as vLLM does
+        capped = int(r.headers["X-LocalAI-Max-Tokens-Capped"])
+    assert fake.received[-1][field] == capped < 300
+    assert capped == 400 - fake.last_count
+    assert [line["max_tokens_capped"] for line in s.log_lines() if line.get("path") == "/v1/chat/completions"] \
+        == [capped]
+    body[field] = 10  # fits: left alone, no header
     async with s.http.post(s.url + "/v1/chat/completions", json=body) as r:
-        assert r.status == 200
+        assert r.status == 200 and "X-LocalAI-Max-Tokens-Capped" not in r.headers
+    assert fake.received[-1][field] == 10
 
 
 async def test_models_report_limits_and_presets(stack):

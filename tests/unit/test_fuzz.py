@@ -22,10 +22,12 @@ PATHS = ["/v1/chat/completions", "/v1/chat/completions/", "/v1/completions", "/v
          "/api/generate", "/api/embed", "/api/embeddings", "/api/tags", "/api/ps", "/api/show", "/api/version",
          "/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/", "/v1", "/api", "/v1/probe",
          "/api/probe", "//v1/models", "/v1/models/../../etc/passwd", "/v1/models/%2e%2e%2fx", "/v1/%ZZ",
-         "/v1/models?x=%00", "/api/tags?" + "a=1&" * 500, "/v1/models/" + "x" * 4000, "/v1/mod\u00e9ls"]
+         "/v1/models?x=%00", "/api/tags?" + "a=1&" * 500, "/v1/models/" + "x" * 4000, "/v1/mod\u00e9ls",
+         "/v1/messages", "/v1/messages?beta=true", "/v1/messages/count_tokens", "/v1/messages/x"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 POST_ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/chat", "/api/generate",
-                  "/api/embed", "/api/embeddings", "/api/show", "/api/pull", "/api/copy", "/api/delete"]
+                  "/api/embed", "/api/embeddings", "/api/show", "/api/pull", "/api/copy", "/api/delete",
+                  "/v1/messages", "/v1/messages/count_tokens"]
 BODIES = [b"", b"{", b"[]", b"null", b"1", b'"x"', b"{}", b"\xff\xfe{}", b"\xef\xbb\xbf{}", b"[" * 5000,
           b'{"a":' * 3000, b'{"model": "m", "model": 1}', b'{"messages": NaN}', b'{"x": "\xff"}',
           b"x" * 70_000]
@@ -38,6 +40,8 @@ FAMILIES = [
     ("/api/generate", {"model": "m", "prompt": "hi", "stream": False}, validation.OLLAMA_GENERATE),
     ("/api/embed", {"model": "emb", "input": "hi"}, validation.OLLAMA_EMBED),
     ("/api/embeddings", {"model": "emb", "prompt": "hi"}, validation.OLLAMA_EMBEDDINGS),
+    ("/v1/messages", {"model": "m", "messages": HI, "max_tokens": 2}, validation.ANTHROPIC_MESSAGES),
+    ("/v1/messages/count_tokens", {"model": "m", "messages": HI}, validation.ANTHROPIC_COUNT_TOKENS),
 ]
 ALSO_READ = ["model", "name", "format", "images", "template", "suffix", "context", "tool_choice", "truncate"]
 MESSAGE_FIELDS = ["role", "content", "tool_calls", "name", "images", "tool_call_id", "tool_name"]
@@ -132,9 +136,12 @@ def check_answer(path: str, head: bytes, r: RawResponse) -> None:
     if r.status < 400 or head.startswith(b"HEAD "):  # an answer to HEAD has no body
         return
     assert r.headers.get("content-type") == "application/json", (head[:300], r)
-    error = json.loads(r.body)["error"]
+    answer = json.loads(r.body)
+    error = answer["error"]
     if isinstance(error, str):  # Ollama's shape, only on its own paths
         assert path.startswith("/api/") and error, (head[:300], r)
+    elif path.startswith("/v1/messages"):  # Anthropic's
+        assert answer["type"] == "error" and set(error) == {"type", "message"} and error["message"], (head[:300], r)
     else:
         assert set(error) == {"message", "type", "param", "code"} and error["message"], (head[:300], r)
 

@@ -265,18 +265,18 @@ def test_the_guard_counts_the_tools_vllm_shows_the_model():
     assert view["messages"] == [{"role": "system", "content": "Sandbox: none."}]
 
 
-async def test_max_output_tokens_counts_against_the_window(stack):
-    # GUARD: today the guard holds the prompt to max_model_len - max_tokens; once it caps
-    # max_tokens instead (the anthropic branch), this request passes with max_output_tokens capped.
+async def test_max_output_tokens_is_capped_to_the_room_the_window_leaves(stack):
     fake = FakeBackend(max_model_len=400)
     s = await stack({"m": (fake, {"context_policy": "reject"})})
     body = {"input": long_input(1, 100), "max_output_tokens": 350}
     async with s.http.post(s.url + "/v1/responses", json=body) as r:
-        assert r.status == 400
-        assert_openai_error(await r.json(), "context_length_exceeded")
-    assert fake.received == []
-    async with s.http.post(s.url + "/v1/responses", json={**body, "max_output_tokens": 50}) as r:
         assert r.status == 200
+        capped = int(r.headers["X-LocalAI-Max-Tokens-Capped"])
+    # The prompt fits, prompt + 350 doesn't: the backend is asked for what the window still holds.
+    assert 0 < capped < 350 and fake.received[-1]["max_output_tokens"] == capped
+    async with s.http.post(s.url + "/v1/responses", json={**body, "max_output_tokens": 50}) as r:
+        assert r.status == 200 and "X-LocalAI-Max-Tokens-Capped" not in r.headers
+    assert fake.received[-1]["max_output_tokens"] == 50
 
 
 # --- rerank, score, tokenize -------------------------------------------------------------

@@ -80,19 +80,21 @@ async def test_wrong_openai_fields_are_400_naming_the_field(stack, endpoint, bod
     assert chat.received == [] and emb.received == []
 
 
-async def test_max_tokens_beyond_the_context_is_400(stack):
+async def test_max_tokens_beyond_the_context_is_capped_as_vllm_does(stack):
     fake = FakeBackend(max_model_len=4096)
     s = await stack({"m": fake})
     async with s.http.post(s.url + CHAT, json={"messages": HI, "max_tokens": 5000}) as r:
-        assert r.status == 400
-        err = (await r.json())["error"]
-    assert err["param"] == "max_tokens" and "4096" in err["message"]
+        assert r.status == 200
+        assert int(r.headers["X-LocalAI-Max-Tokens-Capped"]) == 4096 - fake.last_count
+    assert fake.received[-1]["max_tokens"] == 4096 - fake.last_count
+    # Ollama's num_predict arrives as max_tokens: the same cap.
     async with s.http.post(s.url + "/api/chat", json={"model": "m", "messages": HI, "stream": False,
                                                       "options": {"num_predict": 5000}}) as r:
-        assert r.status == 400 and "4096" in (await r.json())["error"]
-    assert fake.received == []
+        assert r.status == 200 and int(r.headers["X-LocalAI-Max-Tokens-Capped"]) == 4096 - fake.last_count
+    assert fake.received[-1]["max_tokens"] == 4096 - fake.last_count
     async with s.http.post(s.url + CHAT, json={"messages": HI, "max_tokens": 100}) as r:
-        assert r.status == 200
+        assert r.status == 200 and "X-LocalAI-Max-Tokens-Capped" not in r.headers
+    assert fake.received[-1]["max_tokens"] == 100
 
 
 async def test_right_values_pass_through_untouched(stack):

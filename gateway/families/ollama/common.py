@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from ...backends import Registry
-from ...errors import ApiError, message_of
+from ...errors import ApiError, error_message, reshaped_headers
 from ...pipeline import parse_json_object
 
 # What /api/version reports: recent enough that clients enable tools, structured
@@ -42,9 +42,8 @@ def now() -> str:
 
 def ollama_error(response: web.Response) -> web.Response:
     """An error response (ours or a backend's, OpenAI-shaped) as Ollama's {"error": "message"}."""
-    raw = response.body if isinstance(response.body, bytes) else b""
-    message = message_of(raw) or raw.decode(errors="replace").strip() or response.reason or f"HTTP {response.status}"
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
+    message = error_message(response)
+    headers = reshaped_headers(response)
     return web.Response(status=response.status, body=orjson.dumps({"error": message}),
                         content_type="application/json", headers=headers)
 
