@@ -11,7 +11,7 @@ VLLM_VENV   := $(LOCALAI_HOME)/vllm-venv
 MODELS      := $(LOCALAI_HOME)/models
 export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
 
-.PHONY: demo test test-fast bench venv vllm models system-deps webui-deps
+.PHONY: demo test test-fast bench venv vllm models system-deps webui-deps webui-check
 
 demo: venv vllm models
 	$(VENV)/bin/localai up --config etc/demo.yaml
@@ -57,6 +57,10 @@ $(MODELS)/tiny-general/.done: gateway/tinymodel.py | vllm venv
 webui-deps: webui/node_modules/.package-lock.json
 webui/node_modules/.package-lock.json: webui/package-lock.json
 	cd webui && npm ci --no-audit --no-fund --loglevel=error
+
+# The WebUI's JSDoc types (tsc, no output) and its DOM-free chat core's unit tests (Node's own runner).
+webui-check: webui-deps
+	cd webui && npx --no-install tsc --noEmit -p . && node --test test/
 
 # Debian packages the browser and systemd tiers drive for real.
 system-deps:

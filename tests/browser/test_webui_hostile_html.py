@@ -15,7 +15,7 @@ import json
 import pytest
 from playwright.sync_api import Page, expect
 
-from uihelp import answers, last_answer, send, wait_answer, wait_connected
+from uihelp import answers, last_answer, poll, send, wait_answer, wait_connected
 
 pytestmark = pytest.mark.browser
 
@@ -33,7 +33,8 @@ def ui(standin, open_ui):
 def _assert_inert(page: Page, body) -> None:
     """The answer's markdown holds no control and nothing styled or announced as the app's."""
     assert body.locator("button, input, select, textarea, form").count() == 0
-    assert body.locator("[data-act], [class], [role], [id], [style]").count() == 0
+    # (.md-blk: the app's own wrapper of each markdown block while an answer streams)
+    assert body.locator("[data-act], [class]:not(.md-blk), [role], [id], [style]").count() == 0
     assert page.locator("#thread .error-box, #thread [role=alert]").count() == 0
 
 
@@ -82,6 +83,7 @@ def test_streaming_answer_never_shows_the_button(standin, ui):
     _assert_inert(page, body)
     page.click("#stop")
     expect(a).to_have_attribute("data-status", "stopped")
+    poll(lambda: standin.cancelled, what="the stand-in saw the stream cancelled")
     ui.assert_clean()
 
 
