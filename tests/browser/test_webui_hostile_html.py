@@ -14,7 +14,6 @@ import json
 
 import pytest
 from playwright.sync_api import Page, expect
-
 from uihelp import answers, last_answer, poll, send, wait_answer, wait_connected
 
 pytestmark = pytest.mark.browser
@@ -116,4 +115,17 @@ def test_imported_chat_cannot_drive_the_app(standin, ui, tmp_path):
     _assert_inert(page, body)
     _click_does_nothing(page, standin, "Session expired – click to continue")
     assert len(standin.requests) == 0
+    ui.assert_clean()
+
+
+def test_task_list_boxes_stay_but_a_model_input_does_not(standin, ui):
+    page = ui.page
+    body = _answered(standin, page, '- [x] shipped\n- [ ] tested\n\nPassword: <input type="password" name="pw" placeholder="your password">\n')
+    boxes = body.locator("input")
+    expect(boxes).to_have_count(2)
+    for box in boxes.all():
+        assert box.get_attribute("type") == "checkbox"
+        assert box.is_disabled()
+    assert boxes.first.is_checked() and not boxes.last.is_checked()
+    expect(body).to_contain_text("Password:")
     ui.assert_clean()

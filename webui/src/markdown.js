@@ -87,7 +87,7 @@ const PLAIN_ATTRS = new Set(['href', 'src', 'alt', 'title', 'width', 'height', '
 const own = new WeakSet();
 
 DOMPurify.addHook('uponSanitizeElement', (node, data) => {
-  if (!(node.nodeType === 1)) return;
+  if (node.nodeType !== 1) return;
   const elt = /** @type {Element} */ (node);
   if (elt.getAttribute(MARK) === NONCE) own.add(elt);
   else if (data.tagName === 'input') elt.remove();
@@ -105,7 +105,7 @@ DOMPurify.addHook('afterSanitizeAttributes', (node) => {
 // Set once: a config passed to sanitize() is parsed again on every call, and the
 // streaming renderer sanitises every frame.
 DOMPurify.setConfig({
-  FORBID_TAGS: ['style', 'form', 'textarea', 'select', 'option', 'dialog', 'template', ...CONTROLS],
+  FORBID_TAGS: ['style', 'dialog', 'template', ...CONTROLS],
   FORBID_ATTR: ['style', 'autofocus'],
 });
 

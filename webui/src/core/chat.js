@@ -37,6 +37,7 @@ export function chatRequest(conv, model, upto) {
   /** @type {Record<string, unknown>} */
   const body = { model, messages: apiMessages(conv, upto), stream: true, stream_options: { include_usage: true } };
   const p = conv.params || {};
+  // (an imported chat's params may hold strings: '' means "the model's default")
   if (p.temperature != null && /** @type {unknown} */ (p.temperature) !== '') body.temperature = Number(p.temperature);
   if (p.max_tokens != null && /** @type {unknown} */ (p.max_tokens) !== '') body.max_tokens = Number(p.max_tokens);
   return body;
