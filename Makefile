@@ -11,12 +11,12 @@ VLLM_VENV   := $(LOCALAI_HOME)/vllm-venv
 MODELS      := $(LOCALAI_HOME)/models
 export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench venv vllm models system-deps webui-deps
+.PHONY: demo test test-fast lint bench venv vllm models system-deps webui-deps webui-check
 
 demo: venv vllm models
 	$(VENV)/bin/localai up --config etc/demo.yaml
 
-test: venv vllm models system-deps webui-deps lint
+test: venv vllm models system-deps webui-deps lint webui-check
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit tests/browser tests/real tests/systemd
 
 # The gateway's cost per request and per streamed token, direct vs through it (bench/README.md).
@@ -62,6 +62,10 @@ $(MODELS)/tiny-general/.done: gateway/tinymodel.py | vllm venv
 webui-deps: webui/node_modules/.package-lock.json
 webui/node_modules/.package-lock.json: webui/package-lock.json
 	cd webui && npm ci --no-audit --no-fund --loglevel=error
+
+# The WebUI's JSDoc types (tsc, no output) and its DOM-free chat core's unit tests (Node's own runner).
+webui-check: webui-deps
+	cd webui && npx --no-install tsc --noEmit -p . && node --test test/
 
 # Debian packages the browser and systemd tiers drive for real.
 system-deps:

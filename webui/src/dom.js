@@ -1,14 +1,27 @@
-export const $ = (id) => document.getElementById(id);
+// @ts-check
+// Small DOM helpers.
 
-// Tiny element builder. Never pass untrusted strings through `html`.
+/**
+ * @typedef {Record<string, string|number|boolean|null|undefined|Record<string, string>|((ev: any) => void)>} Props
+ * @typedef {Node|string|number|null|undefined|false} Child
+ */
+
+/**
+ * Tiny element builder. Never pass untrusted strings through `html`.
+ * @template {keyof HTMLElementTagNameMap} K
+ * @param {K} tag
+ * @param {Props|null} [props]
+ * @param {...(Child|Child[])} children
+ * @returns {HTMLElementTagNameMap[K]}
+ */
 export function h(tag, props, ...children) {
   const el = document.createElement(tag);
   if (props) {
     for (const [k, v] of Object.entries(props)) {
       if (v == null || v === false) continue;
-      if (k === 'class') el.className = v;
-      else if (k === 'text') el.textContent = v;
-      else if (k === 'html') el.innerHTML = v;
+      if (k === 'class') el.className = String(v);
+      else if (k === 'text') el.textContent = String(v);
+      else if (k === 'html') el.innerHTML = String(v);
       else if (k === 'dataset') Object.assign(el.dataset, v);
       else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
       else el.setAttribute(k, v === true ? '' : String(v));
@@ -21,25 +34,10 @@ export function h(tag, props, ...children) {
   return el;
 }
 
-export function uid() {
-  // crypto.randomUUID needs a secure context; LAN hosts are often plain http.
-  const b = new Uint8Array(12);
-  crypto.getRandomValues(b);
-  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-}
+/** The element an event happened on (events here always come from elements). @param {Event} ev */
+export const targetOf = (ev) => /** @type {Element} */ (ev.target);
 
-// One formatter: toLocaleString('en-US') builds a new one on every call.
-const INT = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
-export function fmtInt(n) {
-  return INT.format(Math.round(n));
-}
-
-export function fmtK(n) {
-  if (n >= 10000) return `${Math.round(n / 1000)}k`;
-  if (n >= 1000) return `${(n / 1000).toFixed(1).replace(/\.0$/, '')}k`;
-  return String(n);
-}
-
+/** @param {string} text */
 export async function copyText(text) {
   // navigator.clipboard only exists in secure contexts (https / localhost).
   if (navigator.clipboard && window.isSecureContext) {

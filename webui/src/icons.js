@@ -1,4 +1,6 @@
+// @ts-check
 // Small stroke icons (24x24 viewBox), drawn for this UI.
+/** @type {Record<string, string>} */
 const P = {
   sidebar: '<rect x="3" y="4" width="18" height="16" rx="3"/><path d="M9 4v16"/>',
   newchat: '<path d="M12 20h9"/><path d="M16.5 3.5a2.1 2.1 0 0 1 3 3L7 19l-4 1 1-4z"/>',
@@ -27,13 +29,15 @@ const P = {
   brain: '<path d="M9 3a3 3 0 0 0-3 3 3 3 0 0 0-2 5 3 3 0 0 0 2 5 3 3 0 0 0 3 3h1V3z"/><path d="M15 3a3 3 0 0 1 3 3 3 3 0 0 1 2 5 3 3 0 0 1-2 5 3 3 0 0 1-3 3h-1V3z"/>',
 };
 
+/** An inline SVG icon (markup of our own: safe for innerHTML). @param {string} name @param {string} [cls] */
 export function icon(name, cls = '') {
   const body = P[name] || '';
   return `<svg class="ico ${cls}" viewBox="0 0 24 24" width="18" height="18" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true">${body}</svg>`;
 }
 
+/** Draw the icon named by each [data-icon] under *root*. @param {ParentNode} [root] */
 export function hydrateIcons(root = document) {
   for (const el of root.querySelectorAll('[data-icon]')) {
-    el.insertAdjacentHTML('afterbegin', icon(el.dataset.icon));
+    el.insertAdjacentHTML('afterbegin', icon(el.getAttribute('data-icon') || ''));
   }
 }

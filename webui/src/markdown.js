@@ -1,7 +1,16 @@
+// @ts-check
 // Markdown -> sanitised HTML, with highlight.js for fenced code.
 // Everything here is bundled from pinned npm packages; nothing is fetched at run time.
+//
+// An answer is the model's text, and so is any HTML in it (or in an imported chat):
+// it must not drive or imitate the app. Only the elements this module's renderer
+// makes carry a per-page random mark the model cannot know; the sanitiser lets
+// class, id, role, data-*, aria-* and style through on those alone, and drops form
+// controls (a model's <button> keeps its text, nothing else). The app's own control
+// in an answer, a code block's Copy button, is added to the DOM after sanitising.
 import { Marked } from 'marked';
 import DOMPurify from 'dompurify';
+import { h } from './dom.js';
 import hljs from 'highlight.js/lib/core';
 import bash from 'highlight.js/lib/languages/bash';
 import c from 'highlight.js/lib/languages/c';
@@ -30,13 +39,22 @@ hljs.registerAliases(['sh', 'zsh', 'console'], { languageName: 'bash' });
 hljs.registerAliases(['py', 'python3'], { languageName: 'python' });
 hljs.registerAliases(['html', 'svg', 'xhtml'], { languageName: 'xml' });
 
-const ESC = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+const ESC = /** @type {Record<string, string>} */ ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' });
+/** @param {unknown} s */
 export const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (ch) => ESC[ch]);
 
+// The mark of the renderer's own elements: random per page load, never stored or
+// sent, and stripped by the sanitiser, so no answer can carry it.
+const MARK = 'data-localai-app';
+const NONCE = Array.from(crypto.getRandomValues(new Uint8Array(16)), (x) => x.toString(16).padStart(2, '0')).join('');
+const OWN = `${MARK}="${NONCE}"`;
+
+/** @param {string} code @param {string} lang */
 function highlight(code, lang) {
   if (lang && hljs.getLanguage(lang)) {
     try {
-      return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
+      // highlight.js escapes the code: every <span class=" in its output is its own.
+      return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value.replaceAll('<span class="', `<span ${OWN} class="`);
     } catch { /* fall back to plain */ }
   }
   return escapeHtml(code);
@@ -50,14 +68,33 @@ const marked = new Marked({
       const language = (lang || '').trim().split(/\s+/)[0].toLowerCase();
       const label = language || 'text';
       return (
-        `<div class="code-block"><div class="code-head"><span class="code-lang">${escapeHtml(label)}</span>` +
-        '<button type="button" class="code-copy" data-act="copy-code">Copy</button></div>' +
-        `<pre><code class="hljs${language ? ` language-${escapeHtml(language)}` : ''}">${highlight(text, language)}</code></pre></div>`
+        `<div ${OWN} class="code-block"><div ${OWN} class="code-head"><span ${OWN} class="code-lang">${escapeHtml(label)}</span></div>` +
+        `<pre><code ${OWN} class="hljs${language ? ` language-${escapeHtml(language)}` : ''}">${highlight(text, language)}</code></pre></div>`
       );
+    },
+    checkbox({ checked }) {
+      return `<input ${OWN} ${checked ? 'checked="" ' : ''}disabled="" type="checkbox"> `;
     },
   },
 });
 
+// Form controls never come from an answer. <input> is the renderer's task-list box
+// (marked) or nothing; the others lose their tag and keep their text.
+const CONTROLS = ['button', 'select', 'option', 'optgroup', 'datalist', 'textarea', 'form', 'fieldset', 'legend', 'label', 'output', 'meter', 'progress'];
+// The attributes an answer's own HTML may keep: content, never the app's hooks or looks.
+const PLAIN_ATTRS = new Set(['href', 'src', 'alt', 'title', 'width', 'height', 'start', 'align', 'colspan', 'rowspan', 'lang', 'dir', 'cite', 'datetime', 'open']);
+/** @type {WeakSet<Node>} elements the renderer made */
+const own = new WeakSet();
+
+DOMPurify.addHook('uponSanitizeElement', (node, data) => {
+  if (node.nodeType !== 1) return;
+  const elt = /** @type {Element} */ (node);
+  if (elt.getAttribute(MARK) === NONCE) own.add(elt);
+  else if (data.tagName === 'input') elt.remove();
+});
+DOMPurify.addHook('uponSanitizeAttribute', (node, data) => {
+  if (data.attrName === MARK || !(own.has(node) || PLAIN_ATTRS.has(data.attrName))) data.keepAttr = false;
+});
 DOMPurify.addHook('afterSanitizeAttributes', (node) => {
   if (node.tagName === 'A' && node.hasAttribute('href')) {
     node.setAttribute('target', '_blank');
@@ -68,29 +105,42 @@ DOMPurify.addHook('afterSanitizeAttributes', (node) => {
 // Set once: a config passed to sanitize() is parsed again on every call, and the
 // streaming renderer sanitises every frame.
 DOMPurify.setConfig({
-  FORBID_TAGS: ['style', 'form', 'textarea', 'select', 'option', 'dialog', 'template'],
+  FORBID_TAGS: ['style', 'dialog', 'template', ...CONTROLS],
   FORBID_ATTR: ['style', 'autofocus'],
-  ADD_ATTR: ['target'],
 });
 
+/** @param {string} html */
 export function sanitize(html) {
   return DOMPurify.sanitize(html);
 }
 
-export function renderMarkdown(text) {
-  return sanitize(marked.parse(text || ''));
+/** The app's Copy button on each code block under *root*. @param {ParentNode} root */
+function addCopyButtons(root) {
+  for (const head of root.querySelectorAll('.code-head')) {
+    head.append(h('button', { type: 'button', class: 'code-copy', dataset: { act: 'copy-code' } }, 'Copy'));
+  }
+}
+
+/** Show *text* as markdown in *el* (replacing what it held). @param {HTMLElement} el @param {string} text */
+export function renderMarkdown(el, text) {
+  el.innerHTML = sanitize(marked.parse(text || '', { async: false }));
+  addCopyButtons(el);
 }
 
 // Incremental renderer for the message that is streaming. The text is split into
 // top-level markdown blocks; blocks whose source did not change keep their DOM,
 // only the changed tail is parsed, highlighted and sanitised again.
 export class StreamRenderer {
+  /** @param {HTMLElement} el */
   constructor(el) {
     this.el = el;
+    /** @type {string[]} */
     this.raws = [];
+    /** @type {HTMLElement[]} */
     this.nodes = [];
   }
 
+  /** @param {string} text */
   update(text) {
     const tokens = marked.lexer(text || '');
     const n = tokens.length;
@@ -102,20 +152,14 @@ export class StreamRenderer {
     this.raws.length = keep;
     for (let i = keep; i < n; i++) {
       const t = tokens[i];
-      const list = [t];
-      list.links = tokens.links;
+      const list = /** @type {import('marked').TokensList} */ (Object.assign([t], { links: tokens.links }));
       const div = document.createElement('div');
       div.className = 'md-blk';
       div.innerHTML = sanitize(marked.parser(list));
+      addCopyButtons(div);
       this.el.append(div);
       this.nodes.push(div);
       this.raws.push(t.raw);
     }
-  }
-
-  finish(text) {
-    this.el.innerHTML = renderMarkdown(text);
-    this.raws = [];
-    this.nodes = [];
   }
 }

@@ -1,0 +1,60 @@
+// @ts-check
+// What the UI knows about the gateway's models: lookups by id or alias, their state
+// (from /health, else /v1/models), which one a chat uses. No DOM: unit-tested under Node.
+
+/** @typedef {import('./types.js').Model} Model */
+/** @typedef {import('./types.js').Health} Health */
+
+/** @param {Model[]} models @param {string|null|undefined} id */
+export function findModel(models, id) {
+  if (!id) return null;
+  return models.find((m) => m.id === id) || models.find((m) => (m.aliases || []).includes(id)) || null;
+}
+
+/** Chat-capable (the gateway may also list embedding models: task "embed"). @param {Model} m */
+export const isChatModel = (m) => !m.task || m.task === 'generate' || m.task === 'chat';
+
+/**
+ * @param {Model[]} models
+ * @param {Health|null} health
+ * @param {string} id
+ * @returns {{state: string, reason: string|null}}
+ */
+export function modelState(models, health, id) {
+  const m = findModel(models, id);
+  const key = m ? m.preset_of || m.id : id; // a preset runs on its base model's server
+  const hm = health && health.models && health.models[key];
+  if (hm && hm.state) return { state: hm.state, reason: hm.reason || null };
+  if (m) return { state: m.state || 'ready', reason: m.state_reason || null };
+  return { state: 'unknown', reason: null };
+}
+
+/**
+ * The model a chat talks to: its own (while the list is unknown, or when it still
+ * exists), else the one last picked, else the default, a ready one, or the first.
+ * @param {{models: Model[], modelsLoaded: boolean, health: Health|null}} known
+ * @param {string|null|undefined} chatModel
+ * @param {string|null|undefined} lastPicked
+ * @returns {string|null}
+ */
+export function chooseModel(known, chatModel, lastPicked) {
+  const { models, modelsLoaded, health } = known;
+  if (chatModel && (findModel(models, chatModel) || !modelsLoaded)) return chatModel;
+  const last = findModel(models, lastPicked);
+  if (last && isChatModel(last)) return last.id;
+  const chat = models.filter(isChatModel);
+  const d = chat.find((m) => m.default) || chat.find((m) => modelState(models, health, m.id).state === 'ready') || chat[0];
+  if (d) return d.id;
+  return chatModel || null;
+}
+
+/** @param {Model[]} models @param {string|null} id */
+export function contextLimit(models, id) {
+  const m = findModel(models, id);
+  if (!m) return null;
+  return m.context_limit || m.max_model_len || null;
+}
+
+export const STATE_LABEL = /** @type {Record<string, string>} */ ({
+  ready: 'Ready', loading: 'Loading…', failed: 'Failed', unknown: 'Unknown', stopped: 'Stopped',
+});

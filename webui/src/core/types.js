@@ -1,0 +1,89 @@
+// @ts-check
+// The shapes the chat core and the views share (JSDoc only: this module exports nothing at run time).
+
+/**
+ * @typedef {object} Stats  What the footer of an answer shows.
+ * @property {number|null} ttft_ms  milliseconds from sending to the first token
+ * @property {number|null} tps  tokens per second after the first one
+ * @property {number|null} prompt_tokens
+ * @property {number|null} completion_tokens
+ * @property {boolean} estimated  true when the gateway reported no usage (chunks were counted)
+ */
+
+/**
+ * @typedef {object} ErrorView  An answer's failure, as the error box shows it.
+ * @property {string} title
+ * @property {string} [detail]
+ * @property {number} [status]
+ */
+
+/**
+ * @typedef {'streaming'|'done'|'stopped'|'error'} MessageStatus
+ *
+ * @typedef {object} Message
+ * @property {string} id
+ * @property {'user'|'assistant'} role
+ * @property {string} content
+ * @property {number} created
+ * @property {string} [model]
+ * @property {MessageStatus} [status]
+ * @property {Stats} [stats]
+ * @property {ErrorView} [error]
+ * @property {number} [truncated]  oldest messages the gateway left out of this answer's request
+ * @property {string} [reasoning]
+ * @property {string} [requestId]
+ * @property {string} [finish]  the finish_reason
+ */
+
+/**
+ * @typedef {{temperature?: number, max_tokens?: number}} ChatParams
+ *
+ * @typedef {object} Conversation
+ * @property {string} id
+ * @property {string} title
+ * @property {boolean} [renamed]  the user chose the title: it no longer follows the first message
+ * @property {number} created
+ * @property {number} updated
+ * @property {string|null} model
+ * @property {string} system
+ * @property {ChatParams} params
+ * @property {Message[]} messages
+ * @property {boolean} [deleted]  deleted while its answer streams: the stream must not save it back
+ *
+ * @typedef {object} ConversationSummary  An entry of the stored index (the sidebar's list).
+ * @property {string} id
+ * @property {string} title
+ * @property {number} created
+ * @property {number} updated
+ * @property {string|null} model
+ * @property {number} n  number of messages
+ */
+
+/**
+ * @typedef {object} Model  An entry of GET /v1/models (the gateway adds the fields after `id`).
+ * @property {string} id
+ * @property {string} [task]  generate | chat | embed
+ * @property {string} [state]
+ * @property {string} [state_reason]
+ * @property {string} [preset_of]
+ * @property {Record<string, unknown>} [defaults]
+ * @property {string[]} [aliases]
+ * @property {boolean} [default]
+ * @property {number} [context_limit]
+ * @property {number} [max_model_len]
+ *
+ * @typedef {{state?: string, reason?: string}} ModelHealth
+ * @typedef {{models?: Record<string, ModelHealth>}} Health  GET /health
+ */
+
+/**
+ * @typedef {object} Usage
+ * @property {number} [prompt_tokens]
+ * @property {number} [completion_tokens]
+ *
+ * @typedef {object} ChatChunk  One streamed chat.completion.chunk.
+ * @property {Usage} [usage]
+ * @property {{delta?: {content?: string, reasoning_content?: string, reasoning?: string}, finish_reason?: string|null}[]} [choices]
+ */
+
+export {};
