@@ -11,7 +11,7 @@ VLLM_VENV   := $(LOCALAI_HOME)/vllm-venv
 MODELS      := $(LOCALAI_HOME)/models
 export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench venv vllm models system-deps webui-deps
+.PHONY: demo test test-fast lint bench venv vllm models system-deps webui-deps agents-deps
 
 demo: venv vllm models
 	$(VENV)/bin/localai up --config etc/demo.yaml
@@ -62,6 +62,14 @@ $(MODELS)/tiny-general/.done: gateway/tinymodel.py | vllm venv
 webui-deps: webui/node_modules/.package-lock.json
 webui/node_modules/.package-lock.json: webui/package-lock.json
 	cd webui && npm ci --no-audit --no-fund --loglevel=error
+
+# The coding agents the real tier drives through the gateway (tests/real/test_agents.py),
+# pinned; each ships its native binary as an npm package of its own (no download from elsewhere).
+# `npm install`, not `npm ci`: a registry may lack some platforms' packages (opencode's, here),
+# which leaves them out of the lock file and makes `npm ci` refuse it; install skips them.
+agents-deps: tests/agents/node_modules/.package-lock.json
+tests/agents/node_modules/.package-lock.json: tests/agents/package-lock.json
+	cd tests/agents && npm install --no-audit --no-fund --loglevel=error
 
 # Debian packages the browser and systemd tiers drive for real.
 system-deps:
