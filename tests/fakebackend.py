@@ -112,7 +112,7 @@ class FakeBackend:
         return app
 
     def reset(self) -> None:
-        """Back to answering at once with the default chunks, keeping shared lists (cleared)."""
+        """Scripted controls and counters back to their defaults; shared lists are cleared in place."""
         self.health_status, self.ttft, self.itl, self.reply, self.prompt_tokens = 200, 0.0, 0.0, None, 7
         self.errors.clear()
         self.received.clear()
