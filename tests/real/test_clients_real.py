@@ -150,9 +150,10 @@ def test_preset_defaults_reach_vllm(client, real_stack):
     # architect = general with temperature 0.1 and top_p 0.95 (the seeds' agent).
     preset = sent_params(client, real_stack, "architect")
     assert (preset["temperature"], preset["top_p"]) == ("0.1", "0.95"), preset
-    # The request's own value wins; the preset's other defaults still apply.
-    own = sent_params(client, real_stack, "architect", temperature=0)
-    assert (own["temperature"], own["top_p"]) == ("0.0", "0.95"), own
+    # The request's own value wins; the preset's other defaults still apply. (Not 0: vLLM
+    # resets top_p to 1 for greedy sampling.)
+    own = sent_params(client, real_stack, "architect", temperature=0.7)
+    assert (own["temperature"], own["top_p"]) == ("0.7", "0.95"), own
     # The model's own name carries no preset: vLLM's defaults.
     plain = sent_params(client, real_stack, "general")
     assert (plain["temperature"], plain["top_p"]) == ("1.0", "1.0"), plain
