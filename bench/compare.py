@@ -24,8 +24,18 @@ from pathlib import Path
 from statistics import median
 
 from . import loadgen, stats
-from .run import FULL, HOST, PORT_GATEWAY, PORT_MOCK, REPO, Bench, Proc, cpu_seconds, load_avg, log, \
-    raise_priority, runq_wait, wait_models_ready, wait_port, write_configs
+from .configs import FULL, HOST, PORT_GATEWAY, PORT_MOCK, REPO, write_configs
+from .phases import Bench
+from .procs import (
+    Proc,
+    cpu_seconds,
+    load_avg,
+    log,
+    raise_priority,
+    runq_wait,
+    wait_models_ready,
+    wait_port,
+)
 
 PORT_B = PORT_GATEWAY + 2
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import os
 import signal
@@ -31,22 +32,27 @@ import time
 
 import orjson
 
+from tests.fakebackend import chunk, completion, error_body, model_list, usage
+
 MODEL = "mock"
 _now = time.monotonic
 
-_CHAT = orjson.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": MODEL,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
-                 "logprobs": None, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 12, "total_tokens": 21, "completion_tokens": 9},
-})
-_MODELS = orjson.dumps({"object": "list", "data": [
-    {"id": MODEL, "object": "model", "created": 0, "owned_by": "bench", "max_model_len": 4096}]})
+# The payloads are the fake backend's (tests/fakebackend.py), serialized once here: this
+# server's work per request is writing bytes, so the benchmark measures the gateway.
+_CHAT = orjson.dumps(completion(MODEL, "Hello! How can I help you today?", "stop", usage(12, 9),
+                                cid="chatcmpl-bench", created=1700000000))
+_MODELS = orjson.dumps(model_list(MODEL, 4096))
 # vLLM-shaped chunk; the send time goes in "t" (the gateway treats events as opaque bytes).
-_EVENT_HEAD = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-               b'"model":"mock","choices":[{"index":0,"delta":{"content":" tok"},"logprobs":null,'
-               b'"finish_reason":null}],"t":')
+_EVENT_HEAD = b"data: " + orjson.dumps(chunk(MODEL, {"content": " tok"}, cid="chatcmpl-bench",
+                                             created=1700000000))[:-1] + b',"t":'
 _DONE = b"data: [DONE]\n\n"
+
+
+@functools.cache
+def _usage_event(completion_tokens: int) -> bytes:
+    return b"data: " + orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
+                                     "created": 1700000000, "model": MODEL, "choices": [],
+                                     "usage": usage(12, completion_tokens)}) + b"\n\n"
 
 
 def _response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
@@ -62,7 +68,7 @@ def _chunk(payload: bytes) -> bytes:
 _RESP_CHAT = _response(200, _CHAT)
 _RESP_MODELS = _response(200, _MODELS)
 _RESP_HEALTH = _response(200, b"")
-_RESP_404 = _response(404, b'{"error":{"message":"no such path","code":404}}')
+_RESP_404 = _response(404, orjson.dumps(error_body("no such path", 404)))
 _SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
              b"Transfer-Encoding: chunked\r\n\r\n")
 _SSE_END = _chunk(_DONE) + b"0\r\n\r\n"
@@ -222,10 +228,7 @@ class Upstream(asyncio.Protocol):
         self.timer = None
         if self.usage:
             n = Settings.chunks
-            self.transport.write(_chunk(
-                b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-                b'"model":"mock","choices":[],"usage":{"prompt_tokens":12,"total_tokens":%d,'
-                b'"completion_tokens":%d}}\n\n' % (12 + n, n)))
+            self.transport.write(_chunk(_usage_event(n)))
             STATS.usage_events_sent += 1
         self.transport.write(_SSE_END)
         STATS.streams_completed += 1

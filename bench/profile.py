@@ -26,7 +26,9 @@ from datetime import datetime
 from pathlib import Path
 
 from . import loadgen, stats
-from .run import FULL, REPO, Bench, cpu_seconds, log, write_configs
+from .configs import FULL, REPO, write_configs
+from .phases import Bench
+from .procs import cpu_seconds, log
 
 
 def summarize_stacks(path: Path, top: int = 35) -> str:

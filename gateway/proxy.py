@@ -23,7 +23,7 @@ from .errors import ApiError, error_event, message_of
 from .keys import ACCOUNT, METRICS, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
 
 # Headers of the backend's response that mean something to the client.
-_PASS_HEADERS = ("Content-Type",)
+_PASS_HEADERS = ("Content-Type", "Retry-After")
 # The usage object of OpenAI's final chunk, Anthropic's message_start/message_delta and
 # the Responses API's response.completed, however the backend spaces its JSON.
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,7 +116,9 @@ def tiny_stack_models() -> list[dict]:
          # A long context: an answer left to run takes it over two minutes to fill (the first
          # 2,000 tokens take 3 s), so a client's stop or hang-up always lands mid-answer,
          # however loaded the machine is.
-         **tiny, "max_model_len": 32768},
+         # Its vLLM logs each request's sampling parameters: how the preset test sees
+         # what vLLM was asked for.
+         **tiny, "max_model_len": 32768, "extra_args": [*TINY_VLLM["extra_args"], "--enable-log-requests"]},
         {"name": "minilm", "task": "embed", "model": str(EMBEDDING_MODEL), "max_model_len": 256, **TINY_VLLM},
     ]
 
@@ -212,6 +215,19 @@ class RealStack:
                 return pid
         raise AssertionError(f"no vLLM process for {name}")
 
+    def sampling_params(self, request_id: str, timeout: float = 30) -> dict[str, str]:
+        """The sampling parameters vLLM logged for the request the gateway sent it under this
+        X-Request-ID (a model started with --enable-log-requests), e.g. {"temperature": "0.1"}."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if "Received request" in line and request_id in line and "SamplingParams(" in line:
+                    params = line.split("SamplingParams(", 1)[1]
+                    return dict(re.findall(r"(\w+)=([^,()]*)", params))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"vLLM logged no request {request_id} in {self.log_path}")
+            time.sleep(0.2)  # the line travels through `localai up`'s log
+
     def kill_backend(self, name: str) -> None:
         """Crash one model server (SIGKILL its process group); `localai up` restarts it."""
         os.killpg(self.vllm_pid(name), signal.SIGKILL)
@@ -233,7 +249,11 @@ class RealStack:
 
 @contextlib.contextmanager
 def running(stack: RealStack):
-    """Start *stack*; stop it afterwards and kill whatever of it outlived the stop."""
+    """Start *stack*; stop it afterwards and kill whatever of it outlived the stop.
+
+    The stop is also a check: SIGTERM to `localai up` must leave no process of its tree
+    alive. A survivor fails the run (an error at teardown), and is killed.
+    """
     try:
         stack.start()
         yield stack
@@ -244,9 +264,12 @@ def running(stack: RealStack):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    # Reached only when the stack started and its user ended normally.
+    assert leftovers == set(), f"processes outlived `localai up` after SIGTERM: {sorted(leftovers)}"
 
 
 @pytest.fixture(scope="session")
 def real_stack(tmp_path_factory):
+    """One stack for the session, shared by the real and browser tiers in any order."""
     with running(RealStack(tmp_path_factory.mktemp("real-stack"))) as stack:
         yield stack

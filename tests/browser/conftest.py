@@ -2,7 +2,8 @@
 
 * ``chromium``: one browser per test module, launched from ``/usr/bin/chromium``
   (browsers cannot be downloaded here); a missing Chromium fails the tier, never skips it.
-* ``standin``: the scripted stand-in gateway (``standin.py``), reset per test.
+* ``standin``: the real gateway in front of the scripted fake backend (``standin.py``),
+  reset per test.
 * ``stack``: the real stack (the ``real_stack`` fixture from ``tests/conftest.py``);
   with ``LOCALAI_WEBUI_STANDIN=1`` the stand-in instead (a quick loop while developing).
 * ``open_ui``: opens the UI in a fresh browser context (isolated localStorage) at a
@@ -70,13 +71,10 @@ def _standin_server():
 
 @pytest.fixture
 def standin(_standin_server):
-    _standin_server.reset()
-    if _standin_server._runner is None:
+    if not _standin_server.serving:  # a test stopped the gateway
         _standin_server.start()
+    _standin_server.reset()
     yield _standin_server
-    _standin_server.reset()
-    if _standin_server._runner is None:
-        _standin_server.start()
 
 
 class _AttachedStack:

@@ -1,31 +1,42 @@
-"""A small stand-in for the gateway, for WebUI tests that need precise control.
+"""The WebUI's stand-in stack: the real gateway in front of the fake backend, for tests
+that need precise control of the answers.
 
-It speaks the gateway's API contract (``/v1/models``, ``/health``, ``/ready``,
-streaming ``/v1/chat/completions`` with OpenAI-shaped errors, ``Retry-After``,
-``X-LocalAI-Truncated-Messages``, ``X-Request-ID``) with canned answers, and serves
-the real WebUI bundle through :func:`gateway.webui.add_webui_routes`.
+The gateway is the real one (``gateway.app.create_app`` served by ``gateway.server.serve``,
+with an API key and the built WebUI), so its contract (model cards, /health, /ready,
+OpenAI-shaped errors, Retry-After, X-LocalAI-Truncated-Messages, X-Request-ID) is the
+product's own. Behind it, one ``tests.fakebackend.FakeBackend`` per model plays the
+model servers; its scripted controls are exposed here: the canned reply, the delay between
+tokens, errors answered next (e.g. 429 with Retry-After), the usage's prompt tokens. A
+model's state is set the way `localai up`'s supervisor sets it (the gateway's backend
+state, with the fake's health to match).
 
-It runs in a background thread with its own event loop so that synchronous
-Playwright tests can drive it. It also offers the ``real_stack`` interface
-(``url``, ``api_key``, ``vllm_metrics``, ``stop_backend``, ``start_backend``,
-``wait_ready``) so the main-flow tests can be developed against it.
+It runs in a background thread with its own event loop so that synchronous Playwright
+tests can drive it. It also offers the ``real_stack`` interface (``url``, ``api_key``,
+``vllm_metrics``, ``stop_backend``, ``start_backend``, ``wait_ready``) so the main-flow
+tests can be developed against it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
-import uuid
+import urllib.request
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
+import yaml
 from aiohttp import web
 
-from gateway.webui import add_webui_routes
+from gateway.app import create_app
+from gateway.backends import State
+from gateway.config import parse_config
+from gateway.keys import REGISTRY
+from gateway.server import serve
+from tests.fakebackend import FakeBackend, ScriptedError
 
 DIST = Path(__file__).resolve().parents[2] / "webui" / "dist"
 
@@ -49,16 +60,11 @@ def fib(n: int) -> int:
 | 20 | 6765 |
 """
 
-
-@dataclass
-class Model:
-    id: str
-    max_model_len: int = 2048
-    context_limit: int = 1536
-    state: str = "ready"
-    reason: str | None = None
-    aliases: list[str] = field(default_factory=list)
-    default: bool = False
+# The models the WebUI sees: name -> their config entry (the fake's id is the name).
+MODELS = {
+    "coder": {"aliases": ["dev", "python"], "default": True, "max_model_len": 2048, "context_limit": 0.75},
+    "chat": {"aliases": ["general"], "max_model_len": 4096, "context_limit": 0.875},
+}
 
 
 class StandIn:
@@ -66,81 +72,137 @@ class StandIn:
         self.port = port
         self.api_key = api_key
         self.url = f"http://127.0.0.1:{port}"
+        self.requests: list[dict] = []  # what the model servers received, in order
+        self.script: deque[ScriptedError] = deque()  # errors the next requests get, any model
+        self.backends = {name: FakeBackend(name, max_model_len=entry["max_model_len"], reply=self._reply_for,
+                                           received=self.requests, errors=self.script)
+                         for name, entry in MODELS.items()}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._fake_runners: list[web.AppRunner] = []
+        self._fake_urls: dict[str, str] = {}
+        self._gateway: Any = None  # serve()'s context while the gateway serves
+        self._app: web.Application | None = None
         self.reset()
 
     # ------------------------------------------------------------ controls
     def reset(self) -> None:
-        self.models = [
-            Model("coder", aliases=["dev", "python"], default=True),
-            Model("chat", max_model_len=4096, context_limit=3584, aliases=["general"]),
-        ]
-        self.reply: str | None = None  # None: DEFAULT_REPLY
-        self.token_delay = 0.01
-        self.script: deque[tuple[int, str, float | None]] = deque()  # (status, code, retry_after)
-        self.truncate = 0
-        self.prompt_tokens: int | None = None
-        self.requests: list[dict] = []
-        self.running: dict[str, int] = {}
-        self.generated: dict[str, int] = {}
-        self.cancelled = 0
-        self.auth_required = True
+        """Every model ready, answering DEFAULT_REPLY at 10 ms a token, nothing scripted."""
+        for fake in self.backends.values():
+            fake.reset()
+            fake.reply = self._reply_for
+            fake.itl = 0.01
+        self.reply: str | None = None  # None: DEFAULT_REPLY; "echo:prefix " echoes the last question
+        if self._app is not None:
+            for name in self.backends:
+                self.set_state(name, "ready")
+            self.wait_ready(*self.backends)
 
-    def model(self, name: str) -> Model:
-        for m in self.models:
-            if m.id == name or name in m.aliases:
-                return m
-        raise KeyError(name)
+    @property
+    def token_delay(self) -> float:
+        return self.backends["coder"].itl
+
+    @token_delay.setter
+    def token_delay(self, seconds: float) -> None:
+        for fake in self.backends.values():
+            fake.itl = seconds
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.backends["coder"].prompt_tokens
+
+    @prompt_tokens.setter
+    def prompt_tokens(self, n: int) -> None:
+        for fake in self.backends.values():
+            fake.prompt_tokens = n
+
+    def backend(self, name: str) -> FakeBackend:
+        return self.backends[self._resolve(name)]
+
+    def set_state(self, model: str, state: str, reason: str | None = None) -> None:
+        """Put a model in a state as `localai up`'s supervisor would, its health agreeing."""
+        name = self._resolve(model)
+        fake, target = self.backends[name], State(state)
+        if target is State.READY:
+            fake.health_status = 200  # the gateway's health monitor sees it come up
+            return
+
+        async def apply() -> None:
+            assert self._app is not None
+            fake.health_status = 503
+            # Once one probe has seen the new health, none that saw the old can still land.
+            seen = fake.probes
+            await fake.wait_for(lambda f: f.probes > seen)
+            default = "starting vLLM" if target is State.LOADING else "backend exited"
+            self._app[REGISTRY].backends[name].set_state(target, reason or default)
+
+        self._run(apply())
 
     def vllm_metrics(self, model: str) -> str:
-        m = self.model(model).id
-        return (
-            f'vllm:num_requests_running{{model_name="{m}"}} {self.running.get(m, 0)}\n'
-            f'vllm:num_requests_waiting{{model_name="{m}"}} 0\n'
-            f'vllm:generation_tokens_total{{model_name="{m}"}} {self.generated.get(m, 0)}\n'
-        )
+        with urllib.request.urlopen(self._fake_urls[self._resolve(model)] + "/metrics", timeout=10) as r:
+            return r.read().decode()
 
     def stop_backend(self, model: str) -> None:
-        m = self.model(model)
-        m.state, m.reason = "failed", "backend exited (stopped by test)"
+        self.set_state(model, "failed", "backend exited (stopped by test)")
 
     def start_backend(self, model: str) -> None:
-        m = self.model(model)
-        m.state, m.reason = "loading", None
-
-        def ready() -> None:
-            m.state = "ready"
-
+        """Loading for a second, then ready (real_stack's models come back by themselves)."""
+        self.set_state(model, "loading")
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.call_later, 1.0, ready)
+        self._loop.call_soon_threadsafe(self._loop.call_later, 1.0, self.set_state, model, "ready")
 
-    def wait_ready(self, model: str, timeout: float = 30.0) -> None:
+    def wait_ready(self, *models: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.model(model).state != "ready":
+        while True:
+            with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                states = json.load(r)["models"]
+            if all(states[self._resolve(m)]["state"] == "ready" for m in models):
+                return
             if time.monotonic() > deadline:
-                raise TimeoutError(model)
+                raise TimeoutError(models)
             time.sleep(0.05)
+
+    def _resolve(self, model: str) -> str:
+        for name, entry in MODELS.items():
+            if model == name or model in entry["aliases"]:
+                return name
+        raise KeyError(model)
+
+    def _reply_for(self, body: dict) -> str:
+        reply = self.reply if self.reply is not None else DEFAULT_REPLY
+        last_user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        if reply.startswith("echo:"):
+            reply = f"{reply[5:]}{last_user}"
+        if "long essay" in last_user:  # like a real model without max_tokens: goes on and on
+            reply *= 50
+        return reply
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> "StandIn":
+        """Serve the gateway (a fresh app, as after a restart); the fakes start once."""
         if self._thread is None:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, name="standin", daemon=True)
             self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self._run(self._start())
+        self.wait_ready(*self.backends)
         return self
 
+    @property
+    def serving(self) -> bool:
+        return self._gateway is not None
+
     def stop(self) -> None:
-        """Stop serving (the port is closed) but keep the loop for a restart."""
-        if self._runner is not None and self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            self._runner = None
+        """Stop the gateway (its port is closed); the fakes and the loop stay for a restart."""
+        if self._gateway is not None:
+            self._run(self._gateway.__aexit__(None, None, None))
+            self._gateway, self._app = None, None
 
     def close(self) -> None:
         self.stop()
         if self._loop is not None:
+            for runner in self._fake_runners:
+                self._run(runner.cleanup())
             self._loop.call_soon_threadsafe(self._loop.stop)
             assert self._thread is not None
             self._thread.join(5)
@@ -148,155 +210,29 @@ class StandIn:
             self._loop = None
             self._thread = None
 
+    def _run(self, coro: Coroutine) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
     async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/ready", self._ready)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        add_webui_routes(app, DIST)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-
-    # ------------------------------------------------------------ handlers
-    def _headers(self) -> dict[str, str]:
-        return {"X-Request-ID": uuid.uuid4().hex[:16]}
-
-    def _error(self, status: int, message: str, code: str, retry_after: float | None = None) -> web.Response:
-        headers = self._headers()
-        if retry_after is not None:
-            headers["Retry-After"] = str(int(retry_after))
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-        return web.json_response(body, status=status, headers=headers)
-
-    def _authorized(self, request: web.Request) -> bool:
-        if not self.auth_required:
-            return True
-        return request.headers.get("Authorization", "") == f"Bearer {self.api_key}"
-
-    async def _models(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._error(401, "Invalid API key", "invalid_api_key")
-        data = []
-        for m in self.models:
-            d = {
-                "id": m.id,
-                "object": "model",
-                "owned_by": "localai",
-                "aliases": m.aliases,
-                "max_model_len": m.max_model_len,
-                "context_limit": m.context_limit,
-                "state": m.state,
-                "state_reason": m.reason,
-            }
-            if m.default:
-                d["default"] = True
-            data.append(d)
-        return web.json_response({"object": "list", "data": data}, headers=self._headers())
-
-    async def _health(self, request: web.Request) -> web.Response:
-        # Like the gateway: why a model is down only for a caller with the key.
-        if self._authorized(request):
-            models = {m.id: {"state": m.state, "reason": m.reason} for m in self.models}
-        else:
-            models = {m.id: {"state": m.state} for m in self.models}
-        return web.json_response({"status": "ok", "models": models}, headers=self._headers())
-
-    async def _ready(self, request: web.Request) -> web.Response:
-        ok = any(m.state == "ready" for m in self.models)
-        return web.json_response({"ready": ok}, status=200 if ok else 503, headers=self._headers())
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
-            return self._error(401, "Invalid API key", "invalid_api_key")
-        body = await request.json()
-        self.requests.append(body)
-        if self.script:
-            status, code, ra = self.script.popleft()
-            return self._error(status, f"scripted {code}", code, ra)
-        try:
-            m = self.model(body.get("model", ""))
-        except KeyError:
-            return self._error(404, f"The model '{body.get('model')}' does not exist", "model_not_found")
-        if m.state == "loading":
-            return self._error(503, f"Model '{m.id}' is loading", "model_loading", 2)
-        if m.state != "ready":
-            return self._error(503, f"Model '{m.id}' is unavailable: {m.reason}", "model_unavailable")
-
-        reply = self.reply if self.reply is not None else DEFAULT_REPLY
-        if reply.startswith("echo:"):
-            last = next((x["content"] for x in reversed(body["messages"]) if x["role"] == "user"), "")
-            reply = f"{reply[5:]}{last}"
-        pieces = re.findall(r"\s*\S+|\s+", reply)
-        last_user = next((x["content"] for x in reversed(body["messages"]) if x["role"] == "user"), "")
-        if "long essay" in last_user:  # like a real model without max_tokens: goes on and on
-            pieces = pieces * 50
-        finish_reason = "stop"
-        if body.get("max_tokens") and len(pieces) > int(body["max_tokens"]):
-            pieces = pieces[: int(body["max_tokens"])]
-            finish_reason = "length"
-        prompt_chars = sum(len(x.get("content", "")) for x in body["messages"])
-        prompt_tokens = self.prompt_tokens if self.prompt_tokens is not None else max(1, prompt_chars // 4)
-
-        headers = self._headers()
-        if self.truncate:
-            headers["X-LocalAI-Truncated-Messages"] = str(self.truncate)
-        if not body.get("stream"):
-            return web.json_response(
-                {
-                    "id": "chatcmpl-standin",
-                    "object": "chat.completion",
-                    "model": m.id,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "finish_reason": finish_reason}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces)},
-                },
-                headers=headers,
-            )
-        headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        resp = web.StreamResponse(headers=headers)
-        await resp.prepare(request)
-        cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-
-        async def send(obj: dict) -> None:
-            await resp.write(f"data: {json.dumps(obj)}\n\n".encode())
-
-        def chunk(delta: dict, finish: str | None = None) -> dict:
-            return {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": m.id,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-
-        self.running[m.id] = self.running.get(m.id, 0) + 1
-        try:
-            await send(chunk({"role": "assistant", "content": ""}))
-            for p in pieces:
-                await asyncio.sleep(self.token_delay)
-                await send(chunk({"content": p}))
-                self.generated[m.id] = self.generated.get(m.id, 0) + 1
-            await send(chunk({}, finish_reason))
-            if (body.get("stream_options") or {}).get("include_usage"):
-                await send(
-                    {
-                        "id": cid,
-                        "object": "chat.completion.chunk",
-                        "model": m.id,
-                        "choices": [],
-                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces), "total_tokens": prompt_tokens + len(pieces)},
-                    }
-                )
-            await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            self.cancelled += 1
-            raise
-        finally:
-            self.running[m.id] -= 1
-        return resp
+        if not self._fake_runners:
+            for name, fake in self.backends.items():
+                # Handler cancellation, as vLLM: a gateway that hangs up stops the answer.
+                runner = web.AppRunner(fake.app(), handler_cancellation=True, shutdown_timeout=0.5)
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", 0).start()
+                self._fake_runners.append(runner)
+                self._fake_urls[name] = "http://127.0.0.1:%d" % runner.addresses[0][1]
+        models = [{"name": name, "url": self._fake_urls[name], "served_model": name, **entry}
+                  for name, entry in MODELS.items()]
+        cfg = parse_config(yaml.safe_dump({
+            "gateway": {"host": "127.0.0.1", "port": self.port, "health_interval": 0.1, "webui": True,
+                        "webui_dir": str(DIST)},
+            "models": models}), "standin.yaml")
+        app = create_app(cfg, api_keys=[self.api_key.encode()])
+        ctx = serve(app, "127.0.0.1", self.port)
+        await ctx.__aenter__()
+        self._gateway, self._app = ctx, app
 
 
 if __name__ == "__main__":  # manual poking: python -m tests.browser.standin

@@ -1,8 +1,9 @@
 """WebUI behaviour that needs precise control of the server's answers.
 
-These run against the scripted stand-in gateway (standin.py): 429 with
-Retry-After, a loading model, the truncation header, the gateway going away and
-coming back, hostile HTML in answers, and a 200-message conversation.
+These run against the stand-in stack (standin.py: the real gateway in front of
+the scripted fake backend): 429 with Retry-After, a loading model, the
+truncation header, the gateway going away and coming back, hostile HTML in
+answers, and a 200-message conversation.
 The main flows run against the real stack in test_webui_flows.py.
 """
 
@@ -15,6 +16,7 @@ import statistics
 import pytest
 from playwright.sync_api import expect
 
+from tests.fakebackend import ScriptedError
 from uihelp import DESKTOP, PHONE, answers, last_answer, poll, send, wait_answer, wait_connected
 
 pytestmark = pytest.mark.browser
@@ -39,15 +41,19 @@ def test_enter_sends_shift_enter_newline(standin, ui):
     page.keyboard.press("Enter")
     expect(page.locator("#thread article.user .bubble")).to_have_text("line one\nline two")
     expect(page.locator("#input")).to_have_value("")
-    expect(wait_answer(page).locator(".body")).to_have_text("got line one\nline two")
+    a = wait_answer(page)
+    expect(a.locator(".body")).to_have_text("got line one\nline two")
     assert standin.requests[-1]["stream"] is True
     assert standin.requests[-1]["stream_options"] == {"include_usage": True}
+    # The UI asked for usage itself: the gateway passes the usage event on only then
+    # (it asks the backend for it either way). 7: the fake's prompt count; 5 words.
+    expect(a.locator(".stats")).to_contain_text("7 prompt + 5 completion tokens")
     ui.assert_clean()
 
 
 def test_429_retried_with_backoff_and_wait_shown(standin, ui):
     page = ui.page
-    standin.script.extend([(429, "queue_full", 1), (429, "queue_full", 1)])
+    standin.script.extend([ScriptedError(429, "queue_full", 1), ScriptedError(429, "queue_full", 1)])
     standin.token_delay = 0.02
     send(page, "hello")
     wait = last_answer(page).locator(".wait")
@@ -64,7 +70,7 @@ def test_429_retried_with_backoff_and_wait_shown(standin, ui):
 
 def test_stop_during_backoff_cancels_retries(standin, ui):
     page = ui.page
-    standin.script.extend([(429, "queue_full", 5)] * 3)
+    standin.script.extend([ScriptedError(429, "queue_full", 5)] * 3)
     send(page, "hello")
     expect(last_answer(page).locator(".wait")).to_contain_text("Retrying in 5 s")
     page.click("#stop")
@@ -76,7 +82,7 @@ def test_stop_during_backoff_cancels_retries(standin, ui):
 
 def test_loading_model_is_not_an_error(standin, ui):
     page = ui.page
-    standin.model("chat").state = "loading"
+    standin.set_state("chat", "loading")
     page.click("#model-btn")
     opt = page.locator('.model-opt[data-model="chat"]')
     expect(opt).to_have_attribute("data-state", "loading")
@@ -91,7 +97,7 @@ def test_loading_model_is_not_an_error(standin, ui):
     wait = last_answer(page).locator(".wait")
     expect(wait).to_contain_text("The model is loading. Retrying in")
     expect(last_answer(page).locator(".error-box")).to_have_count(0)
-    standin.model("chat").state = "ready"
+    standin.set_state("chat", "ready")
     a = wait_answer(page, timeout=20_000)
     assert a.get_attribute("data-status") == "done"
     expect(a.locator(".msg-model")).to_have_text("chat")
@@ -101,8 +107,7 @@ def test_loading_model_is_not_an_error(standin, ui):
 
 def test_failed_model_shows_reason(standin, ui):
     page = ui.page
-    standin.model("chat").state = "failed"
-    standin.model("chat").reason = "CUDA out of memory"
+    standin.set_state("chat", "failed", "CUDA out of memory")
     page.click("#model-btn")
     opt = page.locator('.model-opt[data-model="chat"]')
     expect(opt).to_have_attribute("data-state", "failed", timeout=15_000)
@@ -110,17 +115,28 @@ def test_failed_model_shows_reason(standin, ui):
     ui.assert_clean()
 
 
-def test_truncation_notice(standin, ui):
+def test_truncation_notice(standin, ui, tmp_path):
+    # A first turn of 1,800 words (the fake's tokens) where coder allows 1,536 prompt
+    # tokens: the gateway drops that turn, its two messages, and says so in its header.
     page = ui.page
-    standin.truncate = 3
+    history = [{"role": "user", "content": "Old question: " + "word " * 900},
+               {"role": "assistant", "content": "Old answer: " + "word " * 900},
+               {"role": "user", "content": "A short follow-up?"},
+               {"role": "assistant", "content": "A short answer."}]
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps({"title": "Long history", "messages": history}))
+    page.set_input_files("#import-file", str(path))
+    page.click(".conv-item .conv-link")
+    expect(page.locator("#thread article.msg")).to_have_count(4)
     send(page, "hello")
     a = wait_answer(page)
     notice = a.locator(".notice.trunc")
-    expect(notice).to_contain_text("left out the 3 oldest messages")
-    expect(page.locator("#ctx-warn")).to_contain_text("left out the 3 oldest messages to fit")
+    expect(notice).to_contain_text("left out the 2 oldest messages")
+    expect(page.locator("#ctx-warn")).to_contain_text("left out the 2 oldest messages to fit")
+    assert standin.requests[-1]["messages"] == [*history[2:], {"role": "user", "content": "hello"}]
     ui.shot("standin-desktop-light-truncated")
     page.reload()
-    expect(last_answer(page).locator(".notice.trunc")).to_contain_text("3 oldest messages")
+    expect(last_answer(page).locator(".notice.trunc")).to_contain_text("2 oldest messages")
     ui.assert_clean()
 
 
@@ -617,6 +633,7 @@ def test_reload_mid_stream_keeps_partial_answer(standin, ui):
     expect(a.locator(".body")).to_contain_text("partial partial partial")
     expect(page.locator("#send")).to_be_visible()
     # The server saw the connection go away and stopped streaming.
-    poll(lambda: standin.running.get("coder", 0) == 0, timeout=10, what="stand-in stream ended")
-    assert standin.cancelled >= 1
+    coder = standin.backend("coder")
+    poll(lambda: coder.active == 0, timeout=10, what="stand-in stream ended")
+    assert coder.cancelled >= 1
     ui.assert_clean()

@@ -12,7 +12,8 @@ from playwright.sync_api import Page, expect
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-FINISHED = re.compile(r"^(done|stopped|error)$")
+# An answer's data-status once it no longer streams.
+SETTLED = re.compile(r"^(done|stopped|error)$")
 
 
 def models(base_url: str, api_key: str) -> list[dict]:
@@ -44,9 +45,19 @@ def last_answer(page: Page):
     return answers(page).last
 
 
-def wait_answer(page: Page, timeout: float = 60_000, status: str | re.Pattern = FINISHED):
+def wait_answer(page: Page, timeout: float = 60_000, status: str | None = "done"):
+    """Wait until the last answer has settled and check how: by default it must be done.
+
+    An answer that settles otherwise (an error, or stopped) fails here, with the UI's
+    error text, instead of passing for finished. ``status=None``: any settled state
+    (for a caller that looks at it itself)."""
     a = last_answer(page)
-    expect(a).to_have_attribute("data-status", status, timeout=timeout)
+    expect(a).to_have_attribute("data-status", SETTLED, timeout=timeout)
+    got = a.get_attribute("data-status")
+    if status is not None and got != status:
+        error = a.locator(".error-box")
+        detail = error.inner_text() if error.count() else a.inner_text()
+        raise AssertionError(f"answer {got}, not {status}: {detail}")
     return a
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 
 import httpx
 import openai
@@ -137,10 +138,22 @@ def test_structured_output_json_schema(client):
     assert json.loads(reply.choices[0].message.content) in schema["enum"]
 
 
-def test_preset_defaults_reach_vllm(client):
-    # temperature 0.1 from the preset vs 0 asked explicitly: the request's own value wins.
-    a = client.chat.completions.create(model="architect", messages=[{"role": "user", "content": "x"}],
-                                       max_tokens=12, temperature=0, seed=1)
-    b = client.chat.completions.create(model="general", messages=[{"role": "user", "content": "x"}],
-                                       max_tokens=12, temperature=0, seed=1)
-    assert a.choices[0].message.content == b.choices[0].message.content
+def sent_params(client, real_stack, model: str, **kw) -> dict[str, str]:
+    """What vLLM was asked for (from its request log), for one request to *model*."""
+    rid = "preset-test-" + uuid.uuid4().hex
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=4,
+                                   extra_headers={"X-Request-ID": rid}, **kw)
+    return real_stack.sampling_params(rid)
+
+
+def test_preset_defaults_reach_vllm(client, real_stack):
+    # architect = general with temperature 0.1 and top_p 0.95 (the seeds' agent).
+    preset = sent_params(client, real_stack, "architect")
+    assert (preset["temperature"], preset["top_p"]) == ("0.1", "0.95"), preset
+    # The request's own value wins; the preset's other defaults still apply. (Not 0: vLLM
+    # resets top_p to 1 for greedy sampling.)
+    own = sent_params(client, real_stack, "architect", temperature=0.7)
+    assert (own["temperature"], own["top_p"]) == ("0.7", "0.95"), own
+    # The model's own name carries no preset: vLLM's defaults.
+    plain = sent_params(client, real_stack, "general")
+    assert (plain["temperature"], plain["top_p"]) == ("1.0", "1.0"), plain

@@ -1,0 +1,91 @@
+"""What the benchmark runs against: its ports, key and paths, the full and quick plans,
+the gateway configs it writes, and the versions it records."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PORT_GATEWAY = 18500
+PORT_GATEWAY_REAL = 18501
+PORT_MOCK = 18510          # A; B = +1, C = +2
+PORT_VLLM = 18520
+API_KEY = "sk-bench-0123456789abcdef"
+LOCALAI_HOME = Path(os.environ.get("LOCALAI_HOME", Path.home() / ".cache" / "localai"))
+VLLM_PYTHON = Path(os.environ.get("LOCALAI_VLLM_PYTHON", LOCALAI_HOME / "vllm-venv" / "bin" / "python"))
+TINY_MODEL = LOCALAI_HOME / "models" / "tiny-coder"
+
+FULL = dict(
+    rounds=3, warmup=True,
+    seq_s=3.0,
+    open_rates=[100, 500, 1000, 2000, 3000, 5000], open_s=4.0, open_warm_s=1.0, open_timeout=1.0,
+    stream_conc=[1, 16, 64, 256, 1000], stream_s=5.0, stream_stagger=1.0,
+    held_users=1000, held_s=3.0,
+    real=True, real_conc=[1, 4, 16], real_s=6.0, real_tokens=32,
+)
+QUICK = dict(
+    rounds=1, warmup=True,
+    seq_s=1.0,
+    open_rates=[1000, 3000], open_s=2.0, open_warm_s=0.5, open_timeout=1.0,
+    stream_conc=[16, 1000], stream_s=0.0, stream_stagger=1.0,
+    held_users=500, held_s=0.0,
+    real=False, real_conc=[1, 4], real_s=4.0, real_tokens=16,
+)
+
+
+
+def write_configs(out: Path) -> tuple[Path, Path]:
+    keys = out / "api-keys"
+    keys.write_text(API_KEY + "\n")
+    keys.chmod(0o600)
+    common = (f"  host: {HOST}\n  api_key_file: {keys}\n  max_queue: 20000\n  queue_timeout: 60\n"
+              f"  webui: false\n  # log_level: info (the default, as in production)\n")
+    synth = out / "gateway.yaml"
+    synth.write_text(
+        "# Gateway under test: production settings, external models pointing at the mock upstream.\n"
+        f"gateway:\n  port: {PORT_GATEWAY}\n{common}models:\n" + "".join(
+            f"  - name: mock-{p.lower()}\n"
+            + ("    default: true\n" if p == "A" else "")
+            + f"    url: http://{HOST}:{PORT_MOCK + i}/v1\n    served_model: mock\n    max_concurrency: 4096\n"
+            for i, p in enumerate("ABC")))
+    real = out / "gateway-real.yaml"
+    real.write_text(
+        "# Real-backend mode: one vLLM (CPU) server on the generated tiny model, started with\n"
+        "# `localai run-model coder`, and the gateway in front of it (as under systemd).\n"
+        f"vllm:\n  python: {VLLM_PYTHON}\n  env:\n    VLLM_CPU_KVCACHE_SPACE: \"1\"\n"
+        f"    VLLM_CPU_OMP_THREADS_BIND: nobind\n"
+        f"gateway:\n  port: {PORT_GATEWAY_REAL}\n{common}"
+        f"models:\n  - name: coder\n    model: {TINY_MODEL}\n    port: {PORT_VLLM}\n"
+        f"    max_model_len: 2048\n    max_num_seqs: 16\n    dtype: float32\n    extra_args: [--enforce-eager]\n")
+    return synth, real
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "kernel": platform.release()}
+    for dist in ("localai", "aiohttp", "uvloop", "orjson", "prometheus-client", "python-json-logger",
+                 "multidict", "yarl"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    try:
+        out["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                          if line.startswith("model name"))
+    except (OSError, StopIteration):
+        out["cpu"] = platform.processor()
+    try:
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                           text=True).stdout.strip()
+        out["gateway_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "gateway"], cwd=REPO,
+                                                   capture_output=True, text=True).stdout.strip())
+    except OSError:
+        pass
+    vllm_site = list(VLLM_PYTHON.parent.parent.glob("lib/python*/site-packages/vllm*.dist-info"))
+    out["vllm"] = vllm_site[0].name.removesuffix(".dist-info").split("-", 1)[1] if vllm_site else None
+    return out

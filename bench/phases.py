@@ -1,0 +1,264 @@
+"""The benchmark's phases (profile A sequential and open loop, B streams, C held
+requests, real vLLM) and the whole run that strings them together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import loadgen, stats
+from .configs import (
+    HOST,
+    PORT_GATEWAY,
+    PORT_GATEWAY_REAL,
+    PORT_VLLM,
+    TINY_MODEL,
+    VLLM_PYTHON,
+    versions,
+    write_configs,
+)
+from .harness import Harness
+from .procs import (
+    Proc,
+    cpu_seconds,
+    load_avg,
+    log,
+    raise_priority,
+    reset_peak_rss,
+    rss_status,
+    wait_idle,
+)
+
+
+class Bench(Harness):
+    async def phase_sequential(self, gw: Proc, mock: Proc) -> dict:
+        log("profile A, sequential")
+        dur = self.plan["seq_s"]
+
+        def run(side, d=dur):
+            port, req = self.request(side, "A")
+            return loadgen.sequential(HOST, port, req, d)
+
+        data = await self.interleaved("sequential", run, gw, [mock.pid], warm=lambda s: run(s, 0.5))
+        return self._requests_point(data, with_start=False)
+
+    async def phase_open_loop(self, gw: Proc, mock: Proc) -> dict:
+        points = []
+        stopped = None
+        for rate in self.plan["open_rates"]:
+            log(f"profile A, open loop {rate} RPS")
+            dur, to = self.plan["open_s"], self.plan["open_timeout"]
+
+            def run(side, d=dur, rate=rate):
+                port, req = self.request(side, "A")
+                return loadgen.open_loop(HOST, port, req, rate, d, timeout=to)
+
+            data = await self.interleaved(f"open{rate}", run, gw, [mock.pid],
+                                          warm=lambda s, rate=rate: run(s, self.plan["open_warm_s"], rate))
+            point = self._requests_point(data, with_start=True, offered=rate)
+            point["offered_rps"] = rate
+            g = point["gateway"]["pooled"]
+            d = point["direct"]["pooled"]
+            lag99 = g["generator_lag_ms"]["p99"] or 0
+            point["generator_bound"] = bool(
+                lag99 > 5 or min((r.get("sent_rps") or 0) for r in point["gateway"]["rounds"]) < 0.97 * rate)
+            point["sustained"] = bool(g["success_rate"] >= 0.999 and g["achieved_rps"] >= 0.99 * rate)
+            points.append(point)
+            log(f"  direct p50 {d['latency_ms']['p50']} ms ok {d['success_rate']}, gateway p50 "
+                f"{g['latency_ms']['p50']} p99 {g['latency_ms']['p99']} ms ok {g['success_rate']} "
+                f"achieved {g['achieved_rps']} cpu {point['gateway_resources']['cpu_util_max']}")
+            if g["success_rate"] < 0.999 or g["achieved_rps"] < 0.9 * rate:
+                stopped = {"rate": rate, "reason": f"gateway success {g['success_rate']:.4%}, "
+                                                   f"achieved {g['achieved_rps']} of {rate} RPS"}
+                break
+        return {"points": points, "stopped": stopped, "timeout_s": self.plan["open_timeout"],
+                "duration_s": self.plan["open_s"]}
+
+    async def phase_streams(self, gw: Proc, mock: Proc) -> list[dict]:
+        points = []
+        chunks = self.plan["chunks"]
+        for users in self.plan["stream_conc"]:
+            log(f"profile B, {users} concurrent streams")
+            dur = self.plan["stream_s"] if users <= 16 else 0.0
+            counts = {"direct": [], "gateway": []}
+
+            async def run(side, users=users, dur=dur, record=True):
+                port, req = self.request(side, "B", stream=True)
+                before = self.mock_stats()
+                res = await loadgen.closed_loop(HOST, port, req, users, dur, self.plan["stream_stagger"])
+                after = self.mock_stats()
+                if record:
+                    counts[side].append({
+                        "events_sent_by_upstream": after["events_sent"] - before["events_sent"],
+                        "usage_events_sent_by_upstream": after["usage_events_sent"] - before["usage_events_sent"],
+                        "streams_aborted_at_upstream": after["streams_aborted"] - before["streams_aborted"],
+                        "upstream_timer_lag_max_ms": round(after["lag_max"] * 1000, 3),
+                        "upstream_timer_lag_over_5ms": after["lag_over_5ms"] - before["lag_over_5ms"],
+                    })
+                return stats.stream_samples(res, chunks)
+
+            self.mock_stats(reset=True)
+            data = await self.interleaved(f"streams{users}", run, gw, [mock.pid],
+                                          # warm-up at full concurrency: the gateway's upstream pool
+                                          # then holds as many idle connections as the rounds need
+                                          warm=lambda s, users=users: run(s, users, 0.0, False))
+            point = self._streams_point(data, chunks)
+            point["users"] = users
+            for side in ("direct", "gateway"):
+                point[side]["upstream"] = counts[side]
+                sent = sum(c["events_sent_by_upstream"] for c in counts[side])
+                point[side]["events_in"] = sent
+                point[side]["events_out"] = point[side]["pooled"]["events_received"]
+            g = point["gateway"]
+            point["every_event_delivered"] = (g["events_in"] == g["events_out"] ==
+                                              g["pooled"]["events_expected"] and g["pooled"]["failed"] == 0)
+            points.append(point)
+            dl = point["delta_ms"]
+            log(f"  Δttft p50 {dl['ttft']['p50']['median']} ms, Δitl p50 {dl['itl']['p50']['median']} "
+                f"p99 {dl['itl']['p99']['median']}, Δevent delay p50 {dl.get('event_delay', {}).get('p50', {}).get('median')}"
+                f" events in/out {g['events_in']}/{g['events_out']}, rss {point['gateway_resources']['peak_rss_mb_max']} MB"
+                f" cpu {point['gateway_resources']['cpu_util_max']}")
+        return points
+
+    async def phase_held(self, gw: Proc, mock: Proc) -> dict:
+        users = self.plan["held_users"]
+        log(f"profile C, {users} held requests ({self.plan['delay']} s each)")
+
+        def run(side, users=users, dur=self.plan["held_s"]):
+            port, req = self.request(side, "C")
+            return loadgen.closed_loop(HOST, port, req, users, dur, 0.5, timeout=30)
+
+        data = await self.interleaved("held", run, gw, [mock.pid], warm=lambda s: run(s, 64, 0.0))
+        point = self._requests_point(data, with_start=False)
+        point["users"] = users
+        return point
+
+    async def phase_real(self) -> dict:
+        p = self.plan
+        if not (VLLM_PYTHON.exists() and (TINY_MODEL / "config.json").exists()):
+            return {"skipped": f"needs {VLLM_PYTHON} and {TINY_MODEL} (run `make vllm models`)"}
+        log("real vLLM: starting the server (CPU build, tiny model) on the bench core(s)")
+        t0 = time.monotonic()
+        vllm = Proc("vllm", [str(Path(sys.executable).parent / "localai"), "run-model", "coder",
+                             "--config", str(self.real_cfg)], self.out / "vllm.log", self.bench_cpus)
+        self.procs.append(vllm)
+        try:
+            deadline = time.monotonic() + 600
+            while True:
+                if not vllm.alive():
+                    raise RuntimeError(f"vLLM exited with {vllm.p.returncode}; see {self.out / 'vllm.log'}")
+                try:
+                    with urllib.request.urlopen(f"http://{HOST}:{PORT_VLLM}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("vLLM not ready in 600 s")
+                await asyncio.sleep(0.5)
+            startup = time.monotonic() - t0
+            log(f"real vLLM: ready in {startup:.0f} s; starting the gateway in front of it")
+            gw = self.start_gateway(self.real_cfg, PORT_GATEWAY_REAL, ["coder"], "gateway-real")
+            extra = {"max_tokens": p["real_tokens"], "ignore_eos": True, "temperature": 0}
+            points = []
+            for users in p["real_conc"]:
+                log(f"real vLLM: {users} concurrent streams")
+
+                def run(side, users=users, dur=p["real_s"]):
+                    port = PORT_VLLM if side == "direct" else PORT_GATEWAY_REAL
+                    port, req = self.request(side, "", True, port, "coder", extra)
+                    return _samples(loadgen.closed_loop(HOST, port, req, users, dur, 0.2, timeout=120))
+
+                data = await self.interleaved(f"real{users}", run, gw, [vllm.pid],
+                                              warm=lambda s, users=users: run(s, users, 0.0))
+                point = self._streams_point(data, None)
+                point["users"] = users
+                dl = point["delta_ms"]
+                noise = point["direct_ttft_p50_spread_ms"]
+                point["ttft_within_noise"] = (dl["ttft"]["p50"]["median"] is not None and noise["range"] is not None
+                                              and dl["ttft"]["p50"]["median"] <= noise["range"])
+                points.append(point)
+                log(f"  ttft direct p50 {point['direct']['pooled']['ttft_ms']['p50']} ms (spread "
+                    f"{noise['range']}), Δttft p50 {dl['ttft']['p50']['median']} ms, Δitl p50 "
+                    f"{dl['itl']['p50']['median']} ms")
+            return {"startup_s": round(startup, 1), "max_tokens": p["real_tokens"], "points": points,
+                    "model": str(TINY_MODEL), "pinning": "vLLM shares the bench core(s) with the load generator"}
+        finally:
+            self.stop_all()
+
+    # -- whole run --
+    async def run(self) -> dict:
+        a, p = self.args, self.plan
+        started = datetime.now(timezone.utc)
+        if self.bench_cpus:
+            os.sched_setaffinity(0, self.bench_cpus)
+        idle = wait_idle(0.7, a.wait_idle)
+        self.pinning["nice"] = None
+        if a.nice:
+            error = raise_priority(a.nice)
+            if error is None:
+                self.pinning["nice"] = a.nice
+                self.pinning["note"] += (f" Every benchmark process runs at nice {a.nice}, so that other "
+                                         "processes on a shared machine take less of its cores' time.")
+            else:
+                self.pinning["note"] += f" Could not raise priority (nice {a.nice}: {error})."
+        log(f"load average {idle['after_wait']} (waited {idle['waited_s']} s); pinning: {self.pinning}")
+        synth_cfg, self.real_cfg = write_configs(self.out)
+        rep = self.report
+        rep["meta"] = {
+            "started": started.isoformat(timespec="seconds"), "mode": "quick" if a.quick else "full",
+            "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
+            "plan": p, "pinning": self.pinning, "load": {"before": idle},
+            "versions": versions(),
+            "gateway": {"argv": self.gateway_argv(synth_cfg), "config": synth_cfg.read_text(),
+                        "gateway_src": str(a.gateway_src) if a.gateway_src else None,
+                        "logging": "production default: log_level info, one JSON line per request to stdout, "
+                                   "redirected to a file (gateway.log in the results folder)",
+                        "api_key": "one key configured; every request (direct too) carries it"},
+            "mock": {"ttft_s": p["ttft"], "itl_s": p["itl"], "chunks": p["chunks"], "delay_s": p["delay"]},
+        }
+        loop_phases = [x for x in a.phases.split(",") if x]
+        try:
+            if set(loop_phases) & {"seq", "open", "streams", "held"}:
+                mock = self.start_mock()
+                gw = self.start_gateway(synth_cfg, PORT_GATEWAY, ["mock-a", "mock-b", "mock-c"], "gateway")
+                rep["meta"]["gateway"]["startup_rss_mb"] = rss_status(gw.pid).get("VmRSS")
+                g_cpu0 = cpu_seconds(gw.pid)
+                if "seq" in loop_phases:
+                    rep["sequential"] = await self.phase_sequential(gw, mock)
+                    rep["meta"]["load"]["after_sequential"] = load_avg()
+                if "open" in loop_phases:
+                    rep["open_loop"] = await self.phase_open_loop(gw, mock)
+                    rep["meta"]["load"]["after_open_loop"] = load_avg()
+                if "streams" in loop_phases:
+                    rep["streams"] = await self.phase_streams(gw, mock)
+                    rep["meta"]["load"]["after_streams"] = load_avg()
+                if "held" in loop_phases:
+                    rep["held"] = await self.phase_held(gw, mock)
+                rep["meta"]["gateway"]["total_cpu_s"] = round(cpu_seconds(gw.pid) - g_cpu0, 2)
+                reset_peak_rss(gw.pid)
+                rep["meta"]["gateway"]["final_rss_mb"] = rss_status(gw.pid).get("VmRSS")
+                log_lines = sum(1 for _ in open(self.out / "gateway.log", "rb"))
+                rep["meta"]["gateway"]["log_lines"] = log_lines
+                self.stop_all()
+            if "real" in loop_phases or (p["real"] and not a.phases_given):
+                rep["meta"]["load"]["before_real"] = load_avg()
+                rep["real"] = await self.phase_real()
+        finally:
+            self.stop_all()
+        rep["meta"]["load"]["after"] = load_avg()
+        finished = datetime.now(timezone.utc)
+        rep["meta"]["finished"] = finished.isoformat(timespec="seconds")
+        rep["meta"]["duration_s"] = round((finished - started).total_seconds(), 1)
+        from .report import evaluate_targets
+        rep["targets"] = evaluate_targets(rep)
+        return rep
+
+
+async def _samples(coro):
+    return stats.stream_samples(await coro, None)

@@ -1,0 +1,74 @@
+"""Fast tier: the GPU metrics and the `localai status` / `localai logs` helpers, without a GPU or systemd."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+def test_gpu_collector_with_and_without_cards():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.gpu import GpuCollector
+
+    cards = [{"index": 0, "name": "NVIDIA L4", "uuid": "GPU-1", "memory_used_bytes": 5 * 2**30,
+              "memory_total_bytes": 24 * 2**30, "utilization_ratio": 0.25, "temperature_c": 50}]
+    reg = CollectorRegistry()
+    reg.register(GpuCollector(lambda: cards))
+    text = generate_latest(reg).decode()
+    assert 'localai_gpu_memory_used_bytes{gpu="0"} 5.36870912e+09' in text
+    assert 'localai_gpu_memory_total_bytes{gpu="0"}' in text
+    assert 'localai_gpu_utilization_ratio{gpu="0"} 0.25' in text
+    empty = CollectorRegistry()
+    empty.register(GpuCollector(lambda: None))
+    assert "localai_gpu" not in generate_latest(empty).decode()
+
+
+def test_gpu_reading_absent_cleanly_without_a_driver():
+    from gateway import gpu
+
+    if Path("/dev/nvidiactl").exists():
+        pytest.skip("this host has an NVIDIA driver")
+    assert gpu.read_gpus() is None
+    assert gpu.nvml_unavailable_reason()
+
+
+def test_log_records_unpack_the_gateway_json():
+    from gateway.ops import format_record, record
+
+    entry = {"__REALTIME_TIMESTAMP": "1795398208000000", "_SYSTEMD_UNIT": "localai-gateway.service",
+             "PRIORITY": "6", "MESSAGE": json.dumps({"level": "WARNING", "logger": "localai.gateway",
+                                                      "msg": "queue full", "model": "coder", "ts": "x"})}
+    rec = record(entry)
+    assert rec["level"] == "WARNING" and rec["msg"] == "queue full" and rec["model"] == "coder"
+    line = format_record(rec)
+    assert "gateway" in line and "localai.gateway: queue full" in line and "model=coder" in line
+    plain = record({"UNIT": "localai-model@coder.service", "MESSAGE": [104, 105], "PRIORITY": "3"})
+    assert plain["msg"] == "hi" and plain["level"] == "ERROR" and plain["unit"].endswith("coder.service")
+
+
+def test_logs_resolve_aliases_to_units(tmp_path):
+    from gateway.ops import units_for
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"models": [
+        {"name": "coder", "aliases": ["dev"], "default": True, "model": "/m", "port": 18001},
+        {"name": "far", "url": "http://other:8000"}]}))
+    assert units_for(None, cfg) == ["localai-*"]
+    assert units_for("gateway", cfg) == ["localai-gateway.service"]
+    assert units_for("dev", cfg) == ["localai-model@coder.service"]
+    with pytest.raises(SystemExit):
+        units_for("nope", cfg)
+
+
+def test_readiness_words():
+    from gateway.ops import model_readiness
+
+    assert model_readiness({"ActiveState": "active", "SubState": "running"}, 200, "u")[0] == "ready"
+    assert model_readiness({"ActiveState": "activating", "SubState": "start-post"}, None, "u")[0] == "loading"
+    assert model_readiness({"ActiveState": "activating", "SubState": "auto-restart", "Result": "signal"},
+                           None, "u")[0] == "restarting"
+    state, why = model_readiness({"ActiveState": "failed", "Result": "start-limit-hit"}, None, "no-such-unit")
+    assert state == "failed" and "start limit" in why
