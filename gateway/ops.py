@@ -307,7 +307,9 @@ def format_record(rec: dict) -> str:
     short_unit = rec["unit"].removesuffix(".service").removeprefix("localai-").replace("model@", "")
     head = f"{rec['ts'][:23].replace('T', ' ')} {short_unit:<10} {rec['level']:<7}"
     logger = rec.get("logger")
-    text = f"{logger}: {rec['msg']}" if logger else rec["msg"]
+    # One record, one line (a config error names its problems on lines of their own).
+    msg = rec["msg"].replace("\n", " ⏎ ")
+    text = f"{logger}: {msg}" if logger else msg
     fields = [f"{k}={json.dumps(v) if not isinstance(v, str) or ' ' in v else v}"
               for k, v in rec.items() if k not in ("ts", "unit", "level", "msg", "logger") and v is not None]
     return f"{head} {text}" + (f"  [{' '.join(fields)}]" if fields else "")
