@@ -25,7 +25,8 @@ Tools pass through as vLLM takes them (it shows the model function tools and
 free-form custom tools, and drops web_search and the other hosted tools), with
 one change: vLLM rejects a custom tool with a grammar format, which Codex CLI
 sends for apply_patch, so the gateway makes it free-form text (vLLM could not
-have held the model to the grammar anyway).
+have held the model to the grammar anyway); and Codex's `additional_tools`
+input item, which vLLM refuses, has its tools moved to the request's tools.
 """
 
 from __future__ import annotations
@@ -188,11 +189,29 @@ def _check_fields(body: dict) -> None:
             raise ApiError(400, f"'{name}' must be {said}.", code="invalid_type", param=name)
 
 
-def _free_form_custom_tools(body: dict) -> None:
+def _lift_additional_tools(body: dict) -> None:
+    """Codex (0.17x, for its newest models' names) sends its tools as an `additional_tools` input
+    item, which vLLM refuses ("Unsupported input item type"): they join the request's tools."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return
+    lifted = [item for item in items if isinstance(item, dict) and item.get("type") == "additional_tools"]
+    if not lifted:
+        return
+    body["input"] = [item for item in items if not (isinstance(item, dict) and item.get("type") == "additional_tools")]
+    tools = body["tools"] if isinstance(body.get("tools"), list) else []
+    body["tools"] = tools + [tool for item in lifted if isinstance(item.get("tools"), list) for tool in item["tools"]]
+
+
+def _free_form_custom_tools(tools: object) -> None:
     """Custom tools with a grammar (Codex's apply_patch) become free-form: vLLM refuses grammars."""
-    for tool in body.get("tools") or []:
-        if isinstance(tool, dict) and tool.get("type") == "custom" \
-                and isinstance(tool.get("format"), dict) and tool["format"].get("type") == "grammar":
+    for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tool, dict):
+            continue
+        if tool.get("type") == "namespace":
+            _free_form_custom_tools(tool.get("tools"))
+        elif tool.get("type") == "custom" and isinstance(tool.get("format"), dict) \
+                and tool["format"].get("type") == "grammar":
             tool["format"] = {"type": "text"}
 
 
@@ -289,7 +308,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/responses."""
     body = await read_json_body(request)
     _check_fields(body)
-    _free_form_custom_tools(body)
+    _lift_additional_tools(body)
+    _free_form_custom_tools(body.get("tools"))
     await _continue_where_it_lives(request.app, body)
     remember = RememberOwner(request.app[RESPONSE_OWNERS], request[ACCOUNT])
     return await run(request, RESPONSES, body, adapter=remember, guard_with=guard_responses)

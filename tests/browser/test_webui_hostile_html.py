@@ -82,7 +82,7 @@ def test_streaming_answer_never_shows_the_button(standin, ui):
     _assert_inert(page, body)
     page.click("#stop")
     expect(a).to_have_attribute("data-status", "stopped")
-    poll(lambda: standin.cancelled, what="the stand-in saw the stream cancelled")
+    poll(lambda: standin.backend("coder").cancelled, what="the model server saw the stream cancelled")
     ui.assert_clean()
 
 

@@ -121,8 +121,14 @@ def test_errors(client, real_stack):
         bad.list()
     assert info.value.status_code == 401
     with pytest.raises(ollama.ResponseError) as info:  # vLLM's own 400, in Ollama's shape
-        client.chat(model="coder", messages=QUESTION, options={"num_predict": 5000})
-    assert info.value.status_code == 400 and "max" in info.value.error
+        client.chat(model="coder", messages=QUESTION, format={"type": "nonsense"})
+    assert info.value.status_code == 400 and "nonsense" in info.value.error
+
+
+def test_num_predict_beyond_the_window_is_capped(client):
+    # vLLM itself refuses max_tokens 5000 on a 2,048-token model; the gateway asks for the room left.
+    out = client.chat(model="coder", messages=QUESTION, options={"num_predict": 5000, "temperature": 0})
+    assert out.done and 0 < out.eval_count <= 2048 - out.prompt_eval_count
 
 
 def test_embed(client):

@@ -113,6 +113,22 @@ async def test_codex_grammar_tools_become_free_form_text_and_others_pass(stack):
                                                                    {"effort": "medium"})
 
 
+async def test_codex_additional_tools_item_becomes_the_requests_tools(stack):
+    """Codex 0.171 sends its tools for its newest model names as an input item vLLM refuses."""
+    fake = FakeBackend()
+    s = await stack({"m": fake})
+    namespace = {"type": "namespace", "name": "functions", "description": "", "tools": [
+        {"type": "custom", "name": "exec", "format": {"type": "grammar", "syntax": "lark", "definition": "s: /.+/"}},
+        {"type": "function", "name": "shell", "parameters": {"type": "object"}}]}
+    said = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello"}]}
+    await create(s, input=[{"type": "additional_tools", "id": "at_1", "role": "developer", "tools": [namespace]},
+                           said])
+    sent = fake.received[-1]
+    assert sent["input"] == [said]
+    assert sent["tools"] == [{**namespace, "tools": [{**namespace["tools"][0], "format": {"type": "text"}},
+                                                     namespace["tools"][1]]}]
+
+
 # --- ids lead back to their backend ------------------------------------------------------
 
 
