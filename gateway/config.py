@@ -3,6 +3,10 @@
 One file describes the whole service: the gateway, the vLLM venv and the
 models.  Every error names the file, the key path and the line, so a bad
 config never starts anything half-way.
+
+It is one module (past 400 lines) on purpose: every key a user may write,
+its type, its default and the checks across entries, read top to bottom in
+the order of the README's reference.
 """
 
 from __future__ import annotations
