@@ -213,7 +213,10 @@ def test_status_and_logs_commands(box):
 
 def test_a_stream_in_flight_survives_reload(box):
     pid = box.prop("localai-gateway.service", "MainPID")
+    # 20 logprobs a token: the answer takes ~12 s and 2.7 MB, more than the socket buffers hold
+    # (a plain 1,500-token answer was done in 2 s, sometimes before the reload took effect).
     body = {"model": "coder", "stream": True, "max_tokens": 1500, "ignore_eos": True,
+            "logprobs": True, "top_logprobs": 20,
             "messages": [{"role": "user", "content": "Count to a thousand"}]}
     conn = HTTPConnection("127.0.0.1", stage.GATEWAY_PORT, timeout=300)
     # A small receive buffer: the gateway cannot finish the stream until this test reads it.
