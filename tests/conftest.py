@@ -25,10 +25,22 @@ REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output"
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port never handed out before in this test process.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket is
+    closed, and a config naming one port twice is (rightly) refused.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
 
 
 def make_config(models: list[dict], **gateway) -> Config:
