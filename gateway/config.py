@@ -493,6 +493,13 @@ def _placement_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
     index = {m.name: i for i, m in enumerate(cfg.models)}
     problems: list[tuple[KeyPath, str]] = [(("models", index[name], "gpu_memory_utilization"), message)
                                            for name, message in cfg.seating().problems]
+    for taken_seat in cfg.seating().seats:
+        host = cfg.host(taken_seat.host)
+        missing = sorted(taken_seat.cards - set(host.cards)) if cfg.hosts else []
+        if missing:
+            problems.append((("models", index[taken_seat.name], "env", "CUDA_VISIBLE_DEVICES"),
+                             f"pins GPU {', '.join(missing)}, but host {host.name} has "
+                             f"{host.gpus} GPU{'s' if host.gpus != 1 else ''} (0 to {host.gpus - 1})"))
     if problems:
         return problems
     taken: dict[tuple[str, int], str] = {}
@@ -505,7 +512,10 @@ def _placement_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
             ports.append((int(p.master.rsplit(":", 1)[1]), f"models[{index[p.model]}].master_port", "master_port"))
         for port, label, key in ports:
             on = f" on host {p.host}" if named else ""
-            if port == cfg.gateway.port:
+            if port > 65535:
+                problems.append((("models", index[p.model], key), f"port {port}{on} (after port_offset and the "
+                                                                  "replica's own port) is above 65535"))
+            elif port == cfg.gateway.port:
                 problems.append((("models", index[p.model], key), f"port {port}{on} is already used by gateway.port"))
             elif (p.host, port) in taken:
                 problems.append((("models", index[p.model], key),

@@ -123,13 +123,17 @@ def _place(cfg: Config) -> tuple[Placement, ...]:
 def endpoints(cfg: Config, model: str) -> list[Placement]:
     """What the gateway balances over for this model: its servers (or heads); an external
     model is its one URL."""
+    return list(derived(cfg, f"endpoints {model}", lambda: _endpoints(cfg, model)))
+
+
+def _endpoints(cfg: Config, model: str) -> tuple[Placement, ...]:
     m = cfg.model(model)
     if isinstance(m, ExternalModel):
         url = backend_url(m, cfg.vllm)
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        return [Placement(m.name, 0, parts.hostname or "", port, None, "external", "", url)]
-    return [p for p in placements(cfg) if p.model == model and p.role != "worker"]
+        return (Placement(m.name, 0, parts.hostname or "", port, None, "external", "", url),)
+    return tuple(p for p in placements(cfg) if p.model == model and p.role != "worker")
 
 
 def placement(cfg: Config, unit: str) -> Placement:

@@ -207,17 +207,21 @@ class _Seater:
         """The cards (and CUDA_VISIBLE_DEVICES) of a seat on this host; None when it lacks room.
         A forced seat (the user chose the host, or there is only the implicit one) is taken
         even when full: the budget check then names the card."""
-        ids = _device_ids(ask.devices)
+        # A CPU host's one pseudo-card is all there is, whatever the model's env names.
+        ids = _device_ids(ask.devices) if self.cards[host] != (EVERY,) else None
         if ids or self.cards[host] == (EVERY,) or not self.named:
             cards = ids or frozenset(self.cards[host])
-            roomy = all(self.room(host, c) + _EPSILON >= ask.share for c in cards)
+            roomy = cards <= set(self.cards[host]) and all(self.room(host, c) + _EPSILON >= ask.share
+                                                          for c in cards)
             return (cards, ask.devices if ids else None) if forced or roomy else None
         fitting = [c for c in self.cards[host] if self.room(host, c) + _EPSILON >= ask.share]
         card = max(fitting, key=lambda c: self.room(host, c), default=None)  # the first card on ties
         return None if card is None else (frozenset({card}), card)
 
     def _shortfall(self, ask: Ask, host: str) -> str:
-        pinned = _device_ids(ask.devices)
+        pinned = _device_ids(ask.devices) if self.cards[host] != (EVERY,) else None
+        if pinned and not pinned <= set(self.cards[host]):
+            return f"host {host} has no GPU {', '.join(sorted(pinned - set(self.cards[host])))}"
         if pinned:
             card = min(sorted(pinned), key=lambda c: self.room(host, c))
         else:

@@ -162,6 +162,13 @@ models:
     (("port: 8010", "port: 8001"), 23, "models[2].port", "port 8001 on host gpu1 is already used by models[0].port"),
     (("    nodes: 2\n", "    nodes: 2\n    master_port: 8001\n"), 25, "models[2].master_port",
      "port 8001 on host gpu1 is already used by models[0].port"),
+    (("port_offset: 100", "port_offset: 57600"), 13, "models[0].port",
+     "port 65601 on host gpu2 (after port_offset and the replica's own port) is above 65535"),
+    # A card the model pins itself: on an explicit host it must exist; free replicas skip hosts without it.
+    (("hosts: [gpu2]\n", "hosts: [gpu1]\n    env: {CUDA_VISIBLE_DEVICES: '1'}\n"), 20,
+     "models[1].env.CUDA_VISIBLE_DEVICES", "pins GPU 1, but host gpu1 has 1 GPU (0 to 0)"),
+    (("    replicas: 2\n", "    replicas: 2\n    env: {CUDA_VISIBLE_DEVICES: '1'}\n"), 16,
+     "models[0].gpu_memory_utilization", "no room for coder replica 1: host gpu1 has no GPU 1"),
 ])
 def test_bad_plans_name_key_and_line(change, line, key, words):
     found = problems(TWO_HOSTS.replace(*change))
