@@ -132,7 +132,7 @@ class ModelProcess:
             level: int = logging.getLevelNamesMapping()[found.group(1)] if found else logging.INFO
             if level >= logging.ERROR or "Error" in line:
                 self.last_line = line[-300:]
-            logger.log(level, line, extra={"model": self.plan.name, "backend": self.backend.url,
+            logger.log(level, line, extra={"model": self.plan.name, "backend": self.plan.url,
                                            "pid": proc.pid})
 
 

@@ -234,6 +234,37 @@ def test_run_model_execs_the_placement_its_unit_names(tmp_path):
     assert "no server named 'coder.7' in the plan (servers: coder, coder.1, chat, big, big.node1)" in missing.stderr
 
 
+def test_up_on_a_config_with_hosts_asks_which_host_this_is(tmp_path):
+    path = tmp_path / "localai.yaml"
+    path.write_text(TWO_HOSTS)
+    for extra, says in (([], "no host named local (hosts: gpu1, gpu2); say which host this machine is with --host"),
+                        (["--host", "gpu1", "--host", "gpu9"], "no host named gpu9 (hosts: gpu1, gpu2)")):
+        run = subprocess.run([sys.executable, "-m", "gateway.cli", "up", "--config", str(path), *extra],
+                             capture_output=True, text=True, cwd=REPO, timeout=30)
+        assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr
+
+
+def test_up_starts_only_the_servers_placed_on_its_host(tmp_path):
+    port, gateway = free_port(), free_port()
+    path = tmp_path / "localai.yaml"
+    path.write_text(f"vllm:\n  python: {recording_python(tmp_path)}\ngateway:\n  port: {gateway}\n  webui: false\n"
+                    "hosts:\n  - {name: a, address: 127.0.0.1, gpus: 0}\n"
+                    "  - {name: b, address: 127.0.0.1, gpus: 0, port_offset: 1}\n"
+                    f"models:\n  - name: m\n    model: /m\n    port: {port}\n    replicas: 2\n")
+    up = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up", "--config", str(path), "--host", "b"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        asyncio.run(wait_until(lambda: (tmp_path / f"ran-{port + 1}").exists(), timeout=30))
+    finally:
+        up.terminate()
+        out, _ = up.communicate(timeout=30)
+    started = [json.loads(line)["msg"] for line in out.splitlines()
+               if line.startswith("{") and "started model server" in line]
+    assert [s.split(" (pid")[0] for s in started] == ["started model server m.1"], out
+    argv, _ = json.loads((tmp_path / f"ran-{port + 1}").read_text())
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+
+
 async def test_up_starts_every_replica_placed_on_this_machine(tmp_path):
     port = free_port()
     text = (f"vllm:\n  python: {recording_python(tmp_path)}\ngateway:\n  port: {free_port()}\n  webui: false\n"
