@@ -175,6 +175,42 @@ def test_bad_plans_name_key_and_line(change, line, key, words):
     assert any(p[0] == line and p[1] == key and words in p[2] for p in found), found
 
 
+def test_on_demand_models_take_turns_on_the_freest_card_of_any_host():
+    text = TWO_HOSTS.replace("  - name: remote\n", """\
+  - name: swap1
+    model: /m/s1
+    port: 8020
+    gpu_memory_utilization: 0.3
+    load: on_demand
+  - name: swap2
+    model: /m/s2
+    port: 8021
+    gpu_memory_utilization: 0.3
+    load: on_demand
+  - name: remote
+""").replace("gpu_memory_utilization: 0.4", "gpu_memory_utilization: 0.3")
+    cfg = parse_config(text)
+    # Only load: always models count against room: each on_demand model goes to the freest card
+    # beside them (gpu2's GPU 0, 0.3 left beside chat), and there they take turns.
+    seats = {p.unit: (p.host, p.devices) for p in placements(cfg)}
+    assert seats["swap1"] == seats["swap2"] == ("gpu2", "0")
+    assert cfg.residency().together() == [["swap1"], ["swap2"]]
+    # Pinned beside the always models where they don't fit: named by host and card.
+    found = problems(text.replace("    load: on_demand\n  - name: swap2", "    load: on_demand\n    hosts: [gpu1]\n"
+                                  "    env: {CUDA_VISIBLE_DEVICES: '0'}\n  - name: swap2"))
+    assert [p[1:] for p in found] == [("models[3].gpu_memory_utilization",
+                                       "swap1 (load: on_demand) does not fit beside the load: always models coder, "
+                                       "big on host gpu1 GPU 0: together they take 1.10 of one card, more than 1")]
+
+
+def test_an_explicit_host_pinned_past_its_card_names_host_and_card():
+    pinned = "hosts: [gpu2]\n    env: {CUDA_VISIBLE_DEVICES: '1'}\n"
+    found = problems(TWO_HOSTS.replace("hosts: [gpu2]\n", pinned).replace("replicas: 2\n", pinned))
+    assert [p[1:] for p in found] == [("models[1].gpu_memory_utilization",
+                                       "gpu_memory_utilization of coder, chat (load: always) sums to 1.20 "
+                                       "on host gpu2 GPU 1; it must be at most 1")]
+
+
 def test_hosts_of_a_single_host_config_are_local_only():
     text = "models:\n  - name: m\n    model: /m\n    port: 8101\n    hosts: [gpu1]\n"
     assert problems(text) == [(5, "models[0].hosts[0]",
