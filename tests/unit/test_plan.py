@@ -239,6 +239,9 @@ def test_check_and_plan_show_every_host_and_card(tmp_path):
     assert worker["argv"] == server_plan(cfg.model("big"), cfg.vllm, placements(cfg)[-1]).argv
     assert plan["hosts"][0]["cards"] == {"0": {"coder": 0.5, "big": 0.4}}
     assert full_plan(cfg)["models"][0]["replicas"] == 2
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", "--host", "gpu2", "--config", str(path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    assert [p["unit"] for p in json.loads(run.stdout)["placements"]] == ["coder.1", "chat", "big.node1"]
 
 
 def recording_python(tmp_path: Path, wait: bool = True) -> Path:
