@@ -104,7 +104,7 @@ def _place(cfg: Config) -> tuple[Placement, ...]:
         # Where vLLM listens: vllm.host when the config sets it or has one host; on a named
         # host its address, which the gateway and the other nodes use.
         bind = host.reach if named and "host" not in cfg.vllm.model_fields_set else cfg.vllm.host
-        node_ip = host.node_ip or host.reach if m.nodes > 1 else ""
+        node_ip = (host.node_ip or host.reach) if m.nodes > 1 else ""
         port, url = 0, ""
         if role != "worker":
             k = per_host.get((seat.name, seat.host), 0)
