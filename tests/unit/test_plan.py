@@ -71,8 +71,10 @@ def test_replicas_spread_over_hosts_onto_the_card_with_room():
     assert [p.unit for p in endpoints(cfg, "big")] == ["big"]
     (remote,) = endpoints(cfg, "remote")
     assert (remote.role, remote.url, remote.host, remote.port) == ("external", "http://10.1.2.3:8000", "10.1.2.3", 8000)
-    # Computed once per config; the same config text always gives the same plan.
-    assert placements(cfg) == placements(cfg) and table(parse_config(TWO_HOSTS)) == table(cfg)
+    # Computed once per config (a changed copy is planned afresh); the same text gives the same plan.
+    assert cfg.seating() is cfg.seating() and table(parse_config(TWO_HOSTS)) == table(cfg)
+    moved = cfg.model_copy(update={"hosts": list(reversed(cfg.hosts or []))})
+    assert placements(moved)[0].host == "gpu2" and placements(cfg)[0].host == "gpu1"
     coder1 = server_plan(cfg.model("coder"), cfg.vllm, placements(cfg)[1])
     assert coder1.env["CUDA_VISIBLE_DEVICES"] == "1" and coder1.unit == "coder.1"
     assert "--host 10.0.0.12 --port 8101" in " ".join(coder1.argv)
