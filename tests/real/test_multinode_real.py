@@ -33,7 +33,10 @@ class TwoNodeStack(RealStack):
         # See docs/notes/vllm-cpu-facts.md, "A model across hosts".
         coder = {"name": "coder", "default": True, "model": str(TINY_MODELS / "tiny-coder"), "max_model_len": 2048,
                  "max_num_seqs": 4, "nodes": 2, "master_port": free_port(), "dtype": "float32"}
-        super().__init__(workdir, models=[coder], name="multinode-stack")
+        # The same weights served whole by one server on node-a: what the split model must answer.
+        whole = {"name": "whole", "model": coder["model"], "hosts": ["node-a"], "max_model_len": 2048,
+                 "max_num_seqs": 4, "dtype": "float32"}
+        super().__init__(workdir, models=[coder, whole], name="multinode-stack")
         config = yaml.safe_load(self.config.read_text())
         config["hosts"] = [{"name": name, "address": "127.0.0.1", "gpus": 0} for name in HOSTS]
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -77,8 +80,9 @@ def stack(tmp_path_factory):
     started = time.monotonic()
     with running(stack):
         ready_s = round(time.monotonic() - started, 1)
-        assert stack.proc is not None
-        MEASURED.write_text(json.dumps({"ready_s": ready_s, "rss_mib": rss_mib(_descendants(stack.proc.pid))},
+        nodes = set(stack.vllm_argvs())
+        split = nodes.union(*(_descendants(pid) for pid in nodes))
+        MEASURED.write_text(json.dumps({"both_models_ready_s": ready_s, "split_model_rss_mib": rss_mib(split)},
                                        indent=2) + "\n")
         yield stack
 
@@ -95,16 +99,30 @@ def test_both_nodes_run_one_model_split_in_two(stack):
         assert f"in world size 2 is assigned as DP rank 0, PP rank {stage}," in log, f"no pipeline stage {stage}"
 
 
-def test_chat_through_the_gateway(stack):
-    """What a user sees: an answer from the split model through the gateway, with its usage."""
+def chat(stack: TwoNodeStack, model: str, content: str, max_tokens: int = 16) -> dict:
     r = httpx.post(stack.url + "/v1/chat/completions", timeout=120,
                    headers={"Authorization": f"Bearer {stack.api_key}"},
-                   json={"model": "coder", "messages": [{"role": "user", "content": "def fib(n):"}],
-                         "max_tokens": 24, "temperature": 0, "ignore_eos": True})
+                   json={"model": model, "messages": [{"role": "user", "content": content}],
+                         "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "logprobs": True})
     assert r.status_code == 200, r.text
-    answer = r.json()
+    return r.json()
+
+
+def test_chat_through_the_gateway(stack):
+    """What a user sees: an answer from the split model through the gateway, with its usage."""
+    answer = chat(stack, "coder", "def fib(n):", max_tokens=24)
     assert answer["choices"][0]["message"]["content"]
     assert answer["usage"]["completion_tokens"] == 24
+
+
+@pytest.mark.parametrize("content", ["def fib(n):", "Write a haiku about the sea.", "import os\nimport sys\n"])
+def test_the_split_model_answers_as_the_whole_one(stack, content):
+    """Greedy answers from the two pipeline stages on two nodes are those of one server with
+    all the layers, token by token and with the same log-probabilities: the split computes the
+    same model (the random-weight model's text alone could be too uniform to tell)."""
+    split, whole = (chat(stack, model, content)["choices"][0]["logprobs"]["content"] for model in ("coder", "whole"))
+    assert [t["token"] for t in split] == [t["token"] for t in whole]
+    assert [t["logprob"] for t in split] == pytest.approx([t["logprob"] for t in whole], abs=1e-3)
 
 
 def test_streamed_chat_through_the_gateway(stack):
