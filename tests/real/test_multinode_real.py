@@ -5,6 +5,7 @@ the plan puts its head (HTTP server, node rank 0) on one and a headless worker (
 on the other, with vLLM's multiprocessing multi-node launch (`--nnodes 2 --node-rank K
 --master-addr --master-port`, pipeline parallel across the nodes). One `localai up --host A
 --host B` runs both hosts' servers, as each host's own `localai up --host` (or unit) would.
+A second model, the same weights served whole on one host, is what the split one must answer.
 Startup time and memory land in test-output/multinode.json."""
 
 from __future__ import annotations
