@@ -159,6 +159,7 @@ class RealStack:
         }, sort_keys=False))
         OUTPUT.mkdir(exist_ok=True)
         self.log_path = OUTPUT / f"{name}.log"
+        self.up_args: list[str] = []  # more arguments for `localai up`, e.g. --host NAME
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -181,7 +182,8 @@ class RealStack:
         # while the page sat idle; 0.13 s niced). Relative to each other the servers and
         # the gateway keep their shares.
         self.proc = subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, "-m", "gateway.cli", "up", "--config", str(self.config)],
+            ["nice", "-n", "10", sys.executable, "-m", "gateway.cli", "up", "--config", str(self.config),
+             *self.up_args],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         _nice_autogroup(self.proc.pid, 10)
 
