@@ -154,8 +154,10 @@ function setWait(s, text) {
  * @param {number} since  performance.now() when the request went out
  */
 function showLoading(s, model, since) {
-  if (model && !s.loading) s.loading = everySecond(since, (ms) => setWait(s, loadingText(model, ms)));
-  else if (!model && s.loading) {
+  if (model && !s.loading) {
+    s.loading = everySecond(since, (ms) => setWait(s, loadingText(model, ms)));
+    poll(); // the picker shows it loading, not still asleep
+  } else if (!model && s.loading) {
     s.loading();
     s.loading = null;
     setWait(s, null);
