@@ -14,10 +14,13 @@ PORT_GATEWAY = 18500
 PORT_GATEWAY_REAL = 18501
 PORT_MOCK = 18510          # A; B = +1, C = +2
 PORT_VLLM = 18520
+PORT_GATEWAY_SWAP = 18502  # `localai up` of the swap phase; its two models on 18530, 18531
+PORT_SWAP_MODELS = 18530
 API_KEY = "sk-bench-0123456789abcdef"
 LOCALAI_HOME = Path(os.environ.get("LOCALAI_HOME", Path.home() / ".cache" / "localai"))
 VLLM_PYTHON = Path(os.environ.get("LOCALAI_VLLM_PYTHON", LOCALAI_HOME / "vllm-venv" / "bin" / "python"))
-TINY_MODEL = LOCALAI_HOME / "models" / "tiny-coder"
+TINY_MODELS = LOCALAI_HOME / "models"
+TINY_MODEL = TINY_MODELS / "tiny-coder"
 
 FULL = dict(
     rounds=3, warmup=True,
@@ -26,6 +29,7 @@ FULL = dict(
     stream_conc=[1, 16, 64, 256, 1000], stream_s=5.0, stream_stagger=1.0,
     held_users=1000, held_s=3.0,
     real=True, real_conc=[1, 4, 16], real_s=6.0, real_tokens=32,
+    swap_resident=5, swap_rounds=4,
 )
 QUICK = dict(
     rounds=1, warmup=True,
@@ -34,6 +38,7 @@ QUICK = dict(
     stream_conc=[16, 1000], stream_s=0.0, stream_stagger=1.0,
     held_users=500, held_s=0.0,
     real=False, real_conc=[1, 4], real_s=4.0, real_tokens=16,
+    swap_resident=3, swap_rounds=2,
 )
 
 

@@ -60,13 +60,20 @@ class Harness:
             wait_port(PORT_MOCK + i, 10, proc)
         return proc
 
-    def gateway_argv(self, config: Path) -> list[str]:
+    def localai_argv(self) -> list[str]:
+        """The `localai` command of the gateway package under test."""
         if self.args.gateway_src:
-            return [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config)]
-        return [str(Path(sys.executable).parent / "localai"), "gateway", "--config", str(config)]
+            return [sys.executable, "-m", "gateway.cli"]
+        return [str(Path(sys.executable).parent / "localai")]
+
+    def gateway_argv(self, config: Path) -> list[str]:
+        return [*self.localai_argv(), "gateway", "--config", str(config)]
+
+    def gateway_env(self) -> dict | None:
+        return {"PYTHONPATH": str(self.args.gateway_src)} if self.args.gateway_src else None
 
     def start_gateway(self, config: Path, port: int, models: list[str], name: str) -> Proc:
-        env = {"PYTHONPATH": str(self.args.gateway_src)} if self.args.gateway_src else None
+        env = self.gateway_env()
         # cwd: the results folder, so `-m gateway.cli` can't pick up ./gateway over --gateway-src
         proc = Proc(name, self.gateway_argv(config), self.out / f"{name}.log", self.gw_cpus, env, cwd=self.out)
         self.procs.append(proc)

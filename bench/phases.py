@@ -33,6 +33,7 @@ from .procs import (
     rss_status,
     wait_idle,
 )
+from .swap import phase_swap
 
 
 class Bench(Harness):
@@ -249,6 +250,10 @@ class Bench(Harness):
             if "real" in loop_phases or (p["real"] and not a.phases_given):
                 rep["meta"]["load"]["before_real"] = load_avg()
                 rep["real"] = await self.phase_real()
+            if "swap" in loop_phases:
+                rep["meta"]["load"]["before_swap"] = load_avg()
+                rep["swap"] = await phase_swap(self.out, p, [*self.localai_argv(), "up"], self.gateway_env(),
+                                               real=not a.no_real and (p["real"] or a.phases_given))
         finally:
             self.stop_all()
         rep["meta"]["load"]["after"] = load_avg()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .swap import swap_table
+
 
 def _get(d, *keys):
     for k in keys:
@@ -185,6 +187,9 @@ def format_table(rep: dict) -> str:
              "ev/stream d/g", "failed"], rows))
     elif real:
         parts.append(f"\nReal vLLM: skipped ({real.get('skipped')})")
+    if rep.get("swap"):
+        title, head, rows, note = swap_table(rep["swap"])
+        parts += [_table(title, head, rows), note]
     rows = [[t["target"], t["goal"], _f(t["value"]), {True: "met", False: "MISSED", None: "n/a"}[t["met"]]]
             for t in rep.get("targets", [])]
     parts.append(_table("Targets", ["target", "goal", "value", ""], rows))

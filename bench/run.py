@@ -13,7 +13,8 @@ What runs (see bench/README.md for the method and its limits):
 
 The code: configs.py (ports, plans, the configs written), procs.py (processes and
 their /proc accounting), harness.py (starting, measuring, interleaving), phases.py
-(what is measured), this file (the command line).
+(what is measured), swap.py (the swap phase: `localai up` and on_demand models), this file
+(the command line).
 
 Pinned, where the machine has 2+ cores: the gateway alone on the last core,
 mock + load generator (and vLLM in real mode) on the others.  Direct and
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short run (< 2 min): fewer points, 1 round, no vLLM")
     ap.add_argument("--real", action="store_true", help="with --quick: include the real vLLM mode")
     ap.add_argument("--no-real", action="store_true", help="skip the real vLLM mode")
-    ap.add_argument("--phases", default="", help="comma list of seq,open,streams,held,real (default: all)")
+    ap.add_argument("--phases", default="",
+                    help="comma list of seq,open,streams,held,real,swap (default: all; swap: time to first token "
+                         "of a model that is not resident, real vLLM unless --no-real, plus the sleep-mode stand-in)")
     ap.add_argument("--rounds", type=int, help="measured rounds per point (default 3, quick 1)")
     ap.add_argument("--rates", help="open-loop rates, comma separated (default 100,500,1000,2000,3000,5000)")
     ap.add_argument("--streams", help="stream concurrencies, comma separated (default 1,16,64,256,1000)")
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         plan["real"] = False
     args.phases_given = bool(args.phases)
     if not args.phases:
-        args.phases = "seq,open,streams,held" + (",real" if plan["real"] else "")
+        args.phases = "seq,open,streams,held" + (",real" if plan["real"] else "") + ",swap"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = (args.out or REPO / "bench" / "results" / (stamp + ("-quick" if args.quick else ""))).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ export const state = {
  * @property {MessageView|null} view  its view, while its chat is on screen
  * @property {StreamRenderer|null} renderer
  * @property {number} raf  the pending paint's animation frame, or 0
+ * @property {(() => void)|null} loading  stops the "loading coder… 4 s" counter while its model loads
  */
 
 /** @type {Map<string, LiveAnswer>} conversation id -> its answer being generated */

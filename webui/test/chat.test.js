@@ -1,10 +1,11 @@
 // One answer without the DOM: the request, retries against a real HTTP server, reading the stream, stats.
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { ApiError, NetworkError } from '../src/core/http.js';
 import {
-  AnswerClock, backoffSeconds, chatRequest, describeError, estimateTokens, readAnswer, retryPolicy, sendWithRetries,
+  AnswerClock, backoffSeconds, chatRequest, describeError, estimateTokens, everySecond, loadingModel, loadingText,
+  readAnswer, retryPolicy, sendWithRetries,
 } from '../src/core/chat.js';
 
 const msg = (role, content, extra = {}) => ({ id: `${role}-${content}`, role, content, created: 0, ...extra });
@@ -47,6 +48,54 @@ test('failed answers are described for people', () => {
   assert.equal(describeError(new NetworkError(), 'm').title, "Can't reach the gateway.");
   const withId = new ApiError(500, { message: 'boom' }, new Headers({ 'X-Request-ID': 'r1' }));
   assert.deepEqual(describeError(withId, 'm'), { title: 'Request failed (HTTP 500).', detail: 'boom request r1' });
+});
+
+test('a model that could not be brought in is described as such, from a status or a stream\'s error event', () => {
+  // A stream's error event has the code but no status (sseChunks makes it a 500).
+  const streamed = new ApiError(500, { message: "Model 'coder' is not available: start failed: no weights", code: 'model_unavailable' });
+  assert.equal(describeError(streamed, 'coder').title, 'The model “coder” is unavailable.');
+  assert.match(describeError(streamed, 'coder').detail, /no weights \(model_unavailable\)$/);
+  const noRoom = new ApiError(503, { message: 'no room', code: 'queue_timeout' });
+  assert.equal(describeError(noRoom, 'coder').title, 'The model “coder” could not be served in time.');
+});
+
+test('while the gateway loads the model: its name and the whole seconds since the request', () => {
+  assert.equal(loadingModel('waiting for coder to load'), 'coder');
+  assert.equal(loadingModel('keep-alive'), null);
+  assert.equal(loadingText('coder', 4999), 'loading coder… 4 s');
+  assert.equal(loadingText('coder', -3), 'loading coder… 0 s');
+});
+
+test('the loading counter ticks at each whole second after the request, until stopped', (t) => {
+  mock.timers.enable({ apis: ['setTimeout'] });
+  t.after(() => mock.timers.reset());
+  let clock = 10300; // asked at 10000: 0.3 s ago
+  const advance = (ms) => { clock += ms; mock.timers.tick(ms); };
+  const seen = [];
+  const stop = everySecond(10000, (ms) => seen.push(ms), () => clock);
+  assert.deepEqual(seen, [300]);
+  advance(699);
+  assert.deepEqual(seen, [300]);
+  advance(1);
+  advance(1000);
+  advance(1000);
+  assert.deepEqual(seen, [300, 1000, 2000, 3000]);
+  stop();
+  advance(5000);
+  assert.equal(seen.length, 4);
+});
+
+test('heartbeats before the first event report the model loading; the first event ends it', async () => {
+  const body = ': waiting for coder to load\n\n: waiting for coder to load\n\n'
+    + 'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n'
+    + 'data: {"choices":[{"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n';
+  const m = msg('assistant', '');
+  const calls = [];
+  await readAnswer(new Response(body), m, new AnswerClock(), () => calls.push(`text:${m.content}`), (model) => calls.push(model));
+  assert.deepEqual(calls, ['coder', 'coder', null, 'text:Hi']);
+  const plain = [];
+  await readAnswer(new Response(SSE), msg('assistant', ''), new AnswerClock(), () => {}, (model) => plain.push(model));
+  assert.deepEqual(plain, []); // a resident model: no loading at all
 });
 
 /** A real HTTP server answering POSTs from a script of [status, body, headers]. */

@@ -30,6 +30,15 @@ test('SSE stops at [DONE] and skips comments and lines that are not JSON', async
   assert.deepEqual(await collect(resp), [{ a: 1 }]);
 });
 
+test('SSE comments (the gateway\'s heartbeats while a model loads) reach the comment callback', async () => {
+  const resp = streamed(': waiting for coder to load\n\n: waiting for', ' coder to load\r\n\r\ndata: {"a":1}\n\n');
+  const comments = [];
+  const out = [];
+  for await (const chunk of sseChunks(resp, (c) => comments.push(c))) out.push(chunk);
+  assert.deepEqual(comments, ['waiting for coder to load', 'waiting for coder to load']);
+  assert.deepEqual(out, [{ a: 1 }]);
+});
+
 test('an error event in the stream throws the gateway error', async () => {
   const resp = streamed('data: {"a":1}\n\ndata: {"error":{"message":"backend died","code":502,"type":"server_error"}}\n\n');
   const seen = [];

@@ -1,7 +1,7 @@
 // Model lookups, states and the model a chat uses; how numbers and dates are worded.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseModel, contextLimit, findModel, isChatModel, modelState } from '../src/core/models.js';
+import { chooseModel, contextLimit, findModel, isAvailable, isChatModel, loadsOnUse, modelState, pickerLabel } from '../src/core/models.js';
 import { dayGroup, fmtInt, fmtK, fmtStats } from '../src/core/format.js';
 
 const models = [
@@ -25,6 +25,16 @@ test('a model\'s state comes from /health (a preset: its base model\'s), else fr
   assert.deepEqual(modelState(models, null, 'chat'), { state: 'loading', reason: 'warming up' });
   assert.deepEqual(modelState(models, null, 'coder'), { state: 'ready', reason: null });
   assert.deepEqual(modelState(models, null, 'ghost'), { state: 'unknown', reason: null });
+});
+
+test('a sleeping or stopped model is available and listed with its state; a failed one is not available', () => {
+  assert.deepEqual(['ready', 'sleeping', 'stopped', 'waking', 'loading', 'failed'].map(isAvailable),
+    [true, true, true, false, false, false]);
+  assert.deepEqual(['sleeping', 'stopped', 'ready'].map(loadsOnUse), [true, true, false]);
+  assert.equal(pickerLabel('coder', 'sleeping'), 'coder (sleeping)');
+  assert.equal(pickerLabel('general', 'stopped'), 'general (stopped)');
+  assert.equal(pickerLabel('coder', 'ready'), 'coder');
+  assert.equal(pickerLabel('coder', 'failed'), 'coder'); // its reason is shown beside it instead
 });
 
 test('the chat\'s model, else the last picked, else the default', () => {

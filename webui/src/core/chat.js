@@ -77,6 +77,9 @@ export function describeError(e, model) {
   if (e.status === 404 || e.code === 'model_not_found') return { title: `The model “${model}” is not available on this gateway.`, detail };
   if (e.code === 'context_length_exceeded') return { title: 'This chat is too long for the model’s context window.', detail: `Start a new chat, or edit an earlier message to shorten it. ${detail}` };
   if (e.status === 429) return { title: 'The gateway is still busy; gave up after several retries.', detail };
+  // (also when it came as a stream's error event, which carries the code but no status)
+  if (e.code === 'model_unavailable') return { title: `The model “${model}” is unavailable.`, detail };
+  if (e.code === 'queue_timeout') return { title: `The model “${model}” could not be served in time.`, detail };
   if (e.status === 503) return { title: e.code === 'model_loading' ? 'The model is still loading.' : 'The model server is unavailable.', detail };
   return { title: `Request failed${e.status ? ` (HTTP ${e.status})` : ''}.`, detail };
 }
@@ -180,16 +183,65 @@ const yieldToEventLoop = () => {
 };
 
 /**
+ * The model a gateway heartbeat says it is bringing in (`: waiting for coder to load`,
+ * sent while a sleeping or stopped model is woken or started), else null.
+ * @param {string} comment  an SSE comment, without its colon
+ */
+export function loadingModel(comment) {
+  const m = /^waiting for (.+) to load$/.exec(comment);
+  return m ? m[1] : null;
+}
+
+/** What the answer shows while its model loads. @param {string} model @param {number} elapsedMs */
+export const loadingText = (model, elapsedMs) => `loading ${model}… ${Math.max(0, Math.floor(elapsedMs / 1000))} s`;
+
+/**
+ * Call *onTick* with the milliseconds since *since* (a performance.now() time) at once
+ * and then at each whole second after it, until the returned function is called.
+ * @param {number} since
+ * @param {(elapsedMs: number) => void} onTick
+ * @param {() => number} [now]  the clock (tests pass their own)
+ * @returns {() => void}  stops the ticks
+ */
+export function everySecond(since, onTick, now = () => performance.now()) {
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  const tick = () => {
+    const elapsed = now() - since;
+    onTick(elapsed);
+    timer = setTimeout(tick, 1000 - (elapsed % 1000));
+  };
+  tick();
+  return () => clearTimeout(timer);
+}
+
+/**
  * Read an accepted streaming response into *msg* (content, reasoning, finish),
- * counting on *clock*; *onText* runs after each chunk that added text.
+ * counting on *clock*; *onText* runs after each chunk that added text. While the
+ * gateway sends load heartbeats and no event yet, *onLoading* gets the model's name
+ * at each; it gets null once the model answers.
  * @param {Response} resp
  * @param {Message} msg
  * @param {AnswerClock} clock
  * @param {() => void} onText
+ * @param {(model: string|null) => void} [onLoading]
  */
-export async function readAnswer(resp, msg, clock, onText) {
+export async function readAnswer(resp, msg, clock, onText, onLoading) {
   let lastYield = performance.now();
-  for await (const chunk of sseChunks(resp)) {
+  let loading = false;
+  /** @param {string} comment */
+  const heard = (comment) => {
+    const model = loadingModel(comment);
+    if (model && onLoading) {
+      loading = true;
+      onLoading(model);
+    }
+  };
+  for await (const chunk of sseChunks(resp, heard)) {
+    if (loading && onLoading) {
+      loading = false;
+      onLoading(null);
+    }
     if (chunk.usage) clock.usage = chunk.usage;
     const ch = chunk.choices && chunk.choices[0];
     if (!ch) continue;

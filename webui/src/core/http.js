@@ -85,11 +85,13 @@ export async function getJSON(url, { key = null, timeout = 8000 } = {}) {
 
 /**
  * Server-sent events of an OpenAI streaming response: yields parsed JSON chunks,
- * ends at `[DONE]`, throws an ApiError for an error event.
+ * ends at `[DONE]`, throws an ApiError for an error event. Comment lines (`: ...`,
+ * the gateway's heartbeats while a model loads) go to *onComment*, without the colon.
  * @param {Response} resp
+ * @param {(comment: string) => void} [onComment]
  * @returns {AsyncGenerator<any, void, void>}
  */
-export async function* sseChunks(resp) {
+export async function* sseChunks(resp, onComment) {
   if (!resp.body) return;
   const reader = resp.body.getReader();
   const decoder = new TextDecoder();
@@ -102,8 +104,9 @@ export async function* sseChunks(resp) {
       const events = (buf + decoder.decode(value, { stream: true })).split(/\r?\n\r?\n/);
       buf = events.pop() || '';
       for (const event of events) {
-        const data = event
-          .split(/\r?\n/)
+        const lines = event.split(/\r?\n/);
+        if (onComment) for (const l of lines) if (l.startsWith(':')) onComment(l.slice(1).trim());
+        const data = lines
           .filter((l) => l.startsWith('data:'))
           .map((l) => l.slice(l[5] === ' ' ? 6 : 5))
           .join('\n');

@@ -57,4 +57,18 @@ export function contextLimit(models, id) {
 
 export const STATE_LABEL = /** @type {Record<string, string>} */ ({
   ready: 'Ready', loading: 'Loading…', failed: 'Failed', unknown: 'Unknown', stopped: 'Stopped',
+  sleeping: 'Sleeping', waking: 'Waking…',
 });
+
+/**
+ * A load: on_demand model off its card (asleep, or its server stopped): available all the
+ * same, the gateway brings it in when a request asks for it.
+ * @param {string} state
+ */
+export const loadsOnUse = (state) => state === 'sleeping' || state === 'stopped';
+
+/** Serving now, or will be when asked: nothing for the user to worry about. @param {string} state */
+export const isAvailable = (state) => state === 'ready' || loadsOnUse(state);
+
+/** A model's name as the picker lists it; one that loads on use with its state ("coder (sleeping)"). @param {string} id @param {string} state */
+export const pickerLabel = (id, state) => (loadsOnUse(state) ? `${id} (${state})` : id);

@@ -5,6 +5,7 @@ import { authHeaders } from '../core/http.js';
 import { addUserTurn, dropLastAnswers, msgId } from '../core/conversation.js';
 import {
   chatRequest, sendWithRetries, readAnswer, AnswerClock, noteResponseHeaders, asRequestError, describeError,
+  everySecond, loadingText,
 } from '../core/chat.js';
 import { StreamRenderer } from '../markdown.js';
 import { state, streams, wakers, store, apiKey } from '../state.js';
@@ -71,7 +72,7 @@ export async function generate(conv) {
   const msg = { id: msgId(), role: 'assistant', content: '', model, created: Date.now(), status: 'streaming' };
   conv.messages.push(msg);
   /** @type {LiveAnswer} */
-  const s = { conv, msg, ctrl: new AbortController(), view: null, renderer: null, raf: 0 };
+  const s = { conv, msg, ctrl: new AbortController(), view: null, renderer: null, raf: 0, loading: null };
   streams.set(conv.id, s);
   if (state.conv === conv) {
     s.view = appendAnswer(msg);
@@ -103,7 +104,7 @@ export async function generate(conv) {
         lastSave = Date.now();
         store.save(conv);
       }
-    });
+    }, (loading) => showLoading(s, loading, sentAt));
     msg.status = 'done';
   } catch (e) {
     if ((e instanceof Error && e.name === 'AbortError') || state.unloading) msg.status = 'stopped';
@@ -118,6 +119,7 @@ export async function generate(conv) {
       if ('status' in err && err.status === 404) loadModels();
     }
   }
+  showLoading(s, null, 0);
   setWait(s, null);
   const stats = clock.stats();
   if (stats) msg.stats = stats;
@@ -142,6 +144,25 @@ function setWait(s, text) {
   s.view.wait.hidden = !text;
   s.view.wait.textContent = text || '';
   s.view.art.classList.toggle('waiting', !!text);
+}
+
+/**
+ * While the gateway brings the answer's model in (a sleeping or stopped one), the answer
+ * says so with the seconds since it was asked: "loading coder… 4 s".
+ * @param {LiveAnswer} s
+ * @param {string|null} model  null: it answers now
+ * @param {number} since  performance.now() when the request went out
+ */
+function showLoading(s, model, since) {
+  if (model && !s.loading) {
+    s.loading = everySecond(since, (ms) => setWait(s, loadingText(model, ms)));
+    poll(); // the picker shows it loading, not still asleep
+  } else if (!model && s.loading) {
+    s.loading();
+    s.loading = null;
+    setWait(s, null);
+    poll(); // it came in (or failed to): the picker shows its new state now
+  }
 }
 
 /** Paint the answer's new text at the next frame (once per frame). @param {LiveAnswer} s */

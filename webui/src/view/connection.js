@@ -1,6 +1,7 @@
 // @ts-check
 // The connection indicator and the offline banner, fed by polling /health and /ready.
 import { authHeaders, withTimeout } from '../core/http.js';
+import { isAvailable } from '../core/models.js';
 import { state, wakeRetries, apiKey } from '../state.js';
 import { el } from './elements.js';
 import { toast } from './toast.js';
@@ -40,8 +41,8 @@ export async function poll() {
     state.prevStates = Object.fromEntries(Object.entries(hm).map(([k, m]) => [k, m && m.state]));
     if (wasDown || nowReady) wakeRetries();
     if (!ready) setConn('noready', states.includes('loading') ? 'Models loading…' : 'No model ready');
-    else if (states.some((s) => s !== 'ready')) {
-      const n = states.filter((s) => s !== 'ready').length;
+    else if (states.some((s) => !isAvailable(s))) {
+      const n = states.filter((s) => !isAvailable(s)).length;
       setConn('degraded', `Connected · ${n} not ready`);
     } else setConn('ok', 'Connected');
     // Reload the model list when the gateway's set of models changed.

@@ -4,7 +4,7 @@ import { h } from '../dom.js';
 import { icon } from '../icons.js';
 import { fmtK } from '../core/format.js';
 import { ApiError, getJSON } from '../core/http.js';
-import { chooseModel, contextLimit, isChatModel, modelState, STATE_LABEL } from '../core/models.js';
+import { chooseModel, contextLimit, isChatModel, loadsOnUse, modelState, pickerLabel, STATE_LABEL } from '../core/models.js';
 import { state, settings, store, apiKey } from '../state.js';
 import { el } from './elements.js';
 import { toast } from './toast.js';
@@ -67,7 +67,8 @@ function renderMenu() {
   const items = state.models.filter(isChatModel).map((m) => {
     const st = stateOf(m.id);
     const lim = contextLimitOf(m.id);
-    const meta = [STATE_LABEL[st.state] || st.state, lim ? `${fmtK(lim)} ctx` : null].filter(Boolean).join(' · ');
+    const said = loadsOnUse(st.state) ? 'loads when used' : STATE_LABEL[st.state] || st.state;
+    const meta = [said, lim ? `${fmtK(lim)} ctx` : null].filter(Boolean).join(' · ');
     const about = [];
     if (m.preset_of) about.push(`preset of ${m.preset_of}`);
     if (m.defaults && typeof m.defaults === 'object') {
@@ -88,7 +89,7 @@ function renderMenu() {
       h(
         'span',
         { class: 'opt-main' },
-        h('span', { class: 'opt-name' }, m.id, m.default ? h('span', { class: 'badge' }, 'default') : null),
+        h('span', { class: 'opt-name' }, pickerLabel(m.id, st.state), m.default ? h('span', { class: 'badge' }, 'default') : null),
         about.length ? h('span', { class: 'opt-alias', title: about.join(' · ') }, about.join(' · ')) : null,
         st.state === 'failed' && st.reason ? h('span', { class: 'opt-reason' }, st.reason) : null,
       ),

@@ -4,6 +4,7 @@
 import { h, copyText, targetOf } from '../dom.js';
 import { icon } from '../icons.js';
 import { fmtStats } from '../core/format.js';
+import { loadsOnUse } from '../core/models.js';
 import { editUserMessage } from '../core/conversation.js';
 import { renderMarkdown, StreamRenderer } from '../markdown.js';
 import { state, streams, store } from '../state.js';
@@ -159,7 +160,8 @@ export function updateEmpty() {
       el.emptySub.textContent = st === 'ready' ? `Chatting with ${id}.`
         : st === 'loading' ? `${id} is still loading. You can type already; the answer starts once it is ready.`
           : st === 'failed' ? `${id} is unavailable${reason ? `: ${reason}` : ''}. Pick another model or try again later.`
-            : `Chatting with ${id}.`;
+              : loadsOnUse(st) ? `${id} is ${st}: it loads when you send a message, which can take a while.`
+                : `Chatting with ${id}.`;
     } else el.emptySub.textContent = 'Pick a model above and start typing.';
   }
   const sys = state.conv && state.conv.system && state.conv.system.trim();
