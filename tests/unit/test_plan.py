@@ -102,6 +102,23 @@ def test_a_model_spanning_hosts_gets_vllms_multinode_launch():
                                                                      "--pipeline-parallel-size", "1"]
 
 
+def test_pipeline_across_cpu_hosts_needs_compilation():
+    cpu = (TWO_HOSTS.replace("    address: 10.0.0.12\n    gpus: 2\n", "    address: 10.0.0.12\n    gpus: 0\n")
+           .replace("gpu_memory_utilization: 0.7", "gpu_memory_utilization: 0.1"))
+    assert [p.devices for p in placements(parse_config(cpu)) if p.host == "gpu2"] == [None, None, None]
+    # A CPU host is one budget of 1.0, named by the host alone.
+    assert any(p[2] == "no room for big replica 0 node 1: host gpu2: big needs 0.40, 0.30 left (chat 0.70)"
+               for p in problems(cpu.replace("gpu_memory_utilization: 0.1", "gpu_memory_utilization: 0.7")))
+    eager = cpu.replace("    nodes: 2\n", "    nodes: 2\n    extra_args: [--enforce-eager]\n")
+    assert problems(eager) == [(25, "models[2].extra_args",
+                                "--enforce-eager with pipeline parallel across CPU hosts fails at the first request "
+                                "(vLLM's CPU build sets up its pipeline in the compiled warm-up): drop "
+                                "--enforce-eager, or add --tensor-parallel-size 2 --pipeline-parallel-size 1")]
+    # Tensor parallel across them works eager (measured: /tmp/team/multinode.md), and so do GPU hosts.
+    parse_config(eager.replace("[--enforce-eager]", "[--enforce-eager, --tensor-parallel-size, '2', '-pp=1']"))
+    parse_config(TWO_HOSTS.replace("    nodes: 2\n", "    nodes: 2\n    extra_args: [--enforce-eager]\n"))
+
+
 def test_explicit_hosts_and_same_host_replicas_get_their_own_ports():
     cfg = parse_config(TWO_HOSTS.replace("    replicas: 2\n", "    hosts: [gpu2, gpu2, gpu1]\n")
                        .replace("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.3")
