@@ -80,6 +80,10 @@ def test_on_demand_units_are_installed_not_enabled_and_stopped(swapbox):
     box.wait(lambda: [active(box, n) for n in NAMES] == ["inactive"] * 3, 120, "every model unit stopped")
     box.wait(lambda: states(box) == dict.fromkeys(NAMES, "stopped"), 60, "the gateway listing them stopped")
     assert box.sh("systemctl is-active localai.target").stdout.strip() == "active"
+    # `localai status`: stopped on demand is their rest, not a fault (exit 0).
+    res = box.sh("/opt/localai/venv-gateway/bin/localai status --config /etc/localai/localai.yaml", check=False)
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.count("why: load: on_demand: the gateway starts it when a request asks for it") == 3, res.stdout
 
 
 def test_the_third_model_evicts_the_idle_lru_unit(swapbox):
