@@ -69,6 +69,8 @@ class Manager(ServiceInterface):
         self.units = units
         self.refuse: set[str] = set()
         self.calls: list[tuple[str, str]] = []
+        # For each unit started: the other active units whose server was awake then (vLLM sleep mode).
+        self.awake_at_start: dict[str, list[str]] = {}
         self._jobs = 0
         for name, unit in units.items():
             bus.export(self._path(name), _UnitState(unit))
@@ -134,6 +136,8 @@ class Manager(ServiceInterface):
 
     async def _start(self, job: str, name: str, unit: Unit) -> None:
         unit.active = "activating"
+        self.awake_at_start[name] = [other for other, u in self.units.items()
+                                     if u.active == "active" and not await _asleep(u)]
         unit.proc = await asyncio.create_subprocess_exec(*unit.argv, cwd=REPO, stdout=subprocess.DEVNULL,
                                                          stderr=subprocess.DEVNULL, start_new_session=True)
         async with aiohttp.ClientSession() as http:
@@ -159,6 +163,11 @@ class Manager(ServiceInterface):
         if unit.active != "failed":
             unit.active = "inactive"
         self._end(job, name, "done")
+
+
+async def _asleep(unit: Unit) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(unit.health.replace("/health", "/is_sleeping")) as r:
+        return (await r.json())["is_sleeping"]
 
 
 @contextlib.asynccontextmanager

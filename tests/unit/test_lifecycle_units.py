@@ -86,3 +86,17 @@ async def test_a_unit_that_fails_to_start_answers_503_naming_its_result_and_is_r
         systemd.calls.clear()
         assert (await chat(http, "a"))[0] == 503  # tried again: its failed state is reset first
         assert systemd.calls[:2] == [("reset-failed", model_unit("a")), ("start", model_unit("a"))]
+
+
+async def test_sleep_mode_models_units_start_in_turn_each_asleep_before_the_next(tmp_path):
+    # Each takes its share of the card at start: the next unit starts only once the one before sleeps.
+    models = [model(n, 0.45) | {"sleep_mode": "level1"} for n in "ab"]
+    async with gateway(tmp_path, models) as (http, systemd):
+        await until_states(http, a="sleeping", b="sleeping")
+        assert systemd.calls == [("reset-failed", model_unit("a")), ("start", model_unit("a")),
+                                 ("reset-failed", model_unit("b")), ("start", model_unit("b"))]
+        assert systemd.awake_at_start == {model_unit("a"): [], model_unit("b"): []}
+        assert [systemd.units[model_unit(n)].active for n in "ab"] == ["active", "active"]  # asleep, still running
+        systemd.calls.clear()
+        assert (await chat(http, "a"))[0] == 200  # woken over HTTP: no unit job
+        assert systemd.calls == []
