@@ -28,7 +28,7 @@ from .backends import Backend, Registry, Residence, State
 from .config import Config
 from .errors import ApiError
 from .observability import Metrics
-from .plan import sleep_level
+from .plan import endpoints, sleep_level
 from .supervisor import Supervisor
 from .swap import ProcessSwitch, SleepSwitch, SwapError, Switch, UnitSwitch, start_unit, until_state
 
@@ -61,6 +61,8 @@ class Lifecycle:
         self.registry = registry
         self.metrics = metrics
         self._levels = {m.name: sleep_level(m, cfg.vllm) for m in cfg.managed_models if m.load == "on_demand"}
+        # Under systemd: each model's unit instance (an on_demand model has one server).
+        self._instances = {name: endpoints(cfg, name)[0].unit for name in self._levels}
         self._keep_alive = {m.name: -1.0 if m.keep_alive is None else m.keep_alive
                             for m in cfg.managed_models if m.load == "on_demand"}
         self._supervisor: Supervisor | None = None
@@ -106,7 +108,8 @@ class Lifecycle:
                 self._switches[name] = ProcessSwitch(session, self._supervisor, poke, self.gateway.start_timeout)
                 b.set_state(State.STOPPED, "stopped: starts on the first request")
             elif self._units is not None:
-                self._switches[name] = UnitSwitch(session, self._units, poke, self.gateway.start_timeout)
+                self._switches[name] = UnitSwitch(session, self._units, self._instances[name], poke,
+                                                  self.gateway.start_timeout)
                 b.set_state(State.STOPPED, "stopped: starts on the first request")
             else:
                 log.warning("model %s is load: on_demand, but this vLLM has no sleep mode and nothing here can "
@@ -145,7 +148,7 @@ class Lifecycle:
                     if self._supervisor is not None:
                         self._supervisor.start(name)
                     elif self._units is not None:
-                        await start_unit(self._units, name, self.gateway.start_timeout)
+                        await start_unit(self._units, self._instances[name], self.gateway.start_timeout)
                     await until_state(b, (State.READY,), self.gateway.start_timeout)
                     await self._evict(name, "sleeps until asked for")
                 except (TimeoutError, SwapError) as exc:

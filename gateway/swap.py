@@ -146,21 +146,21 @@ class ProcessSwitch:
         await warm_up(self.session, b, self.timeout)
 
 
-async def start_unit(units: SystemdUnits, name: str, within: float) -> None:
-    """Start the model's unit and return once it is active: its ExecStartPost saw vLLM answer /health."""
-    await _unit_job(units.start, name, within, "start")
+async def start_unit(units: SystemdUnits, instance: str, within: float) -> None:
+    """Start localai-model@INSTANCE and return once it is active: its ExecStartPost saw vLLM answer /health."""
+    await _unit_job(units.start, instance, within, "start")
 
 
-async def _unit_job(job: Callable[[str], Awaitable[None]], name: str, within: float, verb: str) -> None:
+async def _unit_job(job: Callable[[str], Awaitable[None]], instance: str, within: float, verb: str) -> None:
     # units.py (and its D-Bus library) is imported when used: a gateway that swaps nothing
     # through systemd does not load it.
     from .units import UnitError, model_unit
 
     try:
         async with asyncio.timeout(within):
-            await job(model_unit(name))
+            await job(model_unit(instance))
     except TimeoutError:
-        raise SwapError(f"{model_unit(name)} did not {verb} within {within:g} s") from None
+        raise SwapError(f"{model_unit(instance)} did not {verb} within {within:g} s") from None
     except UnitError as exc:
         raise SwapError(str(exc)) from None
 
@@ -170,20 +170,21 @@ class UnitSwitch:
 
     into, out = "start", "stop"
 
-    def __init__(self, session: aiohttp.ClientSession, units: SystemdUnits, poke: Callable[[str], None],
-                 timeout: float):
+    def __init__(self, session: aiohttp.ClientSession, units: SystemdUnits, instance: str,
+                 poke: Callable[[str], None], timeout: float):
         self.session = session
         self.units = units
+        self.instance = instance  # the plan's unit instance name
         self.poke = poke
         self.timeout = timeout
 
     async def put_out(self, b: Backend) -> None:
-        await _unit_job(self.units.stop, b.name, self.timeout, "stop")
+        await _unit_job(self.units.stop, self.instance, self.timeout, "stop")
         b.set_state(State.STOPPED, "stopped: starts on the next request")
 
     async def bring_in(self, b: Backend) -> None:
         b.set_state(State.LOADING, "starting its unit")
-        await start_unit(self.units, b.name, self.timeout)
+        await start_unit(self.units, self.instance, self.timeout)
         try:  # then the health monitor's own look (it also learns the served model's limits)
             await until_state(b, (State.READY,), self.timeout, lambda: self.poke(b.name))
         except TimeoutError:

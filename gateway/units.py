@@ -31,9 +31,9 @@ _NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 _SOCKET = "/run/dbus/system_bus_socket"
 
 
-def model_unit(name: str) -> str:
-    """The systemd unit that serves this model (the template the playbook installs)."""
-    return f"localai-model@{name}.service"
+def model_unit(instance: str) -> str:
+    """The systemd unit of a model server (the plan's Placement.unit is its instance name)."""
+    return f"localai-model@{instance}.service"
 
 
 class UnitError(Exception):
