@@ -45,6 +45,8 @@ class UnitError(Exception):
 
 
 class SystemdUnits:
+    """systemd's manager, reached over one bus connection: start and stop units, wait for their jobs."""
+
     def __init__(self, bus_address: str | None = None):
         self._address = bus_address  # None: the system bus
         self._bus: MessageBus | None = None
