@@ -11,12 +11,12 @@ VLLM_VENV   := $(LOCALAI_HOME)/vllm-venv
 MODELS      := $(LOCALAI_HOME)/models
 export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench venv vllm models system-deps webui-deps webui-check agents-deps
+.PHONY: demo test test-fast lint bench venv vllm models system-deps dbus-deps webui-deps webui-check agents-deps
 
 demo: venv vllm models
 	$(VENV)/bin/localai up --config etc/demo.yaml
 
-test: venv vllm models system-deps webui-deps agents-deps lint webui-check
+test: venv vllm models system-deps dbus-deps webui-deps agents-deps lint webui-check
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit tests/browser tests/real tests/systemd
 
 # The gateway's cost per request and per streamed token, direct vs through it (bench/README.md).
@@ -24,7 +24,7 @@ bench: venv vllm models
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(VENV)/bin/python -m bench
 
-test-fast: venv lint
+test-fast: venv dbus-deps lint
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
 
 # ruff's rules and mypy's settings are in pyproject.toml.
@@ -74,6 +74,11 @@ webui-check: webui-deps
 agents-deps: tests/agents/node_modules/.package-lock.json
 tests/agents/node_modules/.package-lock.json: tests/agents/package-lock.json
 	cd tests/agents && npm install --no-audit --no-fund --loglevel=error
+
+# The fast tier's private bus, on which its systemd stand-in answers (tests/fakesystemd.py).
+dbus-deps:
+	@command -v dbus-daemon >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dbus-daemon; }
 
 # Debian packages the browser and systemd tiers drive for real.
 system-deps:

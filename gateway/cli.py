@@ -118,6 +118,11 @@ def cmd_gateway(args) -> int:
     cfg = _load(args)
     setup_logging(cfg.gateway.log_level)
     app = _create_app(cfg)
+    if args.units:
+        from .keys import LIFECYCLE
+        from .units import SystemdUnits
+
+        app[LIFECYCLE].use_units(SystemdUnits())
 
     async def run(stop: asyncio.Event) -> None:
         async with serve(app, cfg.gateway.host, cfg.gateway.port):
@@ -287,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"config file (default: $LOCALAI_CONFIG or {DEFAULT_CONFIG_PATH})")
         return p
 
-    with_config(sub.add_parser("gateway", help="run the gateway alone")).set_defaults(func=cmd_gateway)
+    p = with_config(sub.add_parser("gateway", help="run the gateway alone"))
+    p.add_argument("--units", action="store_true",
+                   help="run by systemd: start and stop load: on_demand models' units "
+                        "(localai-model@NAME.service) over D-Bus")
+    p.set_defaults(func=cmd_gateway)
     p = with_config(sub.add_parser("up", help="run the gateway and the model servers placed on this machine "
                                               "in the foreground"))
     p.add_argument("--host", action="append", metavar="NAME",

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -27,9 +28,12 @@ from .backends import Backend, Registry, Residence, State
 from .config import Config
 from .errors import ApiError
 from .observability import Metrics
-from .plan import sleep_level
+from .plan import endpoints, sleep_level
 from .supervisor import Supervisor
-from .swap import ProcessSwitch, SleepSwitch, SwapError, Switch, until_state
+from .swap import ProcessSwitch, SleepSwitch, SwapError, Switch, UnitSwitch, start_unit, until_state
+
+if TYPE_CHECKING:
+    from .units import SystemdUnits
 
 log = logging.getLogger("localai.lifecycle")
 
@@ -57,9 +61,12 @@ class Lifecycle:
         self.registry = registry
         self.metrics = metrics
         self._levels = {m.name: sleep_level(m, cfg.vllm) for m in cfg.managed_models if m.load == "on_demand"}
+        # Under systemd: each model's unit instance (an on_demand model has one server).
+        self._instances = {name: endpoints(cfg, name)[0].unit for name in self._levels}
         self._keep_alive = {m.name: -1.0 if m.keep_alive is None else m.keep_alive
                             for m in cfg.managed_models if m.load == "on_demand"}
         self._supervisor: Supervisor | None = None
+        self._units: SystemdUnits | None = None
         self._switches: dict[str, Switch] = {}
         # Resident (or on the way in): counted against the card. Always models are, for good.
         self.resident: set[str] = {n.name for n in self.residency.always}
@@ -83,9 +90,14 @@ class Lifecycle:
         """Under `localai up`: models without sleep mode are stopped and started through it."""
         self._supervisor = supervisor
 
+    def use_units(self, units: SystemdUnits) -> None:
+        """Run by systemd (`localai gateway --units`): models are started and stopped as their units."""
+        self._units = units
+
     def manages(self, name: str) -> bool:
         """Whether this model comes and goes (else it is served like a load: always one)."""
-        return name in self._levels and (self._levels[name] is not None or self._supervisor is not None)
+        return name in self._levels and (self._levels[name] is not None or self._supervisor is not None
+                                         or self._units is not None)
 
     def start(self, session: aiohttp.ClientSession, poke: Callable[[str], None]) -> None:
         for name, level in self._levels.items():
@@ -95,14 +107,19 @@ class Lifecycle:
             elif self._supervisor is not None:
                 self._switches[name] = ProcessSwitch(session, self._supervisor, poke, self.gateway.start_timeout)
                 b.set_state(State.STOPPED, "stopped: starts on the first request")
+            elif self._units is not None:
+                self._switches[name] = UnitSwitch(session, self._units, self._instances[name], poke,
+                                                  self.gateway.start_timeout)
+                b.set_state(State.STOPPED, "stopped: starts on the first request")
             else:
-                # TODO(#13): under systemd, start and stop localai-model@NAME over D-Bus.
                 log.warning("model %s is load: on_demand, but this vLLM has no sleep mode and nothing here can "
-                            "start or stop it: served as load: always", name, extra={"model": name})
+                            "start or stop it (run the gateway with --units under systemd, or use `localai up`): "
+                            "served as load: always", name, extra={"model": name})
             self._report(name)
         sleepers = [n for n in self._switches if isinstance(self._switches[n], SleepSwitch)]
-        if sleepers:
-            self._spawn(self._boot(sleepers))
+        units = [n for n in self._switches if isinstance(self._switches[n], UnitSwitch)]
+        if sleepers or units:
+            self._spawn(self._boot(sleepers, units))
 
     async def close(self) -> None:
         for timer in self._timers.values():
@@ -110,16 +127,28 @@ class Lifecycle:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._units is not None:
+            await self._units.close()
 
-    async def _boot(self, names: list[str]) -> None:
-        """Sleep-mode models start in turn (each takes its share at start), then go to sleep."""
-        for name in names:
+    async def _boot(self, sleepers: list[str], units: list[str]) -> None:
+        """Units left running (by a gateway before this one) are stopped: what is resident is
+        what this process brought in. Sleep-mode models start in turn (each takes its share at
+        start), then go to sleep."""
+        for name in units:
+            async with self._swap:
+                try:
+                    await self._switches[name].put_out(self.registry.backends[name])
+                except SwapError as exc:
+                    self.registry.backends[name].set_state(State.FAILED, f"could not stop it: {exc}")
+        for name in sleepers:
             b = self.registry.backends[name]
             async with self._swap:
                 self.resident.add(name)
                 try:
                     if self._supervisor is not None:
                         self._supervisor.start(name)
+                    elif self._units is not None:
+                        await start_unit(self._units, self._instances[name], self.gateway.start_timeout)
                     await until_state(b, (State.READY,), self.gateway.start_timeout)
                     await self._evict(name, "sleeps until asked for")
                 except (TimeoutError, SwapError) as exc:

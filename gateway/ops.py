@@ -104,7 +104,7 @@ def _since(props: dict) -> str:
     return ts.strip()
 
 
-def model_readiness(props: dict, health: int | None, unit: str) -> tuple[str, str]:
+def model_readiness(props: dict, health: int | None, unit: str, on_demand: bool = False) -> tuple[str, str]:
     """(readiness, why) from the unit's state and the model's /health answer."""
     active = props.get("ActiveState", "")
     sub = props.get("SubState", "")
@@ -129,6 +129,8 @@ def model_readiness(props: dict, health: int | None, unit: str) -> tuple[str, st
         line = _last_error_line(unit)
         return "failed", f"{why}: {line}" if line else why
     if active in ("inactive", "deactivating"):
+        if on_demand:
+            return "stopped", "load: on_demand: the gateway starts it when a request asks for it"
         return "stopped", ("not enabled" if props.get("UnitFileState") not in ("enabled", "static") else "")
     return active or "unknown", ""
 
@@ -145,11 +147,13 @@ def collect_status(config: Path) -> dict:
     cfg = _load(config)
     systemd = _systemd_running()
     units = []
+    # load: on_demand models' units are started and stopped by the gateway: inactive is their rest.
+    on_demand = {MODEL_UNIT.format(m.name) for m in cfg.managed_models if m.load == "on_demand"}
     for unit in [TARGET_UNIT, GATEWAY_UNIT] + [MODEL_UNIT.format(m.name) for m in cfg.managed_models]:
         props = unit_state(unit)
         units.append({"unit": unit, "active": props.get("ActiveState", "unknown" if not systemd else ""),
                       "sub": props.get("SubState", ""), "restarts": props.get("NRestarts", ""),
-                      "since": _since(props), "result": props.get("Result", "")})
+                      "since": _since(props), "result": props.get("Result", ""), "on_demand": unit in on_demand})
     models = []
     for m in cfg.models:
         url = backend_url(m, cfg.vllm)
@@ -157,8 +161,9 @@ def collect_status(config: Path) -> dict:
         if m.managed:
             unit = MODEL_UNIT.format(m.name)
             status, _ = _http_status(url + "/health")
-            readiness, why = model_readiness(unit_state(unit), status, unit)
-            entry.update(kind="managed", unit=unit, port=m.port, readiness=readiness, why=why)
+            readiness, why = model_readiness(unit_state(unit), status, unit, unit in on_demand)
+            entry.update(kind="managed", unit=unit, port=m.port, readiness=readiness, why=why,
+                         on_demand=unit in on_demand)
         else:
             status, err = _http_status(url.rstrip("/") + "/v1/models")
             reach = status is not None and status < 500
@@ -223,8 +228,10 @@ def render_status(st: dict) -> str:
 
 
 def status_ok(st: dict) -> bool:
-    units_ok = (not st["systemd"]) or all(u["active"] == "active" for u in st["units"])
-    models_ok = all(m["readiness"] in ("ready", "reachable") for m in st["models"])
+    units_ok = (not st["systemd"]) or all(u["active"] == "active" or (u["on_demand"] and u["active"] == "inactive")
+                                          for u in st["units"])
+    models_ok = all(m["readiness"] in ("ready", "reachable") or (m.get("on_demand") and m["readiness"] == "stopped")
+                    for m in st["models"])
     return units_ok and models_ok and st["gateway"]["health"] == 200
 
 

@@ -3,7 +3,9 @@
 Two mechanisms, chosen per model by the plan (plan.sleep_level):
 - vLLM sleep mode (CUDA builds): POST /sleep?level=N puts it out, POST /wake_up brings it
   back in seconds; level 2 drops the weights, so they are reloaded and the prefix cache reset.
-- stop/start (the CPU build, which has no sleep mode): through `localai up`'s supervisor.
+- stop/start (the CPU build, which has no sleep mode): through `localai up`'s supervisor, or, for
+  the gateway run by systemd (`localai gateway --units`), by starting and stopping the model's
+  unit over D-Bus (units.py), so `systemctl status` shows what is loaded.
 Either way one tiny request warms the model up before the waiting requests are let through:
 the first request after a wake is otherwise several times slower.
 """
@@ -11,7 +13,7 @@ the first request after a wake is otherwise several times slower.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
@@ -20,6 +22,7 @@ from .backends import Backend, State
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
+    from .units import SystemdUnits
 
 # While a started server loads, ask the health monitor this often whether it is up.
 _POKE_S = 0.25
@@ -140,4 +143,50 @@ class ProcessSwitch:
             raise SwapError(f"did not start within {self.timeout:g} s") from None
         if b.state is State.FAILED:  # the lifecycle stops it: no restart loop, the next request tries again
             raise SwapError((b.reason or "failed").split("; restarting in")[0])
+        await warm_up(self.session, b, self.timeout)
+
+
+async def start_unit(units: SystemdUnits, instance: str, within: float) -> None:
+    """Start localai-model@INSTANCE and return once it is active: its ExecStartPost saw vLLM answer /health."""
+    await _unit_job(units.start, instance, within, "start")
+
+
+async def _unit_job(job: Callable[[str], Awaitable[None]], instance: str, within: float, verb: str) -> None:
+    # units.py (and its D-Bus library) is imported when used: a gateway that swaps nothing
+    # through systemd does not load it.
+    from .units import UnitError, model_unit
+
+    try:
+        async with asyncio.timeout(within):
+            await job(model_unit(instance))
+    except TimeoutError:
+        raise SwapError(f"{model_unit(instance)} did not {verb} within {within:g} s") from None
+    except UnitError as exc:
+        raise SwapError(str(exc)) from None
+
+
+class UnitSwitch:
+    """Stop and start the model's systemd unit (localai-model@NAME.service) over D-Bus."""
+
+    into, out = "start", "stop"
+
+    def __init__(self, session: aiohttp.ClientSession, units: SystemdUnits, instance: str,
+                 poke: Callable[[str], None], timeout: float):
+        self.session = session
+        self.units = units
+        self.instance = instance  # the plan's unit instance name
+        self.poke = poke
+        self.timeout = timeout
+
+    async def put_out(self, b: Backend) -> None:
+        await _unit_job(self.units.stop, self.instance, self.timeout, "stop")
+        b.set_state(State.STOPPED, "stopped: starts on the next request")
+
+    async def bring_in(self, b: Backend) -> None:
+        b.set_state(State.LOADING, "starting its unit")
+        await start_unit(self.units, self.instance, self.timeout)
+        try:  # then the health monitor's own look (it also learns the served model's limits)
+            await until_state(b, (State.READY,), self.timeout, lambda: self.poke(b.name))
+        except TimeoutError:
+            raise SwapError(f"its unit is active, but it did not answer within {self.timeout:g} s") from None
         await warm_up(self.session, b, self.timeout)

@@ -75,3 +75,18 @@ def test_readiness_words():
                            None, "u")[0] == "restarting"
     state, why = model_readiness({"ActiveState": "failed", "Result": "start-limit-hit"}, None, "no-such-unit")
     assert state == "failed" and "start limit" in why
+    # A load: on_demand model's unit rests inactive (the gateway starts it): stopped, and why, not "not enabled".
+    state, why = model_readiness({"ActiveState": "inactive", "UnitFileState": "disabled"}, None, "u", on_demand=True)
+    assert (state, why) == ("stopped", "load: on_demand: the gateway starts it when a request asks for it")
+    assert model_readiness({"ActiveState": "inactive", "UnitFileState": "disabled"}, None, "u")[1] == "not enabled"
+
+
+def test_status_counts_a_stopped_on_demand_model_as_fine_and_a_stopped_always_one_not():
+    from gateway.ops import status_ok
+
+    def st(on_demand: bool) -> dict:
+        return {"systemd": True, "gateway": {"health": 200},
+                "units": [{"unit": "localai-model@a.service", "active": "inactive", "on_demand": on_demand}],
+                "models": [{"name": "a", "readiness": "stopped", "on_demand": on_demand}]}
+
+    assert status_ok(st(on_demand=True)) and not status_ok(st(on_demand=False))

@@ -1,0 +1,102 @@
+"""Model lifecycle under systemd (#13), fast: the gateway (`localai gateway --units`) starts and
+stops load: on_demand models' units over D-Bus. systemd is a stand-in (tests/fakesystemd.py) on a
+real dbus-daemon, its units run the fake backend through `localai run-model`; the systemd tier
+does the same against the real systemd and polkit (tests/systemd/test_dbus_swap.py)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import aiohttp
+import yaml
+
+from gateway.app import create_app
+from gateway.config import load_config
+from gateway.keys import LIFECYCLE
+from gateway.server import serve
+from gateway.units import SystemdUnits, model_unit
+from tests.conftest import free_port, wait_until
+from tests.fakesystemd import Unit, fake_systemd, private_bus, run_model
+from tests.unit.test_lifecycle_process import KEY, chat, fake_vllm, model, states, until_states
+
+
+@contextlib.asynccontextmanager
+async def gateway(tmp_path, models: list[dict]):
+    """The stand-in systemd with one unit per model, and the gateway run as its unit runs it."""
+    config = tmp_path / "localai.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway": {"port": free_port(), "health_interval": 0.05, "min_residency": 0, "webui": False},
+        "vllm": {"python": str(fake_vllm(tmp_path))}, "models": models}))
+    cfg = load_config(config)
+    units = {model_unit(m["name"]): Unit(run_model(m["name"], config), f"http://127.0.0.1:{m['port']}/health")
+             for m in models}
+    async with private_bus(tmp_path) as address, fake_systemd(address, units) as systemd:
+        app = create_app(cfg, api_keys=[KEY.encode()])
+        app[LIFECYCLE].use_units(SystemdUnits(address))
+        async with serve(app, cfg.gateway.host, cfg.gateway.port), \
+                aiohttp.ClientSession(f"http://127.0.0.1:{cfg.gateway.port}",
+                                      headers={"Authorization": f"Bearer {KEY}"}) as http:
+            yield http, systemd
+
+
+async def test_the_third_model_stops_the_lru_idle_unit_and_starts_its_own(tmp_path):
+    models = [model(n, 0.45) for n in "abc"]
+    async with gateway(tmp_path, models) as (http, systemd):
+        await until_states(http, a="stopped", b="stopped", c="stopped")
+        # Units left running by an earlier gateway would hold the card: the gateway stops them first.
+        await wait_until(lambda: len(systemd.calls) == 3)
+        assert sorted(systemd.calls) == [("stop", model_unit(n)) for n in "abc"]
+        systemd.calls.clear()
+        for name in "ab":
+            status, text = await chat(http, name)
+            assert status == 200 and "tok0" in text
+        assert [systemd.units[model_unit(n)].active for n in "abc"] == ["active", "active", "inactive"]
+        assert (await chat(http, "c"))[0] == 200
+        assert systemd.calls == [("reset-failed", model_unit("a")), ("start", model_unit("a")),
+                                 ("reset-failed", model_unit("b")), ("start", model_unit("b")),
+                                 ("stop", model_unit("a")),  # the least recently used, idle
+                                 ("reset-failed", model_unit("c")), ("start", model_unit("c"))]
+        assert [systemd.units[model_unit(n)].active for n in "abc"] == ["inactive", "active", "active"]
+        cards = await states(http)
+        assert [cards[n]["state"] for n in "abc"] == ["stopped", "ready", "ready"]
+
+
+async def test_a_start_polkit_refuses_answers_503_with_systemds_words_and_the_next_request_retries(tmp_path):
+    async with gateway(tmp_path, [model("a", 0.45)]) as (http, systemd):
+        await until_states(http, a="stopped")
+        systemd.refuse.add(model_unit("a"))
+        status, text = await chat(http, "a")
+        assert status == 503
+        assert "Interactive authentication required." in text and "localai-model@a.service" in text, text
+        assert "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" in text
+        card = (await states(http))["a"]
+        assert card["state"] == "failed" and "Interactive authentication required" in card["state_reason"]
+        systemd.refuse.clear()
+        assert (await chat(http, "a"))[0] == 200
+
+
+async def test_a_unit_that_fails_to_start_answers_503_naming_its_result_and_is_reset_for_the_next(tmp_path):
+    async with gateway(tmp_path, [model("a", 0.45, extra_args=["--fake-fail", "CUDA out of memory"])]) \
+            as (http, systemd):
+        await until_states(http, a="stopped")
+        status, text = await chat(http, "a")
+        assert status == 503
+        assert "start of localai-model@a.service failed: the unit is failed (result: exit-code)" in text, text
+        assert systemd.units[model_unit("a")].active == "failed"
+        systemd.calls.clear()
+        assert (await chat(http, "a"))[0] == 503  # tried again: its failed state is reset first
+        assert systemd.calls[:2] == [("reset-failed", model_unit("a")), ("start", model_unit("a"))]
+
+
+async def test_sleep_mode_models_units_start_in_turn_each_asleep_before_the_next(tmp_path):
+    # Each takes its share of the card at start: the next unit starts only once the one before sleeps.
+    models = [model(n, 0.45) | {"sleep_mode": "level1"} for n in "ab"]
+    async with gateway(tmp_path, models) as (http, systemd):
+        await until_states(http, a="sleeping", b="sleeping")
+        assert systemd.calls == [("reset-failed", model_unit("a")), ("start", model_unit("a")),
+                                 ("reset-failed", model_unit("b")), ("start", model_unit("b"))]
+        assert systemd.awake_at_start == {model_unit("a"): [], model_unit("b"): []}
+        assert [systemd.units[model_unit(n)].active for n in "ab"] == ["active", "active"]  # asleep, still running
+        systemd.calls.clear()
+        assert (await chat(http, "a"))[0] == 200  # woken over HTTP: no unit job
+        assert systemd.calls == []
