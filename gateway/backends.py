@@ -18,7 +18,7 @@ from .balancer import Balancer, Replica
 from .config import GLOB_CHARS, Config, ExternalModel, ManagedModel
 from .errors import ApiError
 from .observability import Metrics
-from .plan import backend_url, max_concurrency
+from .plan import endpoints, max_concurrency
 
 log = logging.getLogger("localai.backends")
 
@@ -68,6 +68,18 @@ class Backend:
     residence: Residence | None = None  # set for load: on_demand models only
     on_change: list[Callable[[Backend], None]] = field(default_factory=list)
 
+    def server_state(self, url: str, state: State, reason: str | None) -> None:
+        """One of the model's servers started or crashed (its supervisor says so). With replicas
+        that is its replica's state: the model serves on while another replica is ready."""
+        replicas = self.balancer.replicas
+        if len(replicas) > 1:
+            for r in replicas:
+                if r.url == url:
+                    r.state, r.reason, r.ready = state.value, reason, False
+            if any(r.ready for r in replicas):
+                return
+        self.set_state(state, reason)
+
     def set_state(self, state: State, reason: str | None) -> None:
         if state != self.state or reason != self.reason:
             log.info("model %s is %s", self.name, state.value,
@@ -109,22 +121,14 @@ class Route:
     defaults: dict
 
 
-def _endpoints(m: ManagedModel | ExternalModel, cfg: Config) -> list[tuple[str, str]]:
-    """(plan host, base URL) of each of the model's servers."""
-    url = backend_url(m, cfg.vllm)
-    if isinstance(m, ExternalModel):
-        return [(urlsplit(url).hostname or "external", url)]
-    return [("local", url)]
-
-
 def _balancer(m: ManagedModel | ExternalModel, cfg: Config, old: tuple[Replica, ...]) -> Balancer:
     """The model's replicas as the plan places them; one that was there before (same URL) is kept
     with its health, breaker and requests in flight, which still hold it."""
     known = {r.url: r for r in old}
     replicas = []
-    for i, (host, url) in enumerate(_endpoints(m, cfg)):
-        r = known.get(url) or Replica(i, host, url, urlsplit(url).netloc.rpartition("@")[2])
-        r.index, r.host = i, host
+    for i, p in enumerate(endpoints(cfg, m.name)):
+        r = known.get(p.url) or Replica(i, p.host, p.url, urlsplit(p.url).netloc.rpartition("@")[2])
+        r.index, r.host = i, p.host
         replicas.append(r)
     return Balancer(replicas, cfg.gateway.balance)
 
