@@ -62,7 +62,8 @@ def write_replica_configs(out: Path, keys: Path) -> list[Path]:
             f"models:\n"
             + "".join(f"  - {{name: {name}, model: mock, port: {port}, hosts: [one, two], max_concurrency: 4096,"
                       f" gpu_memory_utilization: 0.4}}\n" for name, port in (("pair", pair), ("flaky", flaky)))
-            + f"  - {{name: solo, url: 'http://{HOST}:{flaky}/v1', served_model: mock, max_concurrency: 4096}}\n")
+            + f"  - {{name: solo, url: 'http://{HOST}:{flaky}/v1', served_model: mock, max_concurrency: 4096,"
+              f" default: true}}\n")
         paths.append(path)
     return paths
 

@@ -22,8 +22,9 @@ from tests.fakebackend import FakeBackend
 
 class Replicated:
     def __init__(self, url: str, http: aiohttp.ClientSession, fakes: list[FakeBackend], ports: list[int],
-                 servers: list, app):
+                 servers: list, app, config: dict):
         self.url, self.http, self.fakes, self.ports, self.servers, self.app = url, http, fakes, ports, servers, app
+        self.config = config  # as YAML data
 
     async def chat(self, conversation: int, turn: int = 1, **extra) -> tuple[int, dict]:
         messages = [{"role": "system", "content": "You are terse."},
@@ -75,7 +76,7 @@ async def replicated(aiohttp_server):
         await ctx.__aenter__()
         http = aiohttp.ClientSession()
         cleanups.append((ctx, http))
-        r = Replicated(f"http://127.0.0.1:{cfg.gateway.port}", http, fakes, ports, servers, app)
+        r = Replicated(f"http://127.0.0.1:{cfg.gateway.port}", http, fakes, ports, servers, app, data)
         await wait_until(lambda: _all_ready(r))
         return r
 
@@ -232,3 +233,21 @@ async def test_model_serves_while_any_replica_is_healthy(replicated):
 
 async def _states(r: Replicated, expected: list[str]) -> bool:
     return [x["state"] for x in await r.replicas()] == expected
+
+
+async def test_status_shows_every_replica_on_every_host(replicated, tmp_path):
+    from gateway.ops import collect_status, render_status
+
+    r = await replicated(2)
+    r.fakes[1].health_status = 503
+    config = tmp_path / "localai.yaml"
+    config.write_text(yaml.safe_dump(r.config))
+    st = await asyncio.to_thread(collect_status, config)
+    model = st["models"][0]
+    assert [(x["host"], x["port"], x["readiness"]) for x in model["replicas"]] == \
+        [("h0", r.ports[0], "ready"), ("h1", r.ports[1], "loading")]
+    assert model["readiness"] == "degraded" and model["why"] == f"h1:{r.ports[1]} loading"
+    text = render_status(st)
+    assert re.search(rf"^m\s+degraded\s+{r.ports[0]}\b", text, re.M), text
+    assert re.search(rf"^  #1 h1\s+loading\s+{r.ports[1]}  http://127.0.0.1:{r.ports[1]} \(localai-model@m.1.service\)",
+                     text, re.M), text
