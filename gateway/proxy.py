@@ -22,7 +22,7 @@ from .accounting import Account
 from .backends import Backend
 from .balancer import Replica
 from .errors import ApiError, error_event, message_of
-from .keys import ACCOUNT, METRICS, MONITOR, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
+from .keys import ACCOUNT, METRICS, MONITOR, PINNED_REPLICA, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
 
 log = logging.getLogger("localai.proxy")
 
@@ -125,6 +125,12 @@ async def _connect(request: web.Request, backend: Backend, method: str, path: st
     metrics = app[METRICS]
     tried: list[Replica] = []
     error: BaseException | None = None
+    pinned = request.get(PINNED_REPLICA)
+    if pinned is not None:
+        # Only that replica holds what the request reads: no other is tried.
+        tried = [r for r in replicas if r.url != pinned]
+        if len(tried) == len(replicas):  # gone from the plan since: any replica answers the 404
+            tried = []
     while True:
         picked = backend.balancer.pick(affinity, time.monotonic(), tried)
         if picked is None and error is not None:  # every usable replica was tried

@@ -251,3 +251,22 @@ async def test_status_shows_every_replica_on_every_host(replicated, tmp_path):
     assert re.search(rf"^m\s+degraded\s+{r.ports[0]}\b", text, re.M), text
     assert re.search(rf"^  #1 h1\s+loading\s+{r.ports[1]}  http://127.0.0.1:{r.ports[1]} \(localai-model@m.1.service\)",
                      text, re.M), text
+
+
+async def test_a_stored_response_is_read_and_continued_on_the_replica_that_holds_it(replicated):
+    r = await replicated(3)
+    made = []
+    for c in range(6):  # conversations of their own: they land on different replicas
+        async with r.http.post(r.url + "/v1/responses", json={"model": "m", "input": f"conversation {c}"}) as resp:
+            assert resp.status == 200
+            made.append((await resp.json())["id"])
+    holders = [next(i for i, f in enumerate(r.fakes) if rid in f.stored) for rid in made]
+    assert len(set(holders)) > 1
+    for rid, holder in zip(made, holders, strict=True):
+        async with r.http.get(r.url + f"/v1/responses/{rid}") as resp:
+            assert resp.status == 200 and (await resp.json())["id"] == rid
+        async with r.http.post(r.url + "/v1/responses", json={"input": "and then?", "previous_response_id": rid}) \
+                as resp:
+            assert resp.status == 200
+        assert r.fakes[holder].received[-1]["previous_response_id"] == rid
+    assert all(rid in r.fakes[h].looked_up for rid, h in zip(made, holders, strict=True))
