@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 PORT_GATEWAY = 18500
 PORT_GATEWAY_REAL = 18501
-PORT_GATEWAY_REPLICAS = 18502  # + 0 / + 1: the same replicas, balanced by each policy (REPLICA_POLICIES)
+PORT_GATEWAY_REPLICAS = 18504  # + 0 / + 1: the same replicas, balanced by each policy (REPLICA_POLICIES)
 PORT_MOCK = 18510          # A; B = +1, C = +2; the replica servers from +3 (REPLICA_SERVERS)
 # The replicas phase: model `pair` on a fast and a slow server (mock_upstream's SECONDSxSLOTS: a
 # server doing SLOTS requests at a time, SECONDS each: 400/s and 100/s of capacity), model `flaky`
