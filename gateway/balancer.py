@@ -86,14 +86,13 @@ class Balancer:
     def __init__(self, replicas: Sequence[Replica], policy: str = "least_outstanding"):
         self.replicas = tuple(replicas)
         self.policy = policy
+        # The one replica of a model without others: requests go straight to it, nothing to pick.
+        self.only = self.replicas[0] if len(self.replicas) == 1 else None
+        # Whether picks use an affinity key (worth computing one).
+        self.affine = len(self.replicas) > 1 and policy == "least_outstanding"
         self._turn = 0  # round robin's next replica; least outstanding's first to look at
         # Rendezvous order of the replicas for each bucket, highest weight first.
         self._orders = tuple(_order(self.replicas, b) for b in range(_BUCKETS)) if len(self.replicas) > 1 else ()
-
-    @property
-    def affine(self) -> bool:
-        """Whether picks use an affinity key (worth computing one)."""
-        return len(self.replicas) > 1 and self.policy == "least_outstanding"
 
     def pick(self, key: int | None, now: float, tried: Sequence[Replica] = ()) -> Replica | None:
         """The replica for the next try, None when every usable one was tried."""

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .accounting import Account
 from .backends import Backend
-from .balancer import Replica
+from .balancer import Balancer, Replica
 from .errors import ApiError, error_event, message_of
 from .keys import ACCOUNT, METRICS, MONITOR, PINNED_REPLICA, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
 
@@ -106,15 +106,15 @@ def _unreachable(backend: Backend, exc: BaseException) -> ApiError:
 _NOTHING_SENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ConnectionTimeoutError)
 
 
-async def _connect(request: web.Request, backend: Backend, method: str, path: str, headers: dict[str, str],
-                   payload: bytes | None, affinity: int | None) -> tuple[aiohttp.ClientResponse, Replica]:
+async def _connect(request: web.Request, backend: Backend, balancer: Balancer, method: str, path: str,
+                   headers: dict[str, str], payload: bytes | None,
+                   affinity: int | None) -> tuple[aiohttp.ClientResponse, Replica]:
     """The upstream response (its status line and headers in), and the replica it came from
     (one more request in flight on it)."""
     app = request.app
     session, timeout = app[SESSION], app[UPSTREAM_TIMEOUT]
-    replicas = backend.replicas
-    if len(replicas) == 1:
-        replica = replicas[0]
+    replica = balancer.only
+    if replica is not None:
         try:
             upstream = await session.request(method, replica.url + path, headers=headers, data=payload,
                                              timeout=timeout)
@@ -128,11 +128,11 @@ async def _connect(request: web.Request, backend: Backend, method: str, path: st
     pinned = request.get(PINNED_REPLICA)
     if pinned is not None:
         # Only that replica holds what the request reads: no other is tried.
-        tried = [r for r in replicas if r.url != pinned]
-        if len(tried) == len(replicas):  # gone from the plan since: any replica answers the 404
+        tried = [r for r in balancer.replicas if r.url != pinned]
+        if len(tried) == len(balancer.replicas):  # gone from the plan since: any replica answers the 404
             tried = []
     while True:
-        picked = backend.balancer.pick(affinity, time.monotonic(), tried)
+        picked = balancer.pick(affinity, time.monotonic(), tried)
         if picked is None and error is not None:  # every usable replica was tried
             raise _unreachable(backend, error)
         if picked is None:  # the ready ones all have their breakers open
@@ -180,7 +180,8 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
     up_headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     if backend.api_key:
         up_headers["Authorization"] = f"Bearer {backend.api_key}"
-    upstream, replica = await _connect(request, backend, method, path, up_headers,
+    balancer = backend.balancer  # a reload may replace it while this request runs
+    upstream, replica = await _connect(request, backend, balancer, method, path, up_headers,
                                        orjson.dumps(body) if method != "GET" else None, affinity)
     try:
         ctype = upstream.headers.get("Content-Type", "")
@@ -208,7 +209,7 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
                        code="backend_error", type="server_error") from None
     finally:
         replica.in_flight -= 1
-        if len(backend.replicas) > 1:
+        if balancer.only is None:
             request.app[METRICS].child(request.app[METRICS].replica_in_flight, backend.name, replica.address).dec()
         # On success the body was read; on cancellation (client gone) or error this
         # closes the upstream connection, which is how vLLM learns to stop generating.
