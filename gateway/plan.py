@@ -24,6 +24,9 @@ from urllib.parse import urlsplit
 from .config import LOCAL_HOST, Config, ExternalModel, ManagedModel, VllmSettings, connect_host, derived
 
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+# A worker node of a server spanning hosts: `vllm serve --headless`, which the entrypoint above
+# can't run (see the script).
+VLLM_HEADLESS_SCRIPT = Path(__file__).resolve().parent / "vllm_headless.py"
 
 # vLLM's own default when the entry leaves max_num_seqs out.
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
@@ -154,8 +157,9 @@ def _single(model: ManagedModel, vllm: VllmSettings) -> Placement:
 def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None = None) -> ServerPlan:
     """The argv and environment of one placement of a model (its single-host one when not given)."""
     where = where or _single(model, vllm)
+    launch = [str(VLLM_HEADLESS_SCRIPT)] if where.role == "worker" else ["-m", VLLM_ENTRYPOINT]
     argv = [
-        str(vllm.python), "-m", VLLM_ENTRYPOINT,
+        str(vllm.python), *launch,
         "--model", model.model,
         # The gateway routes by name; the backend answers to the same id.
         "--served-model-name", model.name,
@@ -209,7 +213,9 @@ def _multinode_args(where: Placement) -> list[str]:
     them. A model's extra_args come after these, so they may say otherwise."""
     addr, port = where.master.rsplit(":", 1)
     per_node = len(where.devices.split(",")) if where.devices else 1
-    argv = ["--nnodes", str(where.nodes), "--node-rank", str(where.node),
+    # mp said outright: where Ray is installed and running, vLLM would otherwise pick Ray, which
+    # refuses --nnodes.
+    argv = ["--distributed-executor-backend", "mp", "--nnodes", str(where.nodes), "--node-rank", str(where.node),
             "--master-addr", addr, "--master-port", port,
             "--pipeline-parallel-size", str(where.nodes), "--tensor-parallel-size", str(per_node)]
     return argv + (["--headless"] if where.role == "worker" else [])

@@ -88,6 +88,8 @@ def test_a_model_spanning_hosts_gets_vllms_multinode_launch():
     common = "--nnodes 2 --node-rank {} --master-addr 10.0.0.11 --master-port 18010 --pipeline-parallel-size 2"
     assert common.format(0) in " ".join(h.argv) and "--headless" not in h.argv
     assert common.format(1) in " ".join(w.argv) and w.argv[-1] == "--headless"
+    # vLLM's API server module ignores --headless: a worker runs `vllm serve --headless` by our script.
+    assert h.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and w.argv[1].endswith("vllm_headless.py")
     assert "--port" not in w.argv  # a worker serves no API
     # Inter-node traffic on each host's private interface (node_ip, else its address).
     assert h.env["VLLM_HOST_IP"] == "10.0.0.11" and w.env["VLLM_HOST_IP"] == "192.168.0.12"
