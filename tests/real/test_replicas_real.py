@@ -115,8 +115,9 @@ def stack(tmp_path_factory):
 
 
 def _document(seed: str) -> str:
-    """A conversation's opening: a document of its own, several of vLLM's 128-token cache blocks long."""
-    words = [f"{seed[i % len(seed)]}{i}" for i in range(400)]
+    """A conversation's opening: a document of its own, several of vLLM's 128-token cache blocks long
+    (about 900 tokens: four turns stay within the prompt limit, 0.75 of the 2,048-token window)."""
+    words = [f"{seed[i % len(seed)]}{i}" for i in range(250)]
     return f"[{seed}] Read this and answer briefly. " + " ".join(words)
 
 
