@@ -270,3 +270,22 @@ async def test_a_stored_response_is_read_and_continued_on_the_replica_that_holds
             assert resp.status == 200
         assert r.fakes[holder].received[-1]["previous_response_id"] == rid
     assert all(rid in r.fakes[h].looked_up for rid, h in zip(made, holders, strict=True))
+
+
+async def test_a_crashed_server_takes_out_its_replica_not_the_model(replicated):
+    from gateway.backends import State
+    from gateway.keys import REGISTRY
+
+    r = await replicated(2, health_interval=60)
+    backend = r.app[REGISTRY].backends["m"]
+    # What `localai up` reports when one of the model's servers exits.
+    backend.server_state(f"http://127.0.0.1:{r.ports[1]}", State.FAILED, "exited; restarting in 1 s")
+    assert [x["state"] for x in await r.replicas()] == ["ready", "failed"]
+    async with r.http.get(r.url + "/health") as resp:
+        assert (await resp.json())["models"]["m"]["state"] == "ready"
+    for c in range(6):
+        assert (await r.chat(c))[0] == 200
+    assert not r.fakes[1].received
+    backend.server_state(f"http://127.0.0.1:{r.ports[0]}", State.FAILED, "exited; restarting in 1 s")
+    async with r.http.get(r.url + "/health") as resp:
+        assert (await resp.json())["models"]["m"]["state"] == "failed"
