@@ -181,7 +181,7 @@ async def test_a_replica_dying_before_it_answers_is_retried_on_another(replicate
 
 
 async def test_breaker_takes_out_a_replica_that_fails_requests_and_lets_it_back(replicated, monkeypatch):
-    monkeypatch.setattr(balancer, "COOL_DOWN", 1.0)  # long enough for the 30 requests, short for the test
+    monkeypatch.setattr(balancer, "COOL_DOWN", 2.0)  # long enough for the 30 requests, short for the test
     r = await replicated(2)
     flaky = r.ports[0]
     r.fakes[0].hang_up = True  # its health checks pass: only the breaker can tell
