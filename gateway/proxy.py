@@ -145,9 +145,11 @@ async def _connect(request: web.Request, backend: Backend, balancer: Balancer, m
         try:
             upstream = await session.request(method, replica.url + path, headers=headers, data=payload,
                                              timeout=timeout)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except BaseException as exc:  # a client that hangs up cancels the try: not the replica's failure
             replica.in_flight -= 1
             metrics.child(metrics.replica_in_flight, *label).dec()
+            if not isinstance(exc, (TimeoutError, aiohttp.ClientError)):
+                raise
             metrics.child(metrics.replica_failures, *label).inc()
             if not isinstance(exc, _NOTHING_SENT):
                 raise _unreachable(backend, exc) from None

@@ -289,3 +289,19 @@ async def test_a_crashed_server_takes_out_its_replica_not_the_model(replicated):
     backend.server_state(f"http://127.0.0.1:{r.ports[0]}", State.FAILED, "exited; restarting in 1 s")
     async with r.http.get(r.url + "/health") as resp:
         assert (await resp.json())["models"]["m"]["state"] == "failed"
+
+
+async def test_a_client_that_hangs_up_before_the_answer_leaves_no_load_behind(replicated):
+    r = await replicated(2)
+    for f in r.fakes:
+        f.ttft = 30.0  # no byte of an answer yet
+    with pytest.raises(asyncio.TimeoutError):
+        async with r.http.post(r.url + "/v1/chat/completions", timeout=aiohttp.ClientTimeout(total=0.3), json={
+                "model": "m", "messages": [{"role": "user", "content": "hi"}]}):
+            pass
+
+    async def no_load() -> bool:
+        return [x["in_flight"] for x in await r.replicas()] == [0, 0]
+
+    await wait_until(no_load)
+    assert sum(f.cancelled for f in r.fakes) == 1  # the backend was told too
