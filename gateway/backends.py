@@ -126,9 +126,9 @@ def _balancer(m: ManagedModel | ExternalModel, cfg: Config, old: tuple[Replica, 
     with its health, breaker and requests in flight, which still hold it."""
     known = {r.url: r for r in old}
     replicas = []
-    for i, p in enumerate(endpoints(cfg, m.name)):
-        r = known.get(p.url) or Replica(i, p.host, p.url, urlsplit(p.url).netloc.rpartition("@")[2])
-        r.index, r.host = i, p.host
+    for p in endpoints(cfg, m.name):
+        r = known.get(p.url) or Replica(p.host, p.url, urlsplit(p.url).netloc.rpartition("@")[2])
+        r.host = p.host
         replicas.append(r)
     return Balancer(replicas, cfg.gateway.balance)
 

@@ -41,7 +41,6 @@ PROMPT_CHARS = 256
 class Replica:
     """One server of a model. `state`/`reason` are the health monitor's (backends.State values)."""
 
-    index: int
     host: str  # the plan's host name ("local" without hosts:)
     url: str  # base URL, without /v1
     address: str  # host:port: in /v1/models and as the metrics' replica label (bounded by the config)

@@ -47,11 +47,16 @@ def replica_cards(b: Backend) -> list[dict]:
     whose breaker is open out, so it shows as `unreachable`."""
     if len(b.replicas) == 1:
         r = b.replicas[0]
-        return [{"host": r.host, "address": r.address, "state": b.state.value, "in_flight": r.in_flight}]
+        return [{"host": r.host, "address": r.address, "state": b.state.value, "state_reason": b.reason,
+                 "in_flight": r.in_flight}]
     now = time.monotonic()
-    return [{"host": r.host, "address": r.address,
-             "state": "unreachable" if r.ready and r.breaker(now) == "open" else r.state,
-             "in_flight": r.in_flight} for r in b.replicas]
+    cards = []
+    for r in b.replicas:
+        out = r.ready and r.breaker(now) == "open"
+        cards.append({"host": r.host, "address": r.address, "state": "unreachable" if out else r.state,
+                      "state_reason": f"{r.failures} requests in a row could not reach it" if out else r.reason,
+                      "in_flight": r.in_flight})
+    return cards
 
 
 def preset_card(name: str, route: Route) -> dict:

@@ -9,7 +9,7 @@ from gateway.balancer import BREAK_AFTER, COOL_DOWN, LOAD_FACTOR, PROMPT_CHARS, 
 
 
 def replicas(n: int) -> list[Replica]:
-    return [Replica(i, f"h{i}", f"http://10.0.0.{i}:8001", f"10.0.0.{i}:8001", state="ready", ready=True)
+    return [Replica(f"h{i}", f"http://10.0.0.{i}:8001", f"10.0.0.{i}:8001", state="ready", ready=True)
             for i in range(n)]
 
 
@@ -32,7 +32,7 @@ def test_least_outstanding_takes_the_least_busy_replica():
 def test_idle_replicas_share_requests_without_a_key():
     rs = replicas(3)
     b = Balancer(rs)
-    assert Counter(b.pick(None, 0.0).index for _ in range(30)) == {0: 10, 1: 10, 2: 10}
+    assert Counter(b.pick(None, 0.0).host for _ in range(30)) == {"h0": 10, "h1": 10, "h2": 10}
 
 
 def test_round_robin_ignores_load():
@@ -40,7 +40,7 @@ def test_round_robin_ignores_load():
     b = Balancer(rs, "round_robin")
     rs[0].in_flight = 50
     picks = [b.pick(affinity_key(chat(1, 1)), 0.0) for _ in range(4)]
-    assert sorted(r.index for r in picks) == [0, 0, 1, 1]
+    assert sorted(r.host for r in picks) == ["h0", "h0", "h1", "h1"]
     assert not b.affine
 
 
@@ -52,7 +52,7 @@ def test_every_turn_of_a_conversation_goes_to_one_replica_and_conversations_spre
         for turn in range(1, 5):
             r = b.pick(affinity_key(chat(conversation, turn)), 0.0)
             assert home.setdefault(conversation, r) is r  # idle replicas: affinity always wins
-    spread = Counter(r.index for r in home.values())
+    spread = Counter(r.host for r in home.values())
     assert min(spread.values()) > 70, spread  # 200 conversations over 2 replicas, by hash
 
 
@@ -61,7 +61,7 @@ def test_affinity_yields_to_the_load_bound():
     b = Balancer(rs)
     key = affinity_key(chat(7, 1))
     home = b.pick(key, 0.0)
-    other = rs[1 - home.index]
+    other = rs[1 - rs.index(home)]
     # The conversation's replica takes requests until it holds LOAD_FACTOR x the average load.
     for _ in range(20):
         r = b.pick(key, 0.0)
@@ -81,8 +81,8 @@ def test_a_replica_taken_out_sends_its_conversations_to_the_others_evenly():
     after = {k: b.pick(k, 0.0) for k in keys}
     moved = [k for k in keys if before[k] is not after[k]]
     assert all(before[k] is rs[0] for k in moved)  # only the lost replica's keys move
-    assert Counter(after[k].index for k in moved).keys() == {1, 2}
-    assert min(Counter(after[k].index for k in moved).values()) > len(moved) / 4
+    assert Counter(after[k].host for k in moved).keys() == {"h1", "h2"}
+    assert min(Counter(after[k].host for k in moved).values()) > len(moved) / 4
 
 
 def test_breaker_opens_after_failures_in_a_row_and_half_opens_for_one_trial():
@@ -93,7 +93,7 @@ def test_breaker_opens_after_failures_in_a_row_and_half_opens_for_one_trial():
         assert bad.breaker(0.0) == "closed"
         assert bad.failed(0.0) is (i == BREAK_AFTER - 1)
     assert bad.breaker(0.0) == "open"
-    assert {b.pick(None, 1.0).index for _ in range(10)} == {1}
+    assert {b.pick(None, 1.0).host for _ in range(10)} == {"h1"}
     # After the cool-down one request may try it; the others keep away until it answers.
     later = COOL_DOWN + 0.1
     assert bad.breaker(later) == "half-open"

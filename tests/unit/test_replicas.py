@@ -100,8 +100,8 @@ async def _all_ready(r: Replicated) -> bool:
 async def test_models_list_each_replica_with_its_host_state_and_load(replicated):
     r = await replicated(2)
     replicas = await r.replicas()
-    assert replicas == [{"host": "h0", "address": f"127.0.0.1:{r.ports[0]}", "state": "ready", "in_flight": 0},
-                        {"host": "h1", "address": f"127.0.0.1:{r.ports[1]}", "state": "ready", "in_flight": 0}]
+    assert replicas == [{"host": f"h{i}", "address": f"127.0.0.1:{r.ports[i]}", "state": "ready", "state_reason": None,
+                         "in_flight": 0} for i in (0, 1)]
     gate = r.fakes[0].gate = r.fakes[1].gate = asyncio.Event()
     async with r.http.post(r.url + "/v1/completions", json={"model": "m", "prompt": [1, 2], "stream": True}) as s:
         assert s.status == 200
@@ -189,7 +189,9 @@ async def test_breaker_takes_out_a_replica_that_fails_requests_and_lets_it_back(
     assert statuses == [200] * 30
     assert r.metric("localai_replica_failures_total", flaky) == balancer.BREAK_AFTER  # then it was taken out
     assert len(r.fakes[0].received) == balancer.BREAK_AFTER
-    assert [x["state"] for x in await r.replicas()] == ["unreachable", "ready"]
+    replicas = await r.replicas()
+    assert [x["state"] for x in replicas] == ["unreachable", "ready"]
+    assert replicas[0]["state_reason"] == f"{balancer.BREAK_AFTER} requests in a row could not reach it"
     # Mended: after the cool-down a passed health check (the half-open probe) lets it back.
     r.fakes[0].hang_up = False
     await wait_until(lambda: _states(r, ["ready", "ready"]))
