@@ -34,19 +34,21 @@ class _Bucket:
 
 class KeyLimiter:
     def __init__(self, limits: KeyLimits):
-        self.limits = limits
         self._in_flight: dict[str, int] = {}
         self._buckets: dict[str, _Bucket] = {}
+        self.apply(limits)
 
     def apply(self, limits: KeyLimits) -> None:
         """New limits (config reload). Requests in flight stay counted; a key's rate bucket
         carries over unless its rate changed, so a reload is no way round a rate limit."""
-        self.limits = limits
+        self._default = limits.default
+        # Each named key's limit merged with the default once here, not per request.
+        self._per_key = {name: limits.for_key(name) for name in limits.per_key}
 
     def admit(self, key: str) -> None:
         """Count one more request of `key` (a key's name), or raise ApiError 429 over a limit.
         Every admitted request must be paired with done(key)."""
-        limit = self.limits.for_key(key)
+        limit = self._per_key.get(key, self._default)
         running = self._in_flight.get(key, 0)
         if limit.max_concurrent is not None and running >= limit.max_concurrent:
             raise ApiError(429, f"API key '{key}' already has {running} requests running, its limit "
