@@ -25,3 +25,6 @@ REQUEST_ID = web.RequestKey("request_id", str)
 KEY_NAME = web.RequestKey("key_name", str)  # the API key's name, never the key
 # Ollama's keep_alive of this request, in seconds (-1: never unload).
 KEEP_ALIVE = web.RequestKey("keep_alive", float)
+# The replica (base URL) this request must go to: the one holding the stored response it reads
+# or continues (the Responses API's ids live in one vLLM server's memory).
+PINNED_REPLICA = web.RequestKey("pinned_replica", str)

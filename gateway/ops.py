@@ -141,29 +141,57 @@ def _fmt_bytes(n: int) -> str:
 
 # --- status ---------------------------------------------------------------
 
+def _replica_status(placement, props: dict, elsewhere: bool, on_demand: bool) -> dict:
+    """One server of a managed model: its unit's state where it runs here, its /health from anywhere."""
+    unit = MODEL_UNIT.format(placement.unit)
+    status, _ = _http_status(placement.url + "/health")
+    readiness, why = model_readiness(props, status, unit, on_demand)
+    if elsewhere and why:
+        why = f"on host {placement.host}: judged by /health only" + (f" ({why})" if readiness == "down" else "")
+    return {"host": placement.host, "unit": unit, "url": placement.url, "port": placement.port,
+            "readiness": readiness, "why": why}
+
+
+def _model_readiness(replicas: list[dict]) -> tuple[str, str]:
+    """A model with replicas is ready when all are, degraded while some are."""
+    if len(replicas) == 1:
+        return replicas[0]["readiness"], replicas[0]["why"]
+    down = [r for r in replicas if r["readiness"] != "ready"]
+    if not down:
+        return "ready", ""
+    why = "; ".join(f"{r['host']}:{r['port']} {r['readiness']}" for r in down)
+    return ("degraded" if len(down) < len(replicas) else down[0]["readiness"]), why
+
+
 def collect_status(config: Path) -> dict:
-    from .plan import backend_url
+    from .plan import backend_url, endpoints, placement, placements
 
     cfg = _load(config)
     systemd = _systemd_running()
+    # With hosts:, each host runs its own model units: the ones not installed here run elsewhere.
+    props = {p.unit: unit_state(MODEL_UNIT.format(p.unit)) for p in placements(cfg) if p.role != "worker"}
+    elsewhere = {unit for unit, pr in props.items() if cfg.hosts is not None and pr.get("LoadState") == "not-found"}
     units = []
     # load: on_demand models' units are started and stopped by the gateway: inactive is their rest.
-    on_demand = {MODEL_UNIT.format(m.name) for m in cfg.managed_models if m.load == "on_demand"}
-    for unit in [TARGET_UNIT, GATEWAY_UNIT] + [MODEL_UNIT.format(m.name) for m in cfg.managed_models]:
-        props = unit_state(unit)
-        units.append({"unit": unit, "active": props.get("ActiveState", "unknown" if not systemd else ""),
-                      "sub": props.get("SubState", ""), "restarts": props.get("NRestarts", ""),
-                      "since": _since(props), "result": props.get("Result", ""), "on_demand": unit in on_demand})
+    on_demand = {m.name for m in cfg.managed_models if m.load == "on_demand"}
+    for unit, unit_props, rests in [(TARGET_UNIT, unit_state(TARGET_UNIT), False),
+                                    (GATEWAY_UNIT, unit_state(GATEWAY_UNIT), False)] + \
+            [(MODEL_UNIT.format(u), pr, placement(cfg, u).model in on_demand)
+             for u, pr in props.items() if u not in elsewhere]:
+        units.append({"unit": unit, "active": unit_props.get("ActiveState", "unknown" if not systemd else ""),
+                      "sub": unit_props.get("SubState", ""), "restarts": unit_props.get("NRestarts", ""),
+                      "since": _since(unit_props), "result": unit_props.get("Result", ""), "on_demand": rests})
     models = []
     for m in cfg.models:
         url = backend_url(m, cfg.vllm)
         entry = {"name": m.name, "aliases": list(m.aliases), "default": m is cfg.default_model, "url": url}
         if m.managed:
-            unit = MODEL_UNIT.format(m.name)
-            status, _ = _http_status(url + "/health")
-            readiness, why = model_readiness(unit_state(unit), status, unit, unit in on_demand)
-            entry.update(kind="managed", unit=unit, port=m.port, readiness=readiness, why=why,
-                         on_demand=unit in on_demand)
+            replicas = [_replica_status(p, {} if p.unit in elsewhere else props[p.unit], p.unit in elsewhere,
+                                        m.name in on_demand)
+                        for p in endpoints(cfg, m.name)]
+            readiness, why = _model_readiness(replicas)
+            entry.update(kind="managed", unit=replicas[0]["unit"], url=replicas[0]["url"], port=replicas[0]["port"],
+                         readiness=readiness, why=why, replicas=replicas, on_demand=m.name in on_demand)
         else:
             status, err = _http_status(url.rstrip("/") + "/v1/models")
             reach = status is not None and status < 500
@@ -207,6 +235,10 @@ def render_status(st: dict) -> str:
         out.append(f"{m['name']:16} {m['readiness']:12} {m['port'] or '-':>6}  {detail}")
         if m["why"]:
             out.append(f"{'':16} {'':12} {'':>6}  why: {m['why']}")
+        for i, r in enumerate(m.get("replicas", []) if len(m.get("replicas", [])) > 1 else []):
+            out.append(f"  #{i} {r['host']:11} {r['readiness']:12} {r['port']:>6}  {r['url']} ({r['unit']})")
+            if r["why"]:
+                out.append(f"{'':16} {'':12} {'':>6}  why: {r['why']}")
     gw = st["gateway"]
     ready = sum(1 for m in st["models"] if m["readiness"] in ("ready", "reachable"))
     gw_text = f"/health {gw['health']}" if gw["health"] else f"not answering ({gw['error']})"

@@ -43,7 +43,7 @@ from ..accounting import Account
 from ..backends import Backend, State
 from ..context import Guarded, guard
 from ..errors import ApiError
-from ..keys import ACCOUNT, MONITOR, REGISTRY, SESSION
+from ..keys import ACCOUNT, MONITOR, PINNED_REPLICA, REGISTRY, SESSION
 from ..pipeline import CHAT, DETOKENIZE, RERANK, RESPONSES, SCORE, TOKENIZE, read_json_body, run
 from ..proxy import event_json, forward
 
@@ -55,20 +55,21 @@ _CREATED = b"event: response.created"
 
 
 class ResponseOwners:
-    """Response id -> the name of the backend that made it; the newest `limit` ids."""
+    """Response id -> the name of the backend that made it and the replica (base URL) that
+    holds it; the newest `limit` ids."""
 
     def __init__(self, limit: int = MAX_REMEMBERED_IDS):
         self.limit = limit
-        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
-    def remember(self, response_id: object, backend: str | None) -> None:
-        if isinstance(response_id, str) and backend is not None:
-            self._owners[response_id] = backend
+    def remember(self, response_id: object, backend: str | None, replica: str | None) -> None:
+        if isinstance(response_id, str) and backend is not None and replica is not None:
+            self._owners[response_id] = (backend, replica)
             self._owners.move_to_end(response_id)
             if len(self._owners) > self.limit:
                 self._owners.popitem(last=False)
 
-    def owner(self, response_id: str) -> str | None:
+    def owner(self, response_id: str) -> tuple[str, str] | None:
         return self._owners.get(response_id)
 
 
@@ -82,7 +83,7 @@ class RememberOwner:
 
     def __init__(self, owners: ResponseOwners, acct: Account):
         self._owners = owners
-        self._acct = acct  # its model is the backend's name once the route is known
+        self._acct = acct  # its model and backend: the backend's name and replica once they are known
         self._seen = False
 
     def body(self, data: bytes) -> bytes:
@@ -91,7 +92,7 @@ class RememberOwner:
         except orjson.JSONDecodeError:
             return data
         if isinstance(answer, dict):
-            self._owners.remember(answer.get("id"), self._acct.model)
+            self._owners.remember(answer.get("id"), self._acct.model, self._acct.backend)
         return data
 
     def events(self, data: bytes) -> bytes:
@@ -102,7 +103,7 @@ class RememberOwner:
             created = event_json(data[start:data.find(b"\n\n", start)])
             response = created.get("response") if isinstance(created, dict) else None
             if isinstance(response, dict):
-                self._owners.remember(response.get("id"), self._acct.model)
+                self._owners.remember(response.get("id"), self._acct.model, self._acct.backend)
         return data
 
     def end(self) -> bytes:
@@ -122,45 +123,51 @@ def _not_found(response_id: str) -> ApiError:
                     code="response_not_found", param="response_id")
 
 
-async def _holds(session: aiohttp.ClientSession, backend: Backend, response_id: str) -> bool:
+async def _holds(session: aiohttp.ClientSession, backend: Backend, url: str, response_id: str) -> bool:
     headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
     try:
-        async with session.get(f"{backend.url}/v1/responses/{quote(response_id, safe='')}", headers=headers,
+        async with session.get(f"{url}/v1/responses/{quote(response_id, safe='')}", headers=headers,
                                timeout=aiohttp.ClientTimeout(total=5)) as r:
             return r.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
 
 
-async def find_owner(app: web.Application, response_id: str) -> Backend:
-    """The backend that made this response, remembered or found by asking; 404 otherwise."""
+async def find_owner(request: web.Request, response_id: str) -> Backend:
+    """The backend that made this response, remembered or found by asking; 404 otherwise.
+    The request is pinned to the replica that holds it."""
     if not response_id or len(response_id) > _MAX_ID_LENGTH or not response_id.isprintable():
         raise _not_found(response_id[:_MAX_ID_LENGTH])
+    app = request.app
     registry, owners = app[REGISTRY], app[RESPONSE_OWNERS]
-    name = owners.owner(response_id)
-    if name is not None:
-        return registry.backends[name]
+    known = owners.owner(response_id)
+    if known is not None and known[0] in registry.backends:
+        request[PINNED_REPLICA] = known[1]
+        return registry.backends[known[0]]
     for backend in registry.backends.values():
-        if backend.state is State.READY and backend.model.task == "generate" \
-                and await _holds(app[SESSION], backend, response_id):
-            owners.remember(response_id, backend.name)
-            return backend
+        if backend.state is not State.READY or backend.model.task != "generate":
+            continue
+        for replica in backend.replicas:
+            if await _holds(app[SESSION], backend, replica.url, response_id):
+                owners.remember(response_id, backend.name, replica.url)
+                request[PINNED_REPLICA] = replica.url
+                return backend
     raise _not_found(response_id)
 
 
-async def _continue_where_it_lives(app: web.Application, body: dict) -> None:
-    """Send a request with previous_response_id to the backend holding that response."""
+async def _continue_where_it_lives(request: web.Request, body: dict) -> None:
+    """Send a request with previous_response_id to the backend (and replica) holding that response."""
     previous = body.get("previous_response_id")
     if previous is None:
         return
     if not isinstance(previous, str):
         raise ApiError(400, "'previous_response_id' must be a string.", code="invalid_type",
                        param="previous_response_id")
-    owner = await find_owner(app, previous)
+    owner = await find_owner(request, previous)
     model = body.get("model")
     if model is None or model == "":
         body["model"] = owner.name
-    elif app[REGISTRY].resolve(model).backend is not owner:
+    elif request.app[REGISTRY].resolve(model).backend is not owner:
         raise ApiError(400, f"Response '{previous}' was made by model '{owner.name}', and a conversation "
                             f"continues on the model that holds it: ask for '{owner.name}' or leave "
                             "'model' out.", code="previous_response_model_mismatch",
@@ -310,7 +317,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     _check_fields(body)
     _lift_additional_tools(body)
     _free_form_custom_tools(body.get("tools"))
-    await _continue_where_it_lives(request.app, body)
+    await _continue_where_it_lives(request, body)
     remember = RememberOwner(request.app[RESPONSE_OWNERS], request[ACCOUNT])
     return await run(request, RESPONSES, body, adapter=remember, guard_with=guard_responses)
 
@@ -321,7 +328,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 async def _to_owner(request: web.Request, method: str, suffix: str = "") -> web.StreamResponse:
     app = request.app
     response_id = request.match_info["response_id"]
-    backend = await find_owner(app, response_id)
+    backend = await find_owner(request, response_id)
     app[REGISTRY].check_serving(backend)
     acct = request[ACCOUNT]
     acct.model, acct.backend = backend.name, backend.url

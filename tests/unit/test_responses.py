@@ -193,9 +193,10 @@ async def test_unknown_response_id_is_404_and_reaches_no_generation(stack):
 def test_the_id_map_keeps_the_newest_ids():
     owners = ResponseOwners(limit=2)
     for response_id, model in (("a", "m1"), ("b", "m2"), ("a", "m1"), ("c", "m2")):
-        owners.remember(response_id, model)
+        owners.remember(response_id, model, f"http://{model}")
     # "a" was remembered again after "b", so "b" is the oldest and goes.
-    assert (owners.owner("a"), owners.owner("b"), owners.owner("c")) == ("m1", None, "m2")
+    assert (owners.owner("a"), owners.owner("b"), owners.owner("c")) == (("m1", "http://m1"), None,
+                                                                         ("m2", "http://m2"))
 
 
 async def test_an_id_made_before_a_restart_is_found_by_asking_each_backend(stack):

@@ -1,0 +1,192 @@
+"""Real tier, replicas (#14): `localai up` with two real vLLM servers (CPU build) of one tiny model
+on this host (the plan gives replica 1 the next port). Prefix-cache hit rates, from vLLM's own
+counters, land in test-output/replicas-prefix-cache.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import OUTPUT, TINY_MODELS, TINY_VLLM, RealStack, _descendants, free_port, running
+
+pytestmark = pytest.mark.real
+
+RATES = OUTPUT / "replicas-prefix-cache.json"
+CONVERSATIONS = 7  # odd: round robin then sends each conversation's next turn to the other replica
+TURNS = 4
+
+
+def _port_pair() -> int:
+    """A free port whose successor is free too (replica 1 listens there)."""
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+class ReplicaStack(RealStack):
+    def __init__(self, workdir: Path):
+        model = {"name": "coder", "default": True, "model": str(TINY_MODELS / "tiny-coder"), "replicas": 2,
+                 "max_model_len": 2048, "max_num_seqs": 8, "gpu_memory_utilization": 0.4,
+                 "enable_prefix_caching": True, **TINY_VLLM}
+        super().__init__(workdir, [model], name="replicas-stack")
+        data = yaml.safe_load(self.config.read_text())
+        port = _port_pair()
+        data["models"][0]["port"] = port
+        data["gateway"]["webui"] = False
+        self.data = data
+        self.config.write_text(yaml.safe_dump(data, sort_keys=False))
+        self.model_ports = {"coder": port}
+        self.ports = [port, port + 1]
+
+    def start(self) -> None:
+        super().start()
+        self.until_replicas("ready", "ready")
+
+    def get(self, path: str, base: str | None = None):
+        request = urllib.request.Request((base or self.url) + path,
+                                         headers={"Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.read().decode()
+
+    def replicas(self) -> list[dict]:
+        return json.loads(self.get("/v1/models"))["data"][0]["replicas"]
+
+    def until_replicas(self, *states: str, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while [r["state"] for r in self.replicas()] != list(states):
+            assert time.monotonic() < deadline, f"replicas {self.replicas()}, wanted {states}; see {self.log_path}"
+            time.sleep(0.5)
+
+    def balance(self, policy: str) -> None:
+        """Switch gateway.balance by a reload (SIGHUP), as an operator would."""
+        assert self.proc is not None
+        reloads = self.log_path.read_text(errors="replace").count('"msg":"reloaded ')
+        self.data["gateway"]["balance"] = policy
+        self.config.write_text(yaml.safe_dump(self.data, sort_keys=False))
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while self.log_path.read_text(errors="replace").count('"msg":"reloaded ') == reloads:
+            assert time.monotonic() < deadline, f"no reload logged in {self.log_path}"
+            time.sleep(0.2)
+
+    def prefix_cache(self) -> tuple[float, float]:
+        """vLLM's own prefix-cache counters (hits, queries: tokens), summed over the replicas."""
+        hits = queries = 0.0
+        for port in self.ports:
+            for line in self.get("/metrics", f"http://127.0.0.1:{port}").splitlines():
+                if line.startswith("vllm:prefix_cache_hits_total"):
+                    hits += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("vllm:prefix_cache_queries_total"):
+                    queries += float(line.rsplit(" ", 1)[1])
+        return hits, queries
+
+    def server_pid(self, port: int) -> int:
+        assert self.proc is not None
+        for pid in _descendants(self.proc.pid):
+            try:
+                argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--port" in argv and argv[argv.index(b"--port") + 1] == str(port).encode():
+                return pid
+        raise AssertionError(f"no vLLM process on port {port}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running(ReplicaStack(tmp_path_factory.mktemp("replicas"))) as s:
+        yield s
+
+
+def _document(seed: str) -> str:
+    """A conversation's opening: a document of its own, several of vLLM's 128-token cache blocks long
+    (about 900 tokens: four turns stay within the prompt limit, 0.75 of the 2,048-token window)."""
+    words = [f"{seed[i % len(seed)]}{i}" for i in range(250)]
+    return f"[{seed}] Read this and answer briefly. " + " ".join(words)
+
+
+def _conversations(stack: ReplicaStack, seed: str) -> None:
+    """CONVERSATIONS chats of TURNS turns each, interleaved (turn 1 of every chat, then turn 2 ...)."""
+    histories = [[{"role": "system", "content": "You are terse."},
+                  {"role": "user", "content": _document(f"{seed}{c}")}] for c in range(CONVERSATIONS)]
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=120) as http:
+        for turn in range(TURNS):
+            for messages in histories:
+                r = http.post("/v1/chat/completions", json={"model": "coder", "messages": messages,
+                                                           "max_tokens": 8, "temperature": 0})
+                assert r.status_code == 200, r.text
+                messages += [{"role": "assistant", "content": r.json()["choices"][0]["message"]["content"] or ""},
+                             {"role": "user", "content": f"And point {turn + 2}?"}]
+
+
+def test_affinity_reuses_more_of_the_prefix_cache_than_round_robin(stack):
+    stack.until_replicas("ready", "ready")
+    rates = {}
+    for policy in ("round_robin", "least_outstanding"):
+        stack.balance(policy)
+        hits0, queries0 = stack.prefix_cache()
+        _conversations(stack, f"{policy}-{uuid.uuid4().hex[:6]}")  # fresh documents: nothing cached yet
+        hits1, queries1 = stack.prefix_cache()
+        rates[policy] = {"hits": hits1 - hits0, "queries": queries1 - queries0,
+                         "hit_rate": round((hits1 - hits0) / (queries1 - queries0), 4)}
+    RATES.write_text(json.dumps({"conversations": CONVERSATIONS, "turns": TURNS, "replicas": 2, **rates}, indent=1))
+    affinity, rr = rates["least_outstanding"]["hit_rate"], rates["round_robin"]["hit_rate"]
+    assert affinity > rr + 0.1, rates
+
+
+def test_killing_a_replica_loses_no_non_streamed_request(stack):
+    stack.until_replicas("ready", "ready")
+    stack.balance("least_outstanding")
+    results: list[int] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"},
+                          timeout=120) as http:
+            n = 0
+            while not stop.is_set():
+                try:
+                    r = http.post("/v1/chat/completions", json={
+                        "model": "coder", "max_tokens": 48, "ignore_eos": True,
+                        "messages": [{"role": "user", "content": f"client {k} request {n}: count"}]})
+                    results.append(r.status_code)
+                except httpx.HTTPError:  # lost on the way: counted as lost
+                    results.append(0)
+                n += 1
+
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in clients:
+        t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while stack.replicas()[1]["in_flight"] == 0:  # kill it with requests on it
+            assert time.monotonic() < deadline, stack.replicas()
+            time.sleep(0.05)
+        os.killpg(stack.server_pid(stack.ports[1]), signal.SIGKILL)
+        at_kill = len(results)
+        deadline = time.monotonic() + 120
+        while len(results) < at_kill + 20:
+            assert time.monotonic() < deadline, f"{len(results) - at_kill} answers since the kill"
+            time.sleep(0.2)
+        assert stack.replicas()[1]["state"] != "ready"  # out, and restarting under `localai up`
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=180)
+    assert results and set(results) == {200}, sorted(set(results))
