@@ -3,10 +3,10 @@ without a restart, and without touching a request in flight.
 
 What applies live: the key file, gateway.key_limits, models (added, removed, their
 aliases, presets, default, max_concurrency, context settings, external URLs and
-keys), max_queue, queue_timeout, health_interval, log_level, and a new WebUI build.
+keys, the replicas balanced over), max_queue, queue_timeout, health_interval, log_level, and a new WebUI build.
 What a running process cannot change (where it listens, the body limit, upstream
-timeouts, whether the WebUI is served, how vLLM servers are started) is logged as
-"needs restart". A config or key file with errors changes nothing: the gateway
+timeouts, whether the WebUI is served, how vLLM servers are started, servers the
+plan adds or drops) is logged as "needs restart", naming each server's unit and host. A config or key file with errors changes nothing: the gateway
 keeps what it has and logs why, FILE:LINE.
 """
 
@@ -19,7 +19,7 @@ from aiohttp import web
 from .config import Config, ConfigError, ManagedModel, load_config
 from .keyring import load_keyring
 from .keys import ACCESS, MONITOR, REGISTRY
-from .plan import server_plan
+from .plan import placements, server_plan
 from .webui import WEBUI
 
 log = logging.getLogger("localai.reload")
@@ -64,7 +64,7 @@ class Reloader:
             app[WEBUI].load()
         self.config = new
         for what in needs_restart:
-            log.warning("%s changed: needs restart (the running value stays)", what, extra={"setting": what})
+            log.warning("%s changed: needs restart (the running one stays as it is)", what, extra={"setting": what})
         log.info("reloaded %s: %d keys, models %s", new.source, len(keyring.names),
                  ", ".join(app[REGISTRY].backends),
                  extra={"keys": len(keyring.names), "added": [b.name for b in added],
@@ -78,11 +78,27 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
                if getattr(old.gateway, name) != getattr(new.gateway, name)]
     if old.gateway.webui and old.gateway.webui_dir != new.gateway.webui_dir:
         changed.append("gateway.webui_dir")
-    # How a vLLM server is started belongs to its own unit (or `localai up`): restart that.
-    for m in new.managed_models:
-        before = next((o for o in old.managed_models if o.name == m.name), None)
-        if isinstance(before, ManagedModel) and server_plan(before, old.vllm) != server_plan(m, new.vllm):
-            changed.append(f"model {m.name}'s vLLM server (restart localai-model@{m.name})")
+    # How a vLLM server is started belongs to its own unit (or `localai up`): restart that. The
+    # gateway balances over a changed set of replicas at once; starting or stopping them is not its job.
+    before = {p.unit: p for p in placements(old)}
+    known = {m.name for m in old.managed_models}  # a new model's servers are started with it, not by us
+    for p in placements(new):
+        # Placements are of managed models only.
+        m, was = new.model(p.model), before.pop(p.unit, None)
+        assert isinstance(m, ManagedModel)
+        where = f" on host {p.host}" if new.hosts is not None else ""
+        if was is None:
+            if p.model in known:
+                changed.append(f"model {p.model}'s new server localai-model@{p.unit}{where} (start it)")
+            continue
+        old_m = old.model(was.model)
+        assert isinstance(old_m, ManagedModel)
+        if server_plan(old_m, old.vllm, was) != server_plan(m, new.vllm, p):
+            changed.append(f"model {p.model}'s vLLM server localai-model@{p.unit}{where} (restart it)")
+    for unit, was in before.items():
+        if any(m.name == was.model for m in new.managed_models):  # a model removed is simply no longer routed to
+            where = f" on host {was.host}" if old.hosts is not None else ""
+            changed.append(f"model {was.model}'s server localai-model@{unit}{where}, no longer planned (stop it)")
     return changed
 
 

@@ -307,3 +307,34 @@ async def test_a_client_that_hangs_up_before_the_answer_leaves_no_load_behind(re
 
     await wait_until(no_load)
     assert sum(f.cancelled for f in r.fakes) == 1  # the backend was told too
+
+
+async def test_a_reload_balances_over_the_new_replica_set_and_says_which_servers_to_start_or_stop(
+        replicated, tmp_path):
+    from gateway.reload import RELOADER
+
+    r = await replicated(3)
+    config = tmp_path / "localai.yaml"
+    reloader = r.app[RELOADER]
+    reloader.config = parse_config(yaml.safe_dump(r.config), config)  # the running config, read from a file
+    r.config["models"][0]["hosts"] = ["h0", "h1"]
+    config.write_text(yaml.safe_dump(r.config))
+    log = io.StringIO()
+    setup_logging("info", stream=log)
+
+    assert reloader.reload()
+    assert "model m's server localai-model@m.2 on host h2, no longer planned (stop it)" in log.getvalue()
+    for c in range(12):
+        assert (await r.chat(c))[0] == 200
+    assert not any(b["messages"][1]["content"] == "conversation 11" for b in r.fakes[2].received)
+    assert len(await r.replicas()) == 2
+
+    r.config["models"][0]["hosts"] = ["h0", "h1", "h2"]
+    config.write_text(yaml.safe_dump(r.config))
+    assert reloader.reload()
+    assert "model m's new server localai-model@m.2 on host h2 (start it)" in log.getvalue()
+    await wait_until(lambda: _all_ready(r))
+    before = len(r.fakes[2].received)
+    for c in range(100, 130):
+        assert (await r.chat(c))[0] == 200
+    assert len(r.fakes[2].received) > before  # the third replica takes its share again
