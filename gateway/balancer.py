@@ -121,6 +121,10 @@ class Balancer:
                 return self._take(r, now)
         return self._take(best, now)  # not reached: the least loaded one is below the cap
 
+    def spare(self, now: float, tried: Sequence[Replica]) -> bool:
+        """Whether a replica not yet tried could take the request now (nothing changes)."""
+        return any(r.usable(now) and r not in tried for r in self.replicas)
+
     @staticmethod
     def _take(r: Replica, now: float) -> Replica:
         if r.failures >= BREAK_AFTER:

@@ -106,6 +106,20 @@ def _unreachable(backend: Backend, exc: BaseException) -> ApiError:
 _NOTHING_SENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ConnectionTimeoutError)
 
 
+# Answers that say the replica, not the request, is at fault: tried on another replica if there is one.
+_SERVER_FAULTS = frozenset({500, 502, 503, 504})
+
+
+def _replica_failed(app: web.Application, backend: Backend, replica: Replica, error: str) -> None:
+    """Count a failure of a replica that sent nothing the client has seen (its breaker may open)."""
+    app[METRICS].child(app[METRICS].replica_failures, backend.name, replica.address).inc()
+    if replica.failed(time.monotonic()):
+        log.warning("replica %s of model %s taken out after %d failures in a row", replica.address,
+                    backend.name, replica.failures, extra={"model": backend.name, "replica": replica.address,
+                                                           "error": error})
+    app[MONITOR].poke(backend.name)
+
+
 async def _connect(request: web.Request, backend: Backend, balancer: Balancer, method: str, path: str,
                    headers: dict[str, str], payload: bytes | None,
                    affinity: int | None) -> tuple[aiohttp.ClientResponse, Replica]:
@@ -150,16 +164,21 @@ async def _connect(request: web.Request, backend: Backend, balancer: Balancer, m
             metrics.child(metrics.replica_in_flight, *label).dec()
             if not isinstance(exc, (TimeoutError, aiohttp.ClientError)):
                 raise
-            metrics.child(metrics.replica_failures, *label).inc()
             if not isinstance(exc, _NOTHING_SENT):
+                metrics.child(metrics.replica_failures, *label).inc()
                 raise _unreachable(backend, exc) from None
-            if replica.failed(time.monotonic()):
-                log.warning("replica %s of model %s taken out after %d failures in a row", replica.address,
-                            backend.name, replica.failures,
-                            extra={"model": backend.name, "replica": replica.address, "error": type(exc).__name__})
-            app[MONITOR].poke(backend.name)
+            _replica_failed(app, backend, replica, type(exc).__name__)
             tried.append(replica)
             error = exc
+            continue
+        if upstream.status in _SERVER_FAULTS and balancer.spare(time.monotonic(), [*tried, replica]):
+            # vLLM answers 500 once its engine is gone (a server shutting down or crashed) and 503
+            # while it starts; nothing has reached the client yet, and another replica can answer.
+            upstream.close()
+            replica.in_flight -= 1
+            metrics.child(metrics.replica_in_flight, *label).dec()
+            _replica_failed(app, backend, replica, f"HTTP {upstream.status}")
+            tried.append(replica)
             continue
         replica.succeeded()
         metrics.child(metrics.replica_requests, *label).inc()

@@ -180,6 +180,28 @@ async def test_a_replica_dying_before_it_answers_is_retried_on_another(replicate
     assert len(r.fakes[1].received) == 10
 
 
+async def test_a_replica_answering_a_server_error_is_retried_on_another(replicated):
+    """vLLM answers 500 once its engine has stopped (a server shutting down): another replica answers."""
+    from tests.fakebackend import ScriptedError
+
+    r = await replicated(2)
+    r.fakes[0].errors.extend(ScriptedError(500, "EngineDeadError") for _ in range(100))
+    for c in range(10):
+        status, body = await r.chat(c)
+        assert status == 200 and body["choices"][0]["message"]["content"]
+    assert r.fakes[0].received and len(r.fakes[1].received) == 10
+
+
+async def test_a_server_error_from_the_only_usable_replica_reaches_the_client(replicated):
+    from tests.fakebackend import ScriptedError
+
+    r = await replicated(2)
+    for f in r.fakes:
+        f.errors.extend(ScriptedError(500, "EngineDeadError") for _ in range(2))
+    status, body = await r.chat(1)
+    assert status == 500 and "scripted EngineDeadError" in body["error"]["message"]
+
+
 async def test_breaker_takes_out_a_replica_that_fails_requests_and_lets_it_back(replicated, monkeypatch):
     monkeypatch.setattr(balancer, "COOL_DOWN", 2.0)  # long enough for the 30 requests, short for the test
     r = await replicated(2)
