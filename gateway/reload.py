@@ -6,7 +6,8 @@ aliases, presets, default, max_concurrency, context settings, external URLs and
 keys, the replicas balanced over), max_queue, queue_timeout, health_interval, log_level, and a new WebUI build.
 What a running process cannot change (where it listens, the body limit, upstream
 timeouts, whether the WebUI is served, how vLLM servers are started, servers the
-plan adds or drops) is logged as "needs restart", naming each server's unit and host. A config or key file with errors changes nothing: the gateway
+plan adds or drops) is logged as "needs restart", naming each server's unit and host.
+A config or key file with errors changes nothing: the gateway
 keeps what it has and logs why, FILE:LINE.
 """
 
