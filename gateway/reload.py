@@ -3,12 +3,12 @@ without a restart, and without touching a request in flight.
 
 What applies live: the key file, gateway.key_limits, models (added, removed, their
 aliases, presets, default, max_concurrency, context settings, external URLs and
-keys, the replicas balanced over), max_queue, queue_timeout, health_interval, log_level, and a new WebUI build.
-What a running process cannot change (where it listens, the body limit, upstream
-timeouts, whether the WebUI is served, how vLLM servers are started, servers the
-plan adds or drops) is logged as "needs restart", naming each server's unit and host.
-A config or key file with errors changes nothing: the gateway
-keeps what it has and logs why, FILE:LINE.
+keys, the replicas balanced over), max_queue, queue_timeout, health_interval,
+log_level, and a new WebUI build. What a running process cannot change (where it
+listens, the body limit, upstream timeouts, whether the WebUI is served, how vLLM
+servers are started, servers the plan adds or drops) is logged as "needs restart",
+naming each server's unit and host. A config or key file with errors changes
+nothing: the gateway keeps what it has and logs why, FILE:LINE.
 """
 
 from __future__ import annotations
