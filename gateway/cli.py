@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import NoReturn
 
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, ManagedModel, load_config
-from .plan import full_plan, server_plan
+from .config import DEFAULT_CONFIG_PATH, LOCAL_HOST, Config, ConfigError, ManagedModel, load_config
+from .plan import Placement, ServerPlan, full_plan, placement, placements, server_plan
 
 TINYMODEL_SCRIPT = Path(__file__).resolve().parent / "tinymodel.py"
 
@@ -45,6 +45,34 @@ def _managed(cfg: Config, name: str) -> ManagedModel:
     if not isinstance(model, ManagedModel):
         _die(f"{cfg.source}: model '{name}' is external ({model.url}); nothing to start")
     return model
+
+
+def _unit_plan(cfg: Config, unit: str) -> tuple[Placement, ServerPlan]:
+    """The placement a unit instance name stands for (NAME, NAME.1, NAME.node1: see plan.py)."""
+    try:
+        where = placement(cfg, unit)
+    except KeyError:
+        if unit in (m.name for m in cfg.models):
+            _managed(cfg, unit)  # an external model says so
+        _die(f"{cfg.source}: no server named '{unit}' in the plan "
+             f"(servers: {', '.join(p.unit for p in placements(cfg))})")
+    return where, server_plan(_managed(cfg, where.model), cfg.vllm, where)
+
+
+def _here(cfg: Config, hosts: list[str] | None) -> list[Placement]:
+    """The placements `localai up` starts on this machine: every one when the config names no
+    hosts, else those of the hosts given by --host (default: the one named "local")."""
+    if cfg.hosts is None:
+        if hosts and hosts != [LOCAL_HOST]:
+            _die(f"{cfg.source}: has no 'hosts:' list; its only host is '{LOCAL_HOST}'")
+        return placements(cfg)
+    wanted = hosts or [LOCAL_HOST]
+    names = [h.name for h in cfg.hosts]
+    unknown = [h for h in wanted if h not in names]
+    if unknown:
+        _die(f"{cfg.source}: no host named {', '.join(unknown)} (hosts: {', '.join(names)}); "
+             "say which host this machine is with --host NAME")
+    return [p for p in placements(cfg) if p.host in wanted]
 
 
 def _check_vllm_python(cfg: Config) -> None:
@@ -104,10 +132,11 @@ def cmd_up(args) -> int:
     from .supervisor import run_up
 
     cfg = _load(args)
+    here = _here(cfg, args.host)
     _check_vllm_python(cfg)
     setup_logging(cfg.gateway.log_level)
     app = _create_app(cfg)
-    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop), app))
+    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop, here), app))
     return 0
 
 
@@ -121,7 +150,8 @@ def cmd_check(args) -> int:
     for m in plan["models"]:
         names = ", ".join([m["name"], *m["aliases"]])
         flag = "  (default)" if m["default"] else ""
-        print(f"model {names}{flag}: {m['kind']} at {m['url']}, max_concurrency {m['max_concurrency']}"
+        spread = "".join(f", {m[k]} {k}" for k in ("replicas", "nodes") if m.get(k, 1) > 1)
+        print(f"model {names}{flag}: {m['kind']} at {m['url']}{spread}, max_concurrency {m['max_concurrency']}"
               + (", embeddings" if m["task"] == "embed" else ""))
         for preset, defaults in m["presets"].items():
             print(f"    preset {preset}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
@@ -131,6 +161,7 @@ def cmd_check(args) -> int:
                 print(f"    load on_demand ({m['swap']}), share {m['share']:g}, keep_alive {keep}")
             env = " ".join(f"{k}={v}" for k, v in m["env"].items())
             print(f"    {env + ' ' if env else ''}{subprocess.list2cmdline(m['argv'])}")
+    _print_hosts(plan)
     residency = plan["residency"]
     if residency["on_demand_together"]:
         always = ", ".join(residency["always"])
@@ -141,15 +172,37 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _print_hosts(plan: dict) -> None:
+    """Per host and card: the shares taken, then each server placed there."""
+    for host in plan["hosts"]:
+        servers = [p for p in plan["placements"] if p["host"] == host["name"]]
+        gpus = "" if host["gpus"] is None else (f", {host['gpus']} GPU" + ("s" if host["gpus"] != 1 else "")
+                                                  if host["gpus"] else ", no GPU")
+        offset = f", port_offset {host['port_offset']}" if host["port_offset"] else ""
+        print(f"host {host['name']} at {host['address']}{gpus}{offset}: {len(servers)} server"
+              + ("s" if len(servers) != 1 else ""))
+        for card, shares in host["cards"].items():
+            used = sum(v for k, v in shares.items() if not k.endswith("(on_demand)"))
+            label = "all cards" if card == "*" else f"GPU {card}"
+            print(f"    {label}: " + ", ".join(f"{k} {v:g}" for k, v in shares.items())
+                  + f"  ({used:.2f} of 1 always resident)")
+        for p in servers:
+            where = f"port {p['port']}" if p["port"] else "no HTTP port"
+            cards = f"CUDA_VISIBLE_DEVICES={p['devices']}" if p["devices"] is not None else "not pinned"
+            role = p["role"] if p["nodes"] == 1 else f"{p['role']} (node {p['node']} of {p['nodes']}, " \
+                                                     f"master {p['master']}, VLLM_HOST_IP={p['node_ip']})"
+            print(f"    localai-model@{p['unit']}: {p['model']} replica {p['replica']}, {role}, {where}, {cards}")
+
+
 def cmd_plan(args) -> int:
     print(json.dumps(full_plan(_load(args)), indent=2))
     return 0
 
 
 def cmd_run_model(args) -> int:
-    """Exec the model's vLLM server in place of this process (a systemd unit's ExecStart)."""
+    """Exec one placement's vLLM server in place of this process (a systemd unit's ExecStart)."""
     cfg = _load(args)
-    plan = server_plan(_managed(cfg, args.name), cfg.vllm)
+    _, plan = _unit_plan(cfg, args.name)
     _check_vllm_python(cfg)
     sys.stdout.flush()
     os.execve(plan.argv[0], plan.argv, {**os.environ, **plan.env})
@@ -159,7 +212,10 @@ def cmd_run_model(args) -> int:
 def cmd_wait_ready(args) -> int:
     """Exit 0 once the model's vLLM answers /health (a unit's ExecStartPost)."""
     cfg = _load(args)
-    plan = server_plan(_managed(cfg, args.name), cfg.vllm)
+    where, plan = _unit_plan(cfg, args.name)
+    if where.role == "worker":
+        print(f"{args.name} is a worker of {where.model}: its head answers /health")
+        return 0
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         try:
@@ -227,17 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_config(sub.add_parser("gateway", help="run the gateway alone")).set_defaults(func=cmd_gateway)
-    with_config(sub.add_parser("up", help="run every managed model server and the gateway in the foreground")
-                ).set_defaults(func=cmd_up)
+    p = with_config(sub.add_parser("up", help="run the gateway and the model servers placed on this machine "
+                                              "in the foreground"))
+    p.add_argument("--host", action="append", metavar="NAME",
+                   help="start the servers placed on this host of the config's hosts: (repeatable; "
+                        "default: every server without hosts:, else the host named 'local')")
+    p.set_defaults(func=cmd_up)
     with_config(sub.add_parser("check", help="validate the config and print the plan")).set_defaults(func=cmd_check)
     p = with_config(sub.add_parser("plan", help="print the plan as JSON"))
     p.add_argument("--json", action="store_true", help="JSON output (the default and only format)")
     p.set_defaults(func=cmd_plan)
     p = with_config(sub.add_parser("run-model", help="exec one model's vLLM server (systemd ExecStart)"))
-    p.add_argument("name")
+    p.add_argument("name", help="the unit instance: NAME (replica 0), NAME.1 (replica 1), NAME.node1 (a worker)")
     p.set_defaults(func=cmd_run_model)
     p = with_config(sub.add_parser("wait-ready", help="wait until one model's server answers /health"))
-    p.add_argument("name")
+    p.add_argument("name", help="the unit instance, as for run-model")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds (default 1800)")
     p.set_defaults(func=cmd_wait_ready)
     p = with_config(sub.add_parser("status", help="units, model readiness, ports and GPUs at a glance"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from .residency import Need, Residency
+from .residency import Ask, HostCards, Residency, Seating, seat
 
 DEFAULT_CONFIG_PATH = Path("/etc/localai/localai.yaml")
 
@@ -132,6 +133,31 @@ class VllmSettings(_Strict):
     env: dict[str, str] = {}
 
 
+# The host of a config without `hosts:`: today's single machine.
+LOCAL_HOST = "local"
+
+
+class Host(_Strict):
+    """A machine the plan may place model servers on (in Ansible: an inventory_hostname)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    # How the gateway and the other hosts reach servers on it; default: its name.
+    address: str | None = Field(None, min_length=1)
+    gpus: int = Field(1, ge=0, le=64)  # 0: a CPU host, one pseudo-device of budget 1.0
+    # Added to every model port on this host, so hosts sharing one network (tests) don't collide.
+    port_offset: int = Field(0, ge=0, le=60000)
+    # The private interface for multi-node traffic (VLLM_HOST_IP, unencrypted); default: address.
+    node_ip: str | None = Field(None, min_length=1)
+
+    @property
+    def reach(self) -> str:
+        return self.address or self.name
+
+    @property
+    def cards(self) -> tuple[str, ...]:
+        return tuple(str(i) for i in range(self.gpus)) or ("*",)
+
+
 # Fill-in-the-middle prompt layouts of well-known code models.
 FIM_TEMPLATES = {
     "qwen": "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
@@ -217,6 +243,22 @@ class ManagedModel(_ModelBase):
     # level2: dropped and reloaded), or off (stopped and started). auto: level1 where the
     # vLLM build has sleep mode (CUDA), off where it does not (the CPU build).
     sleep_mode: Literal["auto", "off", "level1", "level2"] = "auto"
+    # Copies of this server, each on the host and card with the most room (see residency.py).
+    replicas: int = Field(1, ge=1, le=64)
+    # Explicit hosts instead: one replica on each (`nodes` of them per replica, head first).
+    hosts: list[Annotated[str, Field(pattern=NAME_PATTERN)]] | None = Field(None, min_length=1)
+    # One server spanning this many hosts (vLLM multi-node: a head and nodes-1 workers).
+    nodes: int = Field(1, ge=1, le=64)
+    # torch.distributed's port on the head host (nodes > 1); default: port + 10000.
+    master_port: int | None = Field(None, ge=1, le=65535)
+
+    @property
+    def replica_count(self) -> int:
+        return len(self.hosts) // self.nodes if self.hosts else self.replicas
+
+    @property
+    def head_port(self) -> int:
+        return self.master_port or self.port + 10000
 
 
 class ExternalModel(_ModelBase):
@@ -242,8 +284,17 @@ ModelEntry = Annotated[
 class Config(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     vllm: VllmSettings = VllmSettings()
+    # Absent: one host named "local", the machine the config is on (single-host behaviour).
+    hosts: list[Host] | None = Field(None, min_length=1)
     models: list[ModelEntry] = Field(min_length=1)
     source: Path = Path("<memory>")
+
+    @property
+    def host_list(self) -> list[Host]:
+        return self.hosts or [Host(name=LOCAL_HOST, address=connect_host(self.vllm.host), gpus=0)]
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.host_list if h.name == name)
 
     @property
     def managed_models(self) -> list[ManagedModel]:
@@ -253,16 +304,50 @@ class Config(_Strict):
     def default_model(self) -> ManagedModel | ExternalModel:
         return next((m for m in self.models if m.default), self.models[0])
 
+    def seating(self) -> Seating:
+        """Every managed model's seats on hosts and cards (see residency.py), computed once."""
+        return derived(self, "seating", self._seat)
+
+    def _seat(self) -> Seating:
+        hosts = ([HostCards(h.name, h.cards) for h in self.hosts] if self.hosts
+                 else [HostCards(LOCAL_HOST, None)])
+        asks = [Ask(m.name, m.gpu_memory_utilization or 0.0, m.load == "on_demand", m.replica_count, m.nodes,
+                    tuple(m.hosts) if m.hosts else None, {**self.vllm.env, **m.env}.get("CUDA_VISIBLE_DEVICES"))
+                for m in self.managed_models]
+        return seat(hosts, asks)
+
     def residency(self) -> Residency:
         """What each managed model takes of its cards while resident (see residency.py)."""
-        return Residency(tuple(Need(m.name, m.gpu_memory_utilization or 0.0, {**self.vllm.env, **m.env}.get(
-            "CUDA_VISIBLE_DEVICES"), m.load == "on_demand") for m in self.managed_models))
+        return self.seating().residency
 
     def model(self, name: str) -> ManagedModel | ExternalModel:
         for m in self.models:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+
+_DERIVED: dict[tuple[int, str], tuple[weakref.ref, Any]] = {}
+
+
+def derived(cfg: Config, what: str, compute: Any) -> Any:
+    """A fact computed from a config once: kept while the config lives, never compared with it."""
+    key = (id(cfg), what)
+    held = _DERIVED.get(key)
+    if held is not None and held[0]() is cfg:
+        return held[1]
+    value = compute()
+
+    def forget(_ref: weakref.ref) -> None:
+        _DERIVED.pop(key, None)
+
+    _DERIVED[key] = (weakref.ref(cfg, forget), value)
+    return value
+
+
+def connect_host(host: str) -> str:
+    # A server bound to every address is reached over loopback.
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 # --- YAML with line numbers ------------------------------------------------
@@ -343,13 +428,6 @@ def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
                 problems.append((where, f"'{key}' is already used by model '{taken[key]}'{also}"))
             else:
                 taken[key] = m.name
-    ports: dict[int, KeyPath] = {cfg.gateway.port: ("gateway", "port")}
-    for i, m in enumerate(cfg.models):
-        if isinstance(m, ManagedModel):
-            if m.port in ports:
-                problems.append((("models", i, "port"), f"port {m.port} is already used by {_dotted(ports[m.port])}"))
-            else:
-                ports[m.port] = ("models", i, "port")
     defaults = [i for i, m in enumerate(cfg.models) if m.default]
     if len(defaults) > 1:
         for i in defaults[1:]:
@@ -358,7 +436,97 @@ def _cross_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
     elif not defaults and len(cfg.models) > 1:
         problems.append((("models",),
                          "no model has 'default: true'; mark the one that serves requests without a model"))
-    return problems + _lifecycle_checks(cfg)
+    host_problems = _host_checks(cfg)
+    if host_problems:  # the plan can't be made from hosts that don't add up
+        return problems + host_problems
+    return problems + _lifecycle_checks(cfg) + _placement_checks(cfg)
+
+
+def _host_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
+    """hosts: unique names; each model's hosts, replicas and nodes consistent with them."""
+    problems: list[tuple[KeyPath, str]] = []
+    names: dict[str, int] = {}
+    for i, host in enumerate(cfg.hosts or []):
+        if host.name in names:
+            problems.append((("hosts", i, "name"), f"host '{host.name}' is already hosts[{names[host.name]}]"))
+        names.setdefault(host.name, i)
+    known = list(names) or [LOCAL_HOST]
+    for i, m in enumerate(cfg.models):
+        if not isinstance(m, ManagedModel):
+            continue
+        at: KeyPath = ("models", i)
+        for j, h in enumerate(m.hosts or []):
+            if h not in known:
+                problems.append((at + ("hosts", j), f"no host named '{h}' (hosts: {', '.join(known)})"
+                                 if cfg.hosts else f"no host named '{h}': without a 'hosts:' list the only "
+                                 f"host is '{LOCAL_HOST}'"))
+        if m.hosts and len(m.hosts) % m.nodes:
+            problems.append((at + ("hosts",), f"{len(m.hosts)} hosts for a model of nodes: {m.nodes}: "
+                                              f"list {m.nodes} hosts (head first) per replica"))
+        elif m.hosts and "replicas" in m.model_fields_set and m.replicas != m.replica_count:
+            problems.append((at + ("replicas",), f"replicas: {m.replicas} but hosts lists {m.replica_count} "
+                                                 f"replica{'s' if m.replica_count > 1 else ''}; "
+                                                 "drop replicas or make them agree"))
+        for r in range(m.replica_count if m.hosts else 0):
+            chunk = m.hosts[r * m.nodes:(r + 1) * m.nodes] if m.hosts else []
+            if len(set(chunk)) < len(chunk):
+                problems.append((at + ("hosts",), f"the {m.nodes} nodes of one server need {m.nodes} different "
+                                                  f"hosts ({', '.join(chunk)})"))
+        if m.load == "on_demand" and m.replica_count > 1:
+            problems.append((at + ("hosts" if m.hosts else "replicas",),
+                             "a load: on_demand model has exactly one replica"))
+        if m.load == "on_demand" and m.nodes > 1:
+            problems.append((at + ("nodes",), "a load: on_demand model runs on one host (nodes: 1)"))
+        if m.nodes > len(known):
+            problems.append((at + ("nodes",), f"nodes: {m.nodes} needs {m.nodes} hosts; the config has "
+                                              f"{len(known)} ({', '.join(known)})"))
+        if m.master_port is not None and m.nodes == 1:
+            problems.append((at + ("master_port",), "applies to models with nodes > 1 only"))
+    return problems
+
+
+def _placement_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
+    """The plan: every seat found room, and no two servers (or a server and the gateway) share a
+    port on one host, after each host's port_offset and each replica's own port."""
+    from .plan import placements  # the plan is made from a valid config: imported once it is
+
+    index = {m.name: i for i, m in enumerate(cfg.models)}
+    problems: list[tuple[KeyPath, str]] = [(("models", index[name], "gpu_memory_utilization"), message)
+                                           for name, message in cfg.seating().problems]
+    for taken_seat in cfg.seating().seats:
+        host = cfg.host(taken_seat.host)
+        missing = sorted(taken_seat.cards - set(host.cards)) if cfg.hosts else []
+        if missing:
+            problems.append((("models", index[taken_seat.name], "env", "CUDA_VISIBLE_DEVICES"),
+                             f"pins GPU {', '.join(missing)}, but host {host.name} has "
+                             f"{host.gpus} GPU{'s' if host.gpus != 1 else ''} (0 to {host.gpus - 1})"))
+    if problems:
+        return problems
+    taken: dict[tuple[str, int], str] = {}
+    units: dict[str, str] = {}
+    named = cfg.hosts is not None
+    for p in placements(cfg):
+        what = f"models[{index[p.model]}].port" + (f" (replica {p.replica})" if p.replica else "")
+        ports = [(p.port, what, "port")] if p.role != "worker" else []
+        if p.role == "head":
+            ports.append((int(p.master.rsplit(":", 1)[1]), f"models[{index[p.model]}].master_port", "master_port"))
+        for port, label, key in ports:
+            on = f" on host {p.host}" if named else ""
+            if port > 65535:
+                problems.append((("models", index[p.model], key), f"port {port}{on} (after port_offset and the "
+                                                                  "replica's own port) is above 65535"))
+            elif port == cfg.gateway.port:
+                problems.append((("models", index[p.model], key), f"port {port}{on} is already used by gateway.port"))
+            elif (p.host, port) in taken:
+                problems.append((("models", index[p.model], key),
+                                 f"port {port}{on} is already used by {taken[(p.host, port)]}"))
+            else:
+                taken[(p.host, port)] = label
+        if p.unit in units:
+            problems.append((("models", index[p.model], "name"),
+                             f"unit name '{p.unit}' is already that of {units[p.unit]}; rename the model"))
+        units.setdefault(p.unit, f"{p.model} replica {p.replica}")
+    return problems
 
 
 def _lifecycle_checks(cfg: Config) -> list[tuple[KeyPath, str]]:

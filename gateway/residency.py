@@ -1,32 +1,74 @@
-"""Which models may be resident together: the one place the card's budget is reckoned.
+"""Where models sit and which may be resident together: the one place cards' budgets are reckoned.
 
-Each managed model takes its `gpu_memory_utilization` share of every card it sees
-(its CUDA_VISIBLE_DEVICES; unpinned models see every card). A card's budget is 1.0;
-a host without a GPU counts as one device of budget 1.0, so shares plan a CPU host
-the same way. Config validation, `localai check`/`plan` and the gateway all ask this
-module, so they can never disagree about what fits.
+Each managed model takes its `gpu_memory_utilization` share of every card it is pinned to
+(its CUDA_VISIBLE_DEVICES). A card's budget is 1.0; a host without a GPU counts as one
+pseudo-device of budget 1.0, so shares plan a CPU host the same way.
+
+`seat()` places every model's replicas (and the nodes of a model spanning hosts) onto
+hosts and cards with room; `Residency` answers what fits together on every card of every
+host. Config validation, the plan (`localai check`/`plan`, `localai up`, the units) and
+the gateway's lifecycle all ask this module, so they can never disagree about what fits.
+
+The implicit host (a config without `hosts:`) keeps the single-host rules: nothing is
+pinned by the plan, a model pinned by its own env takes those cards, and an unpinned one
+takes every card the models name (or the one pseudo-device when none does).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
 
 BUDGET = 1.0
 _EPSILON = 1e-9
-# All devices: the pseudo-device of a host (or config) that names none.
-_EVERY = "*"
+# The pseudo-device of a CPU host, or of the implicit host when no model names a card.
+EVERY = "*"
 # Beyond this many on_demand models the listing of every co-resident set is skipped.
 _MAX_LISTED = 12
 
 
 @dataclass(frozen=True)
-class Need:
-    """What one managed model takes while resident."""
+class HostCards:
+    """A host and its cards: ("0", "1", ...), (EVERY,) on a CPU host, None on the implicit host."""
 
     name: str
-    share: float  # gpu_memory_utilization
-    devices: str | None  # CUDA_VISIBLE_DEVICES, None = every card
+    cards: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one managed model asks of the hosts."""
+
+    name: str
+    share: float  # gpu_memory_utilization (0 when unset)
+    on_demand: bool
+    replicas: int = 1
+    nodes: int = 1  # hosts one server spans
+    hosts: tuple[str, ...] | None = None  # explicit: nodes hosts per replica, head first
+    devices: str | None = None  # pinned by the model's own CUDA_VISIBLE_DEVICES
+
+
+@dataclass(frozen=True)
+class Seat:
+    """One process of a model on one host: node 0 is the server (or the head of a multi-node one)."""
+
+    name: str
+    replica: int
+    node: int
+    host: str
+    cards: frozenset[str]  # the cards its share is taken from
+    devices: str | None  # CUDA_VISIBLE_DEVICES to give it; None: not pinned
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one seat of a managed model takes while resident."""
+
+    name: str
+    share: float
+    host: str
+    cards: frozenset[str]
     on_demand: bool
 
 
@@ -36,9 +78,16 @@ def _device_ids(devices: str | None) -> frozenset[str] | None:
     return frozenset(d.strip() for d in devices.split(",") if d.strip())
 
 
+def card_label(host: str, card: str, named_hosts: bool) -> str:
+    """How a card is named in messages: 'host gpu1 GPU 0', or 'GPU 0' on a single-host config."""
+    device = "the card" if card == EVERY else f"GPU {card}"
+    return f"host {host} {device}" if named_hosts else device
+
+
 @dataclass(frozen=True)
 class Residency:
     needs: tuple[Need, ...]
+    named_hosts: bool = False  # the config has `hosts:` (messages name host and card)
 
     @property
     def always(self) -> list[Need]:
@@ -48,56 +97,183 @@ class Residency:
     def on_demand(self) -> list[Need]:
         return [n for n in self.needs if n.on_demand]
 
+    @property
+    def always_names(self) -> list[str]:
+        return list(dict.fromkeys(n.name for n in self.always))
+
+    @property
+    def on_demand_names(self) -> list[str]:
+        return list(dict.fromkeys(n.name for n in self.on_demand))
+
     def need(self, name: str) -> Need:
         return next(n for n in self.needs if n.name == name)
 
-    def _cards(self) -> frozenset[str]:
-        named: set[str] = set()
+    def load(self, names: set[str] | list[str]) -> dict[tuple[str, str], float]:
+        """Each (host, card)'s share in use when exactly these models are resident."""
+        used: dict[tuple[str, str], float] = {}
         for n in self.needs:
-            ids = _device_ids(n.devices)
-            if ids:
-                named |= ids
-        return frozenset(named) or frozenset({_EVERY})
-
-    def load(self, names: set[str] | list[str]) -> dict[str, float]:
-        """Each card's share in use when exactly these models are resident."""
-        cards = self._cards()
-        used = dict.fromkeys(cards, 0.0)
-        for n in self.needs:
-            if n.name in names:
-                for card in (_device_ids(n.devices) or cards):
-                    used[card] = used.get(card, 0.0) + n.share
+            for card in n.cards:
+                used.setdefault((n.host, card), 0.0)
+                if n.name in names:
+                    used[(n.host, card)] += n.share
         return used
 
     def fits(self, names: set[str] | list[str]) -> bool:
         return all(v <= BUDGET + _EPSILON for v in self.load(names).values())
 
+    def _on(self, key: tuple[str, str], names: list[str]) -> list[str]:
+        """The models among these that take a share of this card."""
+        return list(dict.fromkeys(n.name for n in self.needs if n.name in names and n.share > 0
+                                  and n.host == key[0] and key[1] in n.cards))
+
+    def _overflows(self, names: list[str]) -> list[tuple[tuple[str, str], float]]:
+        """The cards over budget with these models resident: each one with named hosts; the
+        fullest only on a single-host config (its cards are reported as "one card")."""
+        over = [(key, used) for key, used in self.load(names).items() if used > BUDGET + _EPSILON]
+        return over if self.named_hosts else sorted(over, key=lambda o: -o[1])[:1]
+
     def problems(self) -> list[tuple[str, str]]:
         """(model name, message) for every way this plan cannot work."""
         found: list[tuple[str, str]] = []
-        always = [n.name for n in self.always]
-        if not self.fits(always):
-            worst = max(self.load(always).values())
-            found.append((always[-1], f"gpu_memory_utilization of {', '.join(always)} (load: always) sums to "
-                                      f"{worst:.2f} on one card; it must be at most {BUDGET:g}"))
+        always = self.always_names
+        for key, used in self._overflows(always):
+            on = self._on(key, always)
+            where = f"on {card_label(*key, True)}" if self.named_hosts else "on one card"
+            found.append((on[-1], f"gpu_memory_utilization of {', '.join(on)} (load: always) sums to "
+                                  f"{used:.2f} {where}; it must be at most {BUDGET:g}"))
+        if found:
             return found
-        for n in self.on_demand:
-            if not self.fits([*always, n.name]):
-                worst = max(self.load([*always, n.name]).values())
-                found.append((n.name, f"{n.name} (load: on_demand) does not fit beside the load: always models "
-                                      f"{', '.join(always)}: together they take {worst:.2f} of one card, "
-                                      f"more than {BUDGET:g}"))
+        for name in self.on_demand_names:
+            for key, used in self._overflows([*always, name])[:1]:
+                where = f" on {card_label(*key, True)}" if self.named_hosts else ""
+                beside = ", ".join(self._on(key, always)) or "none"
+                found.append((name, f"{name} (load: on_demand) does not fit beside the load: always models "
+                                    f"{beside}{where}: together they take {used:.2f} of one card, "
+                                    f"more than {BUDGET:g}"))
         return found
 
     def together(self) -> list[list[str]]:
         """The largest sets of on_demand models that fit beside the always ones (for `localai check`)."""
-        names = [n.name for n in self.on_demand]
+        names = self.on_demand_names
         if len(names) > _MAX_LISTED:
             return [[n] for n in names]
-        base = [n.name for n in self.always]
+        base = self.always_names
         sets: list[list[str]] = []
         for size in range(len(names), 0, -1):
             for combo in combinations(names, size):
                 if self.fits([*base, *combo]) and not any(set(combo) <= set(s) for s in sets):
                     sets.append(list(combo))
         return sets
+
+
+@dataclass(frozen=True)
+class Seating:
+    seats: tuple[Seat, ...]
+    residency: Residency
+    problems: tuple[tuple[str, str], ...]  # (model name, message): asks that found no room
+
+
+class _Seater:
+    """Places asks one seat at a time onto the card with the most room, hosts in a stable order."""
+
+    def __init__(self, hosts: list[HostCards], asks: list[Ask]):
+        self.hosts = hosts
+        self.order = {h.name: i for i, h in enumerate(hosts)}
+        self.named = not (len(hosts) == 1 and hosts[0].cards is None)
+        self.cards: dict[str, tuple[str, ...]] = {}
+        for h in hosts:
+            if h.cards is not None:
+                self.cards[h.name] = h.cards
+            else:  # the implicit host: the cards the models name, or the pseudo-device
+                named = sorted({d for a in asks for d in (_device_ids(a.devices) or ())})
+                self.cards[h.name] = tuple(named) or (EVERY,)
+        # Only load: always seats count against room; on_demand ones take turns (the lifecycle's job).
+        self.used: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        self.seats: list[Seat] = []
+        self.problems: list[tuple[str, str]] = []
+
+    def room(self, host: str, card: str) -> float:
+        return BUDGET - sum(self.used[(host, card)].values())
+
+    def _take(self, ask: Ask, replica: int, node: int, host: str, cards: frozenset[str],
+              devices: str | None) -> None:
+        self.seats.append(Seat(ask.name, replica, node, host, cards, devices))
+        if not ask.on_demand:
+            for card in cards:
+                used = self.used[(host, card)]
+                used[ask.name] = used.get(ask.name, 0.0) + ask.share
+
+    def _chosen(self, ask: Ask, host: str, forced: bool) -> tuple[frozenset[str], str | None] | None:
+        """The cards (and CUDA_VISIBLE_DEVICES) of a seat on this host; None when it lacks room.
+        A forced seat (the user chose the host, or there is only the implicit one) is taken
+        even when full: the budget check then names the card."""
+        # A CPU host's one pseudo-card is all there is, whatever the model's env names.
+        ids = _device_ids(ask.devices) if self.cards[host] != (EVERY,) else None
+        if ids or self.cards[host] == (EVERY,) or not self.named:
+            cards = ids or frozenset(self.cards[host])
+            roomy = cards <= set(self.cards[host]) and all(self.room(host, c) + _EPSILON >= ask.share
+                                                          for c in cards)
+            return (cards, ask.devices if ids else None) if forced or roomy else None
+        fitting = [c for c in self.cards[host] if self.room(host, c) + _EPSILON >= ask.share]
+        card = max(fitting, key=lambda c: self.room(host, c), default=None)  # the first card on ties
+        return None if card is None else (frozenset({card}), card)
+
+    def _shortfall(self, ask: Ask, host: str) -> str:
+        pinned = _device_ids(ask.devices) if self.cards[host] != (EVERY,) else None
+        if pinned and not pinned <= set(self.cards[host]):
+            return f"host {host} has no GPU {', '.join(sorted(pinned - set(self.cards[host])))}"
+        if pinned:
+            card = min(sorted(pinned), key=lambda c: self.room(host, c))
+        else:
+            card = max(self.cards[host], key=lambda c: self.room(host, c))
+        others = ", ".join(f"{n} {s:.2f}" for n, s in self.used[(host, card)].items())
+        return (f"{card_label(host, card, True)}: {ask.name} needs {ask.share:.2f}, "
+                f"{max(self.room(host, card), 0.0):.2f} left" + (f" ({others})" if others else ""))
+
+    def seat(self, ask: Ask) -> None:
+        for replica in range(ask.replicas):
+            if ask.hosts is None:
+                if not self._free(ask, replica):
+                    return
+                continue
+            for node, host in enumerate(ask.hosts[replica * ask.nodes:(replica + 1) * ask.nodes]):
+                chosen = self._chosen(ask, host, forced=True)
+                if chosen is None:
+                    self.problems.append((ask.name, f"no room for {ask.name} on host {host}: "
+                                                    + self._shortfall(ask, host)))
+                else:
+                    self._take(ask, replica, node, host, *chosen)
+
+    def _free(self, ask: Ask, replica: int) -> bool:
+        """Seat one replica (all its nodes) on the least loaded hosts; False (and why) when none has room."""
+        taken: set[str] = set()
+        for node in range(ask.nodes):
+            # Spread a model's replicas over hosts first, then the host whose best card is freest.
+            candidates = sorted((h for h in self.hosts if h.name not in taken), key=lambda h: (
+                sum(1 for s in self.seats if s.name == ask.name and s.host == h.name),
+                -max(self.room(h.name, c) for c in self.cards[h.name]), self.order[h.name]))
+            for h in candidates:
+                chosen = self._chosen(ask, h.name, forced=not self.named)
+                if chosen is not None:
+                    self._take(ask, replica, node, h.name, *chosen)
+                    taken.add(h.name)
+                    break
+            else:
+                what = f"replica {replica}" if ask.nodes == 1 else f"replica {replica} node {node}"
+                lacks = "; ".join(self._shortfall(ask, h.name) for h in candidates) or "no host left"
+                self.problems.append((ask.name, f"no room for {ask.name} {what}: {lacks}"))
+                return False
+        return True
+
+
+def seat(hosts: list[HostCards], asks: list[Ask]) -> Seating:
+    """Place every ask: explicit and multi-node ones first, then the largest shares, always before
+    on_demand; each seat on the freest card that holds it. Deterministic: same input, same seats."""
+    seater = _Seater(hosts, asks)
+    index = {a.name: i for i, a in enumerate(asks)}
+    for ask in sorted(asks, key=lambda a: (a.on_demand, a.hosts is None, a.nodes == 1, -a.share, index[a.name])):
+        seater.seat(ask)
+    by_config = sorted(seater.seats, key=lambda s: (index[s.name], s.replica, s.node))
+    needs = tuple(Need(s.name, next(a.share for a in asks if a.name == s.name), s.host, s.cards,
+                       next(a.on_demand for a in asks if a.name == s.name)) for s in by_config)
+    return Seating(tuple(by_config), Residency(needs, seater.named), tuple(seater.problems))

@@ -14,8 +14,8 @@ import time
 from aiohttp import web
 
 from .backends import Backend, Registry, State
-from .config import Config
-from .plan import ServerPlan, server_plan
+from .config import Config, ManagedModel
+from .plan import Placement, ServerPlan, placements, server_plan
 
 log = logging.getLogger("localai.up")
 
@@ -64,7 +64,7 @@ class ModelProcess:
             if time.monotonic() - started > STABLE_AFTER_S:
                 backoff = 1.0
             self.backend.set_state(State.FAILED, f"{why}; restarting in {backoff:g} s")
-            log.error("model server %s: %s; restarting in %g s", self.plan.name, why, backoff,
+            log.error("model server %s: %s; restarting in %g s", self.plan.unit, why, backoff,
                       extra={"model": self.plan.name})
             try:
                 await asyncio.wait_for(stop.wait(), backoff)
@@ -83,7 +83,7 @@ class ModelProcess:
             )
         except OSError as exc:  # e.g. the vLLM venv was removed under us
             return f"cannot start {self.plan.argv[0]}: {exc.strerror or exc}"
-        log.info("started model server %s (pid %d)", self.plan.name, self.proc.pid,
+        log.info("started model server %s (pid %d)", self.plan.unit, self.proc.pid,
                  extra={"model": self.plan.name, "pid": self.proc.pid})
         self.backend.set_state(State.LOADING, f"starting vLLM (pid {self.proc.pid})")
         pump = asyncio.create_task(self._pump(self.proc))
@@ -105,7 +105,7 @@ class ModelProcess:
         if exc is None:
             return
         self.backend.set_state(State.FAILED, f"not supervised any more: {type(exc).__name__}: {exc}")
-        log.error("supervising model server %s failed", self.plan.name, exc_info=exc,
+        log.error("supervising model server %s failed", self.plan.unit, exc_info=exc,
                   extra={"model": self.plan.name})
 
     async def _terminate(self, exited: asyncio.Task) -> None:
@@ -114,11 +114,11 @@ class ModelProcess:
         try:
             await asyncio.wait_for(asyncio.shield(exited), STOP_GRACE_S)
         except TimeoutError:
-            log.warning("model server %s ignored SIGTERM for %g s; killing it", self.plan.name,
+            log.warning("model server %s ignored SIGTERM for %g s; killing it", self.plan.unit,
                         STOP_GRACE_S, extra={"model": self.plan.name})
         _kill_group(self.proc.pid, signal.SIGKILL)
         await exited
-        log.info("stopped model server %s", self.plan.name, extra={"model": self.plan.name})
+        log.info("stopped model server %s", self.plan.unit, extra={"model": self.plan.name})
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         """Re-emit the server's output as JSON log lines tagged with its model."""
@@ -132,59 +132,71 @@ class ModelProcess:
             level: int = logging.getLevelNamesMapping()[found.group(1)] if found else logging.INFO
             if level >= logging.ERROR or "Error" in line:
                 self.last_line = line[-300:]
-            logger.log(level, line, extra={"model": self.plan.name, "backend": self.backend.url,
+            logger.log(level, line, extra={"model": self.plan.name, "backend": self.plan.url,
                                            "pid": proc.pid})
 
 
 class Supervisor:
-    """Every managed model's server as a child: started at `localai up` (load: always) or when
-    the model lifecycle asks for it (load: on_demand), stopped alone or all together."""
+    """The model servers placed on this machine, each a child: started at `localai up` (load:
+    always) or when the model lifecycle asks for it (load: on_demand), stopped alone or all
+    together. A model's replicas here (and nodes of one spanning hosts) start and stop together."""
 
-    def __init__(self, cfg: Config, registry: Registry):
-        self._procs = {m.name: ModelProcess(server_plan(m, cfg.vllm), registry.backends[m.name])
-                       for m in cfg.managed_models}
-        self._running: dict[str, tuple[asyncio.Event, asyncio.Task]] = {}
+    def __init__(self, cfg: Config, registry: Registry, here: list[Placement]):
+        self._procs: dict[str, list[ModelProcess]] = {}
+        for p in here:
+            model = cfg.model(p.model)
+            assert isinstance(model, ManagedModel)
+            self._procs.setdefault(p.model, []).append(
+                ModelProcess(server_plan(model, cfg.vllm, p), registry.backends[p.model]))
+        self._running: dict[str, list[tuple[asyncio.Event, asyncio.Task]]] = {}
         self._closing = False
 
+    @property
+    def models(self) -> list[str]:
+        """The models with a server on this machine."""
+        return list(self._procs)
+
     def start(self, name: str) -> None:
-        """Start this model's server (and restart it on crashes) unless it runs already."""
+        """Start this model's servers here (and restart them on crashes) unless they run already."""
         if self._closing:
             raise RuntimeError("localai up is stopping")
-        if name in self._running and not self._running[name][1].done():
+        if name in self._running and not all(task.done() for _, task in self._running[name]):
             return
-        proc = self._procs[name]
-        stop = asyncio.Event()
-        task = asyncio.create_task(proc.run(stop), name=f"model-{name}")
-        task.add_done_callback(proc.report_crash)
-        self._running[name] = (stop, task)
+        self._running[name] = []
+        for proc in self._procs.get(name, []):
+            stop = asyncio.Event()
+            task = asyncio.create_task(proc.run(stop), name=f"model-{proc.plan.unit}")
+            task.add_done_callback(proc.report_crash)
+            self._running[name].append((stop, task))
 
     async def stop(self, name: str) -> None:
-        """Stop this model's server, its whole process group, and wait until it is gone."""
-        running = self._running.pop(name, None)
-        if running is None:
-            return
-        stop, task = running
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)  # a crashed one was reported already
+        """Stop this model's servers, their whole process groups, and wait until they are gone."""
+        running = self._running.pop(name, [])
+        for stop, _ in running:
+            stop.set()
+        # A crashed one was reported already.
+        await asyncio.gather(*(task for _, task in running), return_exceptions=True)
 
     async def stop_all(self) -> None:
         self._closing = True  # a request arriving now must not start a server nobody stops
-        log.info("stopping: %d model servers", len(self._running))
+        log.info("stopping: %d model servers", sum(len(r) for r in self._running.values()))
         await asyncio.gather(*(self.stop(name) for name in list(self._running)))
 
 
-async def run_up(cfg: Config, app: web.Application, stop: asyncio.Event) -> None:
-    """Serve the gateway and supervise every managed model until `stop` is set."""
+async def run_up(cfg: Config, app: web.Application, stop: asyncio.Event,
+                 here: list[Placement] | None = None) -> None:
+    """Serve the gateway and supervise the model servers placed here (default: all of them)
+    until `stop` is set."""
     from .keys import LIFECYCLE, REGISTRY
     from .server import serve
 
-    supervisor = Supervisor(cfg, app[REGISTRY])
+    supervisor = Supervisor(cfg, app[REGISTRY], placements(cfg) if here is None else here)
     # load: on_demand models are the lifecycle's to start; it must know how before the first request.
     lifecycle = app[LIFECYCLE]
     lifecycle.use_supervisor(supervisor)
     async with serve(app, cfg.gateway.host, cfg.gateway.port):
-        for m in cfg.managed_models:
-            if not lifecycle.manages(m.name):
-                supervisor.start(m.name)
+        for name in supervisor.models:
+            if not lifecycle.manages(name):
+                supervisor.start(name)
         await stop.wait()
         await supervisor.stop_all()
