@@ -105,28 +105,14 @@ def _managed(models):
 
 
 def placements(plan, host=None) -> list:
-    """The model servers `localai plan --json` places, all of them or those on `host`.
+    """The model servers `localai plan --json` places: all of them, or those on `host`.
 
-    Each is a dict: unit (the instance of localai-model@), model, replica, host,
-    port, devices (CUDA_VISIBLE_DEVICES or None), role, url, share, and the
-    argv/env `localai run-model UNIT` execs. A plan that lists no `placements`
-    (one host, no replicas) places every managed model once, on host 'local',
-    as the unit named after it.
+    Each is the plan's dict: unit (the instance of localai-model@), model,
+    replica, host ('local' when the config names no hosts), port, devices
+    (CUDA_VISIBLE_DEVICES or None), role, url, share, and the argv/env that
+    `localai run-model UNIT` execs.
     """
-    models = {m["name"]: m for m in (plan or {}).get("models") or [] if m.get("kind") == "managed"}
-    listed = (plan or {}).get("placements")
-    if listed is None:
-        listed = [{"unit": name, "model": name, "replica": 0, "host": "local", "port": m["port"],
-                   "devices": (m.get("env") or {}).get("CUDA_VISIBLE_DEVICES"), "role": "server",
-                   "url": m["url"]} for name, m in models.items()]
-    out = []
-    for p in listed:
-        if host is not None and p.get("host") != host:
-            continue
-        model = models.get(p["model"], {})
-        out.append({**p, "argv": p.get("argv", model.get("argv", [])), "env": p.get("env", model.get("env", {})),
-                    "share": p.get("share", model.get("share")), "load": model.get("load", "always")})
-    return out
+    return [p for p in (plan or {}).get("placements") or [] if host is None or p.get("host") == host]
 
 
 def vram_report(servers, models, gpus, catalog, overhead_gib=1.0, overhead_gib_per_b=0.03, kv_sequences=2) -> dict:

@@ -192,17 +192,16 @@ def test_a_model_server_restarts_only_when_what_it_runs_changes():
     assert all(prints(edited)[u] != after[u] for u in after)  # every server's env
 
 
-def test_placements_of_a_plan_with_hosts():
-    plan = {"models": [{"name": "coder", "kind": "managed", "port": 8101, "url": "http://x:8101", "argv": ["v"],
-                        "env": {"A": "1"}, "share": 0.4, "load": "always"}],
-            "placements": [{"unit": "coder", "model": "coder", "replica": 0, "host": "gpu1", "port": 8101,
-                            "devices": "0", "role": "server", "url": "http://10.0.0.11:8101"},
-                           {"unit": "coder-1", "model": "coder", "replica": 1, "host": "gpu2", "port": 8111,
-                            "devices": "0", "role": "server", "url": "http://10.0.0.12:8111",
-                            "argv": ["v", "--port", "8111"], "env": {"A": "1"}}]}
-    assert [p["unit"] for p in F.placements(plan)] == ["coder", "coder-1"]
-    (mine,) = F.placements(plan, "gpu2")
-    assert mine["port"] == 8111 and mine["argv"] == ["v", "--port", "8111"] and mine["share"] == 0.4
+def test_placements_per_host_from_a_config_with_hosts():
+    demo = yaml.safe_load((REPO / "etc" / "demo.yaml").read_text())
+    demo["hosts"] = [{"name": "gpu1", "address": "10.0.0.11"},
+                     {"name": "gpu2", "address": "10.0.0.12", "port_offset": 10}]
+    demo["models"][0]["replicas"] = 2
+    plan = plan_of(demo)
+    assert sorted(p["unit"] for p in F.placements(plan)) == ["coder", "coder.1", "general"]
+    on_gpu2 = F.placements(plan, "gpu2")
+    assert [p["model"] for p in on_gpu2] == ["coder"] and on_gpu2[0]["port"] == 8111
+    assert "8111" in on_gpu2[0]["argv"]  # the argv the unit on gpu2 execs: its own port
     assert F.placements(plan, "gpu3") == []
 
 
