@@ -155,17 +155,25 @@ def recap(stdout: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def box():
+def tier_lock():
+    """This session's hold on the machine's tier lock (every container fixture takes it)."""
     if os.geteuid() != 0:
         pytest.fail("the systemd tier boots a container: run it as root")
     if not Path("/sys/fs/cgroup/unified").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         pytest.fail("the systemd tier needs cgroup v2 (/sys/fs/cgroup/unified or a unified /sys/fs/cgroup)")
     lock = _take_lock()
-    _ensure_tools()
-    _reap_stale()
+    try:
+        _ensure_tools()
+        _reap_stale()
+        yield
+    finally:
+        lock.close()
+
+
+@pytest.fixture(scope="session")
+def box(tier_lock):
     busy = [p for p in [stage.GATEWAY_PORT, *stage.MODEL_PORTS.values()] if not _port_free(p)]
     if busy:
-        lock.close()
         pytest.fail(f"ports {busy} are taken on 127.0.0.1 (a devbox still up? "
                     f"python tests/systemd/devbox.py down)")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -205,7 +213,6 @@ def box():
         except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
             pass
         c.teardown()
-        lock.close()
         signal.signal(signal.SIGTERM, old_term)
         TIMINGS["tier"] = time.monotonic() - started
         (OUT / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()))
