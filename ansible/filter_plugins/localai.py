@@ -115,6 +115,24 @@ def placements(plan, host=None) -> list:
     return [p for p in (plan or {}).get("placements") or [] if host is None or p.get("host") == host]
 
 
+def node_mismatches(plan, versions) -> list:
+    """Sentences for each model spanning hosts (nodes > 1) whose nodes have different vLLMs.
+
+    versions: {inventory host: the vLLM version installed there, '' for none}."""
+    spans: dict = {}
+    for p in placements(plan):
+        if int(p.get("nodes") or 1) > 1:
+            spans.setdefault((p["model"], p["replica"]), []).append(p["host"])
+    out = []
+    for (model, replica), hosts in spans.items():
+        seen = {h: (versions or {}).get(h) or "none" for h in hosts}
+        if len(set(seen.values())) > 1:
+            which = ", ".join(f"{h} {v}" for h, v in seen.items())
+            out.append(f"Model '{model}' (replica {replica}) spans hosts whose vLLM differ ({which}); its nodes "
+                       f"run one engine and need the same vLLM: run the playbook on all of them.")
+    return out
+
+
 def vram_report(servers, models, gpus, catalog, overhead_gib=1.0, overhead_gib_per_b=0.03, kv_sequences=2) -> dict:
     """Check that each model server on this host fits its share of its card.
 
@@ -290,5 +308,6 @@ class FilterModule:
             "localai_effective_config": effective_config,
             "localai_tiny_model_dirs": tiny_model_dirs,
             "localai_placements": placements,
+            "localai_node_mismatches": node_mismatches,
             "localai_server_fingerprint": server_fingerprint,
         }

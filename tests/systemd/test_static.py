@@ -205,6 +205,18 @@ def test_placements_per_host_from_a_config_with_hosts():
     assert F.placements(plan, "gpu3") == []
 
 
+def test_nodes_of_a_model_spanning_hosts_must_run_one_vllm():
+    cfg = {"hosts": [{"name": "a", "address": "10.0.0.1"}, {"name": "b", "address": "10.0.0.2"},
+                     {"name": "c", "address": "10.0.0.3"}],
+           "models": [{"name": "big", "model": "/m/big", "port": 8001, "nodes": 2, "hosts": ["a", "b"],
+                       "default": True},
+                      {"name": "small", "model": "/m/small", "port": 8002, "hosts": ["c"]}]}
+    plan = plan_of(cfg)
+    assert F.node_mismatches(plan, {"a": "0.32.0", "b": "0.32.0", "c": "0.31.0"}) == []  # c is no node of big
+    (problem,) = F.node_mismatches(plan, {"a": "0.32.0", "b": "", "c": "0.32.0"})
+    assert "Model 'big' (replica 0) spans hosts whose vLLM differ (a 0.32.0, b none)" in problem
+
+
 def test_hub_ids_and_mounts():
     assert F.is_hub_id("Qwen/Qwen2.5-7B-Instruct-AWQ")
     assert not F.is_hub_id("/var/lib/localai/models/tiny-coder") and not F.is_hub_id("~/m/x")
