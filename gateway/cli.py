@@ -195,7 +195,12 @@ def _print_hosts(plan: dict) -> None:
 
 
 def cmd_plan(args) -> int:
-    print(json.dumps(full_plan(_load(args)), indent=2))
+    cfg = _load(args)
+    plan = full_plan(cfg)
+    if args.host:  # one host's servers (what Ansible renders units for there)
+        here = {p.unit for p in _here(cfg, args.host)}
+        plan["placements"] = [p for p in plan["placements"] if p["unit"] in here]
+    print(json.dumps(plan, indent=2))
     return 0
 
 
@@ -292,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("check", help="validate the config and print the plan")).set_defaults(func=cmd_check)
     p = with_config(sub.add_parser("plan", help="print the plan as JSON"))
     p.add_argument("--json", action="store_true", help="JSON output (the default and only format)")
+    p.add_argument("--host", action="append", metavar="NAME",
+                   help="list only the servers placed on this host (repeatable)")
     p.set_defaults(func=cmd_plan)
     p = with_config(sub.add_parser("run-model", help="exec one model's vLLM server (systemd ExecStart)"))
     p.add_argument("name", help="the unit instance: NAME (replica 0), NAME.1 (replica 1), NAME.node1 (a worker)")

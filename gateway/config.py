@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -330,7 +331,10 @@ class Config(_Strict):
 _DERIVED: dict[tuple[int, str], tuple[weakref.ref, Any]] = {}
 
 
-def derived(cfg: Config, what: str, compute: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def derived(cfg: Config, what: str, compute: Callable[[], _T]) -> _T:
     """A fact computed from a config once: kept while the config lives, never compared with it."""
     key = (id(cfg), what)
     held = _DERIVED.get(key)

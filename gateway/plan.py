@@ -24,6 +24,9 @@ from urllib.parse import urlsplit
 from .config import LOCAL_HOST, Config, ExternalModel, ManagedModel, VllmSettings, connect_host, derived
 
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+# A worker node of a server spanning hosts: `vllm serve --headless`, which the entrypoint above
+# can't run (see the script).
+VLLM_HEADLESS_SCRIPT = Path(__file__).resolve().parent / "vllm_headless.py"
 
 # vLLM's own default when the entry leaves max_num_seqs out.
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
@@ -104,7 +107,7 @@ def _place(cfg: Config) -> tuple[Placement, ...]:
         # Where vLLM listens: vllm.host when the config sets it or has one host; on a named
         # host its address, which the gateway and the other nodes use.
         bind = host.reach if named and "host" not in cfg.vllm.model_fields_set else cfg.vllm.host
-        node_ip = host.node_ip or host.reach if m.nodes > 1 else ""
+        node_ip = (host.node_ip or host.reach) if m.nodes > 1 else ""
         port, url = 0, ""
         if role != "worker":
             k = per_host.get((seat.name, seat.host), 0)
@@ -154,8 +157,9 @@ def _single(model: ManagedModel, vllm: VllmSettings) -> Placement:
 def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None = None) -> ServerPlan:
     """The argv and environment of one placement of a model (its single-host one when not given)."""
     where = where or _single(model, vllm)
+    launch = [str(VLLM_HEADLESS_SCRIPT)] if where.role == "worker" else ["-m", VLLM_ENTRYPOINT]
     argv = [
-        str(vllm.python), "-m", VLLM_ENTRYPOINT,
+        str(vllm.python), *launch,
         "--model", model.model,
         # The gateway routes by name; the backend answers to the same id.
         "--served-model-name", model.name,

@@ -71,8 +71,10 @@ def test_replicas_spread_over_hosts_onto_the_card_with_room():
     assert [p.unit for p in endpoints(cfg, "big")] == ["big"]
     (remote,) = endpoints(cfg, "remote")
     assert (remote.role, remote.url, remote.host, remote.port) == ("external", "http://10.1.2.3:8000", "10.1.2.3", 8000)
-    # Computed once per config; the same config text always gives the same plan.
-    assert placements(cfg) == placements(cfg) and table(parse_config(TWO_HOSTS)) == table(cfg)
+    # Computed once per config (a changed copy is planned afresh); the same text gives the same plan.
+    assert cfg.seating() is cfg.seating() and table(parse_config(TWO_HOSTS)) == table(cfg)
+    moved = cfg.model_copy(update={"hosts": list(reversed(cfg.hosts or []))})
+    assert placements(moved)[0].host == "gpu2" and placements(cfg)[0].host == "gpu1"
     coder1 = server_plan(cfg.model("coder"), cfg.vllm, placements(cfg)[1])
     assert coder1.env["CUDA_VISIBLE_DEVICES"] == "1" and coder1.unit == "coder.1"
     assert "--host 10.0.0.12 --port 8101" in " ".join(coder1.argv)
@@ -86,6 +88,8 @@ def test_a_model_spanning_hosts_gets_vllms_multinode_launch():
     common = "--nnodes 2 --node-rank {} --master-addr 10.0.0.11 --master-port 18010 --pipeline-parallel-size 2"
     assert common.format(0) in " ".join(h.argv) and "--headless" not in h.argv
     assert common.format(1) in " ".join(w.argv) and w.argv[-1] == "--headless"
+    # vLLM's API server module ignores --headless: a worker runs `vllm serve --headless` by our script.
+    assert h.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and w.argv[1].endswith("vllm_headless.py")
     assert "--port" not in w.argv  # a worker serves no API
     # Inter-node traffic on each host's private interface (node_ip, else its address).
     assert h.env["VLLM_HOST_IP"] == "10.0.0.11" and w.env["VLLM_HOST_IP"] == "192.168.0.12"
@@ -239,6 +243,9 @@ def test_check_and_plan_show_every_host_and_card(tmp_path):
     assert worker["argv"] == server_plan(cfg.model("big"), cfg.vllm, placements(cfg)[-1]).argv
     assert plan["hosts"][0]["cards"] == {"0": {"coder": 0.5, "big": 0.4}}
     assert full_plan(cfg)["models"][0]["replicas"] == 2
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", "--host", "gpu2", "--config", str(path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    assert [p["unit"] for p in json.loads(run.stdout)["placements"]] == ["coder.1", "chat", "big.node1"]
 
 
 def recording_python(tmp_path: Path, wait: bool = True) -> Path:
