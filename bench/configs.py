@@ -12,7 +12,13 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 PORT_GATEWAY = 18500
 PORT_GATEWAY_REAL = 18501
-PORT_MOCK = 18510          # A; B = +1, C = +2
+PORT_GATEWAY_REPLICAS = 18502  # + 0 / + 1: the same replicas, balanced by each policy (REPLICA_POLICIES)
+PORT_MOCK = 18510          # A; B = +1, C = +2; the replica servers from +3 (REPLICA_SERVERS)
+# The replicas phase: model `pair` on a fast and a slow server (mock_upstream's SECONDSxSLOTS: a
+# server doing SLOTS requests at a time, SECONDS each: 400/s and 100/s of capacity), model `flaky`
+# on a fast one and one that closes every request's connection unanswered, `solo` on that fast one.
+REPLICA_SERVERS = ("0.01x4", "0.04x4", "0.001x64", "closing")
+REPLICA_POLICIES = ("round_robin", "least_outstanding")
 PORT_VLLM = 18520
 API_KEY = "sk-bench-0123456789abcdef"
 LOCALAI_HOME = Path(os.environ.get("LOCALAI_HOME", Path.home() / ".cache" / "localai"))
@@ -25,6 +31,7 @@ FULL = dict(
     open_rates=[100, 500, 1000, 2000, 3000, 5000], open_s=4.0, open_warm_s=1.0, open_timeout=1.0,
     stream_conc=[1, 16, 64, 256, 1000], stream_s=5.0, stream_stagger=1.0,
     held_users=1000, held_s=3.0,
+    replica_rate=300, replica_s=4.0, replica_conversations=64, retry_s=3.0,
     real=True, real_conc=[1, 4, 16], real_s=6.0, real_tokens=32,
 )
 QUICK = dict(
@@ -33,9 +40,31 @@ QUICK = dict(
     open_rates=[1000, 3000], open_s=2.0, open_warm_s=0.5, open_timeout=1.0,
     stream_conc=[16, 1000], stream_s=0.0, stream_stagger=1.0,
     held_users=500, held_s=0.0,
+    replica_rate=300, replica_s=2.0, replica_conversations=64, retry_s=1.0,
     real=False, real_conc=[1, 4], real_s=4.0, real_tokens=16,
 )
 
+
+
+def write_replica_configs(out: Path, keys: Path) -> list[Path]:
+    """One gateway config per balancing policy, over the same replica servers (two hosts on this
+    machine, the second's ports one higher)."""
+    pair, flaky = PORT_MOCK + 3, PORT_MOCK + 5
+    paths = []
+    for i, policy in enumerate(REPLICA_POLICIES):
+        path = out / f"gateway-replicas-{policy}.yaml"
+        path.write_text(
+            f"# Replicas phase, balance: {policy}.\n"
+            f"gateway:\n  host: {HOST}\n  port: {PORT_GATEWAY_REPLICAS + i}\n  api_key_file: {keys}\n"
+            f"  max_queue: 20000\n  webui: false\n  health_interval: 0.5\n  balance: {policy}\n"
+            f"hosts:\n  - {{name: one, address: {HOST}, gpus: 0}}\n"
+            f"  - {{name: two, address: {HOST}, gpus: 0, port_offset: 1}}\n"
+            f"models:\n"
+            + "".join(f"  - {{name: {name}, model: mock, port: {port}, hosts: [one, two], max_concurrency: 4096,"
+                      f" gpu_memory_utilization: 0.4}}\n" for name, port in (("pair", pair), ("flaky", flaky)))
+            + f"  - {{name: solo, url: 'http://{HOST}:{flaky}/v1', served_model: mock, max_concurrency: 4096}}\n")
+        paths.append(path)
+    return paths
 
 
 def write_configs(out: Path) -> tuple[Path, Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from statistics import median
 
 from . import stats
-from .configs import API_KEY, HOST, PORT_GATEWAY, PORT_MOCK
+from .configs import API_KEY, HOST, PORT_GATEWAY, PORT_MOCK, REPLICA_SERVERS
 from .loadgen import build_request
 from .procs import (
     Proc,
@@ -53,10 +53,10 @@ class Harness:
         p = self.plan
         argv = [sys.executable, "-m", "bench.mock_upstream", "--port", str(PORT_MOCK),
                 "--ttft", str(p["ttft"]), "--itl", str(p["itl"]), "--chunks", str(p["chunks"]),
-                "--delay", str(p["delay"])]
+                "--delay", str(p["delay"]), "--replicas", ",".join(REPLICA_SERVERS)]
         proc = Proc("mock", argv, self.out / "mock.log", self.bench_cpus)
         self.procs.append(proc)
-        for i in range(3):
+        for i in range(3 + len(REPLICA_SERVERS)):
             wait_port(PORT_MOCK + i, 10, proc)
         return proc
 

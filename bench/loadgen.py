@@ -204,11 +204,13 @@ async def connect(host: str, port: int, on_free=None) -> Conn:
     return proto
 
 
-async def sequential(host: str, port: int, request: bytes, duration: float,
+async def sequential(host: str, port: int, request: bytes | list[bytes], duration: float,
                      max_requests: int = 10**9) -> list[Result]:
+    """`request`: the one request, or several sent in turn (different conversations, say)."""
     loop = asyncio.get_running_loop()
     conn = await connect(host, port)
-    results = []
+    results: list[Result] = []
+    requests = request if isinstance(request, list) else [request]
     end = _now() + duration
     try:
         while _now() < end and len(results) < max_requests:
@@ -216,7 +218,7 @@ async def sequential(host: str, port: int, request: bytes, duration: float,
                 conn = await connect(host, port)
             fut = loop.create_future()
             r = Result(t_sched=_now())
-            conn.send(request, r, fut)
+            conn.send(requests[len(results) % len(requests)], r, fut)
             await fut
             results.append(r)
     finally:
@@ -236,9 +238,11 @@ class OpenLoopRun:
     timeout: float
 
 
-async def open_loop(host: str, port: int, request: bytes, rate: float, duration: float,
+async def open_loop(host: str, port: int, request: bytes | list[bytes], rate: float, duration: float,
                     timeout: float = 2.0, prewarm: int | None = None, max_conns: int = 4000) -> OpenLoopRun:
-    """Send at `rate` per second for `duration` seconds; wait up to `timeout` for the last answers."""
+    """Send at `rate` per second for `duration` seconds; wait up to `timeout` for the last answers.
+    `request`: the one request, or several sent in turn."""
+    requests = request if isinstance(request, list) else [request]
     idle: list[Conn] = []
     every: list[Conn] = []
 
@@ -254,7 +258,7 @@ async def open_loop(host: str, port: int, request: bytes, rate: float, duration:
     capped = 0
     pending_open: list[asyncio.Task] = []
 
-    async def send_on_new(r: Result) -> None:
+    async def send_on_new(r: Result, request: bytes) -> None:
         nonlocal opened
         try:
             c = await connect(host, port, on_free)
@@ -283,10 +287,11 @@ async def open_loop(host: str, port: int, request: bytes, rate: float, duration:
             r.t_sched = t0 + i * interval
             while idle and idle[-1].closed:
                 idle.pop()
+            request = requests[i % len(requests)]
             if idle:
                 idle.pop().send(request, r)
             elif len(every) + len(pending_open) < max_conns:
-                pending_open.append(asyncio.ensure_future(send_on_new(r)))
+                pending_open.append(asyncio.ensure_future(send_on_new(r, request)))
             else:
                 r.t_send = r.t_done = now
                 r.error = "client_conn_cap"

@@ -6,6 +6,10 @@ port per profile:
   port+0  profile A  instant JSON chat completion (pure gateway overhead)
   port+1  profile B  SSE stream: time to first token, inter-token delay, length settable
   port+2  profile C  JSON after a fixed delay (1.5 s): many held requests
+  port+3… replicas   (--replicas) one port per replica of one model: `SECONDSxSLOTS` is a server
+                     that answers JSON after SECONDS, SLOTS requests at a time, queueing the rest
+                     (a GPU's batch, crudely: unequal speeds make unequal capacities); `closing`
+                     passes its health checks but closes every POST's connection unanswered
 
 Every port also answers GET /v1/models (the gateway's health check for an
 external model), GET /health, GET /_stats (counters as JSON) and POST /_reset.
@@ -18,12 +22,14 @@ CLOCK_MONOTONIC time it was written (`"t":`), so the client can measure the
 delay of every event from the mock to itself, direct or through the gateway.
 
 Run: python -m bench.mock_upstream --port 18510 [--ttft 0.1 --itl 0.02 --chunks 128 --delay 1.5]
+     [--replicas 0.01x4,0.03x4,closing]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import functools
 import gc
 import os
@@ -122,13 +128,49 @@ class Settings:
     delay = 1.5
 
 
+class Station:
+    """A replica's server: `slots` requests served at once, `service` seconds each, the rest wait."""
+
+    def __init__(self, spec: str):
+        self.closing = spec == "closing"
+        service, _, slots = ("0x1" if self.closing else spec).partition("x")
+        self.service, self.slots = float(service), int(slots or 1)
+        self.busy = 0
+        self.queue: collections.deque[Upstream] = collections.deque()
+        self.served = 0
+        self.closed = 0
+
+    def submit(self, conn: Upstream) -> None:
+        if self.busy < self.slots:
+            self.busy += 1
+            conn.timer = asyncio.get_running_loop().call_later(self.service, self.done, conn)
+        else:
+            self.queue.append(conn)
+
+    def done(self, conn: Upstream) -> None:
+        conn.timer = None
+        self.busy -= 1
+        self.served += 1
+        if conn.transport is not None:
+            conn.busy = False
+            conn.transport.write(_RESP_CHAT)
+            if conn.buf:
+                conn.data_received(b"")
+        while self.queue:
+            nxt = self.queue.popleft()
+            if nxt.transport is not None:  # a client that hung up while waiting is skipped
+                self.submit(nxt)
+                break
+
+
 class Upstream(asyncio.Protocol):
     """One client connection; HTTP/1.1 keep-alive, one request at a time."""
 
-    __slots__ = ("profile", "transport", "buf", "timer", "busy", "stream_i", "stream_t0", "usage")
+    __slots__ = ("profile", "station", "transport", "buf", "timer", "busy", "stream_i", "stream_t0", "usage")
 
-    def __init__(self, profile: str):
+    def __init__(self, profile: str, station: Station | None = None):
         self.profile = profile
+        self.station = station
         self.transport = None
         self.buf = b""
         self.timer = None
@@ -140,7 +182,8 @@ class Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         STATS.open_connections -= 1
-        if self.timer is not None:
+        # A replica's server finishes what it started (its slot frees then); the others stop.
+        if self.timer is not None and self.station is None:
             self.timer.cancel()
             self.timer = None
             if self.profile == "B":
@@ -176,7 +219,14 @@ class Upstream(asyncio.Protocol):
         t = self.transport
         if method == b"POST" and path.endswith(b"/completions"):
             STATS.requests += 1
-            if self.profile == "A":
+            if self.station is not None:
+                if self.station.closing:
+                    self.station.closed += 1
+                    t.close()
+                    return
+                self.busy = True
+                self.station.submit(self)
+            elif self.profile == "A":
                 t.write(_RESP_CHAT)
             elif self.profile == "C":
                 self.busy = True
@@ -199,7 +249,10 @@ class Upstream(asyncio.Protocol):
         elif path == b"/health":
             t.write(_RESP_HEALTH)
         elif path == b"/_stats":
-            t.write(_response(200, orjson.dumps(STATS.as_dict())))
+            stats = STATS.as_dict()
+            if self.station is not None:
+                stats.update(served=self.station.served, closed=self.station.closed)
+            t.write(_response(200, orjson.dumps(stats)))
         elif path == b"/_reset":
             STATS.reset()
             t.write(_response(200, b"{}"))
@@ -237,11 +290,15 @@ class Upstream(asyncio.Protocol):
             self.data_received(b"")
 
 
-async def serve(host: str, port: int, ready_fd: int | None = None) -> None:
+async def serve(host: str, port: int, ready_fd: int | None = None, replicas: tuple[str, ...] = ()) -> None:
     loop = asyncio.get_running_loop()
     servers = []
     for i, profile in enumerate("ABC"):
         servers.append(await loop.create_server(lambda p=profile: Upstream(p), host, port + i,
+                                                backlog=4096, reuse_address=True))
+    for i, spec in enumerate(replicas):
+        station = Station(spec)
+        servers.append(await loop.create_server(lambda st=station: Upstream("R", st), host, port + 3 + i,
                                                 backlog=4096, reuse_address=True))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -262,12 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--itl", type=float, default=0.02, help="profile B: seconds between events")
     p.add_argument("--chunks", type=int, default=128, help="profile B: content events per stream")
     p.add_argument("--delay", type=float, default=1.5, help="profile C: seconds before the answer")
+    p.add_argument("--replicas", default="", help="ports port+3…: SECONDSxSLOTS or closing, comma separated")
     p.add_argument("--ready-fd", type=int, help="write 'ready' to this fd once listening")
     args = p.parse_args(argv)
     Settings.ttft, Settings.itl, Settings.chunks, Settings.delay = args.ttft, args.itl, args.chunks, args.delay
     gc.freeze()  # nothing here makes cycles; keep the collector off the timing path
     import uvloop
-    uvloop.run(serve(args.host, args.port, args.ready_fd))
+    uvloop.run(serve(args.host, args.port, args.ready_fd, tuple(x for x in args.replicas.split(",") if x)))
 
 
 if __name__ == "__main__":

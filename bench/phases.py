@@ -16,16 +16,21 @@ from .configs import (
     HOST,
     PORT_GATEWAY,
     PORT_GATEWAY_REAL,
+    PORT_GATEWAY_REPLICAS,
+    PORT_MOCK,
     PORT_VLLM,
+    REPLICA_POLICIES,
     TINY_MODEL,
     VLLM_PYTHON,
     versions,
     write_configs,
+    write_replica_configs,
 )
 from .harness import Harness
 from .procs import (
     Proc,
     cpu_seconds,
+    http_json,
     load_avg,
     log,
     raise_priority,
@@ -138,6 +143,77 @@ class Bench(Harness):
         point["users"] = users
         return point
 
+    async def phase_replicas(self) -> dict:
+        """A model on a fast and a slow replica: latency with each balancing policy, open loop over
+        many conversations; then the retry path: a model whose second replica closes every request's
+        connection unanswered, against a model on the healthy server alone."""
+        p = self.plan
+        configs = write_replica_configs(self.out, self.out / "api-keys")
+        self.start_mock()
+        for i, (policy, cfg) in enumerate(zip(REPLICA_POLICIES, configs, strict=True)):
+            self.start_gateway(cfg, PORT_GATEWAY_REPLICAS + i, ["pair", "flaky", "solo"], f"gateway-{policy}")
+
+        def conversations(port: int, model: str) -> list[bytes]:
+            return [self.request("gateway", "", port=port, model=model, extra={"messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": f"Conversation {c}: say hello."}]})[1]
+                for c in range(p["replica_conversations"])]
+
+        def served() -> list[int]:  # by the fast and the slow server of `pair`
+            return [http_json(f"http://{HOST}:{PORT_MOCK + 3 + i}/_stats")["served"] for i in (0, 1)]
+
+        rate, dur = p["replica_rate"], p["replica_s"]
+        log(f"replicas: `pair` on a 400/s and a 100/s server, open loop {rate}/s, {dur} s, each policy")
+        runs: dict[str, list] = {policy: [] for policy in REPLICA_POLICIES}
+        shares: dict[str, list] = {policy: [] for policy in REPLICA_POLICIES}
+        for rnd in range(-1 if p["warmup"] else 0, p["rounds"]):
+            for i, policy in enumerate(REPLICA_POLICIES):
+                port = PORT_GATEWAY_REPLICAS + i
+                before = served()
+                run = await loadgen.open_loop(HOST, port, conversations(port, "pair"), rate,
+                                              dur if rnd >= 0 else 0.5, timeout=30)
+                after = served()
+                if rnd >= 0:  # -1: the warm-up
+                    runs[policy].append(run)
+                    shares[policy].append([a - b for a, b in zip(after, before, strict=True)])
+        balance = {}
+        for policy in REPLICA_POLICIES:
+            pooled = stats.summarize_requests([x for r in runs[policy] for x in r.results])
+            fast, slow = (sum(s[i] for s in shares[policy]) for i in (0, 1))
+            balance[policy] = {"pooled": pooled,
+                               "rounds": [stats.summarize_requests(r.results, r.t_start, rate) for r in runs[policy]],
+                               "slow_share": round(slow / max(1, fast + slow), 3)}
+            lat = pooled["latency_ms"]
+            log(f"  {policy}: p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms, ok {pooled['success_rate']}, "
+                f"slow server's share {balance[policy]['slow_share']}")
+
+        log(f"replicas: the retry path, sequential {p['retry_s']} s per round: `solo` vs `flaky`")
+        lo = PORT_GATEWAY_REPLICAS + REPLICA_POLICIES.index("least_outstanding")
+        closed = f"http://{HOST}:{PORT_MOCK + 6}/_stats"
+        seq: dict[str, list] = {"solo": [], "flaky": []}
+        retried = 0
+        for _ in range(p["rounds"]):
+            for model in ("solo", "flaky"):
+                before = http_json(closed)["closed"]
+                seq[model] += await loadgen.sequential(HOST, lo, conversations(lo, model), p["retry_s"])
+                if model == "flaky":
+                    retried += http_json(closed)["closed"] - before
+        solo, flaky = (stats.summarize_requests(seq[m]) for m in ("solo", "flaky"))
+        # The retried requests are the flaky model's slowest: each paid for one refused try.
+        slowest = sorted(r.latency for r in seq["flaky"] if r.error is None)[-retried:] if retried else []
+        extra = round(1000 * sum(slowest) / len(slowest) - solo["latency_ms"]["p50"], 3) if slowest else None
+        retry = {"solo": solo, "flaky": flaky, "retried": retried, "retried_extra_ms": extra,
+                 "note": "flaky = the healthy server plus one that passes health checks but closes every "
+                         "request's connection; its breaker takes it out after 3 failures in a row and a "
+                         "health check lets it back after the 5 s cool-down, so a few requests per round "
+                         "are retried. retried_extra_ms: their mean latency minus solo's p50."}
+        log(f"  solo p50 {solo['latency_ms']['p50']} p99 {solo['latency_ms']['p99']} ms; flaky p50 "
+            f"{flaky['latency_ms']['p50']} p99 {flaky['latency_ms']['p99']} max {flaky['latency_ms']['max']} ms, "
+            f"ok {flaky['success_rate']}; {retried} retried, each about {extra} ms more")
+        self.stop_all()
+        return {"rate": rate, "duration_s": dur, "servers": "fast: 4 at a time, 10 ms each; slow: 4 at a time, "
+                "40 ms each", "conversations": p["replica_conversations"], "balance": balance, "retry": retry}
+
     async def phase_real(self) -> dict:
         p = self.plan
         if not (VLLM_PYTHON.exists() and (TINY_MODEL / "config.json").exists()):
@@ -246,6 +322,8 @@ class Bench(Harness):
                 log_lines = sum(1 for _ in open(self.out / "gateway.log", "rb"))
                 rep["meta"]["gateway"]["log_lines"] = log_lines
                 self.stop_all()
+            if "replicas" in loop_phases:
+                rep["replicas"] = await self.phase_replicas()
             if "real" in loop_phases or (p["real"] and not a.phases_given):
                 rep["meta"]["load"]["before_real"] = load_avg()
                 rep["real"] = await self.phase_real()

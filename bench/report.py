@@ -167,6 +167,23 @@ def format_table(rep: dict) -> str:
               _f(o["p50"]["median"]), _f(o["p99"]["median"]), _f(o["max"]["median"]),
               _f(held["gateway_resources"]["cpu_util_max"], 2),
               _f(held["gateway_resources"]["peak_rss_mb_max"], 0)]]))
+    rp = rep.get("replicas")
+    if rp:
+        rows = [[policy, b["pooled"]["requests"], f"{b['pooled']['success_rate']:.4f}",
+                 _f(b["pooled"]["latency_ms"]["p50"]), _f(b["pooled"]["latency_ms"]["p99"]),
+                 _f(b["pooled"]["latency_ms"]["max"]), _f(b["slow_share"], 3)] for policy, b in rp["balance"].items()]
+        parts.append(_table(
+            f"Replicas: one model on a fast and a slow server ({rp['servers']}), {rp['rate']}/s open loop over "
+            f"{rp['conversations']} conversations (ms, through the gateway)",
+            ["balance", "requests", "ok", "p50", "p99", "max", "slow share"], rows))
+        rt = rp["retry"]
+        parts.append(_table(
+            "Replicas: the retry path, sequential (ms): flaky = healthy server + one closing every connection",
+            ["model", "requests", "ok", "p50", "p99", "max", "retried", "extra per retry"],
+            [[m, rt[m]["requests"], f"{rt[m]['success_rate']:.4f}", _f(rt[m]["latency_ms"]["p50"]),
+              _f(rt[m]["latency_ms"]["p99"]), _f(rt[m]["latency_ms"]["max"]),
+              rt["retried"] if m == "flaky" else "", _f(rt["retried_extra_ms"]) if m == "flaky" else ""]
+             for m in ("solo", "flaky")]))
     real = rep.get("real")
     if real and real.get("points"):
         rows = []

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short run (< 2 min): fewer points, 1 round, no vLLM")
     ap.add_argument("--real", action="store_true", help="with --quick: include the real vLLM mode")
     ap.add_argument("--no-real", action="store_true", help="skip the real vLLM mode")
-    ap.add_argument("--phases", default="", help="comma list of seq,open,streams,held,real (default: all)")
+    ap.add_argument("--phases", default="", help="comma list of seq,open,streams,held,replicas,real (default: all)")
     ap.add_argument("--rounds", type=int, help="measured rounds per point (default 3, quick 1)")
     ap.add_argument("--rates", help="open-loop rates, comma separated (default 100,500,1000,2000,3000,5000)")
     ap.add_argument("--streams", help="stream concurrencies, comma separated (default 1,16,64,256,1000)")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         plan["real"] = False
     args.phases_given = bool(args.phases)
     if not args.phases:
-        args.phases = "seq,open,streams,held" + (",real" if plan["real"] else "")
+        args.phases = "seq,open,streams,held,replicas" + (",real" if plan["real"] else "")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = (args.out or REPO / "bench" / "results" / (stamp + ("-quick" if args.quick else ""))).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from .admission import ModelSlots, WaitingRoom
+from .balancer import Balancer, Replica
 from .config import GLOB_CHARS, Config, ExternalModel, ManagedModel
 from .errors import ApiError
 from .observability import Metrics
-from .plan import backend_url, max_concurrency
+from .plan import endpoints, max_concurrency
 
 log = logging.getLogger("localai.backends")
 
@@ -52,7 +55,7 @@ FAILED_AFTER_MISSES = 2
 @dataclass
 class Backend:
     name: str
-    url: str  # base URL, without /v1
+    balancer: Balancer  # its replicas, and which one serves the next request
     model: ManagedModel | ExternalModel  # its config entry
     slots: ModelSlots
     served_id: str
@@ -65,6 +68,18 @@ class Backend:
     residence: Residence | None = None  # set for load: on_demand models only
     on_change: list[Callable[[Backend], None]] = field(default_factory=list)
 
+    def server_state(self, url: str, state: State, reason: str | None) -> None:
+        """One of the model's servers started or crashed (its supervisor says so). With replicas
+        that is its replica's state: the model serves on while another replica is ready."""
+        replicas = self.balancer.replicas
+        if len(replicas) > 1:
+            for r in replicas:
+                if r.url == url:
+                    r.state, r.reason, r.ready = state.value, reason, False
+            if any(r.ready for r in replicas):
+                return
+        self.set_state(state, reason)
+
     def set_state(self, state: State, reason: str | None) -> None:
         if state != self.state or reason != self.reason:
             log.info("model %s is %s", self.name, state.value,
@@ -72,6 +87,19 @@ class Backend:
             self.state, self.reason = state, reason
             for call in self.on_change:
                 call(self)
+
+    @property
+    def replicas(self) -> tuple[Replica, ...]:
+        return self.balancer.replicas
+
+    @property
+    def url(self) -> str:
+        """Base URL (without /v1) for the gateway's own calls (token counts, a stored response,
+        sleep and wake): a ready replica's, or the first one's."""
+        replicas = self.balancer.replicas
+        if len(replicas) == 1:
+            return replicas[0].url
+        return next((r.url for r in replicas if r.ready), replicas[0].url)
 
     @property
     def managed(self) -> bool:
@@ -93,6 +121,18 @@ class Route:
     defaults: dict
 
 
+def _balancer(m: ManagedModel | ExternalModel, cfg: Config, old: tuple[Replica, ...]) -> Balancer:
+    """The model's replicas as the plan places them; one that was there before (same URL) is kept
+    with its health, breaker and requests in flight, which still hold it."""
+    known = {r.url: r for r in old}
+    replicas = []
+    for i, p in enumerate(endpoints(cfg, m.name)):
+        r = known.get(p.url) or Replica(i, p.host, p.url, urlsplit(p.url).netloc.rpartition("@")[2])
+        r.index, r.host = i, p.host
+        replicas.append(r)
+    return Balancer(replicas, cfg.gateway.balance)
+
+
 def _read_key(model: ExternalModel) -> str | None:
     if model.api_key_file is None:
         return None
@@ -111,10 +151,11 @@ class Registry:
 
     def _backend(self, m: ManagedModel | ExternalModel, cfg: Config) -> Backend:
         slots = ModelSlots(m.name, max_concurrency(m), self.room, self.metrics.queue_depth.labels(m.name))
+        balancer = _balancer(m, cfg, ())
         if isinstance(m, ManagedModel):
-            return Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.name,
+            return Backend(m.name, balancer, m, slots, served_id=m.name,
                            served_model_hint=m.model, max_model_len=m.max_model_len)
-        return Backend(m.name, backend_url(m, cfg.vllm), m, slots, served_id=m.served_model or m.name,
+        return Backend(m.name, balancer, m, slots, served_id=m.served_model or m.name,
                        api_key=_read_key(m), max_model_len=m.max_model_len)
 
     def _route(self, cfg: Config) -> None:
@@ -143,7 +184,7 @@ class Registry:
             old = self.backends.get(name)
             if old is not None and old.managed == isinstance(m, ManagedModel):
                 old.model = m
-                old.url = backend_url(m, cfg.vllm)
+                old.balancer = _balancer(m, cfg, old.replicas)
                 old.slots.set_limit(max_concurrency(m))
                 if isinstance(m, ExternalModel):
                     old.api_key = _read_key(m)
@@ -189,6 +230,11 @@ class Registry:
                            code="model_loading", type="server_error", headers={"Retry-After": "10"})
         raise ApiError(503, f"Model '{backend.name}' is unavailable: {backend.reason}.",
                        code="model_unavailable", type="server_error", headers={"Retry-After": "30"})
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    return f"not reachable at {url} ({type(exc).__name__}: {exc})" if str(exc) else \
+        f"not reachable at {url} ({type(exc).__name__})"
 
 
 class HealthMonitor:
@@ -243,17 +289,20 @@ class HealthMonitor:
         probe = "/health" if b.managed else "/v1/models"
         while True:
             headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}  # a reload may change it
-            try:
-                async with self.session.get(b.url + probe, timeout=timeout, headers=headers) as r:
-                    healthy = r.status == 200
-                    detail = f"health check answered HTTP {r.status}"
-                learn = b.state not in LIFECYCLE_STATES and (b.state is not State.READY or b.max_model_len is None)
-                if healthy and learn:
-                    await self._discover(b, timeout, headers)
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                healthy = False
-                detail = f"not reachable at {b.url} ({type(exc).__name__}: {exc})" if str(exc) else \
-                    f"not reachable at {b.url} ({type(exc).__name__})"
+            replicas = b.replicas  # a reload may change them
+            checks = await asyncio.gather(*(self._check(r, probe, timeout, headers) for r in replicas))
+            for r, (ok, why) in zip(replicas, checks, strict=True):
+                self._record_replica(b, r, ok, why)
+            # The model serves while any replica does; it is down with the first one's reason.
+            up = next((r for r, (ok, _) in zip(replicas, checks, strict=True) if ok), None)
+            healthy = up is not None
+            detail = next(why for _, why in checks if why) if up is None else ""
+            learn = b.state not in LIFECYCLE_STATES and (b.state is not State.READY or b.max_model_len is None)
+            if up is not None and learn:
+                try:
+                    await self._discover(b, up.url, timeout, headers)
+                except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                    healthy, detail = False, _unreachable(up.url, exc)
             self._record(b, healthy, detail)
             self._unchecked.discard(b.name)
             if not self._unchecked:
@@ -267,8 +316,18 @@ class HealthMonitor:
                 pass
             wake.clear()
 
-    async def _discover(self, b: Backend, client_timeout: aiohttp.ClientTimeout, headers: dict[str, str]) -> None:
-        async with self.session.get(b.url + "/v1/models", timeout=client_timeout, headers=headers) as r:
+    async def _check(self, r: Replica, probe: str, client_timeout: aiohttp.ClientTimeout,
+                     headers: dict[str, str]) -> tuple[bool, str]:
+        """(healthy, why not) of one replica."""
+        try:
+            async with self.session.get(r.url + probe, timeout=client_timeout, headers=headers) as resp:
+                return resp.status == 200, "" if resp.status == 200 else f"health check answered HTTP {resp.status}"
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            return False, _unreachable(r.url, exc)
+
+    async def _discover(self, b: Backend, url: str, client_timeout: aiohttp.ClientTimeout,
+                        headers: dict[str, str]) -> None:
+        async with self.session.get(url + "/v1/models", timeout=client_timeout, headers=headers) as r:
             if r.status != 200:
                 return
             data = (await r.json()).get("data") or []
@@ -280,6 +339,25 @@ class HealthMonitor:
                 if b.max_model_len is None and isinstance(entry.get("max_model_len"), int):
                     b.max_model_len = entry["max_model_len"]
                 self.registry.learn_served_id(b, b.served_id)
+
+    def _record_replica(self, b: Backend, r: Replica, healthy: bool, detail: str) -> None:
+        """A replica's own state, by the same rules as the model's (`_record`); a passed check
+        after the breaker's cool-down closes it (the half-open probe)."""
+        if healthy:
+            r.misses = 0
+            r.state, r.reason, r.ready = State.READY.value, None, True
+            if r.breaker(time.monotonic()) == "half-open":
+                r.succeeded()
+        else:
+            r.misses += 1
+            if r.state == State.READY and r.misses >= FAILED_AFTER_MISSES:
+                r.state, r.reason, r.ready = State.FAILED.value, detail, False
+            elif r.state != State.READY:
+                r.reason = detail
+        if len(b.replicas) > 1:
+            label = (b.name, r.address)
+            self.metrics.replica_up.labels(*label).set(1 if healthy else 0)
+            self.metrics.replica_ready.labels(*label).set(1 if r.ready else 0)
 
     def _record(self, b: Backend, healthy: bool, detail: str) -> None:
         self.metrics.backend_up.labels(b.name).set(1 if healthy else 0)

@@ -126,6 +126,20 @@ class Metrics:
             "localai_backend_up", "1 when the backend answers its health check", ["model"], registry=r)
         self.backend_ready = Gauge(
             "localai_backend_ready", "1 when the model serves requests", ["model"], registry=r)
+        # Per replica, for models with more than one (label: its host:port, so as many series as
+        # the config has servers); a model with one replica has only the per-model series.
+        self.replica_up = Gauge(
+            "localai_replica_up", "1 when the replica answers its health check", ["model", "replica"], registry=r)
+        self.replica_ready = Gauge(
+            "localai_replica_ready", "1 when the replica serves requests", ["model", "replica"], registry=r)
+        self.replica_in_flight = Gauge(
+            "localai_replica_in_flight_requests", "Requests being served by the replica", ["model", "replica"],
+            registry=r)
+        self.replica_requests = Counter(
+            "localai_replica_requests", "Requests the replica took", ["model", "replica"], registry=r)
+        self.replica_failures = Counter(
+            "localai_replica_failures", "Requests that could not reach the replica (those that failed before "
+            "any byte of the answer went to another replica)", ["model", "replica"], registry=r)
         # Model lifecycle (load: on_demand models): kinds are wake and start (in), sleep and stop (out).
         self.swaps = Counter(
             "localai_model_swaps", "Models brought onto their card or taken off it, by model and kind",

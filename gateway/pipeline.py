@@ -18,6 +18,7 @@ from aiohttp import web
 
 from . import validation
 from .backends import Backend, Route
+from .balancer import affinity_key
 from .config import ManagedModel
 from .context import MESSAGES, Guarded, guard
 from .errors import ApiError
@@ -231,10 +232,12 @@ async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str
     if guarded.max_tokens_capped is not None:
         acct.max_tokens_capped = guarded.max_tokens_capped
         headers["X-LocalAI-Max-Tokens-Capped"] = str(guarded.max_tokens_capped)
+    # Only a model with replicas to choose between pays for naming the conversation.
+    affinity = affinity_key(guarded.body) if backend.balancer.affine else None
     async with admitted(request, backend):
         try:
             return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers,
-                                 prepared=prepared, stream_error=stream_error)
+                                 prepared=prepared, stream_error=stream_error, affinity=affinity)
         except ApiError as exc:
             if exc.code == "backend_unreachable":
                 app[MONITOR].poke(backend.name)

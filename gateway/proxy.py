@@ -8,6 +8,7 @@ frame events with CRLF (sse-starlette's default) are read the same way.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -19,8 +20,11 @@ from aiohttp import web
 
 from .accounting import Account
 from .backends import Backend
+from .balancer import Replica
 from .errors import ApiError, error_event, message_of
-from .keys import ACCOUNT, METRICS, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
+from .keys import ACCOUNT, METRICS, MONITOR, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
+
+log = logging.getLogger("localai.proxy")
 
 # Headers of the backend's response that mean something to the client.
 _PASS_HEADERS = ("Content-Type", "Retry-After")
@@ -92,29 +96,86 @@ def _ask_for_usage(path: str, body: dict) -> bool:
     return True
 
 
+def _unreachable(backend: Backend, exc: BaseException) -> ApiError:
+    return ApiError(502, f"Model '{backend.name}' did not answer ({type(exc).__name__}); retry shortly.",
+                    code="backend_unreachable", type="server_error", headers={"Retry-After": "5"})
+
+
+# Failures that leave no doubt the replica sent nothing back: it refused or dropped the
+# connection, or closed it before its response began. The request is tried on another replica.
+_NOTHING_SENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ConnectionTimeoutError)
+
+
+async def _connect(request: web.Request, backend: Backend, method: str, path: str, headers: dict[str, str],
+                   payload: bytes | None, affinity: int | None) -> tuple[aiohttp.ClientResponse, Replica]:
+    """The upstream response (its status line and headers in), and the replica it came from
+    (one more request in flight on it)."""
+    app = request.app
+    session, timeout = app[SESSION], app[UPSTREAM_TIMEOUT]
+    replicas = backend.replicas
+    if len(replicas) == 1:
+        replica = replicas[0]
+        try:
+            upstream = await session.request(method, replica.url + path, headers=headers, data=payload,
+                                             timeout=timeout)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _unreachable(backend, exc) from None
+        replica.in_flight += 1
+        return upstream, replica
+    metrics = app[METRICS]
+    tried: list[Replica] = []
+    error: BaseException | None = None
+    while True:
+        picked = backend.balancer.pick(affinity, time.monotonic(), tried)
+        if picked is None and error is not None:  # every usable replica was tried
+            raise _unreachable(backend, error)
+        if picked is None:  # the ready ones all have their breakers open
+            raise ApiError(503, f"Model '{backend.name}' has no replica that answers now; retry shortly.",
+                           code="model_unavailable", type="server_error", headers={"Retry-After": "5"})
+        replica = picked
+        label = (backend.name, replica.address)
+        replica.in_flight += 1
+        metrics.child(metrics.replica_in_flight, *label).inc()
+        try:
+            upstream = await session.request(method, replica.url + path, headers=headers, data=payload,
+                                             timeout=timeout)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            replica.in_flight -= 1
+            metrics.child(metrics.replica_in_flight, *label).dec()
+            metrics.child(metrics.replica_failures, *label).inc()
+            if not isinstance(exc, _NOTHING_SENT):
+                raise _unreachable(backend, exc) from None
+            if replica.failed(time.monotonic()):
+                log.warning("replica %s of model %s taken out after %d failures in a row", replica.address,
+                            backend.name, replica.failures,
+                            extra={"model": backend.name, "replica": replica.address, "error": type(exc).__name__})
+            app[MONITOR].poke(backend.name)
+            tried.append(replica)
+            error = exc
+            continue
+        replica.succeeded()
+        metrics.child(metrics.replica_requests, *label).inc()
+        request[ACCOUNT].backend = replica.url
+        return upstream, replica
+
+
 async def forward(request: web.Request, backend: Backend, path: str, body: dict, *,
                   adapter: Adapter | None = None, headers: dict[str, str] | None = None,
                   prepared: web.StreamResponse | None = None, method: str = "POST",
-                  stream_error: StreamError | None = None) -> web.StreamResponse:
+                  stream_error: StreamError | None = None, affinity: int | None = None) -> web.StreamResponse:
     """`prepared`: a stream already opened for this request (while its model was loading);
     the answer continues it, and an error becomes its last event (raised as ApiError).
     A GET (`method`) sends no body: its `body` only says whether to relay a stream.
-    `stream_error`: the family's last event for a stream its backend breaks off."""
-    app = request.app
+    `stream_error`: the family's last event for a stream its backend breaks off.
+    `affinity`: the request's conversation (balancer.affinity_key), for a model with replicas."""
     acct = request[ACCOUNT]
     stream = body.get("stream") is True
     strip_usage = stream and _ask_for_usage(path, body)
     up_headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     if backend.api_key:
         up_headers["Authorization"] = f"Bearer {backend.api_key}"
-    try:
-        upstream = await app[SESSION].request(method, backend.url + path, headers=up_headers,
-                                              data=orjson.dumps(body) if method != "GET" else None,
-                                              timeout=app[UPSTREAM_TIMEOUT])
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise ApiError(502, f"Model '{backend.name}' did not answer ({type(exc).__name__}); retry shortly.",
-                       code="backend_unreachable", type="server_error",
-                       headers={"Retry-After": "5"}) from None
+    upstream, replica = await _connect(request, backend, method, path, up_headers,
+                                       orjson.dumps(body) if method != "GET" else None, affinity)
     try:
         ctype = upstream.headers.get("Content-Type", "")
         if not (stream and upstream.status == 200 and ctype.startswith("text/event-stream")):
@@ -140,6 +201,9 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
         raise ApiError(502, f"Model '{backend.name}' broke off the response ({type(exc).__name__}).",
                        code="backend_error", type="server_error") from None
     finally:
+        replica.in_flight -= 1
+        if len(backend.replicas) > 1:
+            request.app[METRICS].child(request.app[METRICS].replica_in_flight, backend.name, replica.address).dec()
         # On success the body was read; on cancellation (client gone) or error this
         # closes the upstream connection, which is how vLLM learns to stop generating.
         if upstream.content.is_eof():

@@ -63,7 +63,7 @@ class ModelProcess:
                 return
             if time.monotonic() - started > STABLE_AFTER_S:
                 backoff = 1.0
-            self.backend.set_state(State.FAILED, f"{why}; restarting in {backoff:g} s")
+            self.backend.server_state(self.plan.url, State.FAILED, f"{why}; restarting in {backoff:g} s")
             log.error("model server %s: %s; restarting in %g s", self.plan.unit, why, backoff,
                       extra={"model": self.plan.name})
             try:
@@ -85,7 +85,7 @@ class ModelProcess:
             return f"cannot start {self.plan.argv[0]}: {exc.strerror or exc}"
         log.info("started model server %s (pid %d)", self.plan.unit, self.proc.pid,
                  extra={"model": self.plan.name, "pid": self.proc.pid})
-        self.backend.set_state(State.LOADING, f"starting vLLM (pid {self.proc.pid})")
+        self.backend.server_state(self.plan.url, State.LOADING, f"starting vLLM (pid {self.proc.pid})")
         pump = asyncio.create_task(self._pump(self.proc))
         exited = asyncio.create_task(self.proc.wait())
         stopping = asyncio.create_task(stop.wait())
@@ -104,7 +104,7 @@ class ModelProcess:
         exc = None if task.cancelled() else task.exception()
         if exc is None:
             return
-        self.backend.set_state(State.FAILED, f"not supervised any more: {type(exc).__name__}: {exc}")
+        self.backend.server_state(self.plan.url, State.FAILED, f"not supervised any more: {type(exc).__name__}: {exc}")
         log.error("supervising model server %s failed", self.plan.unit, exc_info=exc,
                   extra={"model": self.plan.name})
 

@@ -110,6 +110,8 @@ class FakeBackend:
     probes: int = 0  # health checks answered (/health, /v1/models)
     # Drop the connection after this many streamed chunks, like a crashing server.
     break_after: int | None = None
+    # Drop every generating request's connection unanswered, like a server killed mid-request.
+    hang_up: bool = False
     completed: int = 0
     changed: asyncio.Condition | None = None
     # The Responses API's stored responses, by id (vLLM with VLLM_ENABLE_RESPONSES_API_STORE=1).
@@ -174,6 +176,7 @@ class FakeBackend:
     def reset(self) -> None:
         """Scripted controls and counters back to their defaults; shared lists are cleared in place."""
         self.health_status, self.ttft, self.itl, self.reply, self.prompt_tokens = 200, 0.0, 0.0, None, 7
+        self.hang_up = False
         self.errors.clear()
         self.received.clear()
         self.headers.clear()
@@ -291,6 +294,9 @@ class FakeBackend:
         chat = request.path.endswith("chat/completions")
         anthropic = request.path == "/v1/messages"
         async with self._generating(request, body):
+            if self.hang_up:
+                request.transport.close()
+                return web.Response()
             if self.sleeping:
                 return web.json_response({"error": {"message": "the engine is asleep", "code": 500}}, status=500)
             if self.errors:

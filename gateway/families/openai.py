@@ -6,6 +6,8 @@ as they are, after the pipeline's routing, preparation and context guard.
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from ..backends import Backend, Route
@@ -33,8 +35,23 @@ def model_card(b: Backend, default: bool) -> dict:
         "context_limit": int(window * b.model.context_limit) if window else None,
         "state": b.state.value,
         "state_reason": b.reason,
+        "replicas": replica_cards(b),
         **residence_fields(b),
     }
+
+
+def replica_cards(b: Backend) -> list[dict]:
+    """Each server of the model: where (host:port; the list is for key holders, like /health's
+    reasons), its state and the requests it serves now. A lone replica is the model itself, so it
+    shows the model's state (which the model lifecycle may set); the balancer takes a replica
+    whose breaker is open out, so it shows as `unreachable`."""
+    if len(b.replicas) == 1:
+        r = b.replicas[0]
+        return [{"host": r.host, "address": r.address, "state": b.state.value, "in_flight": r.in_flight}]
+    now = time.monotonic()
+    return [{"host": r.host, "address": r.address,
+             "state": "unreachable" if r.ready and r.breaker(now) == "open" else r.state,
+             "in_flight": r.in_flight} for r in b.replicas]
 
 
 def preset_card(name: str, route: Route) -> dict:
