@@ -140,6 +140,7 @@ def pair(tier_lock, tmp_path_factory):
         raise KeyboardInterrupt(f"signal {signum}")
 
     old_term = signal.signal(signal.SIGTERM, on_term)
+    started = time.monotonic()
     try:
         tarball = ct.cached_rootfs(include=(*ct.INCLUDE, "openssh-server"))
         for name, n in NODES.items():
@@ -169,6 +170,9 @@ def pair(tier_lock, tmp_path_factory):
                 pass
             c.teardown()
         signal.signal(signal.SIGTERM, old_term)
+        TIMINGS["pair"] = time.monotonic() - started
+        (OUT / "timings-pair.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()
+                                                      if k.startswith("pair")))
 
 
 def key(pair) -> str:
