@@ -213,7 +213,9 @@ def _multinode_args(where: Placement) -> list[str]:
     them. A model's extra_args come after these, so they may say otherwise."""
     addr, port = where.master.rsplit(":", 1)
     per_node = len(where.devices.split(",")) if where.devices else 1
-    argv = ["--nnodes", str(where.nodes), "--node-rank", str(where.node),
+    # mp said outright: where Ray is installed and running, vLLM would otherwise pick Ray, which
+    # refuses --nnodes.
+    argv = ["--distributed-executor-backend", "mp", "--nnodes", str(where.nodes), "--node-rank", str(where.node),
             "--master-addr", addr, "--master-port", port,
             "--pipeline-parallel-size", str(where.nodes), "--tensor-parallel-size", str(per_node)]
     return argv + (["--headless"] if where.role == "worker" else [])
