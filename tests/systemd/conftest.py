@@ -146,6 +146,17 @@ class Box:
         return ct.wait_for(predicate, timeout, what, interval, detail=units)
 
 
+def save_journals(c: ct.Container, suffix: str = "") -> None:
+    """The container's journal and its localai namespace, to OUT/journal{-localai}{suffix}.txt."""
+    try:
+        if c.leader:
+            for flags, name in ((["-b"], "journal"), (["--namespace=localai"], "journal-localai")):
+                j = c.run(["journalctl", *flags, "--no-pager", "-o", "short-precise"], check=False, timeout=60)
+                (OUT / f"{name}{suffix}.txt").write_text(j.stdout)
+    except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
+        pass
+
+
 def recap(stdout: str) -> dict:
     """PLAY RECAP counters of the last play (ok, changed, failed, ...)."""
     found = re.findall(r"^localhost\s+:\s+(.*)$", stdout, re.M)
@@ -203,15 +214,7 @@ def box(tier_lock):
         b.first_recap = counts
         yield b
     finally:
-        try:
-            if c.leader:
-                j = c.run(["journalctl", "-b", "--no-pager", "-o", "short-precise"], check=False, timeout=60)
-                (OUT / "journal.txt").write_text(j.stdout)
-                j = c.run(["journalctl", "--namespace=localai", "--no-pager", "-o", "short-precise"], check=False,
-                          timeout=60)
-                (OUT / "journal-localai.txt").write_text(j.stdout)
-        except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
-            pass
+        save_journals(c)
         c.teardown()
         signal.signal(signal.SIGTERM, old_term)
         TIMINGS["tier"] = time.monotonic() - started

@@ -28,7 +28,7 @@ import container as ct
 import pytest
 import stage
 import yaml
-from conftest import OUT, TIMINGS
+from conftest import OUT, TIMINGS, save_journals
 from test_deploy import http
 
 pytestmark = pytest.mark.systemd
@@ -159,15 +159,7 @@ def pair(tier_lock, tmp_path_factory):
         yield p
     finally:
         for name, c in p.nodes.items():
-            try:
-                if c.leader:
-                    j = c.run(["journalctl", "-b", "--no-pager", "-o", "short-precise"], check=False, timeout=60)
-                    (OUT / f"journal-{name}.txt").write_text(j.stdout)
-                    j = c.run(["journalctl", "--namespace=localai", "--no-pager", "-o", "short-precise"],
-                              check=False, timeout=60)
-                    (OUT / f"journal-localai-{name}.txt").write_text(j.stdout)
-            except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
-                pass
+            save_journals(c, f"-{name}")
             c.teardown()
         signal.signal(signal.SIGTERM, old_term)
         TIMINGS["pair"] = time.monotonic() - started
