@@ -6,6 +6,8 @@ tests/systemd/test_static.py calls them directly.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 GIB = 1024**3
@@ -102,35 +104,62 @@ def _managed(models):
     return [m for m in models or [] if isinstance(m, dict) and "url" not in m]
 
 
-def _device_of(entry: dict) -> str:
-    dev = str((entry.get("env") or {}).get("CUDA_VISIBLE_DEVICES", "")).split(",")[0].strip()
-    return dev if dev.isdigit() else "0"
+def placements(plan, host=None) -> list:
+    """The model servers `localai plan --json` places: all of them, or those on `host`.
+
+    Each is the plan's dict: unit (the instance of localai-model@), model,
+    replica, host ('local' when the config names no hosts), port, devices
+    (CUDA_VISIBLE_DEVICES or None), role, url, share, and the argv/env that
+    `localai run-model UNIT` execs.
+    """
+    return [p for p in (plan or {}).get("placements") or [] if host is None or p.get("host") == host]
 
 
-def vram_report(models, gpus, catalog, overhead_gib=1.0, overhead_gib_per_b=0.03,
-                kv_sequences=2, max_total_util=0.92) -> dict:
-    """Check that every managed model fits its share of its card.
+def node_mismatches(plan, versions) -> list:
+    """Sentences for each model spanning hosts (nodes > 1) whose nodes have different vLLMs.
 
-    gpus: [{index, name, memory_total_mib}]. A model's share is
+    versions: {inventory host: the vLLM version installed there, '' for none}."""
+    spans: dict = {}
+    for p in placements(plan):
+        if int(p.get("nodes") or 1) > 1:
+            spans.setdefault((p["model"], p["replica"]), []).append(p["host"])
+    out = []
+    for (model, replica), hosts in spans.items():
+        seen = {h: (versions or {}).get(h) or "none" for h in hosts}
+        if len(set(seen.values())) > 1:
+            which = ", ".join(f"{h} {v}" for h, v in seen.items())
+            out.append(f"Model '{model}' (replica {replica}) spans hosts whose vLLM differ ({which}); its nodes "
+                       f"run one engine and need the same vLLM: run the playbook on all of them.")
+    return out
+
+
+def vram_report(servers, models, gpus, catalog, overhead_gib=1.0, overhead_gib_per_b=0.03, kv_sequences=2) -> dict:
+    """Check that each model server on this host fits its share of its card.
+
+    servers: this host's placements (see placements()); models: the config's
+    entries, for what the weights estimate reads; gpus: [{index, name,
+    memory_total_mib}]. Which card a server is on and which servers may be
+    resident together is the plan's (the product's) decision; this adds what
+    the product cannot know: how much memory the model needs. A share is
     gpu_memory_utilization x card memory; it must hold the weights, a fixed
     runtime overhead (CUDA context, activations, graphs) and the KV cache of
     `kv_sequences` sequences of max_model_len tokens. vLLM itself refuses to
     start below one ("no available memory for the cache blocks"); the second
-    is headroom. The shares on one card must leave room for each other.
-    Returns {"ok": bool, "problems": [sentence], "lines": [summary]}.
+    is headroom. Returns {"ok": bool, "problems": [sentence], "lines": [summary]}.
     """
     by_index = {str(g["index"]): g for g in gpus or []}
-    problems, lines, totals = [], [], {}
-    for entry in _managed(models):
-        name = entry.get("name", "?")
-        dev = _device_of(entry)
+    entries = {m.get("name"): m for m in _managed(models)}
+    problems, lines = [], []
+    for server in servers or []:
+        name, entry = server["unit"], entries.get(server["model"], {})
+        # vLLM (one card, no tensor parallelism) runs on the first card it sees.
+        dev = (str(server.get("devices") or "0").split(",")[0].strip()) or "0"
         gpu = by_index.get(dev)
         if gpu is None:
-            problems.append(f"Model '{name}' is pinned to GPU {dev}, but this host has no such GPU.")
+            problems.append(f"Model '{name}' is placed on GPU {dev}, but this host has no such GPU.")
             continue
         card_gib = float(gpu["memory_total_mib"]) / 1024
-        util = float(entry.get("gpu_memory_utilization") or _VLLM_DEFAULT_UTIL)
-        totals.setdefault(dev, []).append((name, util))
+        util = float(server.get("share") or entry.get("gpu_memory_utilization") or _VLLM_DEFAULT_UTIL)
         est = model_estimate(entry, catalog)
         if not est["known"]:
             lines.append(f"{name}: size of '{est['model']}' unknown (add it to localai_checks_model_catalog); "
@@ -146,9 +175,9 @@ def vram_report(models, gpus, catalog, overhead_gib=1.0, overhead_gib_per_b=0.03
                      f"{kv_gib:.1f} GiB KV cache ({kv_sequences} x {ctx} tokens) = {need:.1f} GiB")
         if need > share:
             fit = need / card_gib + 0.01
-            if fit <= float(max_total_util):
-                advice = (f"raise gpu_memory_utilization to {fit:.2f}, lower max_model_len, "
-                          f"or pick a smaller model.")
+            if fit <= 1.0:
+                advice = (f"raise gpu_memory_utilization to {fit:.2f} (`localai check` then says whether the "
+                          f"models still fit together), lower max_model_len, or pick a smaller model.")
             else:
                 advice = "that is more than this card can give one model: lower max_model_len or pick a smaller model."
             problems.append(
@@ -156,30 +185,22 @@ def vram_report(models, gpus, catalog, overhead_gib=1.0, overhead_gib_per_b=0.03
                 f"({est['weights_gib']:.1f} weights, {over:.1f} runtime, {kv_gib:.1f} KV cache for "
                 f"{kv_sequences} x {ctx} tokens) but gpu_memory_utilization {util:.2f} of "
                 f"{card_gib:.1f} GiB gives it {share:.1f} GiB; {advice}")
-    for dev, shares in totals.items():
-        total = sum(u for _, u in shares)
-        if total > float(max_total_util) + 1e-9:
-            names = ", ".join(f"{n} {u:.2f}" for n, u in shares)
-            problems.append(
-                f"The models on GPU {dev} ask for {total:.2f} of its memory together ({names}); "
-                f"keep the sum at or below {float(max_total_util):.2f} so each vLLM still finds "
-                f"its share free when it starts.")
     return {"ok": not problems, "problems": problems, "lines": lines}
 
 
-def ram_report(models, memtotal_mb, env=None, overhead_gib=3.0) -> dict:
-    """CPU build: each server holds VLLM_CPU_KVCACHE_SPACE GiB of KV cache plus its runtime."""
+def ram_report(servers, memtotal_mb, overhead_gib=3.0) -> dict:
+    """CPU build: each server on this host holds VLLM_CPU_KVCACHE_SPACE GiB of KV cache plus its runtime.
+
+    servers: this host's placements, whose env is what the plan gives the server."""
     problems, lines, need = [], [], 0.0
-    base_env = dict(env or {})
-    for entry in _managed(models):
-        e = {**base_env, **(entry.get("env") or {})}
-        kv = float(e.get("VLLM_CPU_KVCACHE_SPACE") or _VLLM_CPU_DEFAULT_KV_GIB)
+    for server in servers or []:
+        kv = float((server.get("env") or {}).get("VLLM_CPU_KVCACHE_SPACE") or _VLLM_CPU_DEFAULT_KV_GIB)
         one = kv + float(overhead_gib)
         need += one
-        lines.append(f"{entry.get('name', '?')}: about {one:.1f} GiB RAM ({kv:g} GiB KV cache + runtime)")
+        lines.append(f"{server['unit']}: about {one:.1f} GiB RAM ({kv:g} GiB KV cache + runtime)")
     have = float(memtotal_mb) / 1024
     if need > have * 0.9:
-        problems.append(f"The models need about {need:.1f} GiB of RAM together but this host has "
+        problems.append(f"The model servers on this host need about {need:.1f} GiB of RAM together but it has "
                         f"{have:.1f} GiB: serve fewer models or lower VLLM_CPU_KVCACHE_SPACE.")
     return {"ok": not problems, "problems": problems, "lines": lines}
 
@@ -212,13 +233,15 @@ def _deep_merge(base, over):
 
 def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm_python=None,
                      api_key_file=None, webui_dir=None, gateway_host="", gateway_port=0,
-                     overrides=None, all_tiny=False) -> dict:
+                     overrides=None, all_tiny=False, hosts=None, vllm_host="") -> dict:
     """The config the host gets: the chosen source plus what the roles own.
 
     - models listed in `tiny` (every managed one with all_tiny) point at
       models_dir/tiny-<name>, where the role generates them;
     - vllm.python is the venv the role built; the API key file and the WebUI
       are the ones the role installs; gateway host/port knobs when set;
+    - `hosts` (a deploy over several hosts: one entry per inventory host, its
+      GPUs from its facts) and the address the model servers listen on;
     - then `overrides`, merged recursively.
     """
     cfg = _deep_merge({}, source or {})
@@ -233,6 +256,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     vllm = dict(cfg.get("vllm") or {})
     if vllm_python:
         vllm["python"] = vllm_python
+    if vllm_host:
+        vllm["host"] = vllm_host
     cfg["vllm"] = vllm
     gw = dict(cfg.get("gateway") or {})
     if api_key_file:
@@ -244,30 +269,28 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     if int(gateway_port or 0):
         gw["port"] = int(gateway_port)
     cfg["gateway"] = gw
+    if hosts:
+        cfg["hosts"] = [dict(h) for h in hosts]
     cfg = _deep_merge(cfg, overrides or {})
-    # A stable key order: gateway, vllm, models, then anything else.
-    return {k: cfg[k] for k in ["gateway", "vllm", "models", *sorted(set(cfg) - {"gateway", "vllm", "models"})]
-            if k in cfg}
+    # A stable key order: gateway, vllm, hosts, models, then anything else.
+    first = ["gateway", "vllm", "hosts", "models"]
+    return {k: cfg[k] for k in [*first, *sorted(set(cfg) - set(first))] if k in cfg}
 
 
-def tiny_model_dirs(cfg, models_dir="/var/lib/localai/models") -> list:
-    """[{name, path}] for the models the role generates (their path is under models_dir/tiny-*)."""
+def tiny_model_dirs(models, models_dir="/var/lib/localai/models") -> list:
+    """[{name, path}] for the models of the list the role generates (their path is under models_dir/tiny-*)."""
     prefix = models_dir.rstrip("/") + "/tiny-"
-    return [{"name": m["name"], "path": m["model"]} for m in _managed(cfg.get("models"))
+    return [{"name": m["name"], "path": m["model"]} for m in _managed(models)
             if str(m.get("model", "")).startswith(prefix)]
 
 
-def changed_models(old_cfg, new_cfg) -> list:
-    """Names of managed models whose server would start differently under new_cfg.
+def server_fingerprint(server) -> str:
+    """What decides whether a model server must restart: the argv and env its unit execs.
 
-    A model restarts when its own entry changed or the shared `vllm:` section
-    did; models that are gone are not listed (the role stops them).
-    """
-    old_cfg = old_cfg or {}
-    old = {m.get("name"): m for m in _managed(old_cfg.get("models"))}
-    vllm_changed = (old_cfg.get("vllm") or {}) != (new_cfg.get("vllm") or {})
-    return [m["name"] for m in _managed(new_cfg.get("models"))
-            if vllm_changed or old.get(m["name"]) != m]
+    An alias, preset or gateway edit leaves it alone (the gateway reloads for
+    those); a new max_model_len, port, device or vllm.env changes it."""
+    text = json.dumps({"argv": server.get("argv") or [], "env": server.get("env") or {}}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class FilterModule:
@@ -284,5 +307,7 @@ class FilterModule:
             "localai_weights_gib": weights_gib,
             "localai_effective_config": effective_config,
             "localai_tiny_model_dirs": tiny_model_dirs,
-            "localai_changed_models": changed_models,
+            "localai_placements": placements,
+            "localai_node_mismatches": node_mismatches,
+            "localai_server_fingerprint": server_fingerprint,
         }

@@ -146,6 +146,17 @@ class Box:
         return ct.wait_for(predicate, timeout, what, interval, detail=units)
 
 
+def save_journals(c: ct.Container, suffix: str = "") -> None:
+    """The container's journal and its localai namespace, to OUT/journal{-localai}{suffix}.txt."""
+    try:
+        if c.leader:
+            for flags, name in ((["-b"], "journal"), (["--namespace=localai"], "journal-localai")):
+                j = c.run(["journalctl", *flags, "--no-pager", "-o", "short-precise"], check=False, timeout=60)
+                (OUT / f"{name}{suffix}.txt").write_text(j.stdout)
+    except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
+        pass
+
+
 def recap(stdout: str) -> dict:
     """PLAY RECAP counters of the last play (ok, changed, failed, ...)."""
     found = re.findall(r"^localhost\s+:\s+(.*)$", stdout, re.M)
@@ -155,17 +166,25 @@ def recap(stdout: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def box():
+def tier_lock():
+    """This session's hold on the machine's tier lock (every container fixture takes it)."""
     if os.geteuid() != 0:
         pytest.fail("the systemd tier boots a container: run it as root")
     if not Path("/sys/fs/cgroup/unified").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         pytest.fail("the systemd tier needs cgroup v2 (/sys/fs/cgroup/unified or a unified /sys/fs/cgroup)")
     lock = _take_lock()
-    _ensure_tools()
-    _reap_stale()
+    try:
+        _ensure_tools()
+        _reap_stale()
+        yield
+    finally:
+        lock.close()
+
+
+@pytest.fixture(scope="session")
+def box(tier_lock):
     busy = [p for p in [stage.GATEWAY_PORT, *stage.MODEL_PORTS.values()] if not _port_free(p)]
     if busy:
-        lock.close()
         pytest.fail(f"ports {busy} are taken on 127.0.0.1 (a devbox still up? "
                     f"python tests/systemd/devbox.py down)")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -195,17 +214,8 @@ def box():
         b.first_recap = counts
         yield b
     finally:
-        try:
-            if c.leader:
-                j = c.run(["journalctl", "-b", "--no-pager", "-o", "short-precise"], check=False, timeout=60)
-                (OUT / "journal.txt").write_text(j.stdout)
-                j = c.run(["journalctl", "--namespace=localai", "--no-pager", "-o", "short-precise"], check=False,
-                          timeout=60)
-                (OUT / "journal-localai.txt").write_text(j.stdout)
-        except Exception:  # noqa: BLE001 - the journal is a courtesy; teardown is not
-            pass
+        save_journals(c)
         c.teardown()
-        lock.close()
         signal.signal(signal.SIGTERM, old_term)
         TIMINGS["tier"] = time.monotonic() - started
         (OUT / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()))

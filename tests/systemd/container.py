@@ -50,20 +50,20 @@ def _mmdebstrap_version() -> str:
     return out.stdout.strip()
 
 
-def rootfs_key() -> str:
-    text = "|".join([SUITE, VARIANT, ",".join(INCLUDE), str(ROOTFS_FORMAT), _mmdebstrap_version()])
+def rootfs_key(include=tuple(INCLUDE)) -> str:
+    text = "|".join([SUITE, VARIANT, ",".join(include), str(ROOTFS_FORMAT), _mmdebstrap_version()])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_rootfs(log=print) -> Path:
-    """The rootfs tarball, built with mmdebstrap on first use (about 35 s)."""
+def cached_rootfs(log=print, include=tuple(INCLUDE)) -> Path:
+    """The rootfs tarball, built with mmdebstrap on first use (about 35 s); `include`: its packages."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    tar = CACHE / f"rootfs-{SUITE}-{rootfs_key()}.tar"
+    tar = CACHE / f"rootfs-{SUITE}-{rootfs_key(tuple(include))}.tar"
     if tar.exists():
         return tar
     tmp = tar.with_suffix(".tmp.tar")
     log(f"building {tar.name} with mmdebstrap")
-    cmd = ["mmdebstrap", f"--variant={VARIANT}", "--include=" + ",".join(INCLUDE), SUITE, str(tmp)]
+    cmd = ["mmdebstrap", f"--variant={VARIANT}", "--include=" + ",".join(include), SUITE, str(tmp)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tmp.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from http.client import HTTPConnection
 
 import pytest
 import stage
+import yaml
 
 pytestmark = pytest.mark.systemd
 
@@ -103,6 +104,51 @@ def test_killed_model_server_comes_back_and_is_routed_to(box):
     assert box.prop(unit, "MainPID") != old_pid
     # The gateway notices on its own health poll; wait for it to route again.
     box.wait(lambda: chat(box, "general")[0] == 200, 120, "the gateway to route to general again")
+
+
+def _edit_source(box, edit) -> None:
+    """Change the config the playbook deploys (the file localai_config_file names)."""
+    path = box.c.path(f"{stage.SRC_IN}/tests-systemd-localai.yaml")
+    cfg = yaml.safe_load(path.read_text())
+    edit({m["name"]: m for m in cfg["models"]})
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _servers(box) -> dict:
+    return {m: (box.prop(f"localai-model@{m}.service", "MainPID"),
+                box.prop(f"localai-model@{m}.service", "ActiveEnterTimestamp")) for m in stage.MODEL_PORTS}
+
+
+def _reloads(box) -> int:
+    return sum(1 for r in gateway_log(box) if r["msg"].startswith("reloaded "))
+
+
+def test_a_model_server_restarts_only_when_its_command_line_changes(box):
+    """One run with two edits: coder gets an alias and general a preset (the gateway reloads,
+    coder's server keeps running: no answer cut), general a new max_model_len (its server restarts)."""
+    path = box.c.path(f"{stage.SRC_IN}/tests-systemd-localai.yaml")
+    original = path.read_text()
+    servers, gateway_pid, reloads = _servers(box), box.prop("localai-gateway.service", "MainPID"), _reloads(box)
+    try:
+        _edit_source(box, lambda m: (m["coder"]["aliases"].append("pythonista"),
+                                     m["general"]["presets"]["po"].update(temperature=0.7),
+                                     m["general"].update(max_model_len=1024)))
+        res, counts = box.install(log_name="install-edited")
+        assert res.returncode == 0 and counts.get("failed") == 0, res.stdout[-3000:]
+        after = _servers(box)
+        assert after["coder"] == servers["coder"]  # same process, same start time
+        assert after["general"][0] != servers["general"][0], "general was not restarted"
+        assert box.prop("localai-gateway.service", "MainPID") == gateway_pid
+        box.wait(lambda: _reloads(box) > reloads, 30, "the gateway to log its reload")
+        assert chat(box, "pythonista")[0] == 200
+        # The restarted server runs the new command line (vLLM's own /v1/models).
+        served = http("GET", f"http://127.0.0.1:{stage.MODEL_PORTS['general']}/v1/models")[1]["data"]
+        assert [m["max_model_len"] for m in served] == [1024], served
+        box.wait(lambda: chat(box, "general")[0] == 200, 120, "general to answer after its restart")
+    finally:
+        path.write_text(original)
+        res, counts = box.install(log_name="install-restored")
+        assert res.returncode == 0 and counts.get("failed") == 0, res.stdout[-3000:]
 
 
 def test_second_run_changes_nothing(box):
@@ -333,6 +379,28 @@ def test_gpu_host_checks_fail_early_in_plain_words(box):
     assert res.returncode != 0
     assert "Model ''coder'' (Qwen/Qwen2.5-Coder-32B-Instruct-AWQ) needs about 37.5 GiB on GPU 0" in res.text
     assert "more than this card can give one model" in res.text
+
+
+def test_gpu_host_checks_ask_localai_which_models_fit_together(box):
+    # One card, an always model and two on_demand ones: resident one at a time beside it
+    # (0.45 + 0.5 + 0.5 is more than the card, and fine). The playbook once refused this.
+    def models(coder_share: float, load: str) -> dict:
+        return {"models": [
+            {"name": "coder", "model": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "port": 8101, "default": True,
+             "gpu_memory_utilization": coder_share, "max_model_len": 8192},
+            *({"name": n, "model": "Qwen/Qwen2.5-7B-Instruct-AWQ", "port": p, "gpu_memory_utilization": 0.5,
+               "max_model_len": 8192, "load": load} for n, p in (("general", 8102), ("architect", 8103)))]}
+
+    box.c.path("/root/on-demand.yaml").write_text(yaml.safe_dump(models(0.45, "on_demand")))
+    res = checks_only(box, "l4", "-e", "localai_config_file=/root/on-demand.yaml")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "Resident together (localai plan): coder always, with any one of: general; architect" in res.text
+    # All three always: localai's own refusal, in its words, before anything is installed.
+    box.c.path("/root/too-much.yaml").write_text(yaml.safe_dump(models(0.6, "always")))
+    res = checks_only(box, "l4", "-e", "localai_config_file=/root/too-much.yaml")
+    assert res.returncode != 0
+    assert "localai refuses the config built from /root/too-much.yaml" in res.text, res.text[-2000:]
+    assert "sums to 1.60 on one card; it must be at most 1" in res.text
 
 
 def test_uninstall_keeps_models_and_config(box):

@@ -9,6 +9,7 @@ templates render to units `systemd-analyze verify` is silent about.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -36,12 +37,20 @@ PROFILES = sorted((REPO / "etc" / "profiles").glob("*.yaml"))
 CARDS = {"16gb": [16376, 16380], "24gb": [23028, 24564], "48gb": [46068, 49140, 81559], "96gb": [95830, 97887]}
 
 
+def plan_of(source: dict) -> dict:
+    """`localai plan --json` of a config source, as the playbook asks it (the product decides)."""
+    from gateway.config import parse_config
+    from gateway.plan import full_plan
+
+    return json.loads(json.dumps(full_plan(parse_config(yaml.safe_dump(source), "/dev/stdin"))))
+
+
 def budget(models, mib):
-    return F.vram_report(models, [{"index": 0, "name": "card", "memory_total_mib": mib}], CATALOG,
+    servers = F.placements(plan_of({"models": models}))
+    return F.vram_report(servers, models, [{"index": 0, "name": "card", "memory_total_mib": mib}], CATALOG,
                          overhead_gib=DEFAULTS["localai_checks_runtime_overhead_gib"],
                          overhead_gib_per_b=DEFAULTS["localai_checks_runtime_overhead_gib_per_b"],
-                         kv_sequences=DEFAULTS["localai_checks_kv_sequences"],
-                         max_total_util=DEFAULTS["localai_checks_gpu_max_total_utilization"])
+                         kv_sequences=DEFAULTS["localai_checks_kv_sequences"])
 
 
 def test_one_profile_per_card_class():
@@ -101,11 +110,40 @@ def test_budget_explains_a_model_that_does_not_fit():
     assert "raise gpu_memory_utilization to 0.5" in text
 
 
-def test_budget_rejects_shares_that_leave_no_room_for_each_other():
-    models = [{"name": n, "model": "Qwen/Qwen2.5-7B-Instruct-AWQ", "port": p, "gpu_memory_utilization": 0.5,
-               "max_model_len": 2048} for n, p in (("a", 1), ("b", 2))]
-    report = budget(models, 49140)
-    assert not report["ok"] and "together" in report["problems"][-1]
+def _models(*shares, on_demand=()):
+    return [{"name": n, "model": "Qwen/Qwen2.5-7B-Instruct-AWQ", "port": 8101 + i, "gpu_memory_utilization": u,
+             "max_model_len": 2048, "default": i == 0, **({"load": "on_demand"} if n in on_demand else {})}
+            for i, (n, u) in enumerate(zip("abc"[:len(shares)], shares, strict=True))]
+
+
+def test_which_models_share_a_card_is_the_products_reckoning():
+    from gateway.config import ConfigError
+
+    # Shares that leave no room for each other: the product refuses the config (the playbook
+    # shows its message); at most 1.0 of a card, not the 0.92 the playbook once used.
+    with pytest.raises(ConfigError, match="sums to 1.10"):
+        plan_of({"models": _models(0.6, 0.5)})
+    assert budget(_models(0.5, 0.5), 49140)["ok"]
+    # on_demand models need only fit one at a time beside the always ones (0.45 + 0.5 + 0.5 is
+    # more than a card, and fine): the old sum over every model refused this.
+    models = _models(0.45, 0.5, 0.5, on_demand=("b", "c"))
+    plan = plan_of({"models": models})
+    assert plan["residency"] == {"always": ["a"], "on_demand_together": [["b"], ["c"]]}
+    report = budget(models, 24564)
+    assert report["ok"] and len(report["lines"]) == 3, report
+
+
+def test_budget_checks_the_card_the_plan_pins_a_model_to():
+    models = _models(0.9)
+    models[0]["env"] = {"CUDA_VISIBLE_DEVICES": "1"}
+    servers = F.placements(plan_of({"models": models}))
+    assert [s["devices"] for s in servers] == ["1"]
+    gpus = [{"index": 0, "name": "small", "memory_total_mib": 4096},
+            {"index": 1, "name": "big", "memory_total_mib": 24564}]
+    report = F.vram_report(servers, models, gpus, CATALOG)
+    assert report["ok"] and "of GPU 1 " in report["lines"][0], report
+    report = F.vram_report(servers, models, gpus[:1], CATALOG)
+    assert report["problems"] == ["Model 'a' is placed on GPU 1, but this host has no such GPU."]
 
 
 def test_budget_estimates_unknown_models_from_the_name():
@@ -128,18 +166,55 @@ def test_nvidia_smi_parsing():
 
 def test_ram_budget_for_the_cpu_build():
     demo = yaml.safe_load((REPO / "etc" / "demo.yaml").read_text())
-    assert F.ram_report(demo["models"], 24 * 1024, env=demo["vllm"]["env"])["ok"]
-    assert not F.ram_report(demo["models"], 4 * 1024, env=demo["vllm"]["env"])["ok"]
+    servers = F.placements(plan_of(demo))
+    assert [s["env"]["VLLM_CPU_KVCACHE_SPACE"] for s in servers] == ["1", "1"]  # vllm.env, as the plan merges it
+    assert F.ram_report(servers, 24 * 1024)["ok"]
+    assert not F.ram_report(servers, 4 * 1024)["ok"]
 
 
-def test_only_changed_models_restart():
-    old = {"vllm": {"env": {}}, "models": [{"name": "a", "model": "x", "port": 1},
-                                            {"name": "b", "model": "y", "port": 2}]}
-    new = {"vllm": {"env": {}}, "models": [{"name": "a", "model": "x", "port": 1},
-                                            {"name": "b", "model": "y", "port": 3}]}
-    assert F.changed_models(old, new) == ["b"]
-    assert F.changed_models(old, {**new, "vllm": {"env": {"X": "1"}}}) == ["a", "b"]
-    assert F.changed_models(old, old) == []
+def test_a_model_server_restarts_only_when_what_it_runs_changes():
+    demo = yaml.safe_load((REPO / "etc" / "demo.yaml").read_text())
+
+    def prints(cfg):
+        return {s["unit"]: F.server_fingerprint(s) for s in F.placements(plan_of(cfg))}
+
+    before = prints(demo)
+    assert set(before) == {"coder", "general"} and len(set(before.values())) == 2
+    edited = yaml.safe_load(yaml.safe_dump(demo))
+    edited["models"][0]["aliases"].append("py")
+    edited["models"][1]["presets"]["po"]["temperature"] = 0.7
+    edited["gateway"]["max_queue"] = 5
+    assert prints(edited) == before  # aliases, presets, gateway: the gateway reloads, no server restarts
+    edited["models"][1]["max_model_len"] = 1024
+    after = prints(edited)
+    assert after["coder"] == before["coder"] and after["general"] != before["general"]
+    edited["vllm"]["env"]["OMP_NUM_THREADS"] = "2"
+    assert all(prints(edited)[u] != after[u] for u in after)  # every server's env
+
+
+def test_placements_per_host_from_a_config_with_hosts():
+    demo = yaml.safe_load((REPO / "etc" / "demo.yaml").read_text())
+    demo["hosts"] = [{"name": "gpu1", "address": "10.0.0.11"},
+                     {"name": "gpu2", "address": "10.0.0.12", "port_offset": 10}]
+    demo["models"][0]["replicas"] = 2
+    plan = plan_of(demo)
+    assert sorted(p["unit"] for p in F.placements(plan)) == ["coder", "coder.1", "general"]
+    on_gpu2 = F.placements(plan, "gpu2")
+    assert [p["model"] for p in on_gpu2] == ["coder"] and on_gpu2[0]["port"] == 8111
+    assert "8111" in on_gpu2[0]["argv"]  # the argv the unit on gpu2 execs: its own port
+    assert F.placements(plan, "gpu3") == []
+
+
+def test_nodes_of_a_model_spanning_hosts_must_run_one_vllm():
+    cfg = {"hosts": [{"name": "a", "address": "10.0.0.1"}, {"name": "b", "address": "10.0.0.2"},
+                     {"name": "c", "address": "10.0.0.3"}],
+           "models": [{"name": "big", "model": "/m/big", "port": 8001, "nodes": 2, "hosts": ["a", "b"],
+                       "default": True},
+                      {"name": "small", "model": "/m/small", "port": 8002, "hosts": ["c"]}]}
+    plan = plan_of(cfg)
+    assert F.node_mismatches(plan, {"a": "0.32.0", "b": "0.32.0", "c": "0.31.0"}) == []  # c is no node of big
+    (problem,) = F.node_mismatches(plan, {"a": "0.32.0", "b": "", "c": "0.32.0"})
+    assert "Model 'big' (replica 0) spans hosts whose vLLM differ (a 0.32.0, b none)" in problem
 
 
 def test_hub_ids_and_mounts():

@@ -1,0 +1,278 @@
+"""Two hosts from one inventory: two booted containers, one ansible-playbook run over SSH.
+
+What an operator with two boxes does: an inventory with the gateway on one
+host (group localai_gateway) and model servers on both (localai_models), run
+from a controller that reaches each host over SSH. Here the controller is this
+machine (ansible-core at install.sh's pin, in a venv of its own), the hosts are
+two containers booted from the tier's rootfs plus openssh-server, each sshd on
+its own port. The containers share this machine's network, so each host gets
+its own model ports through localai_port_offset (hosts: port_offset in the
+config), and every address is 127.0.0.1.
+
+Deployed: the demo's tiny coder model with `replicas: 2` (one on each host)
+and the gateway on node-a. Runs in file order against one deployment.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+import venv
+from pathlib import Path
+
+import container as ct
+import pytest
+import stage
+import yaml
+from conftest import OUT, TIMINGS, save_journals
+from test_deploy import http
+
+pytestmark = pytest.mark.systemd
+
+REPO = stage.REPO
+NODES = {"node-a": {"ssh": 18422, "offset": 0}, "node-b": {"ssh": 18423, "offset": 10}}
+GATEWAY_PORT = 18490
+MODEL_PORT = 18491  # node-b's replica listens on MODEL_PORT + 10
+GATEWAY = f"http://127.0.0.1:{GATEWAY_PORT}"
+CONTROLLER_VENV = ct.CACHE.parent / "controller-venv"
+
+
+def _ansible_core_pin() -> str:
+    return re.search(r'^ANSIBLE_CORE_VERSION="([^"]+)"', (REPO / "install.sh").read_text(), re.M).group(1)
+
+
+def controller() -> Path:
+    """ansible-playbook at the version install.sh pins, in a venv of its own (built once, ~20 s)."""
+    pin = f"ansible-core=={_ansible_core_pin()}"
+    stamp = CONTROLLER_VENV / ".pin"
+    if not stamp.exists() or stamp.read_text() != pin:
+        venv.create(CONTROLLER_VENV, with_pip=True, clear=True)
+        subprocess.run([CONTROLLER_VENV / "bin" / "pip", "install", "-q", pin], check=True)
+        stamp.write_text(pin)
+    return CONTROLLER_VENV / "bin" / "ansible-playbook"
+
+
+def recaps(stdout: str) -> dict[str, dict]:
+    """PLAY RECAP counters per host."""
+    return {host: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
+            for host, rest in re.findall(r"^(node-\w)\s+:\s+(.*)$", stdout, re.M)}
+
+
+class Pair:
+    def __init__(self, work: Path, key: Path):
+        self.work, self.key = work, key
+        self.nodes: dict[str, ct.Container] = {}
+
+    def sh(self, node: str, script: str, check: bool = True, timeout: float = 600):
+        return self.nodes[node].sh(script, check=check, timeout=timeout)
+
+    def prop(self, node: str, unit: str, name: str) -> str:
+        return self.sh(node, f"systemctl show -p {name} --value {unit}").stdout.strip()
+
+    def deploy(self, log_name: str) -> tuple[subprocess.CompletedProcess, dict]:
+        argv = [str(controller()), "-i", str(self.work / "inventory.yml"), "site.yml",
+                "-e", f"@{self.work / 'vars.yml'}"]
+        env = {"ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg"), "NO_COLOR": "1",
+               "ANSIBLE_HOST_KEY_CHECKING": "False", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+        started = time.monotonic()
+        res = subprocess.run(argv, cwd=REPO / "ansible", capture_output=True, text=True, env=env, timeout=3000)
+        TIMINGS[f"pair-{log_name}"] = time.monotonic() - started
+        (OUT / f"pair-{log_name}.log").write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
+        return res, recaps(res.stdout)
+
+
+def _inventory(key: Path) -> dict:
+    ssh = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes"
+    hosts = {name: {"ansible_port": n["ssh"], "localai_port_offset": n["offset"]} for name, n in NODES.items()}
+    return {"all": {
+        "vars": {"ansible_host": "127.0.0.1", "ansible_user": "root", "ansible_ssh_private_key_file": str(key),
+                 "ansible_ssh_common_args": ssh, "ansible_python_interpreter": "/usr/bin/python3"},
+        "hosts": hosts,
+        "children": {"localai_gateway": {"hosts": {"node-a": None}},
+                     "localai_models": {"hosts": {name: None for name in NODES}}}}}
+
+
+def _config() -> dict:
+    cfg = yaml.safe_load((REPO / "etc" / "demo.yaml").read_text())
+    cfg["gateway"]["port"] = GATEWAY_PORT
+    coder = next(m for m in cfg["models"] if m["name"] == "coder")
+    coder.update(port=MODEL_PORT, replicas=2)
+    cfg["models"] = [coder]
+    return cfg
+
+
+def _vars(work: Path) -> dict:
+    return {**{k: v for k, v in stage.test_vars().items() if k != "localai_config_file"},
+            "localai_config_file": str(work / "localai.yaml"), "localai_tiny_models": ["coder"]}
+
+
+def _boot(name: str, ssh_port: int, tarball: Path, pubkey: str) -> ct.Container:
+    c = ct.Container(f"localai-tier-{name}", binds_ro=stage.binds()[1], log_path=OUT / f"console-{name}.log",
+                     workdir=Path("/var/tmp"))
+    c.create(tarball)
+    stage.stage(c.root)  # the CA and pip.conf the installs need (and a copy of the tree, for debugging)
+    ssh_dir = c.root / "root" / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(pubkey)
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    (c.root / "etc" / "ssh" / "sshd_config.d" / "localai-tier.conf").write_text(
+        f"Port {ssh_port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n")
+    c.boot()
+    return c
+
+
+@pytest.fixture(scope="module")
+def pair(tier_lock, tmp_path_factory):
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = tmp_path_factory.mktemp("pair")
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "localai-tier", "-f", str(key)], check=True)
+    (work / "inventory.yml").write_text(yaml.safe_dump(_inventory(key), sort_keys=False))
+    (work / "localai.yaml").write_text(yaml.safe_dump(_config(), sort_keys=False))
+    (work / "vars.yml").write_text(yaml.safe_dump(_vars(work), sort_keys=False))
+    p = Pair(work, key)
+
+    def on_term(signum, frame):  # CI's timeout: still tear the containers down
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    started = time.monotonic()
+    try:
+        tarball = ct.cached_rootfs(include=(*ct.INCLUDE, "openssh-server"))
+        for name, n in NODES.items():
+            p.nodes[name] = _boot(name, n["ssh"], tarball, (work / "id_ed25519.pub").read_text())
+        for name, n in NODES.items():
+            ct.wait_for(lambda n=n: subprocess.run(
+                ["ssh", "-i", str(key), "-p", str(n["ssh"]), "-o", "StrictHostKeyChecking=no", "-o",
+                 "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1", "true"],
+                capture_output=True).returncode == 0, 60, f"sshd of {name}", 0.5)
+        res, counts = p.deploy("install-1")
+        if res.returncode != 0 or any(c.get("failed", 1) or c.get("unreachable", 1) for c in counts.values()):
+            tail = "\n".join(res.stdout.splitlines()[-60:])
+            pytest.fail(f"ansible-playbook failed (rc={res.returncode}, {counts}); log in "
+                        f"{OUT / 'pair-install-1.log'}:\n{tail}\n{res.stderr[-2000:]}")
+        p.first_recap = counts
+        yield p
+    finally:
+        for name, c in p.nodes.items():
+            save_journals(c, f"-{name}")
+            c.teardown()
+        signal.signal(signal.SIGTERM, old_term)
+        TIMINGS["pair"] = time.monotonic() - started
+        (OUT / "timings-pair.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()
+                                                      if k.startswith("pair")))
+
+
+def key(pair) -> str:
+    return pair.nodes["node-a"].path("/etc/localai/api-keys").read_text().split()[0]
+
+
+def chat(pair, content: str = "Say hi"):
+    return http("POST", f"{GATEWAY}/v1/chat/completions", key(pair),
+                {"model": "coder", "messages": [{"role": "user", "content": content}], "max_tokens": 4})
+
+
+def served(port: int) -> float:
+    """Requests this vLLM finished (its own counter)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        body = resp.read().decode()
+    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([\d.e+]+)$", body, re.M))
+
+
+def test_one_run_deploys_the_gateway_on_one_host_and_a_replica_on_each(pair):
+    assert set(pair.first_recap) == set(NODES)
+    assert all(c["failed"] == 0 and c["changed"] > 0 for c in pair.first_recap.values()), pair.first_recap
+    assert pair.prop("node-a", "localai-gateway.service", "ActiveState") == "active"
+    assert pair.sh("node-b", "systemctl list-unit-files 'localai-gateway*' --no-legend", check=False).stdout == ""
+    assert pair.prop("node-a", "localai-model@coder.service", "ActiveState") == "active"
+    assert pair.prop("node-b", "localai-model@coder.1.service", "ActiveState") == "active"
+    # Each host runs only its own placement; the API keys stay on the gateway host.
+    assert pair.sh("node-a", "systemctl list-units 'localai-model@*' --no-legend --plain").stdout.split()[0] \
+        == "localai-model@coder.service"
+    assert pair.sh("node-b", "test -e /etc/localai/api-keys || echo none").stdout.strip() == "none"
+    # The config every host got lists both, as the inventory named them.
+    cfg = yaml.safe_load(pair.nodes["node-b"].path("/etc/localai/localai.yaml").read_text())
+    assert [(h["name"], h["port_offset"]) for h in cfg["hosts"]] == [("node-a", 0), ("node-b", 10)]
+    plan = pair.nodes["node-b"].path("/etc/systemd/system/localai-model@coder.1.service.d/20-plan.conf").read_text()
+    assert f"--port {MODEL_PORT + 10}" in plan
+
+
+def needs_replicas(pair) -> None:
+    """The gateway's side of #14 (balancing over the plan's replicas, retry before the first
+    byte) is the replicas branch; until the gateway lists both replicas this can only fail."""
+    status, body = http("GET", f"{GATEWAY}/v1/models", key(pair))
+    assert status == 200, body
+    (coder,) = [m for m in body["data"] if m["id"] == "coder"]
+    if len(coder.get("replicas") or []) < 2:
+        pytest.xfail(f"the gateway does not balance over the plan's replicas yet (/v1/models: {coder})")
+
+
+def test_the_gateway_balances_over_both_hosts(pair):
+    needs_replicas(pair)
+    before = {p: served(p) for p in (MODEL_PORT, MODEL_PORT + 10)}
+    results: list = []
+
+    def client(i: int) -> None:
+        for j in range(4):
+            results.append(chat(pair, f"Question {i}-{j}: name a colour")[0])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert results == [200] * 16, results
+    after = {p: served(p) for p in before}
+    assert all(after[p] > before[p] for p in before), (before, after)
+    models = http("GET", f"{GATEWAY}/v1/models", key(pair))[1]["data"]
+    (coder,) = [m for m in models if m["id"] == "coder"]
+    assert sorted(r["host"] for r in coder["replicas"]) == ["node-a", "node-b"], coder
+
+
+# Measured here (07:37, replicas + plan merged): of ~30 requests, the two that reached node-b's
+# vLLM in the ~15 ms between SIGTERM and its listener closing got HTTP 500 "cannot schedule
+# new futures after shutdown" (vLLM 0.32 aborts on SIGTERM: --shutdown-timeout defaults to 0),
+# and the gateway relays a replica's answer once it has one (it retries only a refused
+# connection or a failure before the first byte). Needs: vLLM told to drain (the plan's argv)
+# and/or the gateway retrying a replica's 5xx that comes before any byte reached the client.
+@pytest.mark.xfail(strict=False, reason="a vLLM stopping answers 500 in the moment before its port closes; "
+                                        "the gateway does not retry that (see the comment above)")
+def test_stopping_one_hosts_model_server_loses_no_request(pair):
+    needs_replicas(pair)
+    results: list[tuple[float, object]] = []
+    stop = threading.Event()
+
+    def knock(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            results.append((time.monotonic(), chat(pair, f"client {i} turn {n}")[0]))
+
+    threads = [threading.Thread(target=knock, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        ct.wait_for(lambda: len(results) >= 4, 60, "requests before the stop")
+        stopped = time.monotonic()
+        pair.sh("node-b", "systemctl stop localai-model@coder.1.service")
+        ct.wait_for(lambda: sum(1 for t, _ in results if t > stopped) >= 10, 120, "requests after the stop")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        pair.sh("node-b", "systemctl start localai-model@coder.1.service", timeout=900)
+    assert [s for _, s in results] == [200] * len(results), results
+    ct.wait_for(lambda: pair.prop("node-b", "localai-model@coder.1.service", "ActiveState") == "active", 60,
+                "node-b's replica to be back")
+
+
+def test_second_run_changes_nothing_on_either_host(pair):
+    res, counts = pair.deploy("install-2")
+    assert res.returncode == 0, res.stdout[-3000:]
+    changed = re.findall(r"^TASK \[(.*?)\].*?\n(?:.*\n)*?changed:", res.stdout, re.M)
+    assert all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), f"{counts}; changed: {changed}"
+    assert set(counts) == set(NODES)
