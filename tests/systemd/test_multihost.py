@@ -201,18 +201,16 @@ def test_one_run_deploys_the_gateway_on_one_host_and_a_replica_on_each(pair):
     assert f"--port {MODEL_PORT + 10}" in plan
 
 
-def needs_replicas(pair) -> None:
-    """The gateway's side of #14 (balancing over the plan's replicas, retry before the first
-    byte) is the replicas branch; until the gateway lists both replicas this can only fail."""
+def replicas_listed(pair) -> None:
+    """The gateway lists both of coder's replicas (the plan's, one per host)."""
     status, body = http("GET", f"{GATEWAY}/v1/models", key(pair))
     assert status == 200, body
     (coder,) = [m for m in body["data"] if m["id"] == "coder"]
-    if len(coder.get("replicas") or []) < 2:
-        pytest.xfail(f"the gateway does not balance over the plan's replicas yet (/v1/models: {coder})")
+    assert len(coder.get("replicas") or []) == 2, coder
 
 
 def test_the_gateway_balances_over_both_hosts(pair):
-    needs_replicas(pair)
+    replicas_listed(pair)
     before = {p: served(p) for p in (MODEL_PORT, MODEL_PORT + 10)}
     results: list = []
 
@@ -233,16 +231,11 @@ def test_the_gateway_balances_over_both_hosts(pair):
     assert sorted(r["host"] for r in coder["replicas"]) == ["node-a", "node-b"], coder
 
 
-# Measured here (07:37, replicas + plan merged): of ~30 requests, the two that reached node-b's
-# vLLM in the ~15 ms between SIGTERM and its listener closing got HTTP 500 "cannot schedule
-# new futures after shutdown" (vLLM 0.32 aborts on SIGTERM: --shutdown-timeout defaults to 0),
-# and the gateway relays a replica's answer once it has one (it retries only a refused
-# connection or a failure before the first byte). Needs: vLLM told to drain (the plan's argv)
-# and/or the gateway retrying a replica's 5xx that comes before any byte reached the client.
-@pytest.mark.xfail(strict=False, reason="a vLLM stopping answers 500 in the moment before its port closes; "
-                                        "the gateway does not retry that (see the comment above)")
+# The requests that reach node-b's vLLM in the ~15 ms between SIGTERM and its listener
+# closing get HTTP 500 ("cannot schedule new futures after shutdown": vLLM 0.32 aborts on
+# SIGTERM); the gateway tries those on node-a, as it does a refused connection.
 def test_stopping_one_hosts_model_server_loses_no_request(pair):
-    needs_replicas(pair)
+    replicas_listed(pair)
     results: list[tuple[float, object]] = []
     stop = threading.Event()
 
