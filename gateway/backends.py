@@ -183,6 +183,9 @@ class Registry:
         for name, m in new.items():
             old = self.backends.get(name)
             if old is not None and old.managed == isinstance(m, ManagedModel):
+                if isinstance(m, ManagedModel) and m.max_model_len != old.model.max_model_len:
+                    # The server restarted with the new window (or will): unset, it is learned again.
+                    old.max_model_len = m.max_model_len
                 old.model = m
                 old.balancer = _balancer(m, cfg, old.replicas)
                 old.slots.set_limit(max_concurrency(m))

@@ -198,3 +198,33 @@ async def test_connections_made_while_the_gateway_restarts_are_served_not_refuse
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+async def test_a_reload_takes_a_managed_models_new_context_window(aiohttp_server, tmp_path):
+    """The playbook restarts a server whose max_model_len changed, then reloads the gateway:
+    /v1/models and the context guard use the new window, not the one the old server had."""
+    from gateway.app import create_app
+    from gateway.config import load_config
+    from gateway.reload import RELOADER
+    from gateway.server import serve
+
+    model_port, port = free_port(), free_port()
+    await aiohttp_server(FakeBackend("m", max_model_len=4096).app(), port=model_port)
+    config = tmp_path / "localai.yaml"
+
+    def write(window: int) -> None:
+        config.write_text(yaml.safe_dump({"gateway": {"port": port, "webui": False, "health_interval": 0.05},
+                                          "models": [{"name": "m", "model": "/m", "port": model_port,
+                                                      "max_model_len": window}]}))
+
+    write(4096)
+    app = create_app(load_config(config), api_keys=[])
+    async with serve(app, "127.0.0.1", port), aiohttp.ClientSession() as http:
+        async def window() -> int:
+            async with http.get(f"http://127.0.0.1:{port}/v1/models") as r:
+                return (await r.json())["data"][0]["max_model_len"]
+
+        assert await window() == 4096
+        write(1024)
+        assert app[RELOADER].reload()
+        assert await window() == 1024
