@@ -233,7 +233,7 @@ def _deep_merge(base, over):
 
 def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm_python=None,
                      api_key_file=None, webui_dir=None, gateway_host="", gateway_port=0,
-                     overrides=None, all_tiny=False, hosts=None, vllm_host="") -> dict:
+                     overrides=None, all_tiny=False, hosts=None, vllm_host="", sleep_mode="") -> dict:
     """The config the host gets: the chosen source plus what the roles own.
 
     - models listed in `tiny` (every managed one with all_tiny) point at
@@ -242,6 +242,9 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
       are the ones the role installs; gateway host/port knobs when set;
     - `hosts` (a deploy over several hosts: one entry per inventory host, its
       GPUs from its facts) and the address the model servers listen on;
+    - `sleep_mode` for load: on_demand models left at `auto`: what the vLLM the
+      play installs has (level1 on CUDA hosts, off on CPU ones). Said outright,
+      the plan is the same before vLLM is installed and on a gateway host without it;
     - then `overrides`, merged recursively.
     """
     cfg = _deep_merge({}, source or {})
@@ -251,6 +254,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
         entry = dict(entry)
         if "url" not in entry and (all_tiny or entry.get("name") in tiny):
             entry["model"] = f"{models_dir.rstrip('/')}/tiny-{entry.get('name')}"
+        if sleep_mode and entry.get("load") == "on_demand" and entry.get("sleep_mode", "auto") == "auto":
+            entry["sleep_mode"] = sleep_mode
         models.append(entry)
     cfg["models"] = models
     vllm = dict(cfg.get("vllm") or {})

@@ -192,6 +192,23 @@ def test_a_model_server_restarts_only_when_what_it_runs_changes():
     assert all(prints(edited)[u] != after[u] for u in after)  # every server's env
 
 
+def test_on_demand_models_sleep_as_the_installed_vllm_can_whatever_host_plans_them():
+    """The plan runs before vLLM is installed (and a gateway host may never have it): the
+    playbook says which sleep mode the hosts' vLLM has, so the argv is the same on every run."""
+    demo = yaml.safe_load((REPO / "etc" / "demo.yaml").read_text())
+    for m in demo["models"]:
+        m.update(load="on_demand", gpu_memory_utilization=0.45)
+    demo["models"][1]["sleep_mode"] = "off"  # said outright: kept
+
+    def argv(sleep_mode):
+        plan = plan_of(F.effective_config(demo, sleep_mode=sleep_mode))
+        return {p["unit"]: p["argv"] for p in F.placements(plan)}
+
+    on_cuda, on_cpu = argv("level1"), argv("off")
+    assert "--enable-sleep-mode" in on_cuda["coder"] and "--enable-sleep-mode" not in on_cpu["coder"]
+    assert "--enable-sleep-mode" not in on_cuda["general"]
+
+
 def test_placements_per_host_from_a_config_with_hosts():
     demo = yaml.safe_load((REPO / "etc" / "demo.yaml").read_text())
     demo["hosts"] = [{"name": "gpu1", "address": "10.0.0.11"},
