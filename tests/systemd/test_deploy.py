@@ -240,20 +240,17 @@ def test_units_verify_clean_and_gateway_exposure(box):
 
 
 def test_status_and_logs_commands(box):
-    # `localai status` / `localai logs` once cli.py wires gateway.ops; the module entry point until then.
-    cli = "/opt/localai/venv-gateway/bin/localai"
-    has_status = box.sh(f"{cli} status --help >/dev/null 2>&1 && echo yes", check=False).stdout.strip() == "yes"
-    base = cli if has_status else "/opt/localai/venv-gateway/bin/python -m gateway.ops"
-    res = box.sh(f"{base} status --config /etc/localai/localai.yaml", check=False)
+    localai = "/opt/localai/venv-gateway/bin/localai"
+    res = box.sh(f"{localai} status --config /etc/localai/localai.yaml", check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     for m, port in stage.MODEL_PORTS.items():
         assert re.search(rf"^{m}\s+ready\s+{port}\b", res.stdout, re.M), res.stdout
     assert "GPU      none:" in res.stdout
-    st = json.loads(box.sh(f"{base} status --json --config /etc/localai/localai.yaml").stdout)
+    st = json.loads(box.sh(f"{localai} status --json --config /etc/localai/localai.yaml").stdout)
     assert st["gpus"] is None and st["gateway"]["health"] == 200
-    logs = box.sh(f"{base} logs gateway -n 20 --config /etc/localai/localai.yaml").stdout.splitlines()
+    logs = box.sh(f"{localai} logs gateway -n 20 --config /etc/localai/localai.yaml").stdout.splitlines()
     assert logs and all(" gateway " in line for line in logs), logs
-    alias = box.sh(f"{base} logs chat -n 5 --json --config /etc/localai/localai.yaml").stdout.splitlines()
+    alias = box.sh(f"{localai} logs chat -n 5 --json --config /etc/localai/localai.yaml").stdout.splitlines()
     assert alias and all(json.loads(line)["unit"] == "localai-model@general.service" for line in alias)
 
 
