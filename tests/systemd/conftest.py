@@ -11,6 +11,7 @@ missing), and ports 18480-18482 free on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -20,7 +21,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -181,6 +184,26 @@ def tier_lock():
         lock.close()
 
 
+@contextlib.contextmanager
+def torn_down_on_sigterm() -> Iterator[None]:
+    """CI's timeout sends SIGTERM: made an exception, so the fixture's finally still tears
+    its containers down (pytest would otherwise die with them booted)."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def deploy_failed(what: str, res: subprocess.CompletedProcess, counts: object, log: Path) -> NoReturn:
+    """Stop the tier on a failed deploy, with the last lines of its log (where the reason is)."""
+    tail = "\n".join(res.stdout.splitlines()[-60:])
+    pytest.fail(f"{what} failed (rc={res.returncode}, {counts}); log in {log}:\n{tail}\n{res.stderr[-2000:]}")
+
+
 @pytest.fixture(scope="session")
 def box(tier_lock):
     busy = [p for p in [stage.GATEWAY_PORT, *stage.MODEL_PORTS.values()] if not _port_free(p)]
@@ -191,31 +214,25 @@ def box(tier_lock):
     rw, ro = stage.binds()
     c = ct.Container("localai-tier", binds=rw, binds_ro=ro, log_path=OUT / "console.log", workdir=Path("/var/tmp"))
 
-    def on_term(signum, frame):  # CI's timeout: still tear the container down
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
     started = time.monotonic()
-    try:
-        t0 = time.monotonic()
-        tarball = ct.cached_rootfs()
-        TIMINGS["rootfs"] = time.monotonic() - t0
-        c.create(tarball)
-        stage.stage(c.root)
-        t0 = time.monotonic()
-        c.boot()
-        TIMINGS["boot"] = time.monotonic() - t0
-        b = Box(c)
-        res, counts = b.install(log_name="install-1")
-        if res.returncode != 0 or counts.get("failed", 1) != 0:
-            tail = "\n".join(res.stdout.splitlines()[-60:])
-            pytest.fail(f"install.sh failed (rc={res.returncode}, {counts}); "
-                        f"log in {OUT / 'install-1.log'}:\n{tail}\n{res.stderr[-2000:]}")
-        b.first_recap = counts
-        yield b
-    finally:
-        save_journals(c)
-        c.teardown()
-        signal.signal(signal.SIGTERM, old_term)
-        TIMINGS["tier"] = time.monotonic() - started
-        (OUT / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()))
+    with torn_down_on_sigterm():
+        try:
+            t0 = time.monotonic()
+            tarball = ct.cached_rootfs()
+            TIMINGS["rootfs"] = time.monotonic() - t0
+            c.create(tarball)
+            stage.stage(c.root)
+            t0 = time.monotonic()
+            c.boot()
+            TIMINGS["boot"] = time.monotonic() - t0
+            b = Box(c)
+            res, counts = b.install(log_name="install-1")
+            if res.returncode != 0 or counts.get("failed", 1) != 0:
+                deploy_failed("install.sh", res, counts, OUT / "install-1.log")
+            b.first_recap = counts
+            yield b
+        finally:
+            save_journals(c)
+            c.teardown()
+            TIMINGS["tier"] = time.monotonic() - started
+            (OUT / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()))

@@ -16,7 +16,6 @@ and the gateway on node-a. Runs in file order against one deployment.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -28,7 +27,7 @@ import container as ct
 import pytest
 import stage
 import yaml
-from conftest import OUT, TIMINGS, save_journals
+from conftest import OUT, TIMINGS, deploy_failed, save_journals, torn_down_on_sigterm
 from test_deploy import http
 
 pytestmark = pytest.mark.systemd
@@ -136,35 +135,29 @@ def pair(tier_lock, tmp_path_factory):
     (work / "vars.yml").write_text(yaml.safe_dump(_vars(work), sort_keys=False))
     p = Pair(work, key)
 
-    def on_term(signum, frame):  # CI's timeout: still tear the containers down
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
     started = time.monotonic()
-    try:
-        tarball = ct.cached_rootfs(include=(*ct.INCLUDE, "openssh-server"))
-        for name, n in NODES.items():
-            p.nodes[name] = _boot(name, n["ssh"], tarball, (work / "id_ed25519.pub").read_text())
-        for name, n in NODES.items():
-            ct.wait_for(lambda n=n: subprocess.run(
-                ["ssh", "-i", str(key), "-p", str(n["ssh"]), "-o", "StrictHostKeyChecking=no", "-o",
-                 "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1", "true"],
-                capture_output=True).returncode == 0, 60, f"sshd of {name}", 0.5)
-        res, counts = p.deploy("install-1")
-        if res.returncode != 0 or any(c.get("failed", 1) or c.get("unreachable", 1) for c in counts.values()):
-            tail = "\n".join(res.stdout.splitlines()[-60:])
-            pytest.fail(f"ansible-playbook failed (rc={res.returncode}, {counts}); log in "
-                        f"{OUT / 'pair-install-1.log'}:\n{tail}\n{res.stderr[-2000:]}")
-        p.first_recap = counts
-        yield p
-    finally:
-        for name, c in p.nodes.items():
-            save_journals(c, f"-{name}")
-            c.teardown()
-        signal.signal(signal.SIGTERM, old_term)
-        TIMINGS["pair"] = time.monotonic() - started
-        (OUT / "timings-pair.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()
-                                                      if k.startswith("pair")))
+    with torn_down_on_sigterm():
+        try:
+            tarball = ct.cached_rootfs(include=(*ct.INCLUDE, "openssh-server"))
+            for name, n in NODES.items():
+                p.nodes[name] = _boot(name, n["ssh"], tarball, (work / "id_ed25519.pub").read_text())
+            for name, n in NODES.items():
+                ct.wait_for(lambda n=n: subprocess.run(
+                    ["ssh", "-i", str(key), "-p", str(n["ssh"]), "-o", "StrictHostKeyChecking=no", "-o",
+                     "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1", "true"],
+                    capture_output=True).returncode == 0, 60, f"sshd of {name}", 0.5)
+            res, counts = p.deploy("install-1")
+            if res.returncode != 0 or any(c.get("failed", 1) or c.get("unreachable", 1) for c in counts.values()):
+                deploy_failed("ansible-playbook", res, counts, OUT / "pair-install-1.log")
+            p.first_recap = counts
+            yield p
+        finally:
+            for name, c in p.nodes.items():
+                save_journals(c, f"-{name}")
+                c.teardown()
+            TIMINGS["pair"] = time.monotonic() - started
+            (OUT / "timings-pair.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in TIMINGS.items()
+                                                          if k.startswith("pair")))
 
 
 def key(pair) -> str:
