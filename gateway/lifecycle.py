@@ -58,6 +58,7 @@ class Lifecycle:
     def __init__(self, cfg: Config, registry: Registry, metrics: Metrics):
         self.gateway = cfg.gateway
         self.residency = cfg.residency()
+        self.source = cfg.source
         self.registry = registry
         self.metrics = metrics
         self._levels = {m.name: sleep_level(m, cfg.vllm) for m in cfg.managed_models if m.load == "on_demand"}
@@ -131,15 +132,25 @@ class Lifecycle:
             await self._units.close()
 
     async def _boot(self, sleepers: list[str], units: list[str]) -> None:
-        """Units left running (by a gateway before this one) are stopped: what is resident is
-        what this process brought in. Sleep-mode models start in turn (each takes its share at
-        start), then go to sleep."""
+        """Units left running by the gateway before this one (a restart, an upgrade) are kept,
+        in config order, while they fit beside each other and answer, if they started after the
+        config was last written (else they may run an old command line, holding more of the card
+        than the plan says): the team's loaded model stays loaded. The others are stopped, so
+        what is resident is what this process knows of. Sleep-mode models start in turn (each
+        takes its share at start), then go to sleep."""
+        written = self._config_written()
         for name in units:
+            b = self.registry.backends[name]
+            switch = self._switches[name]
+            assert isinstance(switch, UnitSwitch)
             async with self._swap:
+                if self.residency.fits(self.resident | {name}) and await switch.running(b, written):
+                    self._kept(name)
+                    continue
                 try:
-                    await self._switches[name].put_out(self.registry.backends[name])
+                    await switch.put_out(b)
                 except SwapError as exc:
-                    self.registry.backends[name].set_state(State.FAILED, f"could not stop it: {exc}")
+                    b.set_state(State.FAILED, f"could not stop it: {exc}")
         for name in sleepers:
             b = self.registry.backends[name]
             async with self._swap:
@@ -154,6 +165,25 @@ class Lifecycle:
                 except (TimeoutError, SwapError) as exc:
                     self.resident.discard(name)
                     b.set_state(State.FAILED, f"could not start and put to sleep: {exc or 'timed out'}")
+
+    def _config_written(self) -> float:
+        """When the config file was last written (0 for one made in memory)."""
+        try:
+            return self.source.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _kept(self, name: str) -> None:
+        """A model found running at start is resident as if just brought in: keep_alive counts from now."""
+        self.resident.add(name)
+        self._since[name] = self._last_used[name] = asyncio.get_running_loop().time()
+        b = self.registry.backends[name]
+        assert b.residence is not None
+        b.residence.since = time.time()
+        self._expire_later(name, self._keep_alive[name])
+        self._report(name)
+        log.info("swap: kept %s: its unit was running when the gateway started", name,
+                 extra={"model": name, "kind": "kept"})
 
     # --- requests -------------------------------------------------------------------
 

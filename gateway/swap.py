@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 # While a started server loads, ask the health monitor this often whether it is up.
 _POKE_S = 0.25
+# A unit found active: its server answered /health at start; one that stays silent this long is
+# stopped (and started afresh by the next request), not waited for as if it were loading.
+_RUNNING_CHECK_S = 15.0
 
 
 class SwapError(Exception):
@@ -177,6 +180,25 @@ class UnitSwitch:
         self.instance = instance  # the plan's unit instance name
         self.poke = poke
         self.timeout = timeout
+
+    async def running(self, b: Backend, since: float) -> bool:
+        """Whether its unit is active with a server started after `since` (when the config was
+        written: so it runs this config's command line), for the gateway before this one (a
+        restart, an upgrade), and answers; then it can be kept, not stopped and started again."""
+        from .units import UnitError, model_unit
+
+        try:
+            started = await self.units.running_since(model_unit(self.instance))
+        except UnitError:
+            return False
+        if started is None or started < since:
+            return False
+        b.set_state(State.LOADING, "its unit was running when the gateway started: checking it")
+        try:
+            await until_state(b, (State.READY,), min(self.timeout, _RUNNING_CHECK_S), lambda: self.poke(b.name))
+        except TimeoutError:
+            return False
+        return True
 
     async def put_out(self, b: Backend) -> None:
         await _unit_job(self.units.stop, self.instance, self.timeout, "stop")

@@ -26,6 +26,8 @@ _SYSTEMD = "org.freedesktop.systemd1"
 _PATH = "/org/freedesktop/systemd1"
 _MANAGER = "org.freedesktop.systemd1.Manager"
 _PROPERTIES = "org.freedesktop.DBus.Properties"
+_UNIT = "org.freedesktop.systemd1.Unit"
+_SERVICE = "org.freedesktop.systemd1.Service"
 _JOB_REMOVED = f"type='signal',sender='{_SYSTEMD}',interface='{_MANAGER}',member='JobRemoved',path='{_PATH}'"
 _NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 _SOCKET = "/run/dbus/system_bus_socket"
@@ -68,6 +70,19 @@ class SystemdUnits:
         """Stop the unit and return once it is inactive."""
         await self._job("StopUnit", unit, "stop")
 
+    async def running_since(self, unit: str) -> float | None:
+        """When the main process of the active unit started (it read its config then), in
+        seconds since the epoch; None while the unit is not active (or systemd has not loaded it)."""
+        try:
+            (path,) = await self._call("GetUnit", "s", [unit])
+        except UnitError as exc:
+            if exc.dbus_error == _NO_SUCH_UNIT:
+                return None
+            raise
+        if await self._property(path, _UNIT, "ActiveState") != "active":
+            return None
+        return int(await self._property(path, _SERVICE, "ExecMainStartTimestamp")) / 1e6
+
     async def close(self) -> None:
         if self._bus is not None:
             self._bus.disconnect()
@@ -107,8 +122,8 @@ class SystemdUnits:
         """What systemd knows about a unit whose job did not end well (best effort)."""
         try:
             (path,) = await self._call("GetUnit", "s", [unit])
-            state = await self._property(path, "org.freedesktop.systemd1.Unit", "ActiveState")
-            result = await self._property(path, "org.freedesktop.systemd1.Service", "Result")
+            state = await self._property(path, _UNIT, "ActiveState")
+            result = await self._property(path, _SERVICE, "Result")
         except UnitError:
             return ""
         return f": the unit is {state} (result: {result})"

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Annotated
 import aiohttp
 from dbus_fast import DBusError
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr
+from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr, DBusUInt64
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from tests.conftest import REPO, wait_until
@@ -38,6 +39,7 @@ class Unit:
     health: str  # URL that answers 200 once the unit counts as started
     proc: asyncio.subprocess.Process | None = None
     active: str = "inactive"
+    started_at: float = 0.0  # when its process last started (seconds since the epoch)
     result: str = "success"
     starting: asyncio.Task | None = field(default=None, repr=False)
 
@@ -52,6 +54,7 @@ class _UnitState(ServiceInterface):
         return self.unit.active
 
 
+
 class _ServiceState(ServiceInterface):
     def __init__(self, unit: Unit):
         super().__init__("org.freedesktop.systemd1.Service")
@@ -60,6 +63,10 @@ class _ServiceState(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Result(self) -> DBusStr:  # noqa: N802
         return self.unit.result
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ExecMainStartTimestamp(self) -> DBusUInt64:  # noqa: N802 - microseconds, as systemd's
+        return int(self.unit.started_at * 1e6)
 
 
 class Manager(ServiceInterface):
@@ -138,6 +145,7 @@ class Manager(ServiceInterface):
         unit.active = "activating"
         self.awake_at_start[name] = [other for other, u in self.units.items()
                                      if u.active == "active" and not await _asleep(u)]
+        unit.started_at = time.time()
         unit.proc = await asyncio.create_subprocess_exec(*unit.argv, cwd=REPO, stdout=subprocess.DEVNULL,
                                                          stderr=subprocess.DEVNULL, start_new_session=True)
         async with aiohttp.ClientSession() as http:

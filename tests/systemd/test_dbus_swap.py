@@ -2,7 +2,8 @@
 
 The container deployed by conftest.py is deployed again with three tiny on_demand models
 that take 0.45 of the host's one "card" each (any two fit, never three); a request for the
-third evicts the idle, least recently used one, and `systemctl` says so. A polkit rule lets
+third evicts the idle, least recently used one, and `systemctl` says so; a gateway restart
+keeps the two loaded (their servers keep their PIDs). A polkit rule lets
 the service user manage exactly the model units: asked for any other unit, systemd refuses.
 At the end the tier's own config is deployed again, so the file runs in any order.
 """
@@ -105,6 +106,25 @@ def test_the_third_model_evicts_the_idle_lru_unit(swapbox):
     assert box.prop("localai-model@coder.service", "Result") == "success"
     swaps = [r for r in gateway_log(box) if r["msg"].startswith("swap: stop coder")]
     assert swaps and "to make room for reviewer" in swaps[-1]["msg"], swaps
+
+
+def test_a_gateway_restart_keeps_the_loaded_models(swapbox):
+    box = swapbox
+    loaded = ("general", "reviewer")
+    pids = {n: box.prop(f"localai-model@{n}.service", "MainPID") for n in loaded}
+    gateway_pid = box.prop("localai-gateway.service", "MainPID")
+    box.sh("systemctl restart localai-gateway")
+    box.wait(lambda: states(box) == {"coder": "stopped", "general": "ready", "reviewer": "ready"}, 60,
+             "the restarted gateway to list the loaded models ready")
+    started = time.monotonic()
+    status, body = ask(box, "reviewer")
+    assert status == 200, body
+    print(f"reviewer answered {time.monotonic() - started:.2f} s after the gateway restart's check")
+    assert {n: box.prop(f"localai-model@{n}.service", "MainPID") for n in loaded} == pids  # not restarted
+    new_pid = box.prop("localai-gateway.service", "MainPID")
+    assert new_pid != gateway_pid
+    kept = {r["model"] for r in gateway_log(box, f"_PID={new_pid}") if r["msg"].startswith("swap: kept ")}
+    assert kept == set(loaded), kept
 
 
 # Run as the gateway's user, with the gateway's own D-Bus client: one verb on one unit, the answer as JSON.

@@ -6,10 +6,13 @@ does the same against the real systemd and polkit (tests/systemd/test_dbus_swap.
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 import aiohttp
 import yaml
 
+from gateway import swap
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.keys import LIFECYCLE
@@ -21,8 +24,12 @@ from tests.unit.test_lifecycle_process import KEY, chat, fake_vllm, model, state
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path, models: list[dict]):
-    """The stand-in systemd with one unit per model, and the gateway run as its unit runs it."""
+async def gateway(tmp_path, models: list[dict], running: tuple[str, ...] = (), silent: tuple[str, ...] = (),
+                  written_after: bool = False):
+    """The stand-in systemd with one unit per model, and the gateway run as its unit runs it.
+    Found when it starts: the units of `running` started (as by a gateway before this one), those
+    of `silent` active with nothing answering on their port; with `written_after`, the config
+    file written (again) after they started."""
     config = tmp_path / "localai.yaml"
     config.write_text(yaml.safe_dump({
         "gateway": {"port": free_port(), "health_interval": 0.05, "min_residency": 0, "webui": False},
@@ -31,6 +38,16 @@ async def gateway(tmp_path, models: list[dict]):
     units = {model_unit(m["name"]): Unit(run_model(m["name"], config), f"http://127.0.0.1:{m['port']}/health")
              for m in models}
     async with private_bus(tmp_path) as address, fake_systemd(address, units) as systemd:
+        earlier = SystemdUnits(address)
+        for name in running:
+            await earlier.start(model_unit(name))
+        await earlier.close()
+        for name in silent:
+            systemd.units[model_unit(name)].active, systemd.units[model_unit(name)].started_at = "active", time.time()
+        if written_after:
+            later = max(u.started_at for u in units.values()) + 1
+            os.utime(config, (later, later))
+        systemd.calls.clear()
         app = create_app(cfg, api_keys=[KEY.encode()])
         app[LIFECYCLE].use_units(SystemdUnits(address))
         async with serve(app, cfg.gateway.host, cfg.gateway.port), \
@@ -43,7 +60,7 @@ async def test_the_third_model_stops_the_lru_idle_unit_and_starts_its_own(tmp_pa
     models = [model(n, 0.45) for n in "abc"]
     async with gateway(tmp_path, models) as (http, systemd):
         await until_states(http, a="stopped", b="stopped", c="stopped")
-        # Units left running by an earlier gateway would hold the card: the gateway stops them first.
+        # None was running: the gateway stops each, so that none it does not know of holds the card.
         await wait_until(lambda: len(systemd.calls) == 3)
         assert sorted(systemd.calls) == [("stop", model_unit(n)) for n in "abc"]
         systemd.calls.clear()
@@ -59,6 +76,41 @@ async def test_the_third_model_stops_the_lru_idle_unit_and_starts_its_own(tmp_pa
         assert [systemd.units[model_unit(n)].active for n in "abc"] == ["inactive", "active", "active"]
         cards = await states(http)
         assert [cards[n]["state"] for n in "abc"] == ["stopped", "ready", "ready"]
+
+
+async def test_units_left_running_are_kept_while_they_fit_and_the_rest_stopped(tmp_path):
+    # A gateway restart (an upgrade, a config change) must not unload the team's models.
+    models = [model(n, 0.45) | {"keep_alive": "10m"} for n in "abc"]
+    async with gateway(tmp_path, models, running=("a", "b", "c")) as (http, systemd):
+        pids = {n: systemd.units[model_unit(n)].proc.pid for n in "abc"}
+        await wait_until(lambda: systemd.units[model_unit("c")].active == "inactive")
+        await until_states(http, a="ready", b="ready", c="stopped")  # any two fit: the first two kept
+        assert systemd.calls == [("stop", model_unit("c"))]
+        assert [systemd.units[model_unit(n)].active for n in "ab"] == ["active", "active"]
+        cards = await states(http)
+        assert cards["a"]["resident_since"] and cards["a"]["expires_at"]  # keep_alive counts from the restart
+        status, text = await chat(http, "a")
+        assert status == 200 and "tok0" in text
+        assert systemd.calls == [("stop", model_unit("c"))]  # served by the server it found: no start
+        assert systemd.units[model_unit("a")].proc.pid == pids["a"]
+
+
+async def test_a_unit_running_since_before_the_config_was_written_is_stopped(tmp_path):
+    # It may run the old command line (another share of the card, other settings): not kept.
+    async with gateway(tmp_path, [model("a", 0.45)], running=("a",), written_after=True) as (http, systemd):
+        await wait_until(lambda: systemd.units[model_unit("a")].active == "inactive")
+        assert systemd.calls == [("stop", model_unit("a"))]
+        await until_states(http, a="stopped")
+
+
+async def test_a_unit_found_active_that_does_not_answer_is_stopped_and_started_afresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(swap, "_RUNNING_CHECK_S", 0.5)
+    async with gateway(tmp_path, [model("a", 0.45)], silent=("a",)) as (http, systemd):
+        await wait_until(lambda: systemd.calls == [("stop", model_unit("a"))] and
+                         systemd.units[model_unit("a")].active == "inactive")
+        await until_states(http, a="stopped")
+        assert (await chat(http, "a"))[0] == 200
+        assert systemd.calls[1:] == [("reset-failed", model_unit("a")), ("start", model_unit("a"))]
 
 
 async def test_a_start_polkit_refuses_answers_503_with_systemds_words_and_the_next_request_retries(tmp_path):
