@@ -75,7 +75,7 @@ class Backend:
         if len(replicas) > 1:
             for r in replicas:
                 if r.url == url:
-                    r.state, r.reason, r.ready = state.value, reason, False
+                    r.state, r.reason = state.value, reason
             if any(r.ready for r in replicas):
                 return
         self.set_state(state, reason)
@@ -348,13 +348,13 @@ class HealthMonitor:
         after the breaker's cool-down closes it (the half-open probe)."""
         if healthy:
             r.misses = 0
-            r.state, r.reason, r.ready = State.READY.value, None, True
+            r.state, r.reason = State.READY.value, None
             if r.breaker(time.monotonic()) == "half-open":
                 r.succeeded()
         else:
             r.misses += 1
             if r.state == State.READY and r.misses >= FAILED_AFTER_MISSES:
-                r.state, r.reason, r.ready = State.FAILED.value, detail, False
+                r.state, r.reason = State.FAILED.value, detail
             elif r.state != State.READY:
                 r.reason = detail
         if len(b.replicas) > 1:

@@ -46,11 +46,15 @@ class Replica:
     address: str  # host:port: in /v1/models and as the metrics' replica label (bounded by the config)
     state: str = "loading"
     reason: str | None = "starting"
-    ready: bool = False  # the health monitor's last word: it serves
     misses: int = 0  # health checks missed in a row
     in_flight: int = 0
     failures: int = 0  # failures in a row to reach it
     open_until: float = 0.0  # breaker: not tried again before this (monotonic clock)
+
+    @property
+    def ready(self) -> bool:
+        """The health monitor's last word: it serves."""
+        return self.state == "ready"
 
     def usable(self, now: float) -> bool:
         return self.ready and (self.failures < BREAK_AFTER or now >= self.open_until)

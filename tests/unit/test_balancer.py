@@ -9,7 +9,7 @@ from gateway.balancer import BREAK_AFTER, COOL_DOWN, LOAD_FACTOR, PROMPT_CHARS, 
 
 
 def replicas(n: int) -> list[Replica]:
-    return [Replica(f"h{i}", f"http://10.0.0.{i}:8001", f"10.0.0.{i}:8001", state="ready", ready=True)
+    return [Replica(f"h{i}", f"http://10.0.0.{i}:8001", f"10.0.0.{i}:8001", state="ready")
             for i in range(n)]
 
 
@@ -77,7 +77,7 @@ def test_a_replica_taken_out_sends_its_conversations_to_the_others_evenly():
     b = Balancer(rs)
     keys = [affinity_key(chat(c, 1)) for c in range(600)]
     before = {k: b.pick(k, 0.0) for k in keys}
-    rs[0].ready = False
+    rs[0].state = "failed"
     after = {k: b.pick(k, 0.0) for k in keys}
     moved = [k for k in keys if before[k] is not after[k]]
     assert all(before[k] is rs[0] for k in moved)  # only the lost replica's keys move
