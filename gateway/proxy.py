@@ -120,6 +120,14 @@ def _replica_failed(app: web.Application, backend: Backend, replica: Replica, er
     app[MONITOR].poke(backend.name)
 
 
+def _leave(app: web.Application, backend: Backend, balancer: Balancer, replica: Replica) -> None:
+    """The request no longer occupies the replica: its answer ended, or the try failed."""
+    replica.in_flight -= 1
+    if balancer.only is None:  # a model with replicas counts each one's
+        metrics = app[METRICS]
+        metrics.child(metrics.replica_in_flight, backend.name, replica.address).dec()
+
+
 async def _connect(request: web.Request, backend: Backend, balancer: Balancer, method: str, path: str,
                    headers: dict[str, str], payload: bytes | None,
                    affinity: int | None) -> tuple[aiohttp.ClientResponse, Replica]:
@@ -160,8 +168,7 @@ async def _connect(request: web.Request, backend: Backend, balancer: Balancer, m
             upstream = await session.request(method, replica.url + path, headers=headers, data=payload,
                                              timeout=timeout)
         except BaseException as exc:  # a client that hangs up cancels the try: not the replica's failure
-            replica.in_flight -= 1
-            metrics.child(metrics.replica_in_flight, *label).dec()
+            _leave(app, backend, balancer, replica)
             if not isinstance(exc, (TimeoutError, aiohttp.ClientError)):
                 raise
             if not isinstance(exc, _NOTHING_SENT):
@@ -175,8 +182,7 @@ async def _connect(request: web.Request, backend: Backend, balancer: Balancer, m
             # vLLM answers 500 once its engine is gone (a server shutting down or crashed) and 503
             # while it starts; nothing has reached the client yet, and another replica can answer.
             upstream.close()
-            replica.in_flight -= 1
-            metrics.child(metrics.replica_in_flight, *label).dec()
+            _leave(app, backend, balancer, replica)
             _replica_failed(app, backend, replica, f"HTTP {upstream.status}")
             tried.append(replica)
             continue
@@ -229,9 +235,7 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
         raise ApiError(502, f"Model '{backend.name}' broke off the response ({type(exc).__name__}).",
                        code="backend_error", type="server_error") from None
     finally:
-        replica.in_flight -= 1
-        if balancer.only is None:
-            request.app[METRICS].child(request.app[METRICS].replica_in_flight, backend.name, replica.address).dec()
+        _leave(request.app, backend, balancer, replica)
         # On success the body was read; on cancellation (client gone) or error this
         # closes the upstream connection, which is how vLLM learns to stop generating.
         if upstream.content.is_eof():
