@@ -173,13 +173,17 @@ class Lifecycle:
         except OSError:
             return 0.0
 
+    def _arrived(self, name: str) -> None:
+        """Resident and serving from now: min_residency counts from here."""
+        self._since[name] = self._last_used[name] = asyncio.get_running_loop().time()
+        residence = self.registry.backends[name].residence
+        assert residence is not None
+        residence.since, residence.expires_at = time.time(), None
+
     def _kept(self, name: str) -> None:
         """A model found running at start is resident as if just brought in: keep_alive counts from now."""
         self.resident.add(name)
-        self._since[name] = self._last_used[name] = asyncio.get_running_loop().time()
-        b = self.registry.backends[name]
-        assert b.residence is not None
-        b.residence.since = time.time()
+        self._arrived(name)
         self._expire_later(name, self._keep_alive[name])
         self._report(name)
         log.info("swap: kept %s: its unit was running when the gateway started", name,
@@ -318,9 +322,7 @@ class Lifecycle:
                       extra={"model": name, "kind": switch.into})
             raise self._unavailable(b) from None
         took = time.monotonic() - started
-        self._since[name] = self._last_used[name] = asyncio.get_running_loop().time()
-        assert b.residence is not None
-        b.residence.since, b.residence.expires_at = time.time(), None
+        self._arrived(name)
         self._record(name, switch.into, took)
         log.info("swap: %s %s in %.1f s%s", switch.into, name, took,
                  f", after evicting {', '.join(victims)}" if victims else "",
