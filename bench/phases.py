@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import loadgen, stats
@@ -271,7 +271,7 @@ class Bench(Harness):
     # -- whole run --
     async def run(self) -> dict:
         a, p = self.args, self.plan
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         if self.bench_cpus:
             os.sched_setaffinity(0, self.bench_cpus)
         idle = wait_idle(0.7, a.wait_idle)
@@ -335,7 +335,7 @@ class Bench(Harness):
         finally:
             self.stop_all()
         rep["meta"]["load"]["after"] = load_avg()
-        finished = datetime.now(timezone.utc)
+        finished = datetime.now(UTC)
         rep["meta"]["finished"] = finished.isoformat(timespec="seconds")
         rep["meta"]["duration_s"] = round((finished - started).total_seconds(), 1)
         from .report import evaluate_targets

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import Config, parse_config
+from gateway.config.schema import Config
+from gateway.plan.validate import parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output"

@@ -1,7 +1,7 @@
 """The WebUI's stand-in stack: the real gateway in front of the fake backend, for tests
 that need precise control of the answers.
 
-The gateway is the real one (``gateway.app.create_app`` served by ``gateway.server.serve``,
+The gateway is the real one (``gateway.app.factory.create_app`` served by ``gateway.app.server.serve``,
 with an API key and the built WebUI), so its contract (model cards, /health, /ready,
 OpenAI-shaped errors, Retry-After, X-LocalAI-Truncated-Messages, X-Request-ID) is the
 product's own. Behind it, one ``tests.fakebackend.FakeBackend`` per model plays the
@@ -31,11 +31,11 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from gateway.app import create_app
-from gateway.backends import State
-from gateway.config import parse_config
-from gateway.keys import REGISTRY
-from gateway.server import serve
+from gateway.app.factory import create_app
+from gateway.app.server import serve
+from gateway.http.appkeys import REGISTRY
+from gateway.plan.validate import parse_config
+from gateway.routing.backends import State
 from tests.fakebackend import FakeBackend, ScriptedError
 
 DIST = Path(__file__).resolve().parents[2] / "webui" / "dist"
@@ -178,7 +178,7 @@ class StandIn:
         return reply
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> "StandIn":
+    def start(self) -> StandIn:
         """Serve the gateway (a fresh app, as after a restart); the fakes start once."""
         if self._thread is None:
             self._loop = asyncio.new_event_loop()

@@ -13,7 +13,6 @@ import time
 
 import pytest
 from playwright.sync_api import expect
-
 from uihelp import (
     DESKTOP,
     PHONE,

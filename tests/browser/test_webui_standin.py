@@ -15,9 +15,9 @@ import statistics
 
 import pytest
 from playwright.sync_api import expect
+from uihelp import DESKTOP, PHONE, answers, last_answer, poll, send, wait_answer, wait_connected
 
 from tests.fakebackend import ScriptedError
-from uihelp import DESKTOP, PHONE, answers, last_answer, poll, send, wait_answer, wait_connected
 
 pytestmark = pytest.mark.browser
 

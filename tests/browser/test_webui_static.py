@@ -1,4 +1,4 @@
-"""The WebUI bundle and gateway.webui's routes: headers, compression, caching, size.
+"""The WebUI bundle and gateway.http.webui's routes: headers, compression, caching, size.
 
 These need no browser; they run with the rest of the unit tests.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.webui import CSP, add_webui_routes
+from gateway.http.webui import CSP, add_webui_routes
 
 REPO = Path(__file__).resolve().parents[2]
 WEBUI = REPO / "webui"

@@ -2,7 +2,7 @@
 and failed ones with the reason; picking a stopped model and sending shows
 "loading coder… N s", counting, until the model answers.
 
-The stack is `localai up` itself (gateway.supervisor.run_up, in a thread of its own): its
+The stack is `localai up` itself (gateway.app.up.run_up, in a thread of its own): its
 real supervisor starts and stops the model servers, whose "vLLM" is tests/fakebackend.py run
 as a program (as tests/unit/test_lifecycle_process.py does). A model started with
 `--fake-gate FILE` loads until the test creates FILE, so the test decides how long a start
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 from playwright.sync_api import expect
-
-from gateway.app import create_app
-from gateway.config import load_config
-from gateway.supervisor import run_up
-from tests.conftest import REPO, free_port
 from uihelp import last_answer, models, pick_model, poll, send, wait_answer, wait_connected
+
+from gateway.app.factory import create_app
+from gateway.app.up import run_up
+from gateway.plan.validate import load_config
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.browser
 

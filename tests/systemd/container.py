@@ -234,7 +234,7 @@ class Container:
                 "leader": self.leader, "cgroup": self.cgroup}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Container":
+    def from_state(cls, state: dict) -> Container:
         c = cls(state["name"])
         c.root = Path(state["root"])
         c.leader = state["leader"]

@@ -130,7 +130,7 @@ def test_a_gateway_restart_keeps_the_loaded_models(swapbox):
 # Run as the gateway's user, with the gateway's own D-Bus client: one verb on one unit, the answer as JSON.
 AS_SERVICE_USER = """
 import asyncio, json, sys
-from gateway.units import SystemdUnits, UnitError
+from gateway.lifecycle.units import SystemdUnits, UnitError
 
 async def main(verb, unit):
     units = SystemdUnits()

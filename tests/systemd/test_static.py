@@ -39,8 +39,8 @@ CARDS = {"16gb": [16376, 16380], "24gb": [23028, 24564], "48gb": [46068, 49140, 
 
 def plan_of(source: dict) -> dict:
     """`localai plan --json` of a config source, as the playbook asks it (the product decides)."""
-    from gateway.config import parse_config
-    from gateway.plan import full_plan
+    from gateway.plan.placement import full_plan
+    from gateway.plan.validate import parse_config
 
     return json.loads(json.dumps(full_plan(parse_config(yaml.safe_dump(source), "/dev/stdin"))))
 
@@ -75,7 +75,7 @@ def test_profile_fits_every_card_it_is_picked_for(profile):
 
 @pytest.mark.parametrize("profile", [p.stem for p in PROFILES] + ["demo"])
 def test_written_config_is_one_the_gateway_accepts(profile, tmp_path):
-    from gateway.config import parse_config
+    from gateway.plan.validate import parse_config
 
     src = REPO / "etc" / ("demo.yaml" if profile == "demo" else f"profiles/{profile}.yaml")
     cfg = F.effective_config(yaml.safe_load(src.read_text()), all_tiny=profile == "demo",
@@ -117,7 +117,7 @@ def _models(*shares, on_demand=()):
 
 
 def test_which_models_share_a_card_is_the_products_reckoning():
-    from gateway.config import ConfigError
+    from gateway.config.schema import ConfigError
 
     # Shares that leave no room for each other: the product refuses the config (the playbook
     # shows its message); at most 1.0 of a card, not the 0.92 the playbook once used.

@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 import uvloop
 
-from gateway.app import create_app
-from gateway.observability import setup_logging
-from gateway.server import serve
+from gateway.app.factory import create_app
+from gateway.app.server import serve
+from gateway.base.observability import setup_logging
 from tests.conftest import free_port, make_config, wait_until
 from tests.fakebackend import FakeBackend
 
@@ -42,7 +42,8 @@ class Stack:
 
     def metrics_text(self) -> str:
         from prometheus_client import generate_latest
-        from gateway.app import METRICS
+
+        from gateway.app.factory import METRICS
         return generate_latest(self.app[METRICS].registry).decode()
 
     async def ready(self, *names: str) -> None:

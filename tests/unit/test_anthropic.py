@@ -9,7 +9,7 @@ import aiohttp
 import anthropic
 import pytest
 
-from gateway.config import ConfigError
+from gateway.config.schema import ConfigError
 from tests.conftest import make_config, wait_until
 from tests.fakebackend import FakeBackend
 
@@ -64,8 +64,8 @@ async def test_claude_code_request_routes_by_glob_alias_to_the_backend(stack):
 
 
 def test_glob_aliases_exact_names_win_then_config_order():
-    from gateway.backends import Registry
-    from gateway.observability import Metrics
+    from gateway.base.observability import Metrics
+    from gateway.routing.backends import Registry
     cfg = make_config([
         {"name": "a", "url": "http://127.0.0.1:1", "default": True, "aliases": ["gpt-*", "claude-opus-*"]},
         {"name": "b", "url": "http://127.0.0.1:2", "aliases": ["claude-*", "gpt-4o"]},
@@ -266,7 +266,7 @@ async def test_unknown_model_is_not_found_error(stack):
 async def test_full_queue_is_rate_limit_error_with_retry_after(stack):
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, max_queue=1)
-    from gateway.app import REGISTRY
+    from gateway.app.factory import REGISTRY
     first = asyncio.create_task(s.http.post(s.url + "/v1/messages", json=dict(ASK, stream=True), headers=HEADERS))
     await fake.wait_for(lambda f: f.active == 1)
     second = asyncio.create_task(s.http.post(s.url + "/v1/messages", json=ASK, headers=HEADERS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from gateway.balancer import BREAK_AFTER, COOL_DOWN, LOAD_FACTOR, PROMPT_CHARS, Balancer, Replica, affinity_key
+from gateway.routing.balancer import BREAK_AFTER, COOL_DOWN, LOAD_FACTOR, PROMPT_CHARS, Balancer, Replica, affinity_key
 
 
 def replicas(n: int) -> list[Replica]:

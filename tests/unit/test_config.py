@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config, parse_config
-from gateway.plan import full_plan, server_plan
+from gateway.config.schema import ConfigError
+from gateway.plan.placement import full_plan, server_plan
+from gateway.plan.validate import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 

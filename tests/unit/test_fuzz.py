@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from gateway import validation
+from gateway.http import validation
 from tests.fakebackend import EmbedFake, FakeBackend
 from tests.rawhttp import RawResponse, exchange
 from tests.unit.test_hardening import KEY, MALFORMED

@@ -91,7 +91,7 @@ async def test_failed_model_gets_503_naming_why(stack):
 
 
 def _state(s, name):
-    from gateway.app import REGISTRY
+    from gateway.app.factory import REGISTRY
     return s.app[REGISTRY].backends[name].state.value
 
 
@@ -172,7 +172,7 @@ async def test_client_disconnect_cancels_upstream(stack, stream):
 async def test_fifo_queue_then_429_then_leave_queue(stack):
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, max_queue=2)
-    from gateway.app import REGISTRY
+    from gateway.app.factory import REGISTRY
     order = []
 
     async def call(tag):
@@ -206,7 +206,7 @@ async def test_fifo_queue_then_429_then_leave_queue(stack):
 async def test_waiting_client_that_leaves_frees_its_place(stack):
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, max_queue=1)
-    from gateway.app import REGISTRY
+    from gateway.app.factory import REGISTRY
     first = asyncio.create_task(s.http.post(s.url + "/v1/chat/completions", json=dict(CHAT, stream=True)))
     await fake.wait_for(lambda f: f.active == 1)
     leaver = aiohttp.ClientSession()
@@ -233,7 +233,7 @@ async def test_queue_timeout_is_503(stack):
 
 
 async def test_max_concurrency_defaults_to_max_num_seqs():
-    from gateway.plan import max_concurrency
+    from gateway.plan.placement import max_concurrency
     from tests.conftest import make_config
     cfg = make_config([{"name": "m", "model": "x", "port": 9999, "max_num_seqs": 7},
                        {"name": "n", "model": "y", "port": 9998, "max_num_seqs": 7, "max_concurrency": 3,

@@ -7,7 +7,7 @@ import sys
 
 from tests.conftest import REPO
 
-EMIT = ("import logging; from gateway.observability import setup_logging; setup_logging('debug'); "
+EMIT = ("import logging; from gateway.base.observability import setup_logging; setup_logging('debug'); "
         "log = logging.getLogger('localai.test'); log.debug('d'); log.info('i'); log.warning('w'); "
         "log.error('e'); log.critical('c')")
 

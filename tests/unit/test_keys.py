@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from gateway.admission import ModelSlots, WaitingRoom
-from gateway.config import ConfigError
-from gateway.keyring import load_keyring, parse_key_file
+from gateway.config.schema import ConfigError
+from gateway.keys.keyring import load_keyring, parse_key_file
+from gateway.routing.admission import ModelSlots, WaitingRoom
 from tests.conftest import make_config, wait_until
 from tests.fakebackend import FakeBackend
 from tests.unit.test_gateway import CHAT, assert_openai_error
@@ -138,7 +138,7 @@ async def test_a_light_key_is_served_before_a_heavy_keys_queue(stack, tmp_path):
     f.chmod(0o600)
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, api_key_file=str(f))
-    from gateway.app import REGISTRY
+    from gateway.app.factory import REGISTRY
 
     async def call(key: str, tag: str) -> int:
         async with s.http.post(s.url + "/v1/chat/completions", headers=bearer(key),

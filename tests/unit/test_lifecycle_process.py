@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from gateway.app import create_app
-from gateway.config import load_config
-from gateway.supervisor import run_up
+from gateway.app.factory import create_app
+from gateway.app.up import run_up
+from gateway.plan.validate import load_config
 from tests.conftest import REPO, free_port, wait_until
 
 
@@ -105,7 +105,7 @@ async def test_on_demand_servers_start_when_asked_for_and_the_lru_idle_one_is_st
         assert not await listening(models[1]["port"])
         from prometheus_client import generate_latest
 
-        from gateway.keys import METRICS
+        from gateway.http.appkeys import METRICS
         metrics = generate_latest(app[METRICS].registry).decode()
         assert 'localai_model_swaps_total{kind="start",model="b"} 1.0' in metrics
         assert 'localai_model_swaps_total{kind="stop",model="b"} 1.0' in metrics

@@ -12,12 +12,12 @@ import time
 import aiohttp
 import yaml
 
-from gateway import swap
-from gateway.app import create_app
-from gateway.config import load_config
-from gateway.keys import LIFECYCLE
-from gateway.server import serve
-from gateway.units import SystemdUnits, model_unit
+from gateway.app.factory import create_app
+from gateway.app.server import serve
+from gateway.http.appkeys import LIFECYCLE
+from gateway.lifecycle import swap
+from gateway.lifecycle.units import SystemdUnits, model_unit
+from gateway.plan.validate import load_config
 from tests.conftest import free_port, wait_until
 from tests.fakesystemd import Unit, fake_systemd, private_bus, run_model
 from tests.unit.test_lifecycle_process import KEY, chat, fake_vllm, model, states, until_states

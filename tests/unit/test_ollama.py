@@ -435,7 +435,7 @@ async def test_loading_model_is_503_with_retry_after(stack):
 
 
 def test_backend_errors_become_ollama_shaped():
-    from gateway.families.ollama.common import ollama_error
+    from gateway.http.families.ollama.common import ollama_error
     for body in (b'{"error":{"message":"max_tokens=5000 cannot be greater","type":"BadRequestError","code":400}}',
                  b'{"object":"error","message":"max_tokens=5000 cannot be greater","code":400}'):
         out = ollama_error(web.Response(status=400, body=body, content_type="application/json"))

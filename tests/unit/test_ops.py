@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+
 def test_gpu_collector_with_and_without_cards():
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from gateway.gpu import GpuCollector
+    from gateway.base.gpu import GpuCollector
 
     cards = [{"index": 0, "name": "NVIDIA L4", "uuid": "GPU-1", "memory_used_bytes": 5 * 2**30,
               "memory_total_bytes": 24 * 2**30, "utilization_ratio": 0.25, "temperature_c": 50}]
@@ -27,7 +28,7 @@ def test_gpu_collector_with_and_without_cards():
 
 
 def test_gpu_reading_absent_cleanly_without_a_driver():
-    from gateway import gpu
+    from gateway.base import gpu
 
     if Path("/dev/nvidiactl").exists():
         pytest.skip("this host has an NVIDIA driver")
@@ -36,7 +37,7 @@ def test_gpu_reading_absent_cleanly_without_a_driver():
 
 
 def test_log_records_unpack_the_gateway_json():
-    from gateway.ops import format_record, record
+    from gateway.cli.ops import format_record, record
 
     entry = {"__REALTIME_TIMESTAMP": "1795398208000000", "_SYSTEMD_UNIT": "localai-gateway.service",
              "PRIORITY": "6", "MESSAGE": json.dumps({"level": "WARNING", "logger": "localai.gateway",
@@ -53,7 +54,7 @@ def test_log_records_unpack_the_gateway_json():
 
 
 def test_logs_resolve_aliases_to_units(tmp_path):
-    from gateway.ops import units_for
+    from gateway.cli.ops import units_for
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"models": [
@@ -67,7 +68,7 @@ def test_logs_resolve_aliases_to_units(tmp_path):
 
 
 def test_readiness_words():
-    from gateway.ops import model_readiness
+    from gateway.cli.ops import model_readiness
 
     assert model_readiness({"ActiveState": "active", "SubState": "running"}, 200, "u")[0] == "ready"
     assert model_readiness({"ActiveState": "activating", "SubState": "start-post"}, None, "u")[0] == "loading"
@@ -82,7 +83,7 @@ def test_readiness_words():
 
 
 def test_status_counts_a_stopped_on_demand_model_as_fine_and_a_stopped_always_one_not():
-    from gateway.ops import status_ok
+    from gateway.cli.ops import status_ok
 
     def st(on_demand: bool) -> dict:
         return {"systemd": True, "gateway": {"health": 200},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 from tests.conftest import REPO
 
@@ -25,7 +24,7 @@ def test_wheel_ships_the_webui_and_every_module(tmp_path):
     # Installed apart from the source tree, the gateway finds its bundle in the package.
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    probe = ("from gateway.app import webui_root; from gateway.config import parse_config; "
+    probe = ("from gateway.app.factory import webui_root; from gateway.plan.validate import parse_config; "
              "cfg = parse_config('models: [{name: m, url: \"http://127.0.0.1:9\"}]'); "
              "print((webui_root(cfg) / 'index.html').is_file(), webui_root(cfg))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site)},

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import create_app
-from gateway.config import parse_config
-from gateway.plan import endpoints, full_plan, placements, server_plan
-from gateway.supervisor import run_up
+from gateway.app.factory import create_app
+from gateway.app.up import run_up
+from gateway.plan.placement import endpoints, full_plan, placements, server_plan
+from gateway.plan.validate import parse_config
 from tests.conftest import free_port, wait_until
 from tests.unit.test_config import problems
 
@@ -89,7 +89,7 @@ def test_a_model_spanning_hosts_gets_vllms_multinode_launch():
     assert common.format(0) in " ".join(h.argv) and "--headless" not in h.argv
     assert common.format(1) in " ".join(w.argv) and w.argv[-1] == "--headless"
     # vLLM's API server module ignores --headless: a worker runs `vllm serve --headless` by our script.
-    assert h.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and w.argv[1].endswith("vllm_headless.py")
+    assert h.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and w.argv[1].endswith("headless.py")
     assert "--port" not in w.argv  # a worker serves no API
     # Inter-node traffic on each host's private interface (node_ip, else its address).
     assert h.env["VLLM_HOST_IP"] == "10.0.0.11" and w.env["VLLM_HOST_IP"] == "192.168.0.12"

@@ -120,10 +120,10 @@ async def test_sighup_reloads_keys_config_and_webui_while_a_stream_runs(aiohttp_
 
 
 async def test_reload_adds_and_removes_models_and_resizes_slots(aiohttp_server, tmp_path):
-    from gateway.app import REGISTRY, create_app
-    from gateway.config import load_config
-    from gateway.reload import RELOADER
-    from gateway.server import serve
+    from gateway.app.factory import REGISTRY, create_app
+    from gateway.app.reload import RELOADER
+    from gateway.app.server import serve
+    from gateway.plan.validate import load_config
 
     fakes = {"m": FakeBackend("fake-m"), "n": FakeBackend("fake-n")}
     urls = {name: str((await aiohttp_server(f.app())).make_url("/")).rstrip("/") for name, f in fakes.items()}
@@ -203,10 +203,10 @@ async def test_connections_made_while_the_gateway_restarts_are_served_not_refuse
 async def test_a_reload_takes_a_managed_models_new_context_window(aiohttp_server, tmp_path):
     """The playbook restarts a server whose max_model_len changed, then reloads the gateway:
     /v1/models and the context guard use the new window, not the one the old server had."""
-    from gateway.app import create_app
-    from gateway.config import load_config
-    from gateway.reload import RELOADER
-    from gateway.server import serve
+    from gateway.app.factory import create_app
+    from gateway.app.reload import RELOADER
+    from gateway.app.server import serve
+    from gateway.plan.validate import load_config
 
     model_port, port = free_port(), free_port()
     await aiohttp_server(FakeBackend("m", max_model_len=4096).app(), port=model_port)

@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway import balancer
-from gateway.app import create_app
-from gateway.config import parse_config
-from gateway.observability import setup_logging
-from gateway.server import serve
+from gateway.app.factory import create_app
+from gateway.app.server import serve
+from gateway.base.observability import setup_logging
+from gateway.plan.validate import parse_config
+from gateway.routing import balancer
 from tests.conftest import free_port, wait_until
 from tests.fakebackend import FakeBackend
 
@@ -42,7 +42,7 @@ class Replicated:
     def metric(self, name: str, port: int) -> float:
         from prometheus_client import generate_latest
 
-        from gateway.keys import METRICS
+        from gateway.http.appkeys import METRICS
         text = generate_latest(self.app[METRICS].registry).decode()
         found = re.search(rf'^{name}{{model="m",replica="127.0.0.1:{port}"}} (\S+)$', text, re.M)
         return float(found.group(1)) if found else 0.0
@@ -260,7 +260,7 @@ async def _states(r: Replicated, expected: list[str]) -> bool:
 
 
 async def test_status_shows_every_replica_on_every_host(replicated, tmp_path):
-    from gateway.ops import collect_status, render_status
+    from gateway.cli.ops import collect_status, render_status
 
     r = await replicated(2)
     r.fakes[1].health_status = 503
@@ -297,8 +297,8 @@ async def test_a_stored_response_is_read_and_continued_on_the_replica_that_holds
 
 
 async def test_a_crashed_server_takes_out_its_replica_not_the_model(replicated):
-    from gateway.backends import State
-    from gateway.keys import REGISTRY
+    from gateway.http.appkeys import REGISTRY
+    from gateway.routing.backends import State
 
     r = await replicated(2, health_interval=60)
     backend = r.app[REGISTRY].backends["m"]
@@ -333,7 +333,7 @@ async def test_a_client_that_hangs_up_before_the_answer_leaves_no_load_behind(re
 
 async def test_a_reload_balances_over_the_new_replica_set_and_says_which_servers_to_start_or_stop(
         replicated, tmp_path):
-    from gateway.reload import RELOADER
+    from gateway.app.reload import RELOADER
 
     r = await replicated(3)
     config = tmp_path / "localai.yaml"

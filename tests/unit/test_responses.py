@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from gateway.families.responses import ResponseOwners, chat_view
+from gateway.http.families.responses import ResponseOwners, chat_view
 from tests.fakebackend import FakeBackend
 from tests.unit.test_gateway import assert_openai_error, hang_up_midway
 

@@ -7,9 +7,9 @@ import os
 import stat
 import sys
 
-from gateway.app import create_app
-from gateway.keys import REGISTRY
-from gateway.supervisor import run_up
+from gateway.app.factory import create_app
+from gateway.app.up import run_up
+from gateway.http.appkeys import REGISTRY
 from tests.conftest import free_port, make_config, wait_until
 
 
@@ -70,7 +70,7 @@ async def test_stop_ends_every_child(tmp_path, monkeypatch):
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     cfg = make_config([{"name": "m", "model": "x", "port": free_port()}])
     cfg = cfg.model_copy(update={"vllm": cfg.vllm.model_copy(update={"python": script})})
-    monkeypatch.setattr("gateway.supervisor.STOP_GRACE_S", 1.0)  # SIGKILL after 1 s, not 20
+    monkeypatch.setattr("gateway.lifecycle.processes.STOP_GRACE_S", 1.0)  # SIGKILL after 1 s, not 20
     app = create_app(cfg, api_keys=[])
     stop = asyncio.Event()
     up = asyncio.create_task(run_up(cfg, app, stop))

@@ -1,0 +1,30 @@
+"""`localai up`: the gateway and every managed vLLM server in one foreground process,
+for hosts without systemd (laptops, containers, CI)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway.app.server import serve
+from gateway.config.schema import Config
+from gateway.http.appkeys import LIFECYCLE, REGISTRY
+from gateway.lifecycle.processes import Supervisor
+from gateway.plan.placement import Placement, placements
+
+
+async def run_up(cfg: Config, app: web.Application, stop: asyncio.Event,
+                 here: list[Placement] | None = None) -> None:
+    """Serve the gateway and supervise the model servers placed here (default: all of them)
+    until `stop` is set."""
+    supervisor = Supervisor(cfg, app[REGISTRY], placements(cfg) if here is None else here)
+    # load: on_demand models are the lifecycle's to start; it must know how before the first request.
+    lifecycle = app[LIFECYCLE]
+    lifecycle.use_supervisor(supervisor)
+    async with serve(app, cfg.gateway.host, cfg.gateway.port):
+        for name in supervisor.models:
+            if not lifecycle.manages(name):
+                supervisor.start(name)
+        await stop.wait()
+        await supervisor.stop_all()

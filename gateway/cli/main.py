@@ -1,0 +1,349 @@
+"""The `localai` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import NoReturn
+
+from gateway.config.schema import DEFAULT_CONFIG_PATH, LOCAL_HOST, Config, ConfigError, ManagedModel
+from gateway.plan.placement import Placement, ServerPlan, full_plan, placement, placements, server_plan
+from gateway.plan.validate import load_config
+
+TINYMODEL_SCRIPT = Path(__file__).resolve().parent.parent / "vllm_venv" / "tinymodel.py"
+
+
+def _die(message: str, code: int = 2) -> NoReturn:
+    from gateway.base.observability import writes_to_journal
+
+    # Under systemd each line is a journal entry of its own: mark every one an error (<3>).
+    prefix = "<3>" if writes_to_journal(sys.stderr) else ""
+    print("\n".join(prefix + line for line in f"localai: {message}".splitlines()), file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _load(args) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        _die(f"invalid config\n{exc}")
+
+
+def _managed(cfg: Config, name: str) -> ManagedModel:
+    try:
+        model = cfg.model(name)
+    except KeyError:
+        _die(f"{cfg.source}: no model named '{name}' (models: {', '.join(m.name for m in cfg.models)})")
+    if not isinstance(model, ManagedModel):
+        _die(f"{cfg.source}: model '{name}' is external ({model.url}); nothing to start")
+    return model
+
+
+def _unit_plan(cfg: Config, unit: str) -> tuple[Placement, ServerPlan]:
+    """The placement a unit instance name stands for (NAME, NAME.1, NAME.node1: see plan.py)."""
+    try:
+        where = placement(cfg, unit)
+    except KeyError:
+        if unit in (m.name for m in cfg.models):
+            _managed(cfg, unit)  # an external model says so
+        _die(f"{cfg.source}: no server named '{unit}' in the plan "
+             f"(servers: {', '.join(p.unit for p in placements(cfg))})")
+    return where, server_plan(_managed(cfg, where.model), cfg.vllm, where)
+
+
+def _here(cfg: Config, hosts: list[str] | None) -> list[Placement]:
+    """The placements `localai up` starts on this machine: every one when the config names no
+    hosts, else those of the hosts given by --host (default: the one named "local")."""
+    if cfg.hosts is None:
+        if hosts and hosts != [LOCAL_HOST]:
+            _die(f"{cfg.source}: has no 'hosts:' list; its only host is '{LOCAL_HOST}'")
+        return placements(cfg)
+    wanted = hosts or [LOCAL_HOST]
+    names = [h.name for h in cfg.hosts]
+    unknown = [h for h in wanted if h not in names]
+    if unknown:
+        _die(f"{cfg.source}: no host named {', '.join(unknown)} (hosts: {', '.join(names)}); "
+             "say which host this machine is with --host NAME")
+    return [p for p in placements(cfg) if p.host in wanted]
+
+
+def _check_vllm_python(cfg: Config) -> None:
+    if cfg.managed_models and not os.access(cfg.vllm.python, os.X_OK):
+        _die(f"{cfg.source}: vllm.python: {cfg.vllm.python} is not an executable; "
+             "install vLLM into its venv first (see README: 'make vllm')")
+
+
+def _run_loop(main) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _until_signalled(run, app) -> None:
+    """Run until SIGINT or SIGTERM; SIGHUP reloads the config, keys and WebUI (systemctl reload)."""
+    from gateway.app.reload import RELOADER
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload)
+    await run(stop)
+
+
+def _create_app(cfg: Config):
+    from gateway.app.factory import create_app
+
+    try:
+        return create_app(cfg)
+    except ConfigError as exc:  # the API key file
+        _die(f"invalid API key file\n{exc}")
+
+
+def cmd_gateway(args) -> int:
+    from gateway.app.server import serve
+    from gateway.base.observability import setup_logging
+
+    cfg = _load(args)
+    setup_logging(cfg.gateway.log_level)
+    app = _create_app(cfg)
+    if args.units:
+        from gateway.http.appkeys import LIFECYCLE
+        from gateway.lifecycle.units import SystemdUnits
+
+        app[LIFECYCLE].use_units(SystemdUnits())
+
+    async def run(stop: asyncio.Event) -> None:
+        async with serve(app, cfg.gateway.host, cfg.gateway.port):
+            await stop.wait()
+
+    _run_loop(_until_signalled(run, app))
+    return 0
+
+
+def cmd_up(args) -> int:
+    from gateway.app.up import run_up
+    from gateway.base.observability import setup_logging
+
+    cfg = _load(args)
+    here = _here(cfg, args.host)
+    _check_vllm_python(cfg)
+    setup_logging(cfg.gateway.log_level)
+    app = _create_app(cfg)
+    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop, here), app))
+    return 0
+
+
+def cmd_check(args) -> int:
+    cfg = _load(args)
+    plan = full_plan(cfg)
+    print(f"config {cfg.source}: OK")
+    print(f"gateway  http://{cfg.gateway.host}:{cfg.gateway.port}  "
+          f"(max_queue {cfg.gateway.max_queue}, api keys: "
+          f"{'file ' + str(cfg.gateway.api_key_file) if cfg.gateway.api_key_file else 'none/env'})")
+    for m in plan["models"]:
+        names = ", ".join([m["name"], *m["aliases"]])
+        flag = "  (default)" if m["default"] else ""
+        spread = "".join(f", {m[k]} {k}" for k in ("replicas", "nodes") if m.get(k, 1) > 1)
+        print(f"model {names}{flag}: {m['kind']} at {m['url']}{spread}, max_concurrency {m['max_concurrency']}"
+              + (", embeddings" if m["task"] == "embed" else ""))
+        for preset, defaults in m["presets"].items():
+            print(f"    preset {preset}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        if m["kind"] == "managed":
+            if m["load"] == "on_demand":
+                keep = "never" if m["keep_alive"] < 0 else f"{m['keep_alive']:g} s"
+                print(f"    load on_demand ({m['swap']}), share {m['share']:g}, keep_alive {keep}")
+            env = " ".join(f"{k}={v}" for k, v in m["env"].items())
+            print(f"    {env + ' ' if env else ''}{subprocess.list2cmdline(m['argv'])}")
+    _print_hosts(plan)
+    residency = plan["residency"]
+    if residency["on_demand_together"]:
+        always = ", ".join(residency["always"])
+        print(f"resident together: {always} (always), with any one of:" if always else
+              "resident together: any one of:")
+        for names in residency["on_demand_together"]:
+            print(f"    {', '.join(names)}")
+    return 0
+
+
+def _print_hosts(plan: dict) -> None:
+    """Per host and card: the shares taken, then each server placed there."""
+    for host in plan["hosts"]:
+        servers = [p for p in plan["placements"] if p["host"] == host["name"]]
+        gpus = "" if host["gpus"] is None else (f", {host['gpus']} GPU" + ("s" if host["gpus"] != 1 else "")
+                                                  if host["gpus"] else ", no GPU")
+        offset = f", port_offset {host['port_offset']}" if host["port_offset"] else ""
+        print(f"host {host['name']} at {host['address']}{gpus}{offset}: {len(servers)} server"
+              + ("s" if len(servers) != 1 else ""))
+        for card, shares in host["cards"].items():
+            used = sum(v for k, v in shares.items() if not k.endswith("(on_demand)"))
+            label = "all cards" if card == "*" else f"GPU {card}"
+            print(f"    {label}: " + ", ".join(f"{k} {v:g}" for k, v in shares.items())
+                  + f"  ({used:.2f} of 1 always resident)")
+        for p in servers:
+            where = f"port {p['port']}" if p["port"] else "no HTTP port"
+            cards = f"CUDA_VISIBLE_DEVICES={p['devices']}" if p["devices"] is not None else "not pinned"
+            role = p["role"] if p["nodes"] == 1 else f"{p['role']} (node {p['node']} of {p['nodes']}, " \
+                                                     f"master {p['master']}, VLLM_HOST_IP={p['node_ip']})"
+            print(f"    localai-model@{p['unit']}: {p['model']} replica {p['replica']}, {role}, {where}, {cards}")
+
+
+def cmd_plan(args) -> int:
+    cfg = _load(args)
+    plan = full_plan(cfg)
+    if args.host:  # one host's servers (what Ansible renders units for there)
+        here = {p.unit for p in _here(cfg, args.host)}
+        plan["placements"] = [p for p in plan["placements"] if p["unit"] in here]
+    print(json.dumps(plan, indent=2))
+    return 0
+
+
+def cmd_run_model(args) -> int:
+    """Exec one placement's vLLM server in place of this process (a systemd unit's ExecStart)."""
+    cfg = _load(args)
+    _, plan = _unit_plan(cfg, args.name)
+    _check_vllm_python(cfg)
+    sys.stdout.flush()
+    os.execve(plan.argv[0], plan.argv, {**os.environ, **plan.env})
+    return 1  # not reached
+
+
+def cmd_wait_ready(args) -> int:
+    """Exit 0 once the model's vLLM answers /health (a unit's ExecStartPost)."""
+    cfg = _load(args)
+    where, plan = _unit_plan(cfg, args.name)
+    if where.role == "worker":
+        print(f"{args.name} is a worker of {where.model}: its head answers /health")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(plan.url + "/health", timeout=5) as r:
+                if r.status == 200:
+                    print(f"model {args.name} is ready at {plan.url}")
+                    return 0
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)  # polling interval while the server loads, not synchronisation
+    print(f"localai: model {args.name} did not answer {plan.url}/health within {args.timeout:g} s",
+          file=sys.stderr)
+    return 1
+
+
+def cmd_tiny_model(args) -> int:
+    python = args.python
+    if python is None and args.config:
+        python = str(_load(args).vllm.python)
+    python = python or os.environ.get("LOCALAI_VLLM_PYTHON") or sys.executable
+    cmd = [python, str(TINYMODEL_SCRIPT), str(args.dir), "--seed", str(args.seed)]
+    return subprocess.call(cmd)
+
+
+def cmd_status(args) -> int:
+    from gateway.cli.ops import status_main
+
+    return status_main(args)
+
+
+def cmd_logs(args) -> int:
+    from gateway.cli.ops import logs_main
+
+    return logs_main(args)
+
+
+def cmd_ps(args) -> int:
+    from gateway.cli.ollama_verbs import ps_main
+
+    return ps_main(_load(args), args.json)
+
+
+def cmd_load(args) -> int:
+    from gateway.cli.ollama_verbs import load_main
+
+    return load_main(_load(args), args.name, args.keep_alive)
+
+
+def cmd_unload(args) -> int:
+    from gateway.cli.ollama_verbs import unload_main
+
+    return unload_main(_load(args), args.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.cli.ops import add_logs_arguments, add_status_arguments
+
+    parser = argparse.ArgumentParser(prog="localai", description="Self-hosted OpenAI-compatible AI service.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", type=Path,
+                       default=Path(os.environ.get("LOCALAI_CONFIG", DEFAULT_CONFIG_PATH)),
+                       help=f"config file (default: $LOCALAI_CONFIG or {DEFAULT_CONFIG_PATH})")
+        return p
+
+    p = with_config(sub.add_parser("gateway", help="run the gateway alone"))
+    p.add_argument("--units", action="store_true",
+                   help="run by systemd: start and stop load: on_demand models' units "
+                        "(localai-model@NAME.service) over D-Bus")
+    p.set_defaults(func=cmd_gateway)
+    p = with_config(sub.add_parser("up", help="run the gateway and the model servers placed on this machine "
+                                              "in the foreground"))
+    p.add_argument("--host", action="append", metavar="NAME",
+                   help="start the servers placed on this host of the config's hosts: (repeatable; "
+                        "default: every server without hosts:, else the host named 'local')")
+    p.set_defaults(func=cmd_up)
+    with_config(sub.add_parser("check", help="validate the config and print the plan")).set_defaults(func=cmd_check)
+    p = with_config(sub.add_parser("plan", help="print the plan as JSON"))
+    p.add_argument("--json", action="store_true", help="JSON output (the default and only format)")
+    p.add_argument("--host", action="append", metavar="NAME",
+                   help="list only the servers placed on this host (repeatable)")
+    p.set_defaults(func=cmd_plan)
+    p = with_config(sub.add_parser("run-model", help="exec one model's vLLM server (systemd ExecStart)"))
+    p.add_argument("name", help="the unit instance: NAME (replica 0), NAME.1 (replica 1), NAME.node1 (a worker)")
+    p.set_defaults(func=cmd_run_model)
+    p = with_config(sub.add_parser("wait-ready", help="wait until one model's server answers /health"))
+    p.add_argument("name", help="the unit instance, as for run-model")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds (default 1800)")
+    p.set_defaults(func=cmd_wait_ready)
+    p = with_config(sub.add_parser("status", help="units, model readiness, ports and GPUs at a glance"))
+    add_status_arguments(p)
+    p.set_defaults(func=cmd_status)
+    p = with_config(sub.add_parser("logs", help="the JSON journal of one unit or all, readable"))
+    add_logs_arguments(p)
+    p.set_defaults(func=cmd_logs)
+    p = with_config(sub.add_parser("ps", help="the models resident now, since and until when, their VRAM share"))
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=cmd_ps)
+    p = with_config(sub.add_parser("load", help="bring a load: on_demand model in now"))
+    p.add_argument("name")
+    p.add_argument("--keep-alive", help="how long it stays once idle: 10m, 30s, -1 = until room is needed")
+    p.set_defaults(func=cmd_load)
+    p = with_config(sub.add_parser("unload", help="take a load: on_demand model off its card (once idle)"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_unload)
+    p = sub.add_parser("tiny-model", help="write a tiny random-weight model for demos and tests (offline)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--python", help="interpreter with torch+transformers (default: vllm.python of --config, "
+                                    "$LOCALAI_VLLM_PYTHON, or this one)")
+    p.add_argument("--config", "-c", type=Path, help="take the interpreter from this config's vllm.python")
+    p.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+

@@ -1,0 +1,214 @@
+"""How a load: on_demand model leaves its card and comes back.
+
+Two mechanisms, chosen per model by the plan (plan.sleep_level):
+- vLLM sleep mode (CUDA builds): POST /sleep?level=N puts it out, POST /wake_up brings it
+  back in seconds; level 2 drops the weights, so they are reloaded and the prefix cache reset.
+- stop/start (the CPU build, which has no sleep mode): through `localai up`'s supervisor, or, for
+  the gateway run by systemd (`localai gateway --units`), by starting and stopping the model's
+  unit over D-Bus (units.py), so `systemctl status` shows what is loaded.
+Either way one tiny request warms the model up before the waiting requests are let through:
+the first request after a wake is otherwise several times slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+import aiohttp
+
+from gateway.routing.backends import Backend, State
+
+if TYPE_CHECKING:
+    from gateway.lifecycle.processes import Supervisor
+    from gateway.lifecycle.units import SystemdUnits
+
+# While a started server loads, ask the health monitor this often whether it is up.
+_POKE_S = 0.25
+# A unit found active: its server answered /health at start; one that stays silent this long is
+# stopped (and started afresh by the next request), not waited for as if it were loading.
+_RUNNING_CHECK_S = 15.0
+
+
+class SwapError(Exception):
+    """A model could not be brought in or put out; the message says why."""
+
+
+class Switch(Protocol):
+    into: str  # the kind of bringing in, for metrics and logs: "wake" or "start"
+    out: str  # and of putting out: "sleep" or "stop"
+
+    async def bring_in(self, b: Backend) -> None:
+        """Make it serve (state READY) or raise SwapError."""
+
+    async def put_out(self, b: Backend) -> None:
+        """Free its share of the card (state SLEEPING or STOPPED) or raise SwapError."""
+
+
+async def until_state(b: Backend, states: tuple[State, ...], within: float,
+                      poke: Callable[[], None] | None = None) -> None:
+    """Wait until the backend is in one of these states (TimeoutError past `within` seconds)."""
+    if b.state in states:
+        return
+    reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def changed(backend: Backend) -> None:
+        if backend.state in states and not reached.done():
+            reached.set_result(None)
+
+    b.on_change.append(changed)
+    try:
+        async with asyncio.timeout(within):
+            while not reached.done():
+                if poke is not None:
+                    poke()
+                await asyncio.wait([reached], timeout=_POKE_S)
+    finally:
+        b.on_change.remove(changed)
+
+
+async def warm_up(session: aiohttp.ClientSession, b: Backend, within: float) -> None:
+    """One tiny request, so the first real one does not pay for cold caches and kernels."""
+    body: dict[str, object]
+    if b.model.task == "embed":
+        path, body = "/v1/embeddings", {"model": b.served_id, "input": "warm up"}
+    else:
+        path, body = "/v1/completions", {"model": b.served_id, "prompt": "warm up", "max_tokens": 1}
+    await _post(session, b, path, body, within, "the warm-up request")
+
+
+async def _post(session: aiohttp.ClientSession, b: Backend, path: str, body: dict | None, within: float,
+                what: str) -> None:
+    try:
+        async with session.post(b.url + path, json=body, timeout=aiohttp.ClientTimeout(total=within)) as r:
+            if r.status != 200:
+                raise SwapError(f"{what} answered HTTP {r.status}: {(await r.text())[:200]}")
+    except TimeoutError:
+        raise SwapError(f"{what} took longer than {within:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise SwapError(f"{what} failed ({type(exc).__name__}: {exc})") from None
+
+
+class SleepSwitch:
+    """vLLM sleep mode: the server stays up, its weights (level 1: to CPU RAM) and KV cache leave the card."""
+
+    into, out = "wake", "sleep"
+
+    def __init__(self, session: aiohttp.ClientSession, level: int, timeout: float):
+        self.session = session
+        self.level = level
+        self.timeout = timeout
+
+    async def put_out(self, b: Backend) -> None:
+        path = f"/sleep?level={self.level}"
+        await _post(self.session, b, path, None, self.timeout, f"POST {path}")
+        b.set_state(State.SLEEPING, f"asleep (sleep mode level {self.level})")
+
+    async def bring_in(self, b: Backend) -> None:
+        b.set_state(State.WAKING, f"waking from sleep level {self.level}")
+        if self.level == 1:
+            steps: list[tuple[str, dict | None]] = [("/wake_up", None)]
+        else:  # the weights were dropped: bring the memory back, reload them, then the KV cache
+            steps = [("/wake_up?tags=weights", None), ("/collective_rpc", {"method": "reload_weights"}),
+                     ("/wake_up?tags=kv_cache", None), ("/reset_prefix_cache", None)]
+        for path, body in steps:
+            await _post(self.session, b, path, body, self.timeout, f"POST {path}")
+        await warm_up(self.session, b, self.timeout)
+        b.set_state(State.READY, None)
+
+
+class ProcessSwitch:
+    """Stop and start the model's server through `localai up`'s supervisor."""
+
+    into, out = "start", "stop"
+
+    def __init__(self, session: aiohttp.ClientSession, supervisor: Supervisor, poke: Callable[[str], None],
+                 timeout: float):
+        self.session = session
+        self.supervisor = supervisor
+        self.poke = poke
+        self.timeout = timeout
+
+    async def put_out(self, b: Backend) -> None:
+        await self.supervisor.stop(b.name)
+        b.set_state(State.STOPPED, "stopped: starts on the next request")
+
+    async def bring_in(self, b: Backend) -> None:
+        b.set_state(State.LOADING, "starting")
+        try:
+            self.supervisor.start(b.name)
+        except RuntimeError as exc:  # `localai up` is shutting down
+            raise SwapError(str(exc)) from None
+        try:
+            await until_state(b, (State.READY, State.FAILED), self.timeout, lambda: self.poke(b.name))
+        except TimeoutError:
+            raise SwapError(f"did not start within {self.timeout:g} s") from None
+        if b.state is State.FAILED:  # the lifecycle stops it: no restart loop, the next request tries again
+            raise SwapError((b.reason or "failed").split("; restarting in")[0])
+        await warm_up(self.session, b, self.timeout)
+
+
+async def start_unit(units: SystemdUnits, instance: str, within: float) -> None:
+    """Start localai-model@INSTANCE and return once it is active: its ExecStartPost saw vLLM answer /health."""
+    await _unit_job(units.start, instance, within, "start")
+
+
+async def _unit_job(job: Callable[[str], Awaitable[None]], instance: str, within: float, verb: str) -> None:
+    # units.py (and its D-Bus library) is imported when used: a gateway that swaps nothing
+    # through systemd does not load it.
+    from gateway.lifecycle.units import UnitError, model_unit
+
+    try:
+        async with asyncio.timeout(within):
+            await job(model_unit(instance))
+    except TimeoutError:
+        raise SwapError(f"{model_unit(instance)} did not {verb} within {within:g} s") from None
+    except UnitError as exc:
+        raise SwapError(str(exc)) from None
+
+
+class UnitSwitch:
+    """Stop and start the model's systemd unit (localai-model@NAME.service) over D-Bus."""
+
+    into, out = "start", "stop"
+
+    def __init__(self, session: aiohttp.ClientSession, units: SystemdUnits, instance: str,
+                 poke: Callable[[str], None], timeout: float):
+        self.session = session
+        self.units = units
+        self.instance = instance  # the plan's unit instance name
+        self.poke = poke
+        self.timeout = timeout
+
+    async def running(self, b: Backend, since: float) -> bool:
+        """Whether its unit is active with a server started after `since` (when the config was
+        written: so it runs this config's command line), for the gateway before this one (a
+        restart, an upgrade), and answers; then it can be kept, not stopped and started again."""
+        from gateway.lifecycle.units import UnitError, model_unit
+
+        try:
+            started = await self.units.running_since(model_unit(self.instance))
+        except UnitError:
+            return False
+        if started is None or started < since:
+            return False
+        b.set_state(State.LOADING, "its unit was running when the gateway started: checking it")
+        try:
+            await until_state(b, (State.READY,), min(self.timeout, _RUNNING_CHECK_S), lambda: self.poke(b.name))
+        except TimeoutError:
+            return False
+        return True
+
+    async def put_out(self, b: Backend) -> None:
+        await _unit_job(self.units.stop, self.instance, self.timeout, "stop")
+        b.set_state(State.STOPPED, "stopped: starts on the next request")
+
+    async def bring_in(self, b: Backend) -> None:
+        b.set_state(State.LOADING, "starting its unit")
+        await start_unit(self.units, self.instance, self.timeout)
+        try:  # then the health monitor's own look (it also learns the served model's limits)
+            await until_state(b, (State.READY,), self.timeout, lambda: self.poke(b.name))
+        except TimeoutError:
+            raise SwapError(f"its unit is active, but it did not answer within {self.timeout:g} s") from None
+        await warm_up(self.session, b, self.timeout)

@@ -1,0 +1,378 @@
+"""Backends: the model servers behind the gateway, their state, and how a request finds one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from gateway.base.errors import ApiError
+from gateway.base.observability import Metrics
+from gateway.config.schema import GLOB_CHARS, Config, ExternalModel, ManagedModel
+from gateway.plan.placement import endpoints, max_concurrency
+from gateway.routing.admission import ModelSlots, WaitingRoom
+from gateway.routing.balancer import Balancer, Replica
+
+log = logging.getLogger("localai.backends")
+
+
+class State(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    # load: on_demand models out of the card (lifecycle.py), and one on its way back from sleep.
+    SLEEPING = "sleeping"
+    STOPPED = "stopped"
+    WAKING = "waking"
+
+
+# States the model lifecycle sets and the health checks leave alone: a sleeping vLLM still
+# answers /health, and a stopped one is meant to be unreachable.
+LIFECYCLE_STATES = (State.SLEEPING, State.STOPPED, State.WAKING)
+
+
+@dataclass
+class Residence:
+    """A load: on_demand model's place on its card (lifecycle.py keeps it)."""
+
+    share: float  # of its card (gpu_memory_utilization)
+    since: float | None = None  # wall clock: resident since
+    expires_at: float | None = None  # wall clock: keep_alive runs out; None = never
+
+
+# A ready backend that misses this many health checks in a row is declared failed;
+# one miss is often just a busy event loop in vLLM under load.
+FAILED_AFTER_MISSES = 2
+
+
+@dataclass
+class Backend:
+    name: str
+    balancer: Balancer  # its replicas, and which one serves the next request
+    model: ManagedModel | ExternalModel  # its config entry
+    slots: ModelSlots
+    served_id: str
+    served_model_hint: str | None = None  # managed: the hub id / path it was started with
+    api_key: str | None = None
+    max_model_len: int | None = None
+    state: State = State.LOADING
+    reason: str | None = "starting"
+    misses: int = 0
+    residence: Residence | None = None  # set for load: on_demand models only
+    on_change: list[Callable[[Backend], None]] = field(default_factory=list)
+
+    def server_state(self, url: str, state: State, reason: str | None) -> None:
+        """One of the model's servers started or crashed (its supervisor says so). With replicas
+        that is its replica's state: the model serves on while another replica is ready."""
+        replicas = self.balancer.replicas
+        if len(replicas) > 1:
+            for r in replicas:
+                if r.url == url:
+                    r.state, r.reason = state.value, reason
+            if any(r.ready for r in replicas):
+                return
+        self.set_state(state, reason)
+
+    def set_state(self, state: State, reason: str | None) -> None:
+        if state != self.state or reason != self.reason:
+            log.info("model %s is %s", self.name, state.value,
+                     extra={"model": self.name, "state": state.value, "reason": reason})
+            self.state, self.reason = state, reason
+            for call in self.on_change:
+                call(self)
+
+    @property
+    def replicas(self) -> tuple[Replica, ...]:
+        return self.balancer.replicas
+
+    @property
+    def url(self) -> str:
+        """Base URL (without /v1) for the gateway's own calls (token counts, a stored response,
+        sleep and wake): a ready replica's, or the first one's."""
+        replicas = self.balancer.replicas
+        if len(replicas) == 1:
+            return replicas[0].url
+        return next((r.url for r in replicas if r.ready), replicas[0].url)
+
+    @property
+    def managed(self) -> bool:
+        return isinstance(self.model, ManagedModel)
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(self.model.aliases)
+
+    def describe(self) -> dict:
+        return {"state": self.state.value, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes, and the preset defaults its model name carries."""
+
+    backend: Backend
+    defaults: dict
+
+
+def _balancer(m: ManagedModel | ExternalModel, cfg: Config, old: tuple[Replica, ...]) -> Balancer:
+    """The model's replicas as the plan places them; one that was there before (same URL) is kept
+    with its health, breaker and requests in flight, which still hold it."""
+    known = {r.url: r for r in old}
+    replicas = []
+    for p in endpoints(cfg, m.name):
+        r = known.get(p.url) or Replica(p.host, p.url, urlsplit(p.url).netloc.rpartition("@")[2])
+        r.host = p.host
+        replicas.append(r)
+    return Balancer(replicas, cfg.gateway.balance)
+
+
+def _read_key(model: ExternalModel) -> str | None:
+    if model.api_key_file is None:
+        return None
+    return model.api_key_file.read_text().strip() or None
+
+
+class Registry:
+    """Every backend, and the map from what a client may call a model to its backend."""
+
+    def __init__(self, cfg: Config, metrics: Metrics):
+        self.room = WaitingRoom(cfg.gateway.max_queue, cfg.gateway.queue_timeout)
+        self.metrics = metrics
+        self.backends: dict[str, Backend] = {m.name: self._backend(m, cfg) for m in cfg.models}
+        self._routes: dict[str, Route] = {}
+        self._route(cfg)
+
+    def _backend(self, m: ManagedModel | ExternalModel, cfg: Config) -> Backend:
+        slots = ModelSlots(m.name, max_concurrency(m), self.room, self.metrics.queue_depth.labels(m.name))
+        balancer = _balancer(m, cfg, ())
+        if isinstance(m, ManagedModel):
+            return Backend(m.name, balancer, m, slots, served_id=m.name,
+                           served_model_hint=m.model, max_model_len=m.max_model_len)
+        return Backend(m.name, balancer, m, slots, served_id=m.served_model or m.name,
+                       api_key=_read_key(m), max_model_len=m.max_model_len)
+
+    def _route(self, cfg: Config) -> None:
+        self.default = self.backends[cfg.default_model.name]
+        routes: dict[str, Route] = {}
+        # Glob aliases, in config order: tried only when no exact name matches, first match wins.
+        globs: list[tuple[str, Route]] = []
+        for b in self.backends.values():
+            for key in (b.name, *b.aliases, b.served_model_hint, b.served_id):
+                if key and key in b.aliases and any(c in key for c in GLOB_CHARS):
+                    globs.append((key, Route(b, {})))
+                elif key:
+                    routes.setdefault(key, Route(b, {}))
+            for preset, params in b.model.presets.items():
+                routes[preset] = Route(b, params.defaults())
+        self._routes, self._globs = routes, globs
+
+    def apply(self, cfg: Config) -> tuple[list[Backend], list[Backend]]:
+        """A reloaded config: models added and removed, entries, limits and routes updated in place.
+        Requests in flight keep the backend they hold. Returns (added, removed)."""
+        self.room.max_waiting, self.room.timeout = cfg.gateway.max_queue, cfg.gateway.queue_timeout
+        new = {m.name: m for m in cfg.models}
+        removed = [b for name, b in self.backends.items() if name not in new]
+        added = []
+        for name, m in new.items():
+            old = self.backends.get(name)
+            if old is not None and old.managed == isinstance(m, ManagedModel):
+                if isinstance(m, ManagedModel) and m.max_model_len != old.model.max_model_len:
+                    # The server restarted with the new window (or will): unset, it is learned again.
+                    old.max_model_len = m.max_model_len
+                old.model = m
+                old.balancer = _balancer(m, cfg, old.replicas)
+                old.slots.set_limit(max_concurrency(m))
+                if isinstance(m, ExternalModel):
+                    old.api_key = _read_key(m)
+                    old.served_id = m.served_model or old.served_id
+                    old.max_model_len = m.max_model_len or old.max_model_len
+                continue
+            if old is not None:  # managed became external or the other way round
+                removed.append(old)
+            added.append(self._backend(m, cfg))
+            self.backends[name] = added[-1]
+        self.backends = {name: self.backends[name] for name in new}  # config order
+        self._route(cfg)
+        return added, removed
+
+    def learn_served_id(self, backend: Backend, served_id: str) -> None:
+        self._routes.setdefault(served_id, Route(backend, {}))
+
+    def presets(self) -> list[tuple[str, Route]]:
+        return [(name, r) for name, r in self._routes.items() if name in r.backend.model.presets]
+
+    def resolve(self, model: object) -> Route:
+        """Route by name, alias, preset, served id or glob alias; no model means the default.
+        Raises ApiError."""
+        if model is None or model == "":
+            return Route(self.default, {})
+        if not isinstance(model, str):
+            raise ApiError(400, "'model' must be a string.", code="invalid_type", param="model")
+        route = self._routes.get(model)
+        if route is None:
+            route = next((r for pattern, r in self._globs if fnmatchcase(model, pattern)), None)
+        if route is None:
+            known = ", ".join(sorted(self.backends))
+            raise ApiError(404, f"The model '{model}' does not exist. Available models: {known}.",
+                           code="model_not_found", param="model")
+        return route
+
+    def check_serving(self, backend: Backend) -> None:
+        """Loading and failed models answer 503 before anything is queued."""
+        if backend.state is State.READY:
+            return
+        if backend.state is State.LOADING:
+            raise ApiError(503, f"Model '{backend.name}' is still loading; retry shortly.",
+                           code="model_loading", type="server_error", headers={"Retry-After": "10"})
+        raise ApiError(503, f"Model '{backend.name}' is unavailable: {backend.reason}.",
+                       code="model_unavailable", type="server_error", headers={"Retry-After": "30"})
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    return f"not reachable at {url} ({type(exc).__name__}: {exc})" if str(exc) else \
+        f"not reachable at {url} ({type(exc).__name__})"
+
+
+class HealthMonitor:
+    """Polls each backend so that ready models serve while others still load."""
+
+    def __init__(self, registry: Registry, session: aiohttp.ClientSession, interval: float,
+                 metrics: Metrics):
+        self.registry = registry
+        self.session = session
+        self.interval = interval
+        self.metrics = metrics
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._unchecked = set(registry.backends)
+        self._first_round = asyncio.Event()
+
+    def start(self) -> None:
+        for b in self.registry.backends.values():
+            self.watch(b)
+
+    async def first_round(self) -> None:
+        """Until every backend was checked once: a gateway that starts serving then answers
+        a ready model's requests at once, not with 503 model_loading."""
+        await self._first_round.wait()
+
+    def watch(self, b: Backend) -> None:
+        self.unwatch(b.name)
+        self._wake[b.name] = asyncio.Event()
+        self._tasks[b.name] = asyncio.create_task(self._watch(b), name=f"health-{b.name}")
+
+    def unwatch(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            del self._wake[name]
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def poke(self, name: str) -> None:
+        """Check this backend now (a request just failed to reach it)."""
+        if name in self._wake:
+            self._wake[name].set()
+
+    async def _watch(self, b: Backend) -> None:
+        timeout = aiohttp.ClientTimeout(total=5)
+        # vLLM's /health turns 503 when its engine dies; an external server is only
+        # assumed to speak OpenAI, so its model list is the health check.
+        probe = "/health" if b.managed else "/v1/models"
+        while True:
+            headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}  # a reload may change it
+            replicas = b.replicas  # a reload may change them
+            checks = await asyncio.gather(*(self._check(r, probe, timeout, headers) for r in replicas))
+            for r, (ok, why) in zip(replicas, checks, strict=True):
+                self._record_replica(b, r, ok, why)
+            # The model serves while any replica does; it is down with the first one's reason.
+            up = next((r for r, (ok, _) in zip(replicas, checks, strict=True) if ok), None)
+            healthy = up is not None
+            detail = next(why for _, why in checks if why) if up is None else ""
+            learn = b.state not in LIFECYCLE_STATES and (b.state is not State.READY or b.max_model_len is None)
+            if up is not None and learn:
+                try:
+                    await self._discover(b, up.url, timeout, headers)
+                except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                    healthy, detail = False, _unreachable(up.url, exc)
+            self._record(b, healthy, detail)
+            self._unchecked.discard(b.name)
+            if not self._unchecked:
+                self._first_round.set()
+            wake = self._wake[b.name]
+            # Poll fast while waiting for a model to come up, slower once it serves.
+            delay = self.interval if b.state is State.READY else min(self.interval, 1.0)
+            try:
+                await asyncio.wait_for(wake.wait(), delay)
+            except TimeoutError:
+                pass
+            wake.clear()
+
+    async def _check(self, r: Replica, probe: str, client_timeout: aiohttp.ClientTimeout,
+                     headers: dict[str, str]) -> tuple[bool, str]:
+        """(healthy, why not) of one replica."""
+        try:
+            async with self.session.get(r.url + probe, timeout=client_timeout, headers=headers) as resp:
+                return resp.status == 200, "" if resp.status == 200 else f"health check answered HTTP {resp.status}"
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            return False, _unreachable(r.url, exc)
+
+    async def _discover(self, b: Backend, url: str, client_timeout: aiohttp.ClientTimeout,
+                        headers: dict[str, str]) -> None:
+        async with self.session.get(url + "/v1/models", timeout=client_timeout, headers=headers) as r:
+            if r.status != 200:
+                return
+            data = (await r.json()).get("data") or []
+        ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if not b.managed and b.served_id not in ids and ids:
+            b.served_id = ids[0]
+        for entry in data:
+            if entry.get("id") == b.served_id:
+                if b.max_model_len is None and isinstance(entry.get("max_model_len"), int):
+                    b.max_model_len = entry["max_model_len"]
+                self.registry.learn_served_id(b, b.served_id)
+
+    def _record_replica(self, b: Backend, r: Replica, healthy: bool, detail: str) -> None:
+        """A replica's own state, by the same rules as the model's (`_record`); a passed check
+        after the breaker's cool-down closes it (the half-open probe)."""
+        if healthy:
+            r.misses = 0
+            r.state, r.reason = State.READY.value, None
+            if r.breaker(time.monotonic()) == "half-open":
+                r.succeeded()
+        else:
+            r.misses += 1
+            if r.state == State.READY and r.misses >= FAILED_AFTER_MISSES:
+                r.state, r.reason = State.FAILED.value, detail
+            elif r.state != State.READY:
+                r.reason = detail
+        if len(b.replicas) > 1:
+            label = (b.name, r.address)
+            self.metrics.replica_up.labels(*label).set(1 if healthy else 0)
+            self.metrics.replica_ready.labels(*label).set(1 if r.ready else 0)
+
+    def _record(self, b: Backend, healthy: bool, detail: str) -> None:
+        self.metrics.backend_up.labels(b.name).set(1 if healthy else 0)
+        if b.state in LIFECYCLE_STATES:
+            pass
+        elif healthy:
+            b.misses = 0
+            b.set_state(State.READY, None)
+        else:
+            b.misses += 1
+            if b.state is State.READY and b.misses >= FAILED_AFTER_MISSES:
+                b.set_state(State.FAILED, detail)
+            elif b.state is State.LOADING:
+                b.reason = detail
+        self.metrics.backend_ready.labels(b.name).set(1 if b.state is State.READY else 0)
