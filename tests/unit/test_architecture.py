@@ -1,0 +1,30 @@
+"""gateway/'s layout holds: no module imports itself round a circle, and the playbook copies
+every module of every layer (its source globs go three folders deep)."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import grimp
+import yaml
+
+from tests.conftest import REPO
+
+
+def test_no_module_of_the_gateway_imports_itself_round_a_circle():
+    graph = grimp.build_graph("gateway")
+    circles = sorted({tuple(sorted((module, imported)))
+                      for module in graph.modules
+                      for imported in graph.find_modules_directly_imported_by(module)
+                      if graph.chain_exists(importer=imported, imported=module)})
+    assert circles == []
+
+
+def test_the_playbook_copies_every_module_of_the_gateway():
+    defaults = yaml.safe_load((REPO / "ansible/roles/localai_python/defaults/main.yml").read_text())
+    globs = defaults["localai_python_source_files"]
+    modules = sorted(str(p.relative_to(REPO)) for p in (REPO / "gateway").rglob("*") if p.suffix in (".py", ".typed"))
+    # fileglob's * stops at a slash, as fnmatch's does not: compare folder depth too.
+    uncopied = [m for m in modules
+                if not any(fnmatch.fnmatch(m, g) and m.count("/") == g.count("/") for g in globs)]
+    assert uncopied == []
