@@ -4,7 +4,7 @@ Middlewares wrap every request: an id and one access log line with its
 metrics (access), errors in the shape of the client's API (errors), and the
 API key check (auth).  Inside, pipeline.py carries the request path itself:
 parse, route, prepare, guard, admit, proxy.  The API families
-(gateway/families/) add thin handlers over it.
+(gateway/http/families/) add thin handlers over it.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ class GatewaySettings(_Strict):
     # A wake (sleep mode) or a start that takes longer has failed.
     wake_timeout: float = Field(60.0, gt=0)
     start_timeout: float = Field(900.0, gt=0)
-    # How a model's replicas share its requests (gateway/balancer.py): least outstanding requests,
+    # How a model's replicas share its requests (gateway/routing/balancer.py): least outstanding requests,
     # with a conversation's turns kept on the replica that holds its prefix cache; round_robin is
     # there to compare against (bench, the real tier) and for replicas that share no cache.
     balance: Literal["least_outstanding", "round_robin"] = "least_outstanding"

@@ -1,7 +1,7 @@
 """The request path, top to bottom: parse -> route -> prepare -> guard -> admit -> proxy.
 
 Auth and accounting wrap it as middlewares (app.py). Every API family
-(gateway/families/) comes through `run()`, so they all share routing,
+(gateway/http/families/) comes through `run()`, so they all share routing,
 admission, the context guard, logs and metrics.
 """
 
