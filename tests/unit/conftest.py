@@ -43,7 +43,7 @@ class Stack:
     def metrics_text(self) -> str:
         from prometheus_client import generate_latest
 
-        from gateway.app.factory import METRICS
+        from gateway.http.appkeys import METRICS
         return generate_latest(self.app[METRICS].registry).decode()
 
     async def ready(self, *names: str) -> None:

@@ -266,7 +266,7 @@ async def test_unknown_model_is_not_found_error(stack):
 async def test_full_queue_is_rate_limit_error_with_retry_after(stack):
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, max_queue=1)
-    from gateway.app.factory import REGISTRY
+    from gateway.http.appkeys import REGISTRY
     first = asyncio.create_task(s.http.post(s.url + "/v1/messages", json=dict(ASK, stream=True), headers=HEADERS))
     await fake.wait_for(lambda f: f.active == 1)
     second = asyncio.create_task(s.http.post(s.url + "/v1/messages", json=ASK, headers=HEADERS))

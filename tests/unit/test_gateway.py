@@ -91,7 +91,7 @@ async def test_failed_model_gets_503_naming_why(stack):
 
 
 def _state(s, name):
-    from gateway.app.factory import REGISTRY
+    from gateway.http.appkeys import REGISTRY
     return s.app[REGISTRY].backends[name].state.value
 
 
@@ -172,7 +172,7 @@ async def test_client_disconnect_cancels_upstream(stack, stream):
 async def test_fifo_queue_then_429_then_leave_queue(stack):
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, max_queue=2)
-    from gateway.app.factory import REGISTRY
+    from gateway.http.appkeys import REGISTRY
     order = []
 
     async def call(tag):
@@ -206,7 +206,7 @@ async def test_fifo_queue_then_429_then_leave_queue(stack):
 async def test_waiting_client_that_leaves_frees_its_place(stack):
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, max_queue=1)
-    from gateway.app.factory import REGISTRY
+    from gateway.http.appkeys import REGISTRY
     first = asyncio.create_task(s.http.post(s.url + "/v1/chat/completions", json=dict(CHAT, stream=True)))
     await fake.wait_for(lambda f: f.active == 1)
     leaver = aiohttp.ClientSession()

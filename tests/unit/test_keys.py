@@ -138,7 +138,7 @@ async def test_a_light_key_is_served_before_a_heavy_keys_queue(stack, tmp_path):
     f.chmod(0o600)
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, api_key_file=str(f))
-    from gateway.app.factory import REGISTRY
+    from gateway.http.appkeys import REGISTRY
 
     async def call(key: str, tag: str) -> int:
         async with s.http.post(s.url + "/v1/chat/completions", headers=bearer(key),

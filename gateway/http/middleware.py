@@ -1,0 +1,112 @@
+"""The middlewares every request passes, outermost first: an id and one access log line with
+its metrics (access), errors in the shape of the client's API (errors), and the API key
+check (auth); and the request id stamped on every response as its headers leave."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from gateway.base.errors import HTTP_CODES, ApiError, error_response, shape_error
+from gateway.base.observability import request_id_var
+from gateway.http.accounting import Account, account
+from gateway.http.appkeys import ACCESS, ACCOUNT, CONFIG, KEY_NAME, METRICS, REQUEST_ID
+from gateway.keys.auth import check_key
+
+log = logging.getLogger("localai.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Paths that need a key. Health and readiness probes and the WebUI's static files don't.
+_PROTECTED_PREFIXES = ("/v1/", "/api/", "/metrics", "/v2/rerank", "/rerank", "/score", "/tokenize",
+                       "/detokenize")
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id in and out, one JSON log line and the request metrics per request."""
+    rid = request.headers.get("X-Request-ID")
+    if not rid or len(rid) > 128 or not rid.isprintable():
+        rid = os.urandom(16).hex()  # a quarter of uuid4().hex's cost
+    token = request_id_var.set(rid)
+    request[REQUEST_ID] = rid
+    acct = request[ACCOUNT] = Account(started=time.monotonic())
+    status = 500
+    try:
+        response = await handler(request)
+        # A stream that began as 200 and was broken off by its backend counts as a 502.
+        status = 502 if acct.error else response.status
+        return response
+    except web.HTTPException as exc:  # only from handlers that prepared a stream already
+        status = exc.status
+        raise
+    except BaseException:
+        # The client went away (handler cancelled) or something broke mid-stream; a client
+        # that hangs up after the stream's final event had its whole answer.
+        status = 200 if acct.answered else 499
+        raise
+    finally:
+        account(request, acct, status, rid, request.app[METRICS], request.get(KEY_NAME))
+        request_id_var.reset(token)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON in the shape of the client's API; no traceback reaches a client."""
+    response = await _json_errors(request, handler)
+    if response.status >= 400 and isinstance(response, web.Response) and not response.prepared:
+        return shape_error(request, response)
+    return response
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, kind = HTTP_CODES.get(exc.status, ("http_error", "invalid_request_error"))
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 404:
+            message = f"No such endpoint: {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"Method {request.method} is not allowed on {request.path}"
+        elif exc.status == 413:
+            limit = request.app[CONFIG].gateway.max_body_bytes
+            message = f"Request body is larger than the limit of {limit} bytes."
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, message, code=code, type=kind, headers=headers)
+    except (RequestPayloadError, HttpProcessingError):
+        # The body broke off mid-way (bad chunk framing or Content-Encoding): the client's fault.
+        return error_response(400, "The request body could not be read: its chunked framing or "
+                                   "Content-Encoding is invalid.", code="malformed_request")
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise  # the client left mid-stream; nothing to answer
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Internal error in the gateway; see its log for this request id.",
+                              code="internal_error", type="server_error")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    keyring = request.app[ACCESS].keyring
+    if keyring and request.path.startswith(_PROTECTED_PREFIXES):
+        request[KEY_NAME] = check_key(keyring, request)
+    return await handler(request)
+
+
+async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # On prepare, so streamed answers (whose headers leave before the handler returns) carry it too.
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["X-Request-ID"] = rid
