@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import signal
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.ops import add_logs_arguments, add_status_arguments
 
     parser = argparse.ArgumentParser(prog="localai", description="Self-hosted OpenAI-compatible AI service.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -343,7 +345,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("localai")
+    except importlib.metadata.PackageNotFoundError:  # a source tree run without `pip install`
+        return "unknown (not installed)"
+
+
+# What the shell sees of a command killed by SIGPIPE (git, ollama) in `localai plan | head -1`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left: say nothing. Python flushes stdout once more as it exits; point it at
+        # /dev/null so that flush has nowhere to fail (as Python's docs on SIGPIPE advise).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 

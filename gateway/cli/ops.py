@@ -379,9 +379,9 @@ def logs_main(args) -> int:
             print(json.dumps(rec, default=str) if as_json else format_record(rec), flush=True)
     except KeyboardInterrupt:
         proc.terminate()
-    except BrokenPipeError:  # `localai logs | head`
+    except BrokenPipeError:  # `localai logs | head`: main() ends the command quietly
         proc.terminate()
-        return 0
+        raise
     return proc.wait()
 
 
