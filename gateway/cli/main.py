@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import signal
@@ -113,6 +114,7 @@ def _create_app(cfg: Config):
 
 
 def cmd_gateway(args) -> int:
+    from gateway.app.runtime import announced
     from gateway.app.server import serve
     from gateway.base.observability import setup_logging
 
@@ -126,8 +128,9 @@ def cmd_gateway(args) -> int:
         app[LIFECYCLE].use_units(SystemdUnits())
 
     async def run(stop: asyncio.Event) -> None:
-        async with serve(app, cfg.gateway.host, cfg.gateway.port):
-            await stop.wait()
+        async with serve(app, cfg.gateway.host, cfg.gateway.port) as runner:
+            with announced(runner.addresses[0], cfg.source, "gateway"):
+                await stop.wait()
 
     _run_loop(_until_signalled(run, app))
     return 0
@@ -142,7 +145,7 @@ def cmd_up(args) -> int:
     _check_vllm_python(cfg)
     setup_logging(cfg.gateway.log_level)
     app = _create_app(cfg)
-    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop, here), app))
+    _run_loop(_until_signalled(lambda stop: run_up(cfg, app, stop, here, announce=True), app))
     return 0
 
 
@@ -251,9 +254,53 @@ def cmd_tiny_model(args) -> int:
     return subprocess.call(cmd)
 
 
+URL_ENV = "LOCALAI_URL"
+CONFIG_ENV = "LOCALAI_CONFIG"
+
+
+def _running(args, url_too: bool = False) -> str | None:
+    """Set args.config to the config of the service a command looks at, if --config did not:
+    $LOCALAI_CONFIG, else the config the gateway running here was started with, else the
+    default path. Returns the URL that gateway listens on, where its record says."""
+    from gateway.app.runtime import find_running, record_dirs
+
+    if args.config is not None:
+        return None
+    if os.environ.get(CONFIG_ENV):
+        args.config = Path(os.environ[CONFIG_ENV])
+        return None
+    running = find_running()
+    if running is not None:
+        args.config = Path(running["config"])
+        return str(running["url"])
+    if not DEFAULT_CONFIG_PATH.exists():
+        tried = ", ".join(["--config", *([f"${URL_ENV}"] if url_too else []), f"${CONFIG_ENV}"])
+        _die(f"no running localai found: no {tried}, no gateway's record in "
+             f"{' or '.join(str(d) for d in record_dirs())}, and no {DEFAULT_CONFIG_PATH}.\n"
+             "Start one (localai up --config FILE), or say where it is: --config FILE"
+             + (f" or {URL_ENV}=http://HOST:PORT" if url_too else ""), 1)
+    args.config = DEFAULT_CONFIG_PATH
+    return None
+
+
+def _gateway(args):
+    """The running gateway `ps`, `load` and `unload` speak to: that of --config, else $LOCALAI_URL,
+    else as _running finds it; the key from $LOCALAI_API_KEY, else the config's key file."""
+    from gateway.app.runtime import client_url
+    from gateway.cli.ollama_verbs import Gateway, config_key, env_key
+
+    url = os.environ.get(URL_ENV) if args.config is None else None
+    if url:
+        return Gateway(url.rstrip("/"), env_key())
+    url = _running(args, url_too=True)
+    cfg = _load(args)
+    return Gateway(url or client_url(cfg.gateway.host, cfg.gateway.port), env_key() or config_key(cfg))
+
+
 def cmd_status(args) -> int:
     from gateway.cli.ops import status_main
 
+    _running(args)
     return status_main(args)
 
 
@@ -266,31 +313,40 @@ def cmd_logs(args) -> int:
 def cmd_ps(args) -> int:
     from gateway.cli.ollama_verbs import ps_main
 
-    return ps_main(_load(args), args.json)
+    return ps_main(_gateway(args), args.json)
 
 
 def cmd_load(args) -> int:
     from gateway.cli.ollama_verbs import load_main
 
-    return load_main(_load(args), args.name, args.keep_alive)
+    return load_main(_gateway(args), args.name, args.keep_alive)
 
 
 def cmd_unload(args) -> int:
     from gateway.cli.ollama_verbs import unload_main
 
-    return unload_main(_load(args), args.name)
+    return unload_main(_gateway(args), args.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.ops import add_logs_arguments, add_status_arguments
 
     parser = argparse.ArgumentParser(prog="localai", description="Self-hosted OpenAI-compatible AI service.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", type=Path,
-                       default=Path(os.environ.get("LOCALAI_CONFIG", DEFAULT_CONFIG_PATH)),
-                       help=f"config file (default: $LOCALAI_CONFIG or {DEFAULT_CONFIG_PATH})")
+                       default=Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_PATH)),
+                       help=f"config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})")
+        return p
+
+    def of_running(p: argparse.ArgumentParser, url: bool = False) -> argparse.ArgumentParser:
+        """--config for the commands that look at the running service: they find it without."""
+        p.add_argument("--config", "-c", type=Path,
+                       help="config file (default: " + (f"the gateway at ${URL_ENV}, " if url else "")
+                            + f"${CONFIG_ENV}, the config the gateway running here was started with, "
+                              f"or {DEFAULT_CONFIG_PATH})")
         return p
 
     p = with_config(sub.add_parser("gateway", help="run the gateway alone"))
@@ -317,20 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the unit instance, as for run-model")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds (default 1800)")
     p.set_defaults(func=cmd_wait_ready)
-    p = with_config(sub.add_parser("status", help="units, model readiness, ports and GPUs at a glance"))
+    p = of_running(sub.add_parser("status", help="units, model readiness, ports and GPUs at a glance"))
     add_status_arguments(p)
     p.set_defaults(func=cmd_status)
     p = with_config(sub.add_parser("logs", help="the JSON journal of one unit or all, readable"))
     add_logs_arguments(p)
     p.set_defaults(func=cmd_logs)
-    p = with_config(sub.add_parser("ps", help="the models resident now, since and until when, their VRAM share"))
+    p = of_running(sub.add_parser("ps", help="the models resident now, since and until when, their VRAM share"),
+                   url=True)
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=cmd_ps)
-    p = with_config(sub.add_parser("load", help="bring a load: on_demand model in now"))
+    p = of_running(sub.add_parser("load", help="bring a load: on_demand model in now"), url=True)
     p.add_argument("name")
     p.add_argument("--keep-alive", help="how long it stays once idle: 10m, 30s, -1 = until room is needed")
     p.set_defaults(func=cmd_load)
-    p = with_config(sub.add_parser("unload", help="take a load: on_demand model off its card (once idle)"))
+    p = of_running(sub.add_parser("unload", help="take a load: on_demand model off its card (once idle)"), url=True)
     p.add_argument("name")
     p.set_defaults(func=cmd_unload)
     p = sub.add_parser("tiny-model", help="write a tiny random-weight model for demos and tests (offline)")
@@ -343,7 +400,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("localai")
+    except importlib.metadata.PackageNotFoundError:  # a source tree run without `pip install`
+        return "unknown (not installed)"
+
+
+# What the shell sees of a command killed by SIGPIPE (git, ollama) in `localai plan | head -1`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left: say nothing. Python flushes stdout once more as it exits; point it at
+        # /dev/null so that flush has nowhere to fail (as Python's docs on SIGPIPE advise).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 

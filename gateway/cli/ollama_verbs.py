@@ -1,8 +1,9 @@
 """`localai ps`, `localai load NAME`, `localai unload NAME`: Ollama's habits, against the running gateway.
 
-They speak Ollama's own API to the gateway of --config: /api/ps lists what is resident,
-/api/generate with no prompt loads a model (keep_alive sets when it unloads), and with
-keep_alive 0 unloads it. The key comes from $LOCALAI_API_KEY or the config's key file.
+They speak Ollama's own API to the gateway main.py found (--config, $LOCALAI_URL, or the record
+of the gateway running here): /api/ps lists what is resident, /api/generate with no prompt loads
+a model (keep_alive sets when it unloads), and with keep_alive 0 unloads it. The key comes from
+$LOCALAI_API_KEY or the config's key file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.config.schema import Config, ConfigError
@@ -22,9 +24,20 @@ from gateway.keys.keyring import KEY_ENV, parse_key_file
 LOAD_TIMEOUT_S = 1800.0
 
 
-def _key(cfg: Config) -> str | None:
-    if os.environ.get(KEY_ENV):
-        return os.environ[KEY_ENV].strip()
+@dataclass(frozen=True)
+class Gateway:
+    """The running gateway a command talks to."""
+
+    url: str  # http://HOST:PORT, no trailing slash
+    key: str | None
+
+
+def env_key() -> str | None:
+    return os.environ.get(KEY_ENV, "").strip() or None
+
+
+def config_key(cfg: Config) -> str | None:
+    """The first key of the config's key file (None: the gateway takes none)."""
     path = cfg.gateway.api_key_file
     if path is None:
         return None
@@ -37,13 +50,11 @@ def _key(cfg: Config) -> str | None:
     return pairs[0][1] if pairs else None
 
 
-def _call(cfg: Config, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> dict:
-    host = "127.0.0.1" if cfg.gateway.host in ("0.0.0.0", "::", "") else cfg.gateway.host
-    url = f"http://{host}:{cfg.gateway.port}{path}"
+def _call(gateway: Gateway, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> dict:
+    url = gateway.url + path
     headers = {"Content-Type": "application/json"}
-    key = _key(cfg)
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    if gateway.key:
+        headers["Authorization"] = f"Bearer {gateway.key}"
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
@@ -80,27 +91,27 @@ def render_ps(models: list[dict], now: datetime) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def ps_main(cfg: Config, as_json: bool) -> int:
-    models = _call(cfg, "GET", "/api/ps")["models"]
+def ps_main(gateway: Gateway, as_json: bool) -> int:
+    models = _call(gateway, "GET", "/api/ps")["models"]
     print(json.dumps(models, indent=2) if as_json else render_ps(models, datetime.now(UTC)))
     return 0
 
 
-def load_main(cfg: Config, name: str, keep_alive: str | None) -> int:
+def load_main(gateway: Gateway, name: str, keep_alive: str | None) -> int:
     body: dict = {"model": name}
     if keep_alive is not None:
         body["keep_alive"] = keep_alive
     started = time.monotonic()
     print(f"loading {name}…", file=sys.stderr, flush=True)
-    _call(cfg, "POST", "/api/generate", body, timeout=LOAD_TIMEOUT_S)
+    _call(gateway, "POST", "/api/generate", body, timeout=LOAD_TIMEOUT_S)
     print(f"{name} is loaded ({time.monotonic() - started:.1f} s)")
     return 0
 
 
-def unload_main(cfg: Config, name: str) -> int:
-    if _call(cfg, "GET", f"/v1/models/{name}").get("load") != "on_demand":
+def unload_main(gateway: Gateway, name: str) -> int:
+    if _call(gateway, "GET", f"/v1/models/{name}").get("load") != "on_demand":
         raise SystemExit(f"localai: {name} is not load: on_demand; it stays loaded")
-    _call(cfg, "POST", "/api/generate", {"model": name, "keep_alive": 0}, timeout=LOAD_TIMEOUT_S)
-    resident = any(m["name"] == name for m in _call(cfg, "GET", "/api/ps")["models"])
+    _call(gateway, "POST", "/api/generate", {"model": name, "keep_alive": 0}, timeout=LOAD_TIMEOUT_S)
+    resident = any(m["name"] == name for m in _call(gateway, "GET", "/api/ps")["models"])
     print(f"{name} unloads once its requests are answered" if resident else f"{name} is unloaded")
     return 0

@@ -3,7 +3,7 @@
 status_main(args): every localai unit's state, each model's readiness
 (loading / ready / failed and why), ports, the gateway, and GPU memory and
 utilisation per card (NVML) or a plain "no GPU" line.
-    args.config: Path of the localai YAML (--config, as every command takes it)
+    args.config: Path of the localai YAML (--config, or as main.py found it)
     args.json:   bool, print one JSON document instead of the table
     Exit: 0 everything ready, 1 something is not, 2 the config cannot be read.
 
@@ -18,8 +18,9 @@ and key=value fields.
     args.json:   bool, print the records as JSON lines (fields merged) instead
     Exit: journalctl's status (0 normally; 1 when it is missing).
 
-Only the standard library and the package's config/plan are used: the
-commands work on a host where the gateway is not running.
+Only the standard library, the package's config/plan and the runtime
+record's URL helper are used: the commands work on a host where the gateway
+is not running.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.app.runtime import client_url
 from gateway.base import gpu as gpu_mod
 
 GATEWAY_UNIT = "localai-gateway.service"
@@ -198,8 +200,7 @@ def collect_status(config: Path) -> dict:
             entry.update(kind="external", unit=None, port=None, readiness="reachable" if reach else "unreachable",
                          why="" if reach else (f"HTTP {status}" if status else err))
         models.append(entry)
-    host = cfg.gateway.host if cfg.gateway.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    gw_url = f"http://{host}:{cfg.gateway.port}"
+    gw_url = client_url(cfg.gateway.host, cfg.gateway.port)
     gw_status, gw_err = _http_status(gw_url + "/health")
     gpus = gpu_mod.read_gpus()
     return {
@@ -379,9 +380,9 @@ def logs_main(args) -> int:
             print(json.dumps(rec, default=str) if as_json else format_record(rec), flush=True)
     except KeyboardInterrupt:
         proc.terminate()
-    except BrokenPipeError:  # `localai logs | head`
+    except BrokenPipeError:  # `localai logs | head`: main() ends the command quietly
         proc.terminate()
-        return 0
+        raise
     return proc.wait()
 
 

@@ -6,7 +6,9 @@ config never starts anything half-way.
 
 It is one module (past 400 lines) on purpose: every key a user may write,
 its type, its default and the checks across entries, read top to bottom in
-the order of the README's reference.
+the order of the README's reference. The README's tables of `gateway:`,
+`vllm:` and `hosts:` are made from these fields' defaults and descriptions
+(reference.py): a key's meaning is written here, once.
 """
 
 from __future__ import annotations
@@ -107,37 +109,60 @@ class KeyLimits(_Strict):
         return self.default.model_copy(update={f: getattr(own, f) for f in own.model_fields_set})
 
 
+def _shown(default: str) -> dict[str, Any]:
+    """The default as the README's reference shows it, where the value itself says too little."""
+    return {"shown_default": default}
+
+
 class GatewaySettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
-    api_key_file: Path | None = None
-    key_limits: KeyLimits = KeyLimits()
-    max_queue: int = Field(100, ge=0)
-    queue_timeout: float = Field(60.0, gt=0)
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(600.0, gt=0)
-    health_interval: float = Field(2.0, gt=0)
-    webui: bool = True
-    webui_dir: Path | None = None  # built WebUI; default: webui/dist beside the package
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Model lifecycle (load: on_demand models): a model brought in stays at least this long
-    # before it may be evicted again, so two models that can't be resident together are
-    # served in turn rather than thrashed.
-    min_residency: float = Field(30.0, ge=0)
-    # A wake (sleep mode) or a start that takes longer has failed.
-    wake_timeout: float = Field(60.0, gt=0)
-    start_timeout: float = Field(900.0, gt=0)
-    # How a model's replicas share its requests (gateway/routing/balancer.py): least outstanding requests,
-    # with a conversation's turns kept on the replica that holds its prefix cache; round_robin is
-    # there to compare against (bench, the real tier) and for replicas that share no cache.
-    balance: Literal["least_outstanding", "round_robin"] = "least_outstanding"
+    host: str = Field("127.0.0.1", description="address to listen on (`0.0.0.0` to serve the LAN)")
+    port: int = Field(8080, ge=1, le=65535, description="port to listen on")
+    api_key_file: Path | None = Field(None, description=(
+        "file with one key per line: `name: key`, `key  # name` or a bare key (named `key-1`, …), `#` comments, "
+        "mode 0600. `$LOCALAI_API_KEY` adds one more (named `env`). The name, never the key, is in the log line "
+        "(`key`) and the metrics (`localai_key_requests_total`). No key at all = open, with a loud warning at start"))
+    key_limits: KeyLimits = Field(KeyLimits(), json_schema_extra=_shown("none"), description=(
+        "per-key limits: `default: {max_concurrent: N, requests_per_minute: M}` for every key, "
+        "`per_key: {NAME: {...}}` overriding it field by field (`null` = no limit). Over a limit: "
+        "`429 key_concurrency_limit` / `key_rate_limit` with `Retry-After`"))
+    max_queue: int = Field(100, ge=0, description=(
+        "requests waiting for a slot, all models together; beyond it `429 queue_full`"))
+    queue_timeout: float = Field(60.0, gt=0, description=(
+        "seconds a request may wait for a slot before `503 queue_timeout`"))
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit (`413`)")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to connect to a backend")
+    read_timeout: float = Field(600.0, gt=0, description="seconds a backend may stay silent mid-response")
+    health_interval: float = Field(2.0, gt=0, description=(
+        "seconds between health checks of a ready backend (1 s while loading)"))
+    webui: bool = Field(True, description="serve the WebUI at `/`")
+    webui_dir: Path | None = Field(None, json_schema_extra=_shown("`webui/dist` beside the package"),
+                                   description="where the built WebUI lives")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
+        "`debug`, `info`, `warning`, `error`"))
+    # Model lifecycle (load: on_demand models).
+    min_residency: float = Field(30.0, ge=0, description=(
+        "seconds a `load: on_demand` model stays after it came in before another may evict it (two models that "
+        "can't share the card are served in turns, not thrashed)"))
+    wake_timeout: float = Field(60.0, gt=0, description=(
+        "seconds a wake from sleep (and its warm-up) may take before it counts as failed"))
+    start_timeout: float = Field(900.0, gt=0, description=(
+        "seconds a model server started on demand may take to answer"))
+    # gateway/routing/balancer.py; round_robin is there to compare against (bench, the real tier)
+    # and for replicas that share no cache.
+    balance: Literal["least_outstanding", "round_robin"] = Field("least_outstanding", description=(
+        "how a model's replicas share requests: `least_outstanding` (with prefix affinity: a conversation's turns "
+        "go to the replica that has its prefix cached, unless that replica holds over 1.25× the average load) "
+        "or `round_robin`"))
 
 
 class VllmSettings(_Strict):
-    python: Path = Path("/opt/localai/venv-vllm/bin/python")
-    host: str = "127.0.0.1"
-    env: dict[str, str] = {}
+    python: Path = Field(Path("/opt/localai/venv-vllm/bin/python"), description=(
+        "interpreter of the venv vLLM is installed in"))
+    host: str = Field("127.0.0.1", json_schema_extra=_shown("`127.0.0.1`; with `hosts:`, the host's `address`"),
+                      description=(
+        "address the model servers listen on; on a config with `hosts:`, a server listens on its host's "
+        "`address` unless `vllm.host` is set"))
+    env: dict[str, str] = Field({}, description="environment for every model server")
 
 
 # The host of a config without `hosts:`: today's single machine.
@@ -147,14 +172,16 @@ LOCAL_HOST = "local"
 class Host(_Strict):
     """A machine the plan may place model servers on (in Ansible: an inventory_hostname)."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    # How the gateway and the other hosts reach servers on it; default: its name.
-    address: str | None = Field(None, min_length=1)
-    gpus: int = Field(1, ge=0, le=64)  # 0: a CPU host, one pseudo-device of budget 1.0
-    # Added to every model port on this host, so hosts sharing one network (tests) don't collide.
-    port_offset: int = Field(0, ge=0, le=60000)
-    # The private interface for multi-node traffic (VLLM_HOST_IP, unencrypted); default: address.
-    node_ip: str | None = Field(None, min_length=1)
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, `._-`; unique")
+    address: str | None = Field(None, min_length=1, json_schema_extra=_shown("the name"), description=(
+        "how the gateway and the other hosts reach servers on it (an address the host owns: its servers listen "
+        "on it, without a key of their own — let only the gateway's host reach their ports)"))
+    gpus: int = Field(1, ge=0, le=64, description="cards on it; `0`: a CPU host, one pseudo-card of budget 1.0")
+    port_offset: int = Field(0, ge=0, le=60000, description=(
+        "added to every model port on this host (hosts sharing one network, e.g. containers in tests)"))
+    node_ip: str | None = Field(None, min_length=1, json_schema_extra=_shown("`address`"), description=(
+        "private interface for the traffic between the nodes of a model spanning hosts (`VLLM_HOST_IP`; "
+        "vLLM sends it unencrypted)"))
 
     @property
     def reach(self) -> str:

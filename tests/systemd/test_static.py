@@ -276,7 +276,7 @@ def test_gateway_unit_notifies_reloads_and_takes_a_private_copy_of_the_keys(rend
     text = (rendered / "localai-gateway.service").read_text()
     copy = "/usr/bin/install -m 0400 -o localai -g localai /etc/localai/api-keys /run/localai-gateway/api-keys"
     for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=30", "SyslogIdentifier=localai-gateway",
-                 "RuntimeDirectoryMode=0700", f"ExecStartPre=+{copy}",
+                 "RuntimeDirectoryMode=0711", f"ExecStartPre=+{copy}",
                  f"ExecReload=+/bin/sh -c '{copy} && kill -HUP $$MAINPID'",  # fresh keys, then SIGHUP
                  "Requires=localai-gateway.socket", "LogNamespace=localai", "PartOf=localai.target"]:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
