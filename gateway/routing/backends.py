@@ -173,13 +173,12 @@ class Registry:
                 routes[preset] = Route(b, params.defaults())
         self._routes, self._globs = routes, globs
 
-    def apply(self, cfg: Config) -> tuple[list[Backend], list[Backend]]:
-        """A reloaded config: models added and removed, entries, limits and routes updated in place.
-        Requests in flight keep the backend they hold. Returns (added, removed)."""
+    def apply(self, old_cfg: Config, cfg: Config) -> list[str]:
+        """A reloaded config (a Holder): models added and removed, entries, limits, routes and
+        gateway.max_queue, queue_timeout and balance updated in place. Requests in flight keep
+        the backend they hold. Nothing here needs a restart."""
         self.room.max_waiting, self.room.timeout = cfg.gateway.max_queue, cfg.gateway.queue_timeout
         new = {m.name: m for m in cfg.models}
-        removed = [b for name, b in self.backends.items() if name not in new]
-        added = []
         for name, m in new.items():
             old = self.backends.get(name)
             if old is not None and old.managed == isinstance(m, ManagedModel):
@@ -194,13 +193,11 @@ class Registry:
                     old.served_id = m.served_model or old.served_id
                     old.max_model_len = m.max_model_len or old.max_model_len
                 continue
-            if old is not None:  # managed became external or the other way round
-                removed.append(old)
-            added.append(self._backend(m, cfg))
-            self.backends[name] = added[-1]
+            # New, or managed became external or the other way round: a backend of its own.
+            self.backends[name] = self._backend(m, cfg)
         self.backends = {name: self.backends[name] for name in new}  # config order
         self._route(cfg)
-        return added, removed
+        return []
 
     def learn_served_id(self, backend: Backend, served_id: str) -> None:
         self._routes.setdefault(served_id, Route(backend, {}))
@@ -251,12 +248,24 @@ class HealthMonitor:
         self.metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._watched: dict[str, Backend] = {}
         self._unchecked = set(registry.backends)
         self._first_round = asyncio.Event()
 
     def start(self) -> None:
         for b in self.registry.backends.values():
             self.watch(b)
+
+    def apply(self, old: Config, new: Config) -> list[str]:
+        """A reload (a Holder), after the registry's: the new health_interval, and the backends
+        it now holds watched (a model added, or one whose backend was made anew), no others."""
+        self.interval = new.gateway.health_interval
+        for name in [n for n, b in self._watched.items() if self.registry.backends.get(n) is not b]:
+            self.unwatch(name)
+        for name, b in self.registry.backends.items():
+            if name not in self._watched:
+                self.watch(b)
+        return []
 
     async def first_round(self) -> None:
         """Until every backend was checked once: a gateway that starts serving then answers
@@ -266,13 +275,14 @@ class HealthMonitor:
     def watch(self, b: Backend) -> None:
         self.unwatch(b.name)
         self._wake[b.name] = asyncio.Event()
+        self._watched[b.name] = b
         self._tasks[b.name] = asyncio.create_task(self._watch(b), name=f"health-{b.name}")
 
     def unwatch(self, name: str) -> None:
         task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()
-            del self._wake[name]
+            del self._wake[name], self._watched[name]
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
