@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
@@ -19,23 +18,9 @@ from gateway.config.schema import GLOB_CHARS, Config, ExternalModel, ManagedMode
 from gateway.plan.placement import endpoints, max_concurrency
 from gateway.routing.admission import ModelSlots, WaitingRoom
 from gateway.routing.balancer import Balancer, Replica
+from gateway.routing.states import LIFECYCLE_STATES, State, move, note
 
 log = logging.getLogger("localai.backends")
-
-
-class State(StrEnum):
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-    # load: on_demand models out of the card (lifecycle.py), and one on its way back from sleep.
-    SLEEPING = "sleeping"
-    STOPPED = "stopped"
-    WAKING = "waking"
-
-
-# States the model lifecycle sets and the health checks leave alone: a sleeping vLLM still
-# answers /health, and a stopped one is meant to be unreachable.
-LIFECYCLE_STATES = (State.SLEEPING, State.STOPPED, State.WAKING)
 
 
 @dataclass
@@ -75,18 +60,22 @@ class Backend:
         if len(replicas) > 1:
             for r in replicas:
                 if r.url == url:
-                    r.state, r.reason = state.value, reason
+                    r.set_state(state, reason)
             if any(r.ready for r in replicas):
                 return
         self.set_state(state, reason)
 
     def set_state(self, state: State, reason: str | None) -> None:
-        if state != self.state or reason != self.reason:
+        """The one way the model's state changes (states.py: raises on a move it does not allow)."""
+        if move(self, state, reason, f"model {self.name}"):
             log.info("model %s is %s", self.name, state.value,
                      extra={"model": self.name, "state": state.value, "reason": reason})
-            self.state, self.reason = state, reason
             for call in self.on_change:
                 call(self)
+
+    def note(self, reason: str) -> None:
+        """Why it is still in its state (a loading model's latest failed check), without a log line."""
+        note(self, reason)
 
     @property
     def replicas(self) -> tuple[Replica, ...]:
@@ -358,15 +347,15 @@ class HealthMonitor:
         after the breaker's cool-down closes it (the half-open probe)."""
         if healthy:
             r.misses = 0
-            r.state, r.reason = State.READY.value, None
+            r.set_state(State.READY, None)
             if r.breaker(time.monotonic()) == "half-open":
                 r.succeeded()
         else:
             r.misses += 1
             if r.state == State.READY and r.misses >= FAILED_AFTER_MISSES:
-                r.state, r.reason = State.FAILED.value, detail
+                r.set_state(State.FAILED, detail)
             elif r.state != State.READY:
-                r.reason = detail
+                r.set_state(r.state, detail)
         if len(b.replicas) > 1:
             label = (b.name, r.address)
             self.metrics.replica_up.labels(*label).set(1 if healthy else 0)
@@ -384,5 +373,5 @@ class HealthMonitor:
             if b.state is State.READY and b.misses >= FAILED_AFTER_MISSES:
                 b.set_state(State.FAILED, detail)
             elif b.state is State.LOADING:
-                b.reason = detail
+                b.note(detail)
         self.metrics.backend_ready.labels(b.name).set(1 if b.state is State.READY else 0)
