@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from gateway.app.reload import RELOADER, Reloader
+from gateway.app.switches import switches
 from gateway.base.observability import Metrics
 from gateway.config.schema import Config
 from gateway.http.appkeys import (
@@ -34,9 +36,18 @@ from gateway.http.middleware import access_middleware, auth_middleware, error_mi
 from gateway.http.probes import health, metrics_handler, ready
 from gateway.keys.keyring import Access, keyring_of, load_keyring
 from gateway.lifecycle.manager import Lifecycle
+from gateway.lifecycle.processes import Supervisor
 from gateway.routing.backends import HealthMonitor, Registry
 
+if TYPE_CHECKING:
+    from gateway.lifecycle.units import SystemdUnits
+
 log = logging.getLogger("localai.gateway")
+
+# What runs load: on_demand models' servers here, when the gateway does: `localai up`'s
+# supervisor, or their systemd units (`localai gateway --units`); set before the app starts.
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+UNITS: web.AppKey[SystemdUnits] = web.AppKey("units")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,7 +61,12 @@ def webui_root(cfg: Config) -> Path:
     return _SOURCE_WEBUI if _SOURCE_WEBUI.is_dir() else _PACKAGED_WEBUI
 
 
-def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Application:
+def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
+               units: SystemdUnits | None = None) -> web.Application:
+    """The gateway for this config. `units`: load: on_demand models are started and stopped as
+    their systemd units (`localai gateway --units`); `localai up` puts its supervisor in
+    app[SUPERVISOR] before the app starts (up.py). The lifecycle is built as the app starts,
+    with a switch per model (app/switches.py)."""
     app = web.Application(
         middlewares=[access_middleware, error_middleware, auth_middleware],
         client_max_size=cfg.gateway.max_body_bytes,
@@ -61,7 +77,8 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None) -> web.Appli
                                                   sock_read=gw.read_timeout)
     app[METRICS] = Metrics()
     app[REGISTRY] = Registry(cfg, app[METRICS])
-    app[LIFECYCLE] = Lifecycle(cfg, app[REGISTRY], app[METRICS])
+    if units is not None:
+        app[UNITS] = units
     keyring = keyring_of(api_keys) if api_keys is not None else load_keyring(cfg.gateway.api_key_file)
     app[ACCESS] = Access(keyring, cfg.gateway.key_limits)
     if not keyring:
@@ -95,8 +112,14 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     monitor = HealthMonitor(app[REGISTRY], session, app[CONFIG].gateway.health_interval, app[METRICS])
     app[MONITOR] = monitor
     monitor.start()
-    app[LIFECYCLE].start(session, monitor.poke)
+    cfg = app[RELOADER].config  # the one in force (a reload may have come first)
+    units = app.get(UNITS)
+    lifecycle = app[LIFECYCLE] = Lifecycle(cfg, app[REGISTRY], app[METRICS], switches(
+        cfg, session, monitor.poke, supervisor=app.get(SUPERVISOR), units=units))
+    lifecycle.start()
     yield
-    await app[LIFECYCLE].close()
+    await lifecycle.close()
+    if units is not None:
+        await units.close()
     await monitor.stop()
     await session.close()

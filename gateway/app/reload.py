@@ -1,13 +1,16 @@
 """Reload on SIGHUP (`systemctl reload localai-gateway`): new keys, config and WebUI
 without a restart, and without touching a request in flight.
 
-What applies live: the key file, gateway.key_limits, models (added, removed, their
-aliases, presets, default, max_concurrency, context settings, external URLs and
-keys, the replicas balanced over), max_queue, queue_timeout, health_interval,
-log_level, and a new WebUI build. What a running process cannot change (where it
-listens, the body limit, upstream timeouts, whether the WebUI is served, how vLLM
-servers are started, servers the plan adds or drops) is logged as "needs restart",
-naming each server's unit and host. A config or key file with errors changes
+Every holder of state made from the config (config/holder.py) takes the new one or answers
+what only a restart applies; the log line says both, from their answers. What applies live:
+the key file, gateway.key_limits, models (added, removed, their aliases, presets, default,
+max_concurrency, context settings, external URLs and keys, the replicas balanced over),
+max_queue, queue_timeout, balance, health_interval, log_level, the lifecycle's
+min_residency, wake_timeout, start_timeout and each model's keep_alive, and a new WebUI
+build. What a running process cannot change (plan/restart.py: where it listens, the body
+limit, upstream timeouts, whether the WebUI is served, which models are load: on_demand and
+how they swap; and how vLLM servers are started, servers the plan adds or drops) is logged
+as "needs restart", naming each server's unit and host. A config or key file with errors changes
 nothing: the gateway keeps what it has and logs why, FILE:LINE.
 """
 
@@ -17,25 +20,32 @@ import logging
 
 from aiohttp import web
 
+from gateway.config.holder import Holder
 from gateway.config.schema import Config, ConfigError, ManagedModel
-from gateway.http.appkeys import ACCESS, MONITOR, REGISTRY
+from gateway.http.appkeys import ACCESS, LIFECYCLE, MONITOR, REGISTRY
 from gateway.http.webui import WEBUI
 from gateway.keys.keyring import load_keyring
 from gateway.plan.placement import placements, server_plan
+from gateway.plan.restart import restart_changes
 from gateway.plan.validate import load_config
 
 log = logging.getLogger("localai.reload")
 
-# Gateway settings a running process keeps until it restarts.
-_RESTART_SETTINGS = ("host", "port", "max_body_bytes", "connect_timeout", "read_timeout", "webui")
-
 
 class Reloader:
-    """Holds the config in force; reload() reads the file again and applies what it can."""
+    """Holds the config in force; reload() reads the file again and hands it to every holder of
+    state made from it (config/holder.py), each of which applies it or answers what needs a restart."""
 
     def __init__(self, app: web.Application, cfg: Config):
         self.app = app
         self.config = cfg
+
+    def holders(self) -> list[Holder]:
+        """In the order they apply: the registry before the health monitor that watches its backends."""
+        app = self.app
+        found: list[Holder | None] = [app[ACCESS].limiter, app[REGISTRY], app.get(MONITOR), app.get(LIFECYCLE),
+                                      app.get(WEBUI), _LOG_LEVEL, _PROCESS]
+        return [h for h in found if h is not None]  # the monitor and the lifecycle: once the app started
 
     def reload(self) -> bool:
         """True when the new config (and key file) are in force."""
@@ -48,40 +58,46 @@ class Reloader:
             log.error("reload failed; keeping the running config and keys:\n%s", exc,
                       extra={"config": str(old.source)})
             return False
-        needs_restart = _needs_restart(old, new)
-        app = self.app
-        access = app[ACCESS]
-        access.keyring = keyring
-        access.limiter.apply(new.gateway.key_limits)
-        added, removed = app[REGISTRY].apply(new)
-        monitor = app.get(MONITOR)
-        if monitor is not None:  # None before the app started
-            monitor.interval = new.gateway.health_interval
-            for b in removed:
-                monitor.unwatch(b.name)
-            for b in added:
-                monitor.watch(b)
-        logging.getLogger().setLevel(new.gateway.log_level.upper())
-        if WEBUI in app:
-            app[WEBUI].load()
+        registry = self.app[REGISTRY]
+        before = dict(registry.backends)
+        self.app[ACCESS].keyring = keyring
+        needs_restart = [what for holder in self.holders() for what in holder.apply(old, new)]
         self.config = new
+        added = [n for n, b in registry.backends.items() if before.get(n) is not b]
+        removed = [n for n, b in before.items() if registry.backends.get(n) is not b]
         for what in needs_restart:
             log.warning("%s changed: needs restart (the running one stays as it is)", what, extra={"setting": what})
-        log.info("reloaded %s: %d keys, models %s", new.source, len(keyring.names),
-                 ", ".join(app[REGISTRY].backends),
-                 extra={"keys": len(keyring.names), "added": [b.name for b in added],
-                        "removed": [b.name for b in removed], "needs_restart": needs_restart})
+        log.info("reloaded %s: %d keys, models %s; %s", new.source, len(keyring.names), ", ".join(registry.backends),
+                 f"needs restart: {'; '.join(needs_restart)}" if needs_restart else "all of it in force",
+                 extra={"keys": len(keyring.names), "added": added, "removed": removed,
+                        "needs_restart": needs_restart})
         return True
 
 
-def _needs_restart(old: Config, new: Config) -> list[str]:
-    """What changed that this process cannot apply."""
-    changed = [f"gateway.{name}" for name in _RESTART_SETTINGS
-               if getattr(old.gateway, name) != getattr(new.gateway, name)]
-    if old.gateway.webui and old.gateway.webui_dir != new.gateway.webui_dir:
-        changed.append("gateway.webui_dir")
-    # How a vLLM server is started belongs to its own unit (or `localai up`): restart that. The
-    # gateway balances over a changed set of replicas at once; starting or stopping them is not its job.
+class _LogLevel:
+    """gateway.log_level: the root logger's level."""
+
+    def apply(self, old: Config, new: Config) -> list[str]:
+        logging.getLogger().setLevel(new.gateway.log_level.upper())
+        return []
+
+
+class _Process:
+    """What the running process took from its config when it started: where it listens, its body
+    limit, upstream timeouts, the WebUI served or not (plan/restart.py's "gateway" part); and how
+    each vLLM server is started, which is its own unit's (or `localai up`'s) to restart."""
+
+    def apply(self, old: Config, new: Config) -> list[str]:
+        return restart_changes(old, new, "gateway") + _servers_changed(old, new)
+
+
+_LOG_LEVEL, _PROCESS = _LogLevel(), _Process()
+
+
+def _servers_changed(old: Config, new: Config) -> list[str]:
+    """The model servers to start, restart or stop: the gateway balances over a changed set of
+    replicas at once; starting or stopping them is not its job."""
+    changed: list[str] = []
     before = {p.unit: p for p in placements(old)}
     known = {m.name for m in old.managed_models}  # a new model's servers are started with it, not by us
     for p in placements(new):

@@ -8,6 +8,7 @@ import contextlib
 
 from aiohttp import web
 
+from gateway.app.factory import SUPERVISOR
 from gateway.app.runtime import announced
 from gateway.app.server import serve
 from gateway.config.schema import Config
@@ -21,13 +22,12 @@ async def run_up(cfg: Config, app: web.Application, stop: asyncio.Event,
     """Serve the gateway and supervise the model servers placed here (default: all of them)
     until `stop` is set; `announce`: leave the record the CLI finds it by (gateway/app/runtime.py)."""
     supervisor = Supervisor(cfg, app[REGISTRY], placements(cfg) if here is None else here)
-    # load: on_demand models are the lifecycle's to start; it must know how before the first request.
-    lifecycle = app[LIFECYCLE]
-    lifecycle.use_supervisor(supervisor)
+    # load: on_demand models are the lifecycle's to start: it is built with it as the app starts.
+    app[SUPERVISOR] = supervisor
     async with serve(app, cfg.gateway.host, cfg.gateway.port) as runner:
         with announced(runner.addresses[0], cfg.source, "up") if announce else contextlib.nullcontext():
             for name in supervisor.models:
-                if not lifecycle.manages(name):
+                if not app[LIFECYCLE].manages(name):
                     supervisor.start(name)
             await stop.wait()
             await supervisor.stop_all()

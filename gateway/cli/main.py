@@ -14,11 +14,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from gateway.config.schema import DEFAULT_CONFIG_PATH, LOCAL_HOST, Config, ConfigError, ManagedModel
 from gateway.plan.placement import Placement, ServerPlan, full_plan, placement, placements, server_plan
 from gateway.plan.validate import load_config
+
+if TYPE_CHECKING:
+    from gateway.lifecycle.units import SystemdUnits
 
 TINYMODEL_SCRIPT = Path(__file__).resolve().parent.parent / "vllm_venv" / "tinymodel.py"
 
@@ -104,11 +107,11 @@ async def _until_signalled(run, app) -> None:
     await run(stop)
 
 
-def _create_app(cfg: Config):
+def _create_app(cfg: Config, units: SystemdUnits | None = None):
     from gateway.app.factory import create_app
 
     try:
-        return create_app(cfg)
+        return create_app(cfg, units=units)
     except ConfigError as exc:  # the API key file
         _die(f"invalid API key file\n{exc}")
 
@@ -120,12 +123,12 @@ def cmd_gateway(args) -> int:
 
     cfg = _load(args)
     setup_logging(cfg.gateway.log_level)
-    app = _create_app(cfg)
+    units = None
     if args.units:
-        from gateway.http.appkeys import LIFECYCLE
         from gateway.lifecycle.units import SystemdUnits
 
-        app[LIFECYCLE].use_units(SystemdUnits())
+        units = SystemdUnits()
+    app = _create_app(cfg, units)
 
     async def run(stop: asyncio.Event) -> None:
         async with serve(app, cfg.gateway.host, cfg.gateway.port) as runner:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.config.schema import Config
+
 __all__ = ["CSP", "SECURITY_HEADERS", "WEBUI", "Bundle", "add_webui_routes"]
 
 log = logging.getLogger(__name__)
@@ -179,6 +181,12 @@ class Bundle:
         log.info("WebUI: %d files from %s", len(files), self.root)
         # Two assignments, no await between them: a request sees the old build or the new one.
         self.files, self.index = files, index
+
+    def apply(self, old: Config, new: Config) -> list[str]:
+        """A reload (a Holder): a new build in the same folder is served from now (a new folder,
+        or the WebUI switched off, needs a restart: plan/restart.py's "gateway" part says so)."""
+        self.load()
+        return []
 
 
 WEBUI = web.AppKey("webui", Bundle)

@@ -10,7 +10,7 @@ import math
 import time
 
 from gateway.base.errors import ApiError
-from gateway.config.schema import KeyLimit, KeyLimits
+from gateway.config.schema import Config, KeyLimit, KeyLimits
 
 
 class _Bucket:
@@ -36,10 +36,15 @@ class KeyLimiter:
     def __init__(self, limits: KeyLimits):
         self._in_flight: dict[str, int] = {}
         self._buckets: dict[str, _Bucket] = {}
-        self.apply(limits)
+        self.set_limits(limits)
 
-    def apply(self, limits: KeyLimits) -> None:
-        """New limits (config reload). Requests in flight stay counted; a key's rate bucket
+    def apply(self, old: Config, new: Config) -> list[str]:
+        """A reloaded config (a Holder): its gateway.key_limits in force at once."""
+        self.set_limits(new.gateway.key_limits)
+        return []
+
+    def set_limits(self, limits: KeyLimits) -> None:
+        """New limits. Requests in flight stay counted; a key's rate bucket
         carries over unless its rate changed, so a reload is no way round a rate limit."""
         self._default = limits.default
         # Each named key's limit merged with the default once here, not per request.

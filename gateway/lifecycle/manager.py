@@ -18,22 +18,15 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
-
-import aiohttp
 
 from gateway.base.errors import ApiError
 from gateway.base.observability import Metrics
-from gateway.config.schema import Config
-from gateway.lifecycle.processes import Supervisor
-from gateway.lifecycle.swap import ProcessSwitch, SleepSwitch, SwapError, Switch, UnitSwitch, start_unit, until_state
-from gateway.plan.placement import endpoints, sleep_level
+from gateway.config.schema import Config, ManagedModel
+from gateway.lifecycle.swap import Boot, SwapError, Switch
+from gateway.plan.restart import restart_changes
 from gateway.routing.backends import Backend, Registry, Residence, State
-
-if TYPE_CHECKING:
-    from gateway.lifecycle.units import SystemdUnits
 
 log = logging.getLogger("localai.lifecycle")
 
@@ -42,6 +35,10 @@ def _iso(wall: float | None) -> str | None:
     if wall is None:
         return None
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _keep_alive(m: ManagedModel) -> float:
+    return -1.0 if m.keep_alive is None else m.keep_alive
 
 
 def residence_fields(b: Backend) -> dict:
@@ -55,20 +52,17 @@ def residence_fields(b: Backend) -> dict:
 
 
 class Lifecycle:
-    def __init__(self, cfg: Config, registry: Registry, metrics: Metrics):
+    def __init__(self, cfg: Config, registry: Registry, metrics: Metrics, switches: Mapping[str, Switch]):
+        """`switches`: how each load: on_demand model that comes and goes does (the app layer
+        picks them: app/switches.py); one without is served as if it were load: always."""
         self.gateway = cfg.gateway
         self.residency = cfg.residency()
         self.source = cfg.source
         self.registry = registry
         self.metrics = metrics
-        self._levels = {m.name: sleep_level(m, cfg.vllm) for m in cfg.managed_models if m.load == "on_demand"}
-        # Under systemd: each model's unit instance (an on_demand model has one server).
-        self._instances = {name: endpoints(cfg, name)[0].unit for name in self._levels}
-        self._keep_alive = {m.name: -1.0 if m.keep_alive is None else m.keep_alive
-                            for m in cfg.managed_models if m.load == "on_demand"}
-        self._supervisor: Supervisor | None = None
-        self._units: SystemdUnits | None = None
-        self._switches: dict[str, Switch] = {}
+        on_demand = [m for m in cfg.managed_models if m.load == "on_demand"]
+        self._keep_alive = {m.name: _keep_alive(m) for m in on_demand}
+        self._switches: dict[str, Switch] = dict(switches)
         # Resident (or on the way in): counted against the card. Always models are, for good.
         self.resident: set[str] = {n.name for n in self.residency.always}
         self._users: Counter[str] = Counter()  # requests past the door: queued for a slot or in flight
@@ -81,46 +75,41 @@ class Lifecycle:
         self._tasks: set[asyncio.Task] = set()
         self._nudges: set[asyncio.Future[None]] = set()
         self._swap = asyncio.Lock()
-        for name in self._levels:
-            registry.backends[name].residence = Residence(self.residency.need(name).share)
-            registry.backends[name].on_change.append(lambda _: self._nudge())  # waiters look again
-
-    # --- wiring ---------------------------------------------------------------------
-
-    def use_supervisor(self, supervisor: Supervisor) -> None:
-        """Under `localai up`: models without sleep mode are stopped and started through it."""
-        self._supervisor = supervisor
-
-    def use_units(self, units: SystemdUnits) -> None:
-        """Run by systemd (`localai gateway --units`): models are started and stopped as their units."""
-        self._units = units
+        for m in on_demand:
+            registry.backends[m.name].residence = Residence(self.residency.need(m.name).share)
+            registry.backends[m.name].on_change.append(lambda _: self._nudge())  # waiters look again
 
     def manages(self, name: str) -> bool:
         """Whether this model comes and goes (else it is served like a load: always one)."""
-        return name in self._levels and (self._levels[name] is not None or self._supervisor is not None
-                                         or self._units is not None)
+        return name in self._switches
 
-    def start(self, session: aiohttp.ClientSession, poke: Callable[[str], None]) -> None:
-        for name, level in self._levels.items():
-            b = self.registry.backends[name]
-            if level is not None:
-                self._switches[name] = SleepSwitch(session, level, self.gateway.wake_timeout)
-            elif self._supervisor is not None:
-                self._switches[name] = ProcessSwitch(session, self._supervisor, poke, self.gateway.start_timeout)
-                b.set_state(State.STOPPED, "stopped: starts on the first request")
-            elif self._units is not None:
-                self._switches[name] = UnitSwitch(session, self._units, self._instances[name], poke,
-                                                  self.gateway.start_timeout)
-                b.set_state(State.STOPPED, "stopped: starts on the first request")
-            else:
-                log.warning("model %s is load: on_demand, but this vLLM has no sleep mode and nothing here can "
-                            "start or stop it (run the gateway with --units under systemd, or use `localai up`): "
-                            "served as load: always", name, extra={"model": name})
+    def apply(self, old: Config, new: Config) -> list[str]:
+        """A reload (a Holder): gateway.queue_timeout, min_residency, wake_timeout, start_timeout
+        and each model's keep_alive are in force from now (a model idle now counts its new
+        keep_alive from its last request). Which models come and go, and how, is fixed when the
+        gateway starts: plan/restart.py's "lifecycle" part, answered as needing a restart."""
+        self.gateway = new.gateway
+        for switch in self._switches.values():
+            switch.gateway = new.gateway
+        models = {m.name: m for m in new.managed_models if m.load == "on_demand"}
+        loop = asyncio.get_running_loop()
+        for name in self._keep_alive:
+            m = models.get(name)
+            if m is None or _keep_alive(m) == self._keep_alive[name]:
+                continue
+            self._keep_alive[name] = _keep_alive(m)
+            if name in self._switches and name in self.resident and not self._users[name]:
+                self._cancel_expiry(name)
+                idle = loop.time() - self._last_used.get(name, loop.time())
+                self._expire_later(name, self._keep_alive[name], idle)
+        return restart_changes(old, new, "lifecycle")
+
+    def start(self) -> None:
+        for name, switch in self._switches.items():
+            switch.at_start(self.registry.backends[name])
             self._report(name)
-        sleepers = [n for n in self._switches if isinstance(self._switches[n], SleepSwitch)]
-        units = [n for n in self._switches if isinstance(self._switches[n], UnitSwitch)]
-        if sleepers or units:
-            self._spawn(self._boot(sleepers, units))
+        if self._switches:
+            self._spawn(self._boot())
 
     async def close(self) -> None:
         for timer in self._timers.values():
@@ -128,43 +117,30 @@ class Lifecycle:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._units is not None:
-            await self._units.close()
 
-    async def _boot(self, sleepers: list[str], units: list[str]) -> None:
-        """Units left running by the gateway before this one (a restart, an upgrade) are kept,
-        in config order, while they fit beside each other and answer, if they started after the
-        config was last written (else they may run an old command line, holding more of the card
-        than the plan says): the team's loaded model stays loaded. The others are stopped, so
-        what is resident is what this process knows of. Sleep-mode models start in turn (each
-        takes its share at start), then go to sleep."""
+    async def _boot(self) -> None:
+        """Each model's switch, in config order, says where it stands (swap.Switch.boot): a server
+        left running by the gateway before this one is kept while it fits beside the others (the
+        team's loaded model stays loaded), a sleep-mode model starts (each takes its share at
+        start) and then goes to sleep, the others wait, stopped."""
         written = self._config_written()
-        for name in units:
-            b = self.registry.backends[name]
-            switch = self._switches[name]
-            assert isinstance(switch, UnitSwitch)
-            async with self._swap:
-                if self.residency.fits(self.resident | {name}) and await switch.running(b, written):
-                    self._kept(name)
-                    continue
-                try:
-                    await switch.put_out(b)
-                except SwapError as exc:
-                    b.set_state(State.FAILED, f"could not stop it: {exc}")
-        for name in sleepers:
+        for name, switch in self._switches.items():
             b = self.registry.backends[name]
             async with self._swap:
+                room = self.residency.fits(self.resident | {name})
                 self.resident.add(name)
                 try:
-                    if self._supervisor is not None:
-                        self._supervisor.start(name)
-                    elif self._units is not None:
-                        await start_unit(self._units, self._instances[name], self.gateway.start_timeout)
-                    await until_state(b, (State.READY,), self.gateway.start_timeout)
-                    await self._evict(name, "sleeps until asked for")
+                    boot = await switch.boot(b, written, room)
+                    if boot is Boot.LOADED:
+                        await self._evict(name, "sleeps until asked for")
                 except (TimeoutError, SwapError) as exc:
                     self.resident.discard(name)
-                    b.set_state(State.FAILED, f"could not start and put to sleep: {exc or 'timed out'}")
+                    b.set_state(State.FAILED, str(exc) or "timed out")
+                    continue
+                if boot is Boot.KEPT:
+                    self._kept(name)
+                elif boot is Boot.OUT:
+                    self.resident.discard(name)
 
     def _config_written(self) -> float:
         """When the config file was last written (0 for one made in memory)."""
@@ -182,7 +158,6 @@ class Lifecycle:
 
     def _kept(self, name: str) -> None:
         """A model found running at start is resident as if just brought in: keep_alive counts from now."""
-        self.resident.add(name)
         self._arrived(name)
         self._expire_later(name, self._keep_alive[name])
         self._report(name)
@@ -349,17 +324,19 @@ class Lifecycle:
 
     # --- keep_alive ---------------------------------------------------------------------
 
-    def _expire_later(self, name: str, keep_alive: float) -> None:
+    def _expire_later(self, name: str, keep_alive: float, idle: float = 0.0) -> None:
+        """Unload once idle for keep_alive seconds (`idle`: idle that long already)."""
         b = self.registry.backends[name]
         if name not in self.resident or keep_alive < 0:
             return
         if keep_alive == 0:
             self._spawn(self._unload(name, "keep_alive 0: unloaded after its last request"))
             return
+        left = max(keep_alive - idle, 0.0)
         assert b.residence is not None
-        b.residence.expires_at = time.time() + keep_alive
+        b.residence.expires_at = time.time() + left
         self._timers[name] = asyncio.get_running_loop().call_later(
-            keep_alive, lambda: self._spawn(self._unload(name, f"idle for keep_alive {keep_alive:g} s")))
+            left, lambda: self._spawn(self._unload(name, f"idle for keep_alive {keep_alive:g} s")))
 
     def _cancel_expiry(self, name: str) -> None:
         timer = self._timers.pop(name, None)

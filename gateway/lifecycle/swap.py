@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
+from gateway.config.schema import GatewaySettings
 from gateway.routing.backends import Backend, State
 
 if TYPE_CHECKING:
@@ -35,9 +37,29 @@ class SwapError(Exception):
     """A model could not be brought in or put out; the message says why."""
 
 
+class Boot(Enum):
+    """Where a model stands once its switch has looked at it when the gateway starts."""
+
+    KEPT = "kept"  # its server, left running by the gateway before this one, serves: resident
+    OUT = "out"  # off the card (stopped)
+    LOADED = "loaded"  # started so that it can be put out (sleep mode): the lifecycle puts it to sleep
+
+
 class Switch(Protocol):
+    """How one load: on_demand model comes and goes; the app layer picks one per model."""
+
     into: str  # the kind of bringing in, for metrics and logs: "wake" or "start"
     out: str  # and of putting out: "sleep" or "stop"
+    gateway: GatewaySettings  # its timeouts (a reload puts new ones here)
+
+    def at_start(self, b: Backend) -> None:
+        """Its state before anything is known: a model that starts on request is STOPPED."""
+
+    async def boot(self, b: Backend, written: float, room: bool) -> Boot:
+        """At the gateway's start (with the swap lock held): keep a server found running when
+        there is `room` and it started after the config was `written`, else bring the model to
+        where it waits for requests. Raises SwapError (or TimeoutError) saying why it could not."""
+        ...
 
     async def bring_in(self, b: Backend) -> None:
         """Make it serve (state READY) or raise SwapError."""
@@ -95,10 +117,30 @@ class SleepSwitch:
 
     into, out = "wake", "sleep"
 
-    def __init__(self, session: aiohttp.ClientSession, level: int, timeout: float):
+    def __init__(self, session: aiohttp.ClientSession, level: int, gateway: GatewaySettings,
+                 launch: Callable[[], Awaitable[None]] | None = None):
         self.session = session
         self.level = level
-        self.timeout = timeout
+        self.gateway = gateway
+        # Starts its server at the gateway's start; None: something else does (an always-on unit).
+        self.launch = launch
+
+    @property
+    def timeout(self) -> float:
+        return self.gateway.wake_timeout
+
+    def at_start(self, b: Backend) -> None:
+        pass  # its server starts with the gateway: loading
+
+    async def boot(self, b: Backend, written: float, room: bool) -> Boot:
+        """Started (each in turn takes its share at start), then the lifecycle puts it to sleep."""
+        try:
+            if self.launch is not None:
+                await self.launch()
+            await until_state(b, (State.READY,), self.gateway.start_timeout)
+        except (TimeoutError, SwapError) as exc:
+            raise SwapError(f"could not start and put to sleep: {exc or 'timed out'}") from None
+        return Boot.LOADED
 
     async def put_out(self, b: Backend) -> None:
         path = f"/sleep?level={self.level}"
@@ -118,17 +160,34 @@ class SleepSwitch:
         b.set_state(State.READY, None)
 
 
-class ProcessSwitch:
-    """Stop and start the model's server through `localai up`'s supervisor."""
+class _StopStart:
+    """A model whose server is stopped to leave the card and started to come back."""
 
     into, out = "start", "stop"
 
-    def __init__(self, session: aiohttp.ClientSession, supervisor: Supervisor, poke: Callable[[str], None],
-                 timeout: float):
+    def __init__(self, session: aiohttp.ClientSession, poke: Callable[[str], None], gateway: GatewaySettings):
         self.session = session
+        self.poke = poke  # asks the health monitor to look now
+        self.gateway = gateway
+
+    @property
+    def timeout(self) -> float:
+        return self.gateway.start_timeout
+
+    def at_start(self, b: Backend) -> None:
+        b.set_state(State.STOPPED, "stopped: starts on the first request")
+
+
+class ProcessSwitch(_StopStart):
+    """Stop and start the model's server through `localai up`'s supervisor."""
+
+    def __init__(self, session: aiohttp.ClientSession, supervisor: Supervisor, poke: Callable[[str], None],
+                 gateway: GatewaySettings):
+        super().__init__(session, poke, gateway)
         self.supervisor = supervisor
-        self.poke = poke
-        self.timeout = timeout
+
+    async def boot(self, b: Backend, written: float, room: bool) -> Boot:
+        return Boot.OUT  # `localai up` starts none of them: nothing runs
 
     async def put_out(self, b: Backend) -> None:
         await self.supervisor.stop(b.name)
@@ -168,18 +227,27 @@ async def _unit_job(job: Callable[[str], Awaitable[None]], instance: str, within
         raise SwapError(str(exc)) from None
 
 
-class UnitSwitch:
+class UnitSwitch(_StopStart):
     """Stop and start the model's systemd unit (localai-model@NAME.service) over D-Bus."""
 
-    into, out = "start", "stop"
-
     def __init__(self, session: aiohttp.ClientSession, units: SystemdUnits, instance: str,
-                 poke: Callable[[str], None], timeout: float):
-        self.session = session
+                 poke: Callable[[str], None], gateway: GatewaySettings):
+        super().__init__(session, poke, gateway)
         self.units = units
         self.instance = instance  # the plan's unit instance name
-        self.poke = poke
-        self.timeout = timeout
+
+    async def boot(self, b: Backend, written: float, room: bool) -> Boot:
+        """Units left running by the gateway before this one (a restart, an upgrade) are kept
+        while they fit and answer, if they started after the config was last written (else they
+        may run an old command line, holding more of the card than the plan says); the others
+        are stopped, so what is resident is what this process knows of."""
+        if room and await self.running(b, written):
+            return Boot.KEPT
+        try:
+            await self.put_out(b)
+        except SwapError as exc:
+            raise SwapError(f"could not stop it: {exc}") from None
+        return Boot.OUT
 
     async def running(self, b: Backend, since: float) -> bool:
         """Whether its unit is active with a server started after `since` (when the config was

@@ -247,6 +247,8 @@ def max_concurrency(model: ManagedModel | ExternalModel) -> int:
 
 def full_plan(cfg: Config) -> dict:
     """The whole plan as plain data, for `localai check` / `localai plan --json`."""
+    from gateway.plan.restart import restart_fingerprint  # it reads placements: imported when used
+
     models = []
     for m in cfg.models:
         entry = {
@@ -271,7 +273,10 @@ def full_plan(cfg: Config) -> dict:
     residency = cfg.residency()
     return {
         "config": str(cfg.source),
-        "gateway": {"host": cfg.gateway.host, "port": cfg.gateway.port},
+        # restart_fingerprint: what only a gateway restart applies, hashed (restart.py); the playbook
+        # restarts the gateway when it differs from the running one's, and reloads it otherwise.
+        "gateway": {"host": cfg.gateway.host, "port": cfg.gateway.port,
+                    "restart_fingerprint": restart_fingerprint(cfg)},
         "models": models,
         "hosts": _hosts(cfg),
         # Every server process: what `localai up` starts and what each host's units run.

@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
@@ -19,23 +18,9 @@ from gateway.config.schema import GLOB_CHARS, Config, ExternalModel, ManagedMode
 from gateway.plan.placement import endpoints, max_concurrency
 from gateway.routing.admission import ModelSlots, WaitingRoom
 from gateway.routing.balancer import Balancer, Replica
+from gateway.routing.states import LIFECYCLE_STATES, State, move, note
 
 log = logging.getLogger("localai.backends")
-
-
-class State(StrEnum):
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-    # load: on_demand models out of the card (lifecycle.py), and one on its way back from sleep.
-    SLEEPING = "sleeping"
-    STOPPED = "stopped"
-    WAKING = "waking"
-
-
-# States the model lifecycle sets and the health checks leave alone: a sleeping vLLM still
-# answers /health, and a stopped one is meant to be unreachable.
-LIFECYCLE_STATES = (State.SLEEPING, State.STOPPED, State.WAKING)
 
 
 @dataclass
@@ -75,18 +60,22 @@ class Backend:
         if len(replicas) > 1:
             for r in replicas:
                 if r.url == url:
-                    r.state, r.reason = state.value, reason
+                    r.set_state(state, reason)
             if any(r.ready for r in replicas):
                 return
         self.set_state(state, reason)
 
     def set_state(self, state: State, reason: str | None) -> None:
-        if state != self.state or reason != self.reason:
+        """The one way the model's state changes (states.py: raises on a move it does not allow)."""
+        if move(self, state, reason, f"model {self.name}"):
             log.info("model %s is %s", self.name, state.value,
                      extra={"model": self.name, "state": state.value, "reason": reason})
-            self.state, self.reason = state, reason
             for call in self.on_change:
                 call(self)
+
+    def note(self, reason: str) -> None:
+        """Why it is still in its state (a loading model's latest failed check), without a log line."""
+        note(self, reason)
 
     @property
     def replicas(self) -> tuple[Replica, ...]:
@@ -173,13 +162,12 @@ class Registry:
                 routes[preset] = Route(b, params.defaults())
         self._routes, self._globs = routes, globs
 
-    def apply(self, cfg: Config) -> tuple[list[Backend], list[Backend]]:
-        """A reloaded config: models added and removed, entries, limits and routes updated in place.
-        Requests in flight keep the backend they hold. Returns (added, removed)."""
+    def apply(self, old_cfg: Config, cfg: Config) -> list[str]:
+        """A reloaded config (a Holder): models added and removed, entries, limits, routes and
+        gateway.max_queue, queue_timeout and balance updated in place. Requests in flight keep
+        the backend they hold. Nothing here needs a restart."""
         self.room.max_waiting, self.room.timeout = cfg.gateway.max_queue, cfg.gateway.queue_timeout
         new = {m.name: m for m in cfg.models}
-        removed = [b for name, b in self.backends.items() if name not in new]
-        added = []
         for name, m in new.items():
             old = self.backends.get(name)
             if old is not None and old.managed == isinstance(m, ManagedModel):
@@ -194,13 +182,11 @@ class Registry:
                     old.served_id = m.served_model or old.served_id
                     old.max_model_len = m.max_model_len or old.max_model_len
                 continue
-            if old is not None:  # managed became external or the other way round
-                removed.append(old)
-            added.append(self._backend(m, cfg))
-            self.backends[name] = added[-1]
+            # New, or managed became external or the other way round: a backend of its own.
+            self.backends[name] = self._backend(m, cfg)
         self.backends = {name: self.backends[name] for name in new}  # config order
         self._route(cfg)
-        return added, removed
+        return []
 
     def learn_served_id(self, backend: Backend, served_id: str) -> None:
         self._routes.setdefault(served_id, Route(backend, {}))
@@ -251,12 +237,24 @@ class HealthMonitor:
         self.metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._watched: dict[str, Backend] = {}
         self._unchecked = set(registry.backends)
         self._first_round = asyncio.Event()
 
     def start(self) -> None:
         for b in self.registry.backends.values():
             self.watch(b)
+
+    def apply(self, old: Config, new: Config) -> list[str]:
+        """A reload (a Holder), after the registry's: the new health_interval, and the backends
+        it now holds watched (a model added, or one whose backend was made anew), no others."""
+        self.interval = new.gateway.health_interval
+        for name in [n for n, b in self._watched.items() if self.registry.backends.get(n) is not b]:
+            self.unwatch(name)
+        for name, b in self.registry.backends.items():
+            if name not in self._watched:
+                self.watch(b)
+        return []
 
     async def first_round(self) -> None:
         """Until every backend was checked once: a gateway that starts serving then answers
@@ -266,13 +264,14 @@ class HealthMonitor:
     def watch(self, b: Backend) -> None:
         self.unwatch(b.name)
         self._wake[b.name] = asyncio.Event()
+        self._watched[b.name] = b
         self._tasks[b.name] = asyncio.create_task(self._watch(b), name=f"health-{b.name}")
 
     def unwatch(self, name: str) -> None:
         task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()
-            del self._wake[name]
+            del self._wake[name], self._watched[name]
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -348,15 +347,15 @@ class HealthMonitor:
         after the breaker's cool-down closes it (the half-open probe)."""
         if healthy:
             r.misses = 0
-            r.state, r.reason = State.READY.value, None
+            r.set_state(State.READY, None)
             if r.breaker(time.monotonic()) == "half-open":
                 r.succeeded()
         else:
             r.misses += 1
             if r.state == State.READY and r.misses >= FAILED_AFTER_MISSES:
-                r.state, r.reason = State.FAILED.value, detail
+                r.set_state(State.FAILED, detail)
             elif r.state != State.READY:
-                r.reason = detail
+                r.set_state(r.state, detail)
         if len(b.replicas) > 1:
             label = (b.name, r.address)
             self.metrics.replica_up.labels(*label).set(1 if healthy else 0)
@@ -374,5 +373,5 @@ class HealthMonitor:
             if b.state is State.READY and b.misses >= FAILED_AFTER_MISSES:
                 b.set_state(State.FAILED, detail)
             elif b.state is State.LOADING:
-                b.reason = detail
+                b.note(detail)
         self.metrics.backend_ready.labels(b.name).set(1 if b.state is State.READY else 0)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway.routing.states import State, move
+
 LOAD_FACTOR = 1.25
 BREAK_AFTER = 3
 COOL_DOWN = 5.0
@@ -39,12 +41,12 @@ PROMPT_CHARS = 256
 
 @dataclass(eq=False)
 class Replica:
-    """One server of a model. `state`/`reason` are the health monitor's (backends.State values)."""
+    """One server of a model. `state`/`reason`: its server's, moved by set_state only (states.py)."""
 
     host: str  # the plan's host name ("local" without hosts:)
     url: str  # base URL, without /v1
     address: str  # host:port: in /v1/models and as the metrics' replica label (bounded by the config)
-    state: str = "loading"
+    state: State = State.LOADING
     reason: str | None = "starting"
     misses: int = 0  # health checks missed in a row
     in_flight: int = 0
@@ -54,7 +56,10 @@ class Replica:
     @property
     def ready(self) -> bool:
         """The health monitor's last word: it serves."""
-        return self.state == "ready"
+        return self.state == State.READY
+
+    def set_state(self, state: State, reason: str | None) -> None:
+        move(self, state, reason, f"replica {self.address}")
 
     def usable(self, now: float) -> bool:
         return self.ready and (self.failures < BREAK_AFTER or now >= self.open_until)

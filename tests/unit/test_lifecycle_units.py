@@ -14,7 +14,6 @@ import yaml
 
 from gateway.app.factory import create_app
 from gateway.app.server import serve
-from gateway.http.appkeys import LIFECYCLE
 from gateway.lifecycle import swap
 from gateway.lifecycle.units import SystemdUnits, model_unit
 from gateway.plan.validate import load_config
@@ -48,8 +47,7 @@ async def gateway(tmp_path, models: list[dict], running: tuple[str, ...] = (), s
             later = max(u.started_at for u in units.values()) + 1
             os.utime(config, (later, later))
         systemd.calls.clear()
-        app = create_app(cfg, api_keys=[KEY.encode()])
-        app[LIFECYCLE].use_units(SystemdUnits(address))
+        app = create_app(cfg, api_keys=[KEY.encode()], units=SystemdUnits(address))
         async with serve(app, cfg.gateway.host, cfg.gateway.port), \
                 aiohttp.ClientSession(f"http://127.0.0.1:{cfg.gateway.port}",
                                       headers={"Authorization": f"Bearer {KEY}"}) as http:
