@@ -6,6 +6,7 @@ the first time, about 30 s).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,26 @@ def test_ansible_lint_production_profile(lint_bin):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-5000:]
     assert "Profile 'production' was required, and it passed" in out, out[-2000:]
+
+
+def test_role_defaults_pass_their_argument_specs(lint_bin, tmp_path):
+    """Each role's defaults, templated as a play sees them, validate against its meta/argument_specs.yml
+    (the check Ansible runs when the role starts)."""
+    roles = sorted(p.parent.parent.name for p in (REPO / "ansible" / "roles").glob("*/meta/argument_specs.yml"))
+    defaults = [str(REPO / "ansible" / "roles" / r / "defaults" / "main.yml") for r in roles]
+    tasks = [{"name": f"Validate the defaults of {r}",
+              "ansible.builtin.validate_argument_spec": {
+                  "argument_spec": "{{ (lookup('ansible.builtin.file', '%s') | from_yaml)"
+                                   ".argument_specs.main.options }}"
+                                   % (REPO / "ansible" / "roles" / r / "meta" / "argument_specs.yml")}}
+             for r in roles]
+    play = [{"hosts": "all", "gather_facts": False, "vars_files": defaults,
+             "vars": {"localai_checks_host": {"address": "127.0.0.1"}}, "tasks": tasks}]
+    (tmp_path / "validate.yml").write_text(json.dumps(play))
+    res = _run([lint_bin / "ansible-playbook", tmp_path / "validate.yml",
+                "-e", f"ansible_python_interpreter={lint_bin / 'python'}"])
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    assert f"ok={len(roles)} " in res.stdout, res.stdout[-2000:]
 
 
 def test_install_sh_is_clean_bash():

@@ -306,3 +306,22 @@ def test_exposure_scores(rendered, unit, limit):
     assert m, res.stdout[-500:] + res.stderr
     assert float(m.group(1)) <= limit, res.stdout[-300:]
 
+
+
+# --- role argument specs -------------------------------------------------------
+
+ROLES = sorted(p.parent.parent for p in (REPO / "ansible" / "roles").glob("*/defaults/main.yml"))
+
+
+@pytest.mark.parametrize("role", [r.name for r in ROLES])
+def test_argument_spec_describes_every_default_and_nothing_else(role):
+    """meta/argument_specs.yml says what each knob is; defaults/main.yml alone says its value."""
+    root = REPO / "ansible" / "roles" / role
+    defaults = yaml.safe_load((root / "defaults" / "main.yml").read_text()) or {}
+    specs = yaml.safe_load((root / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    options = specs["main"]["options"]
+    assert sorted(options) == sorted(defaults)
+    for name, spec in options.items():
+        assert spec.get("type") and spec.get("description"), name
+        assert "default" not in spec, f"{name}: its value belongs in defaults/main.yml only"
+        assert not spec.get("required"), f"{name} has a default, so it is not required"
