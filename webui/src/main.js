@@ -7,7 +7,7 @@
 import './styles.css';
 import { targetOf } from './dom.js';
 import { hydrateIcons } from './icons.js';
-import { state, streams, store, settings } from './state.js';
+import { state, streams, chats, settings } from './state.js';
 import { el } from './view/elements.js';
 import { applyTheme, cycleTheme, openKeyDialog, saveKey, forgetKey, openChatDialog, saveChatDialog, exportAll, importFile } from './view/dialogs.js';
 import { loadModels, toggleMenu, pickModel, onMenuKey } from './view/models.js';
@@ -116,9 +116,9 @@ function wire() {
   window.addEventListener('online', () => poll());
   window.addEventListener('storage', (ev) => {
     if (!ev.key || !ev.key.startsWith('localai.')) return;
-    store.reload();
+    chats.reload();
     if (state.conv && ev.key === `localai.conv.${state.conv.id}` && !streams.has(state.conv.id)) {
-      const fresh = store.load(state.conv.id);
+      const fresh = chats.load(state.conv.id);
       if (fresh) { state.conv = fresh; renderThread(); updateMeter(); }
     }
     renderSidebar();
@@ -127,7 +127,7 @@ function wire() {
     state.unloading = true;
     for (const s of streams.values()) {
       s.msg.status = 'stopped';
-      store.save(s.conv);
+      chats.save(s.conv);
     }
   });
   window.matchMedia('(max-width: 768px)').addEventListener('change', () => {

@@ -1,7 +1,7 @@
 // @ts-check
 // The page's state, declared in one place: what the gateway told us, the chat on
 // screen, the answers streaming, and the browser storage they are saved in.
-import { Store, Settings } from './core/store.js';
+import { ChatStorage, Settings } from './core/storage.js';
 import { toast } from './view/toast.js';
 
 /** @typedef {import('./core/types.js').Model} Model */
@@ -72,7 +72,7 @@ function storageMessage(e) {
     ? 'Browser storage is full: export and delete old chats to keep saving.'
     : 'Could not save to browser storage.';
 }
-export const store = new Store(localStorage, (e) => toast(storageMessage(e), 'error', 6000));
+export const chats = new ChatStorage(localStorage, (e) => toast(storageMessage(e), 'error', 6000));
 
 /** The saved API key ('' when none). */
 export function apiKey() {

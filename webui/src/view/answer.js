@@ -8,7 +8,7 @@ import {
   everySecond, loadingText,
 } from '../core/chat.js';
 import { StreamRenderer } from '../markdown.js';
-import { state, streams, wakers, store, apiKey } from '../state.js';
+import { state, streams, wakers, chats, apiKey } from '../state.js';
 import { toast } from './toast.js';
 import { openKeyDialog } from './dialogs.js';
 import { poll } from './connection.js';
@@ -30,7 +30,7 @@ export function send(text) {
   if (!conv) return;
   const { message, dropped } = addUserTurn(conv, text, currentModelId());
   removeViews(dropped);
-  store.save(conv);
+  chats.save(conv);
   setHash(conv.id);
   document.title = `${conv.title} · LocalAI`;
   appendMessage(message);
@@ -47,7 +47,7 @@ export function regenerate() {
   const dropped = dropLastAnswers(conv);
   if (!dropped) return;
   removeViews(dropped);
-  store.save(conv);
+  chats.save(conv);
   generate(conv);
 }
 
@@ -102,7 +102,7 @@ export async function generate(conv) {
       schedulePaint(s);
       if (Date.now() - lastSave > SAVE_EVERY_MS && !conv.deleted) {
         lastSave = Date.now();
-        store.save(conv);
+        chats.save(conv);
       }
     }, (loading) => showLoading(s, loading, sentAt));
     msg.status = 'done';
@@ -126,7 +126,7 @@ export async function generate(conv) {
   // An edit may already have started the next answer for this chat.
   if (streams.get(conv.id) === s) streams.delete(conv.id);
   if (s.raf) cancelAnimationFrame(s.raf);
-  if (!conv.deleted && conv.messages.includes(msg)) store.save(conv);
+  if (!conv.deleted && conv.messages.includes(msg)) chats.save(conv);
   if (state.conv === conv && s.view && s.view.art.isConnected) {
     s.view.art.replaceWith(messageView(msg).art);
     scrollToBottom();

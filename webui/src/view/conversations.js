@@ -1,7 +1,7 @@
 // @ts-check
 // Which chat is on screen: a new one, one from the sidebar or the URL (#/c/<id>).
 import { newConversation } from '../core/conversation.js';
-import { state, streams, store } from '../state.js';
+import { state, streams, chats } from '../state.js';
 import { el } from './elements.js';
 import { toast } from './toast.js';
 import { currentModelId, renderPicker } from './models.js';
@@ -32,7 +32,7 @@ export function openConversation(id) {
     return;
   }
   const live = streams.get(id);
-  const conv = live ? live.conv : store.load(id);
+  const conv = live ? live.conv : chats.load(id);
   if (!conv) {
     toast('That chat no longer exists.', 'error');
     newChat();
@@ -48,8 +48,8 @@ export function openConversation(id) {
 
 export function routeFromHash() {
   const m = /^#\/c\/([\w-]+)$/.exec(location.hash);
-  if (m && store.has(m[1])) openConversation(m[1]);
-  else if (!state.conv || (m && !store.has(m[1]))) newChat();
+  if (m && chats.has(m[1])) openConversation(m[1]);
+  else if (!state.conv || (m && !chats.has(m[1]))) newChat();
 }
 
 function renderAll() {

@@ -4,7 +4,7 @@
 import { h } from '../dom.js';
 import { icon } from '../icons.js';
 import { ApiError, getJSON } from '../core/http.js';
-import { state, settings, store, apiKey } from '../state.js';
+import { state, settings, chats, apiKey } from '../state.js';
 import { el } from './elements.js';
 import { toast } from './toast.js';
 import { loadModels, renderPicker } from './models.js';
@@ -95,7 +95,7 @@ export function saveChatDialog(ev) {
   c.params = {};
   if (t !== '' && !Number.isNaN(Number(t))) c.params.temperature = Math.max(0, Math.min(2, Number(t)));
   if (mt !== '' && Number(mt) > 0) c.params.max_tokens = Math.floor(Number(mt));
-  if (c.messages.length || store.has(c.id)) store.save(c, { touch: false });
+  if (c.messages.length || chats.has(c.id)) chats.save(c, { touch: false });
   el.chatDialog.close();
   updateEmpty();
   updateMeter();
@@ -118,7 +118,7 @@ export function confirmDialog(title, text, okLabel = 'OK') {
 }
 
 export function exportAll() {
-  const data = store.exportAll();
+  const data = chats.exportAll();
   if (!data.conversations.length) {
     toast('There are no chats to export.');
     return;
@@ -137,7 +137,7 @@ export function exportAll() {
 export async function importFile(file) {
   try {
     const data = JSON.parse(await file.text());
-    const { added, skipped } = store.importData(data);
+    const { added, skipped } = chats.importData(data);
     renderSidebar();
     toast(`Imported ${added} chat${added === 1 ? '' : 's'}${skipped ? ` (${skipped} already present or invalid)` : ''}.`, 'ok', 5000);
   } catch (e) {

@@ -5,7 +5,7 @@ import { icon } from '../icons.js';
 import { fmtK } from '../core/format.js';
 import { ApiError, getJSON } from '../core/http.js';
 import { chooseModel, contextLimit, isChatModel, loadsOnUse, modelState, pickerLabel, STATE_LABEL } from '../core/models.js';
-import { state, settings, store, apiKey } from '../state.js';
+import { state, settings, chats, apiKey } from '../state.js';
 import { el } from './elements.js';
 import { toast } from './toast.js';
 import { openKeyDialog } from './dialogs.js';
@@ -132,7 +132,7 @@ export function pickModel(id) {
   if (!id || !state.conv) return;
   state.conv.model = id;
   settings.set('model', id);
-  if (store.has(state.conv.id)) store.save(state.conv, { touch: false });
+  if (chats.has(state.conv.id)) chats.save(state.conv, { touch: false });
   renderPicker();
   updateMeter();
   updateEmpty();

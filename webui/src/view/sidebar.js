@@ -3,7 +3,7 @@
 import { h } from '../dom.js';
 import { icon } from '../icons.js';
 import { dayGroup } from '../core/format.js';
-import { state, streams, store, settings } from '../state.js';
+import { state, streams, chats, settings } from '../state.js';
 import { el } from './elements.js';
 import { toast } from './toast.js';
 import { confirmDialog } from './dialogs.js';
@@ -11,10 +11,10 @@ import { newChat } from './conversations.js';
 
 export function renderSidebar() {
   const q = el.search.value.trim().toLowerCase();
-  let items = store.list();
+  let items = chats.list();
   if (q) {
     const jq = JSON.stringify(q).slice(1, -1);
-    items = items.filter((e) => e.title.toLowerCase().includes(q) || store.raw(e.id).toLowerCase().includes(jq));
+    items = items.filter((e) => e.title.toLowerCase().includes(q) || chats.raw(e.id).toLowerCase().includes(jq));
   }
   const frag = document.createDocumentFragment();
   let group = null;
@@ -46,7 +46,7 @@ export function renderSidebar() {
 /** Turn a chat's title into a text field; Enter or leaving it saves. @param {HTMLElement} item */
 export function startRename(item) {
   const id = item.dataset.id;
-  const entry = store.list().find((e) => e.id === id);
+  const entry = chats.list().find((e) => e.id === id);
   const link = item.querySelector('.conv-link');
   if (!id || !entry || !link) return;
   const input = h('input', { class: 'rename-input', value: entry.title, 'aria-label': 'Chat title', maxlength: '200' });
@@ -60,11 +60,11 @@ export function startRename(item) {
     done = true;
     const title = input.value.trim();
     if (commit && title && title !== entry.title) {
-      const conv = state.conv && state.conv.id === id ? state.conv : store.load(id);
+      const conv = state.conv && state.conv.id === id ? state.conv : chats.load(id);
       if (conv) {
         conv.title = title;
         conv.renamed = true;
-        store.save(conv, { touch: false });
+        chats.save(conv, { touch: false });
         if (state.conv && state.conv.id === id) document.title = `${title} · LocalAI`;
       }
     }
@@ -79,7 +79,7 @@ export function startRename(item) {
 
 /** @param {string} id */
 export async function deleteConversation(id) {
-  const entry = store.list().find((e) => e.id === id);
+  const entry = chats.list().find((e) => e.id === id);
   if (!entry) return;
   const ok = await confirmDialog('Delete chat?', `“${entry.title}” will be removed from this browser.`, 'Delete');
   if (!ok) return;
@@ -88,7 +88,7 @@ export async function deleteConversation(id) {
     s.conv.deleted = true; // the ending stream must not save it back
     s.ctrl.abort();
   }
-  store.remove(id);
+  chats.remove(id);
   if (state.conv && state.conv.id === id) newChat();
   else renderSidebar();
   toast('Chat deleted.');

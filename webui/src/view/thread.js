@@ -7,7 +7,7 @@ import { fmtStats } from '../core/format.js';
 import { loadsOnUse } from '../core/models.js';
 import { editUserMessage } from '../core/conversation.js';
 import { renderMarkdown, StreamRenderer } from '../markdown.js';
-import { state, streams, store } from '../state.js';
+import { state, streams, chats } from '../state.js';
 import { el } from './elements.js';
 import { openKeyDialog } from './dialogs.js';
 import { currentModelId, stateOf } from './models.js';
@@ -241,7 +241,7 @@ function startEdit(art, m) {
     const live = streams.get(conv.id);
     if (live) live.ctrl.abort();
     if (!editUserMessage(conv, m, text)) return close();
-    store.save(conv);
+    chats.save(conv);
     renderThread();
     renderSidebar();
     generate(conv);

@@ -42,7 +42,7 @@ function summary(c) {
   return { id: c.id, title: c.title, created: c.created, updated: c.updated, model: c.model, n: c.messages.length };
 }
 
-export class Store {
+export class ChatStorage {
   /**
    * @param {Storage} storage
    * @param {(e: unknown) => void} [onError]  a save failed (storage full)
