@@ -57,3 +57,9 @@ export async function copyText(text) {
   ta.remove();
   return ok;
 }
+
+/** Grow a text box with its text, up to *max* pixels. @param {HTMLTextAreaElement} ta @param {number} [max] */
+export function autosize(ta, max = 220) {
+  ta.style.height = 'auto';
+  ta.style.height = `${Math.min(ta.scrollHeight, max)}px`;
+}

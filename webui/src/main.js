@@ -1,22 +1,27 @@
 // @ts-check
 // LocalAI WebUI: a small, dependency-light chat client for the gateway.
-// This entry module wires the page's events to the views and starts the app.
-//   core/      the chat without the DOM: requests, SSE, retries, stats, conversations, storage
-//   view/      the page: thread, sidebar, model picker, composer, dialogs, connection
-//   state.js   the page's state, declared in one place
+// This entry module subscribes the views to the store, wires the page's events to
+// the views and the actions, and starts the app.
+//   core/       the chat without the DOM: requests to the gateway, SSE, retries, stats,
+//               conversations, storage, the store
+//   state.js    the page's state, declared in one place, and the store holding it
+//   actions.js  the only code that changes the state
+//   view/       the page: thread, sidebar, model picker, composer, dialogs, connection;
+//               each draws from the state and calls actions, none imports another
 import './styles.css';
-import { targetOf } from './dom.js';
+import { targetOf, autosize } from './dom.js';
 import { hydrateIcons } from './icons.js';
-import { state, streams, store, settings } from './state.js';
+import { store, settings } from './state.js';
+import { newChat, openChat, routeTo, stopCurrent, poll, loadModels, chatsChangedElsewhere, pageUnloading } from './actions.js';
 import { el } from './view/elements.js';
-import { applyTheme, cycleTheme, openKeyDialog, saveKey, forgetKey, openChatDialog, saveChatDialog, exportAll, importFile } from './view/dialogs.js';
-import { loadModels, toggleMenu, pickModel, onMenuKey } from './view/models.js';
-import { poll, startBannerClock } from './view/connection.js';
-import { renderSidebar, startRename, deleteConversation, openSidebar, sidebarIsOpen } from './view/sidebar.js';
-import { newChat, openConversation, routeFromHash } from './view/conversations.js';
-import { renderThread, onThreadClick, onScroll } from './view/thread.js';
-import { autosize, updateComposer, onInputKey, submitComposer, updateMeter } from './view/composer.js';
-import { stopCurrent } from './view/answer.js';
+import { toast } from './view/toast.js';
+import { applyTheme, cycleTheme, openKeyDialog, saveKey, forgetKey, openChatDialog, saveChatDialog, exportAll, importFile, subscribeDialogs } from './view/dialogs.js';
+import { toggleMenu, pickModel, onMenuKey, subscribePicker } from './view/models.js';
+import { subscribeConnection } from './view/connection.js';
+import { renderSidebar, startRename, deleteConversation, openSidebar, sidebarIsOpen, subscribeSidebar } from './view/sidebar.js';
+import { subscribeLocation } from './view/location.js';
+import { onThreadClick, onScroll, jumpToBottom, subscribeThread } from './view/thread.js';
+import { updateComposer, onInputKey, submitComposer, updateMeter, subscribeComposer } from './view/composer.js';
 
 function isMac() {
   return /Mac|iPhone|iPad/.test(navigator.platform || navigator.userAgent);
@@ -73,7 +78,7 @@ function wire() {
     ev.preventDefault();
     if (act && act.dataset.act === 'rename') startRename(item);
     else if (act && act.dataset.act === 'delete') deleteConversation(item.dataset.id);
-    else if (target.closest('.conv-link')) openConversation(item.dataset.id);
+    else if (target.closest('.conv-link')) openChat(item.dataset.id);
   });
   el.convList.addEventListener('dblclick', (ev) => {
     const item = /** @type {HTMLElement|null} */ (targetOf(ev).closest('.conv-item'));
@@ -81,7 +86,7 @@ function wire() {
   });
   el.thread.addEventListener('click', onThreadClick);
   el.scroller.addEventListener('scroll', onScroll, { passive: true });
-  el.jump.addEventListener('click', () => { state.stick = true; el.scroller.scrollTo({ top: el.scroller.scrollHeight, behavior: 'smooth' }); });
+  el.jump.addEventListener('click', jumpToBottom);
   el.ctxWarn.addEventListener('click', (ev) => { if (targetOf(ev).closest('[data-act="newchat"]')) newChat(); });
   el.modelBtn.addEventListener('click', () => toggleMenu());
   el.modelMenu.addEventListener('click', (ev) => {
@@ -111,39 +116,38 @@ function wire() {
   });
   el.bannerRetry.addEventListener('click', () => poll());
   document.addEventListener('keydown', onGlobalKey);
-  window.addEventListener('hashchange', routeFromHash);
+  window.addEventListener('hashchange', () => routeTo(location.hash));
   document.addEventListener('visibilitychange', () => { if (!document.hidden) poll(); });
   window.addEventListener('online', () => poll());
   window.addEventListener('storage', (ev) => {
-    if (!ev.key || !ev.key.startsWith('localai.')) return;
-    store.reload();
-    if (state.conv && ev.key === `localai.conv.${state.conv.id}` && !streams.has(state.conv.id)) {
-      const fresh = store.load(state.conv.id);
-      if (fresh) { state.conv = fresh; renderThread(); updateMeter(); }
-    }
-    renderSidebar();
+    if (ev.key && ev.key.startsWith('localai.')) chatsChangedElsewhere(ev.key);
   });
-  window.addEventListener('pagehide', () => {
-    state.unloading = true;
-    for (const s of streams.values()) {
-      s.msg.status = 'stopped';
-      store.save(s.conv);
-    }
-  });
+  window.addEventListener('pagehide', pageUnloading);
   window.matchMedia('(max-width: 768px)').addEventListener('change', () => {
     el.app.classList.remove('sb-mobile-open');
     el.backdrop.hidden = true;
   });
 }
 
+/** The views draw from the store; the order here is the order they draw in. */
+function subscribeViews() {
+  subscribeSidebar();
+  subscribePicker();
+  subscribeThread();
+  subscribeComposer();
+  subscribeConnection();
+  subscribeDialogs();
+  subscribeLocation();
+  store.subscribe(['notice'], (s) => { if (s.notice) toast(s.notice.text, s.notice.kind, s.notice.ms); });
+}
+
 function boot() {
   hydrateIcons();
   applyTheme();
   if (settings.get('sidebar', true) === false) el.app.classList.add('sb-collapsed');
+  subscribeViews();
   wire();
-  startBannerClock();
-  routeFromHash();
-  if (!state.conv) newChat();
+  routeTo(location.hash);
   el.app.classList.add('ready');
   loadModels();
   poll();

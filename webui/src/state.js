@@ -1,70 +1,68 @@
 // @ts-check
 // The page's state, declared in one place: what the gateway told us, the chat on
 // screen, the answers streaming, and the browser storage they are saved in.
-import { Store, Settings } from './core/store.js';
-import { toast } from './view/toast.js';
+// Views read it and subscribe to it; only actions.js changes it (store.update).
+import { Store } from './core/store.js';
+import { ChatStorage, Settings } from './core/storage.js';
+import { chooseModel, contextLimit, modelState } from './core/models.js';
 
 /** @typedef {import('./core/types.js').Model} Model */
 /** @typedef {import('./core/types.js').Health} Health */
 /** @typedef {import('./core/types.js').Conversation} Conversation */
+/** @typedef {import('./core/types.js').ConversationSummary} ConversationSummary */
 /** @typedef {import('./core/types.js').Message} Message */
-/** @typedef {import('./view/thread.js').MessageView} MessageView */
-/** @typedef {import('./markdown.js').StreamRenderer} StreamRenderer */
-
-/**
- * @typedef {object} AppState
- * @property {Model[]} models  GET /v1/models
- * @property {boolean} modelsLoaded  the list was fetched at least once
- * @property {'unknown'|'ok'|'missing'|'bad'} auth  whether the gateway took our API key
- * @property {Health|null} health  GET /health
- * @property {Record<string, string|undefined>} prevStates  each model's state at the previous poll
- * @property {'unknown'|'ok'|'degraded'|'noready'|'down'} conn  the connection indicator
- * @property {number} failCount  polls failed in a row
- * @property {number} nextPollAt  Date.now() of the next poll while the gateway is down
- * @property {ReturnType<typeof setTimeout>|undefined} pollTimer
- * @property {Conversation|null} conv  the chat on screen
- * @property {boolean} stick  keep the thread scrolled to the bottom as answers grow
- * @property {boolean} unloading  the page is going away: streams cut now end as "stopped", not as errors
- */
-
-/** @type {AppState} */
-export const state = {
-  models: [],
-  modelsLoaded: false,
-  auth: 'unknown',
-  health: null,
-  prevStates: {},
-  conn: 'unknown',
-  failCount: 0,
-  nextPollAt: 0,
-  pollTimer: undefined,
-  conv: null,
-  stick: true,
-  unloading: false,
-};
 
 /**
  * @typedef {object} LiveAnswer  An answer being generated.
  * @property {Conversation} conv
  * @property {Message} msg
  * @property {AbortController} ctrl  the user's Stop
- * @property {MessageView|null} view  its view, while its chat is on screen
- * @property {StreamRenderer|null} renderer
- * @property {number} raf  the pending paint's animation frame, or 0
- * @property {(() => void)|null} loading  stops the "loading coder… 4 s" counter while its model loads
+ * @property {string|null} wait  what it says while waiting: a retry's countdown, "loading coder… 4 s"
  */
 
-/** @type {Map<string, LiveAnswer>} conversation id -> its answer being generated */
-export const streams = new Map();
-
-/** @type {Set<() => void>} retry waits that end early when a model turns ready / the gateway is back */
-export const wakers = new Set();
-
-export function wakeRetries() {
-  for (const w of [...wakers]) w();
-}
+/**
+ * @typedef {object} AppState
+ * Each key is also what views subscribe to; an update names the keys it touched.
+ * @property {Model[]} models  GET /v1/models
+ * @property {boolean} modelsLoaded  the list was fetched at least once
+ * @property {'unknown'|'ok'|'missing'|'bad'} auth  whether the gateway took our API key
+ * @property {Health|null} health  GET /health
+ * @property {'unknown'|'ok'|'degraded'|'noready'|'down'} conn  the connection indicator
+ * @property {string} connLabel  its text while connected
+ * @property {number} nextPollAt  Date.now() of the next probe while the gateway is down
+ * @property {Conversation|null} conv  the chat on screen; updated when another one is shown or its messages were rebuilt
+ * @property {number} convRevision  bumped when the chat on screen's title, model, system prompt or parameters change
+ * @property {'new'|'open'|null} navigated  the user went to a new chat or opened one (the phone's sidebar closes)
+ * @property {{added: Message|null, removed: Message[]}|null} turn  messages added to / removed from the end of the chat on screen
+ * @property {ConversationSummary[]} chats  the saved chats, newest first (the sidebar)
+ * @property {Map<string, LiveAnswer>} live  conversation id -> its answer being generated
+ * @property {{answer: LiveAnswer, change: 'start'|'text'|'wait'|'truncated'|'end'}|null} answer  what last happened to an answer being generated
+ * @property {{message: string}|null} keyPrompt  the API key is asked for, and why ('' when the user asked)
+ * @property {{text: string, kind: 'info'|'ok'|'error', ms: number}|null} notice  a short notice to show
+ */
 
 export const settings = new Settings(localStorage);
+
+/** @type {AppState} */
+const initialState = {
+  models: [],
+  modelsLoaded: false,
+  auth: 'unknown',
+  health: null,
+  conn: 'unknown',
+  connLabel: '',
+  nextPollAt: 0,
+  conv: null,
+  convRevision: 0,
+  navigated: null,
+  turn: null,
+  chats: [],
+  live: new Map(),
+  answer: null,
+  keyPrompt: null,
+  notice: null,
+};
+export const store = new Store(initialState);
 
 /** @param {unknown} e */
 function storageMessage(e) {
@@ -72,9 +70,30 @@ function storageMessage(e) {
     ? 'Browser storage is full: export and delete old chats to keep saving.'
     : 'Could not save to browser storage.';
 }
-export const store = new Store(localStorage, (e) => toast(storageMessage(e), 'error', 6000));
+export const chats = new ChatStorage(localStorage, (e) => {
+  store.update('storageFailed', { notice: { text: storageMessage(e), kind: 'error', ms: 6000 } });
+});
+store.update('chatsLoaded', { chats: chats.list() });
 
 /** The saved API key ('' when none). */
 export function apiKey() {
   return settings.get('apiKey', '') || '';
+}
+
+/** The model the chat on screen talks to. */
+export function currentModelId() {
+  const s = store.state;
+  return chooseModel(s, s.conv && s.conv.model, settings.get('model'));
+}
+
+/** @param {string} id */
+export const stateOf = (id) => modelState(store.state.models, store.state.health, id);
+
+/** @param {string|null} id */
+export const contextLimitOf = (id) => contextLimit(store.state.models, id);
+
+/** Whether the chat on screen has an answer streaming. */
+export function answering() {
+  const s = store.state;
+  return !!s.conv && s.live.has(s.conv.id);
 }

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { addUserTurn, dropLastAnswers, editUserMessage, newConversation, normalize, titleFrom } from '../src/core/conversation.js';
-import { Settings, Store } from '../src/core/store.js';
+import { Settings, ChatStorage } from '../src/core/storage.js';
 
 /** The Web Storage interface over a Map, optionally full after *quota* characters. */
 class MemoryStorage {
@@ -76,47 +76,47 @@ test('imports accept other clients\' {role, content} lists and never resume a st
   assert.equal(normalize({ hello: 'world' }), null);
 });
 
-test('the store keeps an index newest first, survives losing it, and removes', () => {
+test('chat storage keeps an index newest first, survives losing it, and removes', () => {
   const storage = new MemoryStorage();
-  const store = new Store(storage);
+  const chats = new ChatStorage(storage);
   const a = newConversation('m');
   const b = newConversation('m');
-  store.save(a);
+  chats.save(a);
   b.updated = a.updated + 1;
-  store.save(b, { touch: false });
-  assert.deepEqual(store.list().map((e) => e.id), [b.id, a.id]);
-  assert.equal(store.load(a.id).id, a.id);
+  chats.save(b, { touch: false });
+  assert.deepEqual(chats.list().map((e) => e.id), [b.id, a.id]);
+  assert.equal(chats.load(a.id).id, a.id);
   storage.removeItem('localai.index');
-  assert.deepEqual(new Store(storage).list().map((e) => e.id), [b.id, a.id]);
-  store.remove(a.id);
-  assert.equal(store.has(a.id), false);
-  assert.equal(store.load(a.id), null);
+  assert.deepEqual(new ChatStorage(storage).list().map((e) => e.id), [b.id, a.id]);
+  chats.remove(a.id);
+  assert.equal(chats.has(a.id), false);
+  assert.equal(chats.load(a.id), null);
   assert.deepEqual(JSON.parse(storage.getItem('localai.index')).map((e) => e.id), [b.id]);
 });
 
 test('importing skips chats already present and renames colliding ids', () => {
-  const store = new Store(new MemoryStorage());
+  const chats = new ChatStorage(new MemoryStorage());
   const c = newConversation('m');
   addUserTurn(c, 'hello', null);
-  store.save(c);
-  const exported = store.exportAll();
+  chats.save(c);
+  const exported = chats.exportAll();
   assert.equal(exported.format, 'localai-chats');
-  assert.deepEqual(store.importData(exported), { added: 0, skipped: 1 });
+  assert.deepEqual(chats.importData(exported), { added: 0, skipped: 1 });
   const changed = JSON.parse(JSON.stringify(exported));
   changed.conversations[0].messages[0].content = 'different';
-  assert.deepEqual(store.importData(changed), { added: 1, skipped: 0 });
-  assert.equal(store.list().length, 2);
-  assert.throws(() => store.importData({ hello: 'world' }), /does not look like a LocalAI chat export/);
+  assert.deepEqual(chats.importData(changed), { added: 1, skipped: 0 });
+  assert.equal(chats.list().length, 2);
+  assert.throws(() => chats.importData({ hello: 'world' }), /does not look like a LocalAI chat export/);
 });
 
 test('a full storage is reported, not thrown', () => {
   const errors = [];
-  const store = new Store(new MemoryStorage(50), (e) => errors.push(e.name));
+  const chats = new ChatStorage(new MemoryStorage(50), (e) => errors.push(e.name));
   const c = newConversation('m');
   addUserTurn(c, 'x'.repeat(100), null);
-  assert.equal(store.save(c), false);
+  assert.equal(chats.save(c), false);
   assert.deepEqual(errors, ['QuotaExceededError']);
-  assert.equal(store.has(c.id), false);
+  assert.equal(chats.has(c.id), false);
 });
 
 test('settings are JSON under the localai. prefix; null removes', () => {

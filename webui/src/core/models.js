@@ -72,3 +72,30 @@ export const isAvailable = (state) => state === 'ready' || loadsOnUse(state);
 
 /** A model's name as the picker lists it; one that loads on use with its state ("coder (sleeping)"). @param {string} id @param {string} state */
 export const pickerLabel = (id, state) => (loadsOnUse(state) ? `${id} (${state})` : id);
+
+/**
+ * @typedef {object} Connection  What a successful health probe says.
+ * @property {'ok'|'degraded'|'noready'} conn
+ * @property {string} label  the indicator's text
+ * @property {Record<string, string|undefined>} states  each model's state now
+ * @property {boolean} cameReady  a model that was not ready at the previous probe is now
+ * @property {string} ids  the models /health lists, sorted, comma-joined ('' when none)
+ */
+
+/**
+ * @param {Health|null} health  GET /health
+ * @param {boolean} ready  GET /ready said 200
+ * @param {Record<string, string|undefined>} previous  each model's state at the previous probe
+ * @returns {Connection}
+ */
+export function connectionOf(health, ready, previous) {
+  const hm = (health && health.models) || {};
+  const states = Object.values(hm).map((m) => (m && m.state) || 'unknown');
+  const cameReady = Object.entries(hm).some(([k, m]) => m && m.state === 'ready' && previous[k] && previous[k] !== 'ready');
+  const now = Object.fromEntries(Object.entries(hm).map(([k, m]) => [k, m && m.state]));
+  const ids = Object.keys(hm).sort().join(',');
+  if (!ready) return { conn: 'noready', label: states.includes('loading') ? 'Models loading…' : 'No model ready', states: now, cameReady, ids };
+  const down = states.filter((s) => !isAvailable(s)).length;
+  if (down) return { conn: 'degraded', label: `Connected · ${down} not ready`, states: now, cameReady, ids };
+  return { conn: 'ok', label: 'Connected', states: now, cameReady, ids };
+}

@@ -1,27 +1,19 @@
 // @ts-check
 // The message box, the send/stop buttons and the context meter under them.
-import { h } from '../dom.js';
+import { h, autosize } from '../dom.js';
 import { icon } from '../icons.js';
 import { fmtInt } from '../core/format.js';
 import { estimateTokens } from '../core/chat.js';
-import { state, streams } from '../state.js';
+import { store, answering, currentModelId, contextLimitOf } from '../state.js';
+import { askForKeyAsAuthSays, send } from '../actions.js';
 import { el } from './elements.js';
-import { openKeyDialog } from './dialogs.js';
-import { currentModelId, contextLimitOf } from './models.js';
-import { send } from './answer.js';
 
 const WARN_AT = 0.6;
 const HIGH_AT = 0.9;
 
-/** Grow a text box with its text, up to *max* pixels. @param {HTMLTextAreaElement} ta @param {number} [max] */
-export function autosize(ta, max = 220) {
-  ta.style.height = 'auto';
-  ta.style.height = `${Math.min(ta.scrollHeight, max)}px`;
-}
-
 export function updateComposer() {
-  const live = state.conv && streams.has(state.conv.id);
-  el.send.hidden = !!live;
+  const live = answering();
+  el.send.hidden = live;
   el.stop.hidden = !live;
   el.send.disabled = !el.input.value.trim();
 }
@@ -38,9 +30,10 @@ export function onInputKey(ev) {
 export function submitComposer() {
   const text = el.input.value;
   if (!text.trim()) return;
-  if (state.conv && streams.has(state.conv.id)) return;
-  if (state.auth === 'bad' || state.auth === 'missing') {
-    openKeyDialog(state.auth === 'bad' ? 'The gateway did not accept the saved API key. Enter a valid key.' : 'This gateway needs an API key.');
+  if (answering()) return;
+  const { auth } = store.state;
+  if (auth === 'bad' || auth === 'missing') {
+    askForKeyAsAuthSays();
     return;
   }
   el.input.value = '';
@@ -55,7 +48,7 @@ export function updateMeter() {
   meterQueued = true;
   requestAnimationFrame(() => {
     meterQueued = false;
-    const conv = state.conv;
+    const conv = store.state.conv;
     const id = currentModelId();
     const limit = contextLimitOf(id);
     const used = conv ? estimateTokens(conv, el.input.value) : 0;
@@ -90,4 +83,11 @@ export function updateMeter() {
       );
     }
   });
+}
+
+export function subscribeComposer() {
+  store.subscribe(['conv', 'live'], updateComposer);
+  store.subscribe(['conv', 'convRevision', 'models'], updateMeter);
+  store.subscribe(['answer'], (s) => { if (s.answer && s.answer.change === 'end' && s.answer.answer.conv === s.conv) updateMeter(); });
+  store.subscribe(['navigated'], (s) => { if (s.navigated === 'new') el.input.focus(); });
 }

@@ -1,18 +1,12 @@
 // @ts-check
 // Settings and dialogs: the theme, the API key, a chat's system prompt and
-// parameters, the confirm box, and importing/exporting chats.
+// parameters, and importing/exporting chats.
 import { h } from '../dom.js';
 import { icon } from '../icons.js';
-import { ApiError, getJSON } from '../core/http.js';
-import { state, settings, store, apiKey } from '../state.js';
+import { store, settings, chats, apiKey } from '../state.js';
+import * as actions from '../actions.js';
 import { el } from './elements.js';
 import { toast } from './toast.js';
-import { loadModels, renderPicker } from './models.js';
-import { renderSidebar } from './sidebar.js';
-import { updateEmpty } from './thread.js';
-import { updateMeter } from './composer.js';
-
-const THEMES = ['system', 'light', 'dark'];
 
 export function applyTheme() {
   const t = settings.get('theme', 'system');
@@ -23,9 +17,7 @@ export function applyTheme() {
 }
 
 export function cycleTheme() {
-  const t = settings.get('theme', 'system');
-  const next = THEMES[(THEMES.indexOf(t) + 1) % THEMES.length];
-  settings.set('theme', next);
+  const next = actions.cycleTheme();
   applyTheme();
   toast(`Theme: ${next === 'system' ? 'follow system' : next}`);
 }
@@ -44,38 +36,29 @@ export function openKeyDialog(message) {
 export async function saveKey(ev) {
   ev.preventDefault();
   const key = el.keyInput.value.trim();
-  settings.set('apiKey', key || null);
   el.keyError.hidden = true;
-  try {
-    await getJSON('v1/models', { key: apiKey() });
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 401) {
-      state.auth = key ? 'bad' : 'missing';
-      el.keyError.hidden = false;
-      el.keyError.textContent = key ? 'That key was not accepted by the gateway. Check it and try again.' : 'This gateway needs an API key.';
-      el.keyInput.focus();
-      el.keyInput.select();
-      renderPicker();
-      updateEmpty();
-      return;
-    }
+  if (!(await actions.saveKey(key))) {
+    el.keyError.hidden = false;
+    el.keyError.textContent = key ? 'That key was not accepted by the gateway. Check it and try again.' : 'This gateway needs an API key.';
+    el.keyInput.focus();
+    el.keyInput.select();
+    return;
   }
   el.keyDialog.close();
-  state.auth = /** @type {import('../state.js').AppState['auth']} */ ('unknown'); // loadModels() sets it
-  await loadModels();
-  if (state.auth === 'ok') toast('API key saved.', 'ok');
+  await actions.reloadWithKey();
+  if (store.state.auth === 'ok') toast('API key saved.', 'ok');
   el.input.focus();
 }
 
 export function forgetKey() {
-  settings.set('apiKey', null);
+  actions.forgetKey();
   el.keyInput.value = '';
   el.keyInput.focus();
   toast('API key removed from this browser.');
 }
 
 export function openChatDialog() {
-  const c = state.conv;
+  const c = store.state.conv;
   if (!c) return;
   el.sysInput.value = c.system || '';
   el.tempInput.value = c.params && c.params.temperature != null ? String(c.params.temperature) : '';
@@ -87,38 +70,13 @@ export function openChatDialog() {
 /** @param {SubmitEvent} ev */
 export function saveChatDialog(ev) {
   ev.preventDefault();
-  const c = state.conv;
-  if (!c) return;
-  c.system = el.sysInput.value;
-  const t = el.tempInput.value.trim();
-  const mt = el.maxtokInput.value.trim();
-  c.params = {};
-  if (t !== '' && !Number.isNaN(Number(t))) c.params.temperature = Math.max(0, Math.min(2, Number(t)));
-  if (mt !== '' && Number(mt) > 0) c.params.max_tokens = Math.floor(Number(mt));
-  if (c.messages.length || store.has(c.id)) store.save(c, { touch: false });
+  if (!store.state.conv) return;
+  actions.saveChatSettings({ system: el.sysInput.value, temperature: el.tempInput.value, maxTokens: el.maxtokInput.value });
   el.chatDialog.close();
-  updateEmpty();
-  updateMeter();
-}
-
-/**
- * Ask; resolves true when the user confirms.
- * @param {string} title @param {string} text @param {string} [okLabel]
- * @returns {Promise<boolean>}
- */
-export function confirmDialog(title, text, okLabel = 'OK') {
-  el.confirmTitle.textContent = title;
-  el.confirmText.textContent = text;
-  el.confirmOk.textContent = okLabel;
-  el.confirmDialog.returnValue = '';
-  el.confirmDialog.showModal();
-  return new Promise((resolve) => {
-    el.confirmDialog.addEventListener('close', () => resolve(el.confirmDialog.returnValue === 'ok'), { once: true });
-  });
 }
 
 export function exportAll() {
-  const data = store.exportAll();
+  const data = chats.exportAll();
   if (!data.conversations.length) {
     toast('There are no chats to export.');
     return;
@@ -137,10 +95,17 @@ export function exportAll() {
 export async function importFile(file) {
   try {
     const data = JSON.parse(await file.text());
-    const { added, skipped } = store.importData(data);
-    renderSidebar();
+    const { added, skipped } = actions.importChats(data);
     toast(`Imported ${added} chat${added === 1 ? '' : 's'}${skipped ? ` (${skipped} already present or invalid)` : ''}.`, 'ok', 5000);
   } catch (e) {
     toast(`Import failed: ${e instanceof SyntaxError ? 'the file is not valid JSON.' : e instanceof Error ? e.message : String(e)}`, 'error', 6000);
   }
+}
+
+export function subscribeDialogs() {
+  store.subscribe(['keyPrompt'], (s) => { if (s.keyPrompt) openKeyDialog(s.keyPrompt.message); });
+  // The models listed with the key: a dialog that asked for it is done (one the user opened stays).
+  store.subscribe(['auth'], (s) => {
+    if (s.auth === 'ok' && el.keyDialog.open && !el.keyDialog.dataset.manual) el.keyDialog.close();
+  });
 }

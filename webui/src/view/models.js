@@ -1,60 +1,18 @@
 // @ts-check
-// The model picker: the model list from the gateway, the chat's model, the menu.
+// The model picker: the chat's model, and the menu of the gateway's models.
 import { h } from '../dom.js';
 import { icon } from '../icons.js';
 import { fmtK } from '../core/format.js';
-import { ApiError, getJSON } from '../core/http.js';
-import { chooseModel, contextLimit, isChatModel, loadsOnUse, modelState, pickerLabel, STATE_LABEL } from '../core/models.js';
-import { state, settings, store, apiKey } from '../state.js';
+import { isChatModel, loadsOnUse, pickerLabel, STATE_LABEL } from '../core/models.js';
+import { store, currentModelId, stateOf, contextLimitOf } from '../state.js';
+import { pickModel as chooseModelForChat, poll } from '../actions.js';
 import { el } from './elements.js';
-import { toast } from './toast.js';
-import { openKeyDialog } from './dialogs.js';
-import { poll } from './connection.js';
-import { updateMeter } from './composer.js';
-import { updateEmpty } from './thread.js';
 
-/** The model the chat on screen talks to. */
-export function currentModelId() {
-  return chooseModel(state, state.conv && state.conv.model, settings.get('model'));
-}
-
-/** @param {string} id */
-export const stateOf = (id) => modelState(state.models, state.health, id);
-
-/** @param {string|null} id */
-export const contextLimitOf = (id) => contextLimit(state.models, id);
-
-export async function loadModels() {
-  try {
-    const { data } = await getJSON('v1/models', { key: apiKey() });
-    state.models = Array.isArray(data.data) ? data.data : [];
-    state.modelsLoaded = true;
-    if (state.auth !== 'ok') {
-      state.auth = 'ok';
-      if (el.keyDialog.open && !el.keyDialog.dataset.manual) el.keyDialog.close();
-    }
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 401) {
-      state.auth = apiKey() ? 'bad' : 'missing';
-      openKeyDialog(
-        state.auth === 'bad'
-          ? 'The gateway did not accept the saved API key. Enter a valid key.'
-          : 'This gateway needs an API key.',
-      );
-    } else if (e instanceof ApiError) {
-      toast(`Could not load the model list: ${e.message}`, 'error');
-    }
-    // Network errors are reported by the connection indicator.
-  }
-  renderPicker();
-  updateMeter();
-  updateEmpty();
-}
-
-export function renderPicker() {
+function renderPicker() {
   const id = currentModelId();
   const st = id ? stateOf(id) : { state: 'unknown' };
-  el.modelName.textContent = id || (state.auth === 'bad' || state.auth === 'missing' ? 'API key needed' : 'No model');
+  const { auth } = store.state;
+  el.modelName.textContent = id || (auth === 'bad' || auth === 'missing' ? 'API key needed' : 'No model');
   el.modelDot.dataset.state = st.state;
   el.modelState.textContent = id && st.state !== 'ready' ? STATE_LABEL[st.state] || st.state : '';
   el.modelBtn.dataset.state = st.state;
@@ -63,8 +21,9 @@ export function renderPicker() {
 
 function renderMenu() {
   const cur = currentModelId();
+  const { models, auth } = store.state;
   /** @type {HTMLElement[]} */
-  const items = state.models.filter(isChatModel).map((m) => {
+  const items = models.filter(isChatModel).map((m) => {
     const st = stateOf(m.id);
     const lim = contextLimitOf(m.id);
     const said = loadsOnUse(st.state) ? 'loads when used' : STATE_LABEL[st.state] || st.state;
@@ -99,7 +58,7 @@ function renderMenu() {
   });
   if (!items.length) {
     items.push(
-      h('div', { class: 'model-empty' }, state.auth === 'ok' || state.auth === 'unknown' ? 'No models available.' : 'Enter an API key to list models.'),
+      h('div', { class: 'model-empty' }, auth === 'ok' || auth === 'unknown' ? 'No models available.' : 'Enter an API key to list models.'),
     );
   }
   const active = /** @type {HTMLElement|null} */ (document.activeElement);
@@ -129,13 +88,7 @@ export function toggleMenu(open = el.modelMenu.hidden) {
 export function pickModel(id) {
   toggleMenu(false);
   el.modelBtn.focus();
-  if (!id || !state.conv) return;
-  state.conv.model = id;
-  settings.set('model', id);
-  if (store.has(state.conv.id)) store.save(state.conv, { touch: false });
-  renderPicker();
-  updateMeter();
-  updateEmpty();
+  if (id) chooseModelForChat(id);
 }
 
 /** Arrow keys move through the menu; Tab leaves it. @param {KeyboardEvent} ev */
@@ -145,4 +98,8 @@ export function onMenuKey(ev) {
   if (ev.key === 'ArrowDown') { ev.preventDefault(); (opts[i + 1] || opts[0]).focus(); }
   else if (ev.key === 'ArrowUp') { ev.preventDefault(); (opts[i - 1] || opts[opts.length - 1]).focus(); }
   else if (ev.key === 'Tab') toggleMenu(false);
+}
+
+export function subscribePicker() {
+  store.subscribe(['models', 'health', 'auth', 'conn', 'conv', 'convRevision'], renderPicker);
 }

@@ -3,18 +3,19 @@
 import { h } from '../dom.js';
 import { icon } from '../icons.js';
 import { dayGroup } from '../core/format.js';
-import { state, streams, store, settings } from '../state.js';
+import { store, chats } from '../state.js';
+import { deleteChat, rememberSidebar, renameChat } from '../actions.js';
 import { el } from './elements.js';
 import { toast } from './toast.js';
-import { confirmDialog } from './dialogs.js';
-import { newChat } from './conversations.js';
+import { confirmDialog } from './confirm.js';
 
 export function renderSidebar() {
   const q = el.search.value.trim().toLowerCase();
-  let items = store.list();
+  const { conv, live } = store.state;
+  let items = store.state.chats;
   if (q) {
     const jq = JSON.stringify(q).slice(1, -1);
-    items = items.filter((e) => e.title.toLowerCase().includes(q) || store.raw(e.id).toLowerCase().includes(jq));
+    items = items.filter((e) => e.title.toLowerCase().includes(q) || chats.raw(e.id).toLowerCase().includes(jq));
   }
   const frag = document.createDocumentFragment();
   let group = null;
@@ -24,11 +25,11 @@ export function renderSidebar() {
       group = g;
       frag.append(h('div', { class: 'conv-group' }, g));
     }
-    const active = state.conv && state.conv.id === e.id;
+    const active = conv && conv.id === e.id;
     frag.append(
       h(
         'div',
-        { class: `conv-item${active ? ' active' : ''}${streams.has(e.id) ? ' live' : ''}`, dataset: { id: e.id } },
+        { class: `conv-item${active ? ' active' : ''}${live.has(e.id) ? ' live' : ''}`, dataset: { id: e.id } },
         h('a', { class: 'conv-link', href: `#/c/${e.id}`, title: e.title, 'aria-current': active ? 'page' : null }, e.title),
         h(
           'span',
@@ -46,7 +47,7 @@ export function renderSidebar() {
 /** Turn a chat's title into a text field; Enter or leaving it saves. @param {HTMLElement} item */
 export function startRename(item) {
   const id = item.dataset.id;
-  const entry = store.list().find((e) => e.id === id);
+  const entry = store.state.chats.find((e) => e.id === id);
   const link = item.querySelector('.conv-link');
   if (!id || !entry || !link) return;
   const input = h('input', { class: 'rename-input', value: entry.title, 'aria-label': 'Chat title', maxlength: '200' });
@@ -59,16 +60,8 @@ export function startRename(item) {
     if (done) return;
     done = true;
     const title = input.value.trim();
-    if (commit && title && title !== entry.title) {
-      const conv = state.conv && state.conv.id === id ? state.conv : store.load(id);
-      if (conv) {
-        conv.title = title;
-        conv.renamed = true;
-        store.save(conv, { touch: false });
-        if (state.conv && state.conv.id === id) document.title = `${title} · LocalAI`;
-      }
-    }
-    renderSidebar();
+    if (commit && title && title !== entry.title) renameChat(id, title);
+    else renderSidebar();
   };
   input.addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter') { ev.preventDefault(); finish(true); }
@@ -79,18 +72,11 @@ export function startRename(item) {
 
 /** @param {string} id */
 export async function deleteConversation(id) {
-  const entry = store.list().find((e) => e.id === id);
+  const entry = store.state.chats.find((e) => e.id === id);
   if (!entry) return;
   const ok = await confirmDialog('Delete chat?', `“${entry.title}” will be removed from this browser.`, 'Delete');
   if (!ok) return;
-  const s = streams.get(id);
-  if (s) {
-    s.conv.deleted = true; // the ending stream must not save it back
-    s.ctrl.abort();
-  }
-  store.remove(id);
-  if (state.conv && state.conv.id === id) newChat();
-  else renderSidebar();
+  deleteChat(id);
   toast('Chat deleted.');
 }
 
@@ -103,7 +89,7 @@ export function openSidebar(open) {
     el.backdrop.hidden = !open;
   } else {
     el.app.classList.toggle('sb-collapsed', !open);
-    settings.set('sidebar', open);
+    rememberSidebar(open);
   }
 }
 
@@ -111,6 +97,11 @@ export function sidebarIsOpen() {
   return isMobile() ? el.app.classList.contains('sb-mobile-open') : !el.app.classList.contains('sb-collapsed');
 }
 
-export function closeMobileSidebar() {
+function closeMobileSidebar() {
   if (el.app.classList.contains('sb-mobile-open')) openSidebar(false);
+}
+
+export function subscribeSidebar() {
+  store.subscribe(['chats', 'conv', 'live'], renderSidebar);
+  store.subscribe(['navigated'], closeMobileSidebar);
 }

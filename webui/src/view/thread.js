@@ -1,21 +1,19 @@
 // @ts-check
-// The thread: one view per message, the empty state, scrolling, and the buttons
-// under each message (copy, edit, regenerate, the error box's).
-import { h, copyText, targetOf } from '../dom.js';
+// The thread: one view per message, the empty state, scrolling, the buttons under
+// each message (copy, edit, regenerate, the error box's), and the answer being
+// streamed, painted at most once per frame.
+import { h, copyText, targetOf, autosize } from '../dom.js';
 import { icon } from '../icons.js';
 import { fmtStats } from '../core/format.js';
 import { loadsOnUse } from '../core/models.js';
-import { editUserMessage } from '../core/conversation.js';
 import { renderMarkdown, StreamRenderer } from '../markdown.js';
-import { state, streams, store } from '../state.js';
+import { store, currentModelId, stateOf } from '../state.js';
+import { askForKey, editAndResend, regenerate } from '../actions.js';
 import { el } from './elements.js';
-import { openKeyDialog } from './dialogs.js';
-import { currentModelId, stateOf } from './models.js';
-import { renderSidebar } from './sidebar.js';
-import { autosize } from './composer.js';
-import { generate, regenerate } from './answer.js';
 
 /** @typedef {import('../core/types.js').Message} Message */
+/** @typedef {import('../state.js').LiveAnswer} LiveAnswer */
+/** @typedef {import('../state.js').AppState} AppState */
 
 /**
  * The parts of a message's view an answer in progress updates.
@@ -34,7 +32,7 @@ function actBtn(act, label, ic) {
 }
 
 /** @param {number} n */
-export function truncNotice(n) {
+function truncNotice(n) {
   return h(
     'div',
     { class: 'notice trunc', role: 'note' },
@@ -69,7 +67,7 @@ function userView(m) {
 }
 
 /** @param {Message} m @returns {MessageView} */
-export function messageView(m) {
+function messageView(m) {
   const status = m.status || 'done';
   const body = h('div', { class: 'md body' });
   const reasoning = h('details', { class: 'reasoning', hidden: !m.reasoning },
@@ -96,65 +94,136 @@ export function messageView(m) {
 /** @param {Message} m */
 const viewOf = (m) => (m.role === 'user' ? { art: userView(m) } : messageView(m));
 
-export function renderThread() {
-  const conv = state.conv;
+/**
+ * The painting of an answer being streamed: its view while its chat is on screen,
+ * the renderer of its markdown, the pending frame.
+ * @typedef {object} Painting
+ * @property {MessageView} view
+ * @property {StreamRenderer} renderer
+ * @property {number} raf  the pending paint's animation frame, or 0
+ */
+
+/** @type {Map<LiveAnswer, Painting>} */
+const paintings = new Map();
+
+/** Keep the thread scrolled to the bottom as answers grow (until the user scrolls up). */
+let stick = true;
+
+/** A fresh view for an answer being streamed, to paint from now on. @param {LiveAnswer} live */
+function paintingView(live) {
+  const view = messageView(live.msg);
+  const renderer = new StreamRenderer(view.body);
+  const painting = paintings.get(live);
+  if (painting) Object.assign(painting, { view, renderer });
+  else paintings.set(live, { view, renderer, raf: 0 });
+  return { view, renderer };
+}
+
+function renderThread() {
+  const conv = store.state.conv;
   if (!conv) return;
   const frag = document.createDocumentFragment();
+  const live = store.state.live.get(conv.id);
   for (const m of conv.messages) {
-    const live = streams.get(conv.id);
     if (live && live.msg === m) {
-      const v = messageView(m);
-      live.view = v;
-      live.renderer = new StreamRenderer(v.body);
-      live.renderer.update(m.content);
-      frag.append(v.art);
+      const { view, renderer } = paintingView(live);
+      renderer.update(m.content);
+      frag.append(view.art);
     } else frag.append(viewOf(m).art);
   }
   el.thread.replaceChildren(frag);
   updateEmpty();
-  state.stick = true;
+  stick = true;
   scrollToBottom(true);
 }
 
-/** @param {Message} m */
-export function appendMessage(m) {
-  el.thread.append(viewOf(m).art);
-  updateEmpty();
-}
-
-/** @param {Message} m */
-export function appendAnswer(m) {
-  const v = messageView(m);
-  el.thread.append(v.art);
-  updateEmpty();
-  return v;
-}
-
-/** @param {Message[]} messages */
-export function removeViews(messages) {
-  for (const m of messages) {
+/** Messages added to or taken from the end of the chat on screen. @param {NonNullable<AppState['turn']>} turn */
+function applyTurn({ added, removed }) {
+  for (const m of removed) {
     const node = el.thread.querySelector(`article[data-id="${m.id}"]`);
     if (node) node.remove();
   }
+  if (!added) return;
+  el.thread.append(viewOf(added).art);
+  updateEmpty();
+  stick = true;
+  scrollToBottom(true);
 }
 
-export function scrollToBottom(force = false) {
-  if (force || state.stick) el.scroller.scrollTop = el.scroller.scrollHeight;
+/** @param {NonNullable<AppState['answer']>} change */
+function applyAnswer({ answer, change }) {
+  if (change === 'start') {
+    if (store.state.conv !== answer.conv) return;
+    el.thread.append(paintingView(answer).view.art);
+    updateEmpty();
+    scrollToBottom();
+    return;
+  }
+  const painting = paintings.get(answer);
+  if (!painting) return; // its chat has not been on screen while it streamed
+  if (change === 'text') schedulePaint(answer, painting);
+  else if (change === 'wait') setWait(painting.view, answer.wait);
+  else if (change === 'truncated') painting.view.body.before(truncNotice(answer.msg.truncated || 0));
+  else if (change === 'end') {
+    paintings.delete(answer);
+    if (painting.raf) cancelAnimationFrame(painting.raf);
+    if (store.state.conv === answer.conv && painting.view.art.isConnected) {
+      painting.view.art.replaceWith(messageView(answer.msg).art);
+      scrollToBottom();
+    }
+  }
+}
+
+/** A retry's countdown in the answer (null: not waiting). @param {MessageView} v @param {string|null} text */
+function setWait(v, text) {
+  v.wait.hidden = !text;
+  v.wait.textContent = text || '';
+  v.art.classList.toggle('waiting', !!text);
+}
+
+/** Paint the answer's new text at the next frame (once per frame). @param {LiveAnswer} answer @param {Painting} p */
+function schedulePaint(answer, p) {
+  if (p.raf) return;
+  p.raf = requestAnimationFrame(() => {
+    p.raf = 0;
+    const v = p.view;
+    if (!v.art.isConnected) return;
+    p.renderer.update(answer.msg.content);
+    if (answer.msg.reasoning) {
+      v.reasoning.hidden = false;
+      if (!answer.msg.content) v.reasoning.open = true;
+      /** @type {ChildNode} */ (v.reasoning.lastChild).textContent = answer.msg.reasoning;
+    }
+    if (answer.msg.content) v.art.classList.add('has-text');
+    scrollToBottom();
+  });
+}
+
+/** @param {boolean} [force] */
+function scrollToBottom(force = false) {
+  if (force || stick) el.scroller.scrollTop = el.scroller.scrollHeight;
 }
 
 export function onScroll() {
   const d = el.scroller.scrollHeight - el.scroller.scrollTop - el.scroller.clientHeight;
-  state.stick = d < 80;
+  stick = d < 80;
   el.jump.hidden = d < 240;
 }
 
+/** The jump button: back to the newest message, and stay there. */
+export function jumpToBottom() {
+  stick = true;
+  el.scroller.scrollTo({ top: el.scroller.scrollHeight, behavior: 'smooth' });
+}
+
 /** The empty state's hint and the system prompt pill. */
-export function updateEmpty() {
-  const empty = !state.conv || state.conv.messages.length === 0;
+function updateEmpty() {
+  const { conv, auth } = store.state;
+  const empty = !conv || conv.messages.length === 0;
   el.empty.hidden = !empty;
   const id = currentModelId();
   if (empty) {
-    if (state.auth === 'bad' || state.auth === 'missing') el.emptySub.textContent = 'Enter your API key to start chatting.';
+    if (auth === 'bad' || auth === 'missing') el.emptySub.textContent = 'Enter your API key to start chatting.';
     else if (id) {
       const { state: st, reason } = stateOf(id);
       el.emptySub.textContent = st === 'ready' ? `Chatting with ${id}.`
@@ -164,7 +233,7 @@ export function updateEmpty() {
                 : `Chatting with ${id}.`;
     } else el.emptySub.textContent = 'Pick a model above and start typing.';
   }
-  const sys = state.conv && state.conv.system && state.conv.system.trim();
+  const sys = conv && conv.system && conv.system.trim();
   el.systemPill.hidden = !sys;
   if (sys) {
     el.systemPill.replaceChildren(h('span', { class: 'pill-label' }, 'System prompt'), h('span', { class: 'pill-text' }, sys));
@@ -184,7 +253,8 @@ export async function onThreadClick(ev) {
     return;
   }
   const art = /** @type {HTMLElement|null} */ (btn.closest('article.msg'));
-  const m = art && state.conv ? state.conv.messages.find((x) => x.id === art.dataset.id) : undefined;
+  const conv = store.state.conv;
+  const m = art && conv ? conv.messages.find((x) => x.id === art.dataset.id) : undefined;
   if (!art || !m) return;
   const act = btn.dataset.act;
   if (act === 'copy') {
@@ -193,7 +263,7 @@ export async function onThreadClick(ev) {
     setTimeout(() => { btn.innerHTML = icon('copy'); }, 1500);
   } else if (act === 'edit') startEdit(art, m);
   else if (act === 'regen') regenerate();
-  else if (act === 'key') openKeyDialog();
+  else if (act === 'key') askForKey();
 }
 
 /** @param {HTMLButtonElement} btn */
@@ -217,9 +287,8 @@ function flash(btn, text) {
 
 /** Edit a user message in place; sending it drops what came after and answers again. @param {HTMLElement} art @param {Message} m */
 function startEdit(art, m) {
-  const conv = state.conv;
   const bubble = art.querySelector('.bubble');
-  if (art.classList.contains('editing') || !conv || !bubble) return;
+  if (art.classList.contains('editing') || !bubble) return;
   const ta = h('textarea', { class: 'edit-input', 'aria-label': 'Edit message', rows: '3' });
   ta.value = m.content;
   const cancel = h('button', { type: 'button', class: 'btn' }, 'Cancel');
@@ -238,13 +307,7 @@ function startEdit(art, m) {
   const submit = () => {
     const text = ta.value;
     if (!text.trim()) return;
-    const live = streams.get(conv.id);
-    if (live) live.ctrl.abort();
-    if (!editUserMessage(conv, m, text)) return close();
-    store.save(conv);
-    renderThread();
-    renderSidebar();
-    generate(conv);
+    if (!editAndResend(m, text)) close();
   };
   cancel.addEventListener('click', close);
   save.addEventListener('click', submit);
@@ -252,4 +315,11 @@ function startEdit(art, m) {
     if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); submit(); }
     else if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); close(); }
   });
+}
+
+export function subscribeThread() {
+  store.subscribe(['conv'], renderThread);
+  store.subscribe(['turn'], (s) => { if (s.turn) applyTurn(s.turn); });
+  store.subscribe(['answer'], (s) => { if (s.answer) applyAnswer(s.answer); });
+  store.subscribe(['convRevision', 'auth', 'models', 'health', 'conn'], updateEmpty);
 }

@@ -1,0 +1,75 @@
+// @ts-check
+// The requests the WebUI makes to the gateway: the model list, the health probes, a
+// chat answer's stream. Paths are relative: the page is served by the gateway itself.
+// No DOM: unit-tested under Node (with a stand-in fetch).
+import { authHeaders, getJSON, withTimeout } from './http.js';
+import { chatRequest, sendWithRetries } from './chat.js';
+
+/** @typedef {import('./types.js').Model} Model */
+/** @typedef {import('./types.js').Health} Health */
+/** @typedef {import('./types.js').Conversation} Conversation */
+
+const PROBE_TIMEOUT_MS = 5000;
+
+/**
+ * GET /v1/models with *key*; throws an ApiError (401: the key was not taken) or a
+ * network error.
+ * @param {string} key
+ * @returns {Promise<Model[]>}
+ */
+export async function listModels(key) {
+  const { data } = await getJSON('v1/models', { key });
+  return Array.isArray(data.data) ? data.data : [];
+}
+
+/**
+ * GET /health (with the key it also says why a model is down) and /ready together.
+ * Throws when the gateway cannot be reached or fails (a 503 is an answer: not ready).
+ * @param {string} key
+ * @returns {Promise<{health: Health|null, ready: boolean}>}
+ */
+export async function probe(key) {
+  const t = withTimeout(PROBE_TIMEOUT_MS);
+  let hr;
+  let rr;
+  try {
+    [hr, rr] = await Promise.all([
+      fetch('health', { headers: authHeaders(key), cache: 'no-store', signal: t.signal }),
+      fetch('ready', { cache: 'no-store', signal: t.signal }),
+    ]);
+  } finally {
+    t.done();
+  }
+  if (hr.status >= 500 && hr.status !== 503) throw new Error(`HTTP ${hr.status}`);
+  let health = null;
+  try { health = await hr.json(); } catch { health = null; }
+  return { health: health && typeof health === 'object' ? health : null, ready: rr.status === 200 };
+}
+
+/**
+ * @typedef {object} AnswerRequest
+ * @property {Conversation} conv
+ * @property {string} model
+ * @property {number} upto  answer the first *upto* messages
+ * @property {string} key
+ * @property {AbortSignal} signal  the user's Stop
+ * @property {Set<() => void>} wakers  see SendOptions
+ * @property {(text: string|null) => void} onWait
+ * @property {() => void} onNetworkError
+ */
+
+/**
+ * POST /v1/chat/completions for a streaming answer, with the retries of sendWithRetries().
+ * @param {AnswerRequest} r
+ */
+export function requestAnswer(r) {
+  return sendWithRetries({
+    url: 'v1/chat/completions',
+    body: chatRequest(r.conv, r.model, r.upto),
+    headers: authHeaders(r.key, { 'Content-Type': 'application/json', Accept: 'text/event-stream' }),
+    signal: r.signal,
+    wakers: r.wakers,
+    onWait: r.onWait,
+    onNetworkError: r.onNetworkError,
+  });
+}
