@@ -134,10 +134,17 @@ class GatewaySettings(_Strict):
     balance: Literal["least_outstanding", "round_robin"] = "least_outstanding"
 
 
+# What a host's vLLM build runs on; it decides what sleep_mode: auto means there.
+Accelerator = Literal["cuda", "rocm", "cpu"]
+
+
 class VllmSettings(_Strict):
     python: Path = Path("/opt/localai/venv-vllm/bin/python")
     host: str = "127.0.0.1"
     env: dict[str, str] = {}
+    # The build of the vLLM at `python` (a config without hosts:; with hosts:, each host's own
+    # `accelerator`). Unset: `localai` asks the vLLM installed on the machine it runs on.
+    accelerator: Accelerator | None = None
 
 
 # The host of a config without `hosts:`: today's single machine.
@@ -155,6 +162,8 @@ class Host(_Strict):
     port_offset: int = Field(0, ge=0, le=60000)
     # The private interface for multi-node traffic (VLLM_HOST_IP, unencrypted); default: address.
     node_ip: str | None = Field(None, min_length=1)
+    # Its vLLM build (Ansible writes the fact it gathered); default: cpu with gpus: 0, else cuda.
+    accelerator: Accelerator | None = None
 
     @property
     def reach(self) -> str:
@@ -298,7 +307,8 @@ class Config(_Strict):
 
     @property
     def host_list(self) -> list[Host]:
-        return self.hosts or [Host(name=LOCAL_HOST, address=connect_host(self.vllm.host), gpus=0)]
+        return self.hosts or [Host(name=LOCAL_HOST, address=connect_host(self.vllm.host), gpus=0,
+                                   accelerator=self.vllm.accelerator)]
 
     def host(self, name: str) -> Host:
         return next(h for h in self.host_list if h.name == name)
@@ -318,7 +328,7 @@ class Config(_Strict):
     def _seat(self) -> Seating:
         hosts = ([HostCards(h.name, h.cards) for h in self.hosts] if self.hosts
                  else [HostCards(LOCAL_HOST, None)])
-        asks = [Ask(m.name, m.gpu_memory_utilization or 0.0, m.load == "on_demand", m.replica_count, m.nodes,
+        asks = [Ask(m.name, m.gpu_memory_utilization, m.load == "on_demand", m.replica_count, m.nodes,
                     tuple(m.hosts) if m.hosts else None, {**self.vllm.env, **m.env}.get("CUDA_VISIBLE_DEVICES"))
                 for m in self.managed_models]
         return seat(hosts, asks)
@@ -461,6 +471,8 @@ def _host_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
             problems.append((("hosts", i, "name"), f"host '{host.name}' is already hosts[{names[host.name]}]"))
         names.setdefault(host.name, i)
     known = list(names) or [LOCAL_HOST]
+    if cfg.hosts and cfg.vllm.accelerator is not None:
+        problems.append((("vllm", "accelerator"), "with hosts:, each host says its own (hosts[].accelerator)"))
     for i, m in enumerate(cfg.models):
         if not isinstance(m, ManagedModel):
             continue

@@ -61,7 +61,8 @@ class Lifecycle:
         self.source = cfg.source
         self.registry = registry
         self.metrics = metrics
-        self._levels = {m.name: sleep_level(m, cfg.vllm) for m in cfg.managed_models if m.load == "on_demand"}
+        self._levels = {m.name: sleep_level(m, endpoints(cfg, m.name)[0])
+                        for m in cfg.managed_models if m.load == "on_demand"}
         # Under systemd: each model's unit instance (an on_demand model has one server).
         self._instances = {name: endpoints(cfg, name)[0].unit for name in self._levels}
         self._keep_alive = {m.name: -1.0 if m.keep_alive is None else m.keep_alive

