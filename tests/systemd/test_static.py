@@ -200,11 +200,11 @@ def test_on_demand_models_sleep_as_the_installed_vllm_can_whatever_host_plans_th
         m.update(load="on_demand", gpu_memory_utilization=0.45)
     demo["models"][1]["sleep_mode"] = "off"  # said outright: kept
 
-    def argv(sleep_mode):
-        plan = plan_of(F.effective_config(demo, sleep_mode=sleep_mode))
+    def argv(accelerator):
+        plan = plan_of(F.effective_config(demo, accelerator=accelerator))
         return {p["unit"]: p["argv"] for p in F.placements(plan)}
 
-    on_cuda, on_cpu = argv("level1"), argv("off")
+    on_cuda, on_cpu = argv("cuda"), argv("cpu")
     assert "--enable-sleep-mode" in on_cuda["coder"] and "--enable-sleep-mode" not in on_cpu["coder"]
     assert "--enable-sleep-mode" not in on_cuda["general"]
 
