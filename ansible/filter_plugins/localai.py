@@ -19,7 +19,6 @@ _BYTES_PER_PARAM = {"4bit": 0.62, "8bit": 1.1, "16bit": 2.05}
 # catalog: GQA models of 2024-25 sit at 4-14 KiB/B; take the top of that.
 _KV_KIB_PER_TOKEN_PER_B = 16
 _DEFAULT_CONTEXT = 32768
-_VLLM_DEFAULT_UTIL = 0.9
 _VLLM_CPU_DEFAULT_KV_GIB = 4.0
 
 
@@ -100,10 +99,6 @@ def model_estimate(entry: dict, catalog: dict) -> dict:
     return out
 
 
-def _managed(models):
-    return [m for m in models or [] if isinstance(m, dict) and "url" not in m]
-
-
 def placements(plan, host=None) -> list:
     """The model servers `localai plan --json` places: all of them, or those on `host`.
 
@@ -141,14 +136,15 @@ def vram_report(servers, models, gpus, catalog, overhead_gib=1.0, overhead_gib_p
     memory_total_mib}]. Which card a server is on and which servers may be
     resident together is the plan's (the product's) decision; this adds what
     the product cannot know: how much memory the model needs. A share is
-    gpu_memory_utilization x card memory; it must hold the weights, a fixed
+    the plan's share (every server has one: vLLM's 0.9 alone on a card, split
+    where models share one) x card memory; it must hold the weights, a fixed
     runtime overhead (CUDA context, activations, graphs) and the KV cache of
     `kv_sequences` sequences of max_model_len tokens. vLLM itself refuses to
     start below one ("no available memory for the cache blocks"); the second
     is headroom. Returns {"ok": bool, "problems": [sentence], "lines": [summary]}.
     """
     by_index = {str(g["index"]): g for g in gpus or []}
-    entries = {m.get("name"): m for m in _managed(models)}
+    entries = {m.get("name"): m for m in models or []}
     problems, lines = [], []
     for server in servers or []:
         name, entry = server["unit"], entries.get(server["model"], {})
@@ -159,7 +155,7 @@ def vram_report(servers, models, gpus, catalog, overhead_gib=1.0, overhead_gib_p
             problems.append(f"Model '{name}' is placed on GPU {dev}, but this host has no such GPU.")
             continue
         card_gib = float(gpu["memory_total_mib"]) / 1024
-        util = float(server.get("share") or entry.get("gpu_memory_utilization") or _VLLM_DEFAULT_UTIL)
+        util = float(server["share"])
         est = model_estimate(entry, catalog)
         if not est["known"]:
             lines.append(f"{name}: size of '{est['model']}' unknown (add it to localai_checks_model_catalog); "
@@ -216,8 +212,8 @@ def mount_free_bytes(mounts, path: str) -> int:
 
 
 def weights_gib(models, catalog) -> float:
-    """Total download of the hub models in the list (GiB)."""
-    return round(sum(model_estimate(m, catalog)["weights_gib"] for m in _managed(models)
+    """Total download of the hub models in the list (GiB): managed ones, which the plan says."""
+    return round(sum(model_estimate(m, catalog)["weights_gib"] for m in models or []
                      if is_hub_id(m.get("model"))), 2)
 
 
@@ -233,7 +229,7 @@ def _deep_merge(base, over):
 
 def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm_python=None,
                      api_key_file=None, webui_dir=None, gateway_host="", gateway_port=0,
-                     overrides=None, all_tiny=False, hosts=None, vllm_host="", sleep_mode="") -> dict:
+                     overrides=None, all_tiny=False, hosts=None, vllm_host="", accelerator="") -> dict:
     """The config the host gets: the chosen source plus what the roles own.
 
     - models listed in `tiny` (every managed one with all_tiny) point at
@@ -241,10 +237,10 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     - vllm.python is the venv the role built; the API key file and the WebUI
       are the ones the role installs; gateway host/port knobs when set;
     - `hosts` (a deploy over several hosts: one entry per inventory host, its
-      GPUs from its facts) and the address the model servers listen on;
-    - `sleep_mode` for load: on_demand models left at `auto`: what the vLLM the
-      play installs has (level1 on CUDA hosts, off on CPU ones). Said outright,
-      the plan is the same before vLLM is installed and on a gateway host without it;
+      GPUs and accelerator from its facts) and the address the model servers listen on;
+    - `accelerator` of a single host (vllm.accelerator): the vLLM build the play
+      installs (cuda, cpu). Said outright, the plan (what sleep_mode: auto means,
+      among others) is the same before vLLM is installed;
     - then `overrides`, merged recursively.
     """
     cfg = _deep_merge({}, source or {})
@@ -252,10 +248,9 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     models = []
     for entry in cfg.get("models") or []:
         entry = dict(entry)
-        if "url" not in entry and (all_tiny or entry.get("name") in tiny):
+        # The weights path of an entry that has one (a managed model's; the plan says which are).
+        if "model" in entry and (all_tiny or entry.get("name") in tiny):
             entry["model"] = f"{models_dir.rstrip('/')}/tiny-{entry.get('name')}"
-        if sleep_mode and entry.get("load") == "on_demand" and entry.get("sleep_mode", "auto") == "auto":
-            entry["sleep_mode"] = sleep_mode
         models.append(entry)
     cfg["models"] = models
     vllm = dict(cfg.get("vllm") or {})
@@ -263,6 +258,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
         vllm["python"] = vllm_python
     if vllm_host:
         vllm["host"] = vllm_host
+    if accelerator and not hosts:
+        vllm["accelerator"] = accelerator
     cfg["vllm"] = vllm
     gw = dict(cfg.get("gateway") or {})
     if api_key_file:
@@ -285,8 +282,20 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
 def tiny_model_dirs(models, models_dir="/var/lib/localai/models") -> list:
     """[{name, path}] for the models of the list the role generates (their path is under models_dir/tiny-*)."""
     prefix = models_dir.rstrip("/") + "/tiny-"
-    return [{"name": m["name"], "path": m["model"]} for m in _managed(models)
+    return [{"name": m["name"], "path": m["model"]} for m in models or []
             if str(m.get("model", "")).startswith(prefix)]
+
+
+def firewall_rules(ports, gateway_sources) -> list:
+    """[{port, source, comment}]: one rule per port the plan opens on a host and per source.
+
+    ports: the plan's hosts[].ports ({port, from, for}); `from` is "gateway" (the
+    gateway host's addresses: gateway_sources) or the addresses of the other nodes."""
+    rules = []
+    for entry in ports or []:
+        sources = gateway_sources if entry["from"] == "gateway" else entry["from"]
+        rules += [{"port": entry["port"], "source": s, "comment": entry["for"]} for s in sources]
+    return rules
 
 
 def server_fingerprint(server) -> str:
@@ -315,4 +324,5 @@ class FilterModule:
             "localai_placements": placements,
             "localai_node_mismatches": node_mismatches,
             "localai_server_fingerprint": server_fingerprint,
+            "localai_firewall_rules": firewall_rules,
         }

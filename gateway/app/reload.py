@@ -20,6 +20,7 @@ import logging
 
 from aiohttp import web
 
+from gateway.app.machine import on_this_machine
 from gateway.config.holder import Holder
 from gateway.config.schema import Config, ConfigError, ManagedModel
 from gateway.http.appkeys import ACCESS, LIFECYCLE, MONITOR, REGISTRY
@@ -52,7 +53,7 @@ class Reloader:
         old = self.config
         log.info("reloading %s", old.source)
         try:
-            new = load_config(old.source) if old.source.name != "<memory>" else old
+            new = on_this_machine(load_config(old.source)) if old.source.name != "<memory>" else old
             keyring = load_keyring(new.gateway.api_key_file)
         except ConfigError as exc:
             log.error("reload failed; keeping the running config and keys:\n%s", exc,

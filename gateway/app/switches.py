@@ -30,7 +30,7 @@ def switches(cfg: Config, session: aiohttp.ClientSession, poke: Callable[[str], 
     for m in cfg.managed_models:
         if m.load != "on_demand":
             continue
-        name, level = m.name, sleep_level(m, cfg.vllm)
+        name, level = m.name, sleep_level(m, endpoints(cfg, m.name)[0])
         instance = endpoints(cfg, name)[0].unit  # an on_demand model has one server
         if level is not None:
             out[name] = SleepSwitch(session, level, gw, _launcher(name, instance, gw.start_timeout, supervisor, units))

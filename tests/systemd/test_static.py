@@ -39,7 +39,7 @@ CARDS = {"16gb": [16376, 16380], "24gb": [23028, 24564], "48gb": [46068, 49140, 
 
 def plan_of(source: dict) -> dict:
     """`localai plan --json` of a config source, as the playbook asks it (the product decides)."""
-    from gateway.plan.placement import full_plan
+    from gateway.plan.document import full_plan
     from gateway.plan.validate import parse_config
 
     return json.loads(json.dumps(full_plan(parse_config(yaml.safe_dump(source), "/dev/stdin"))))
@@ -200,11 +200,11 @@ def test_on_demand_models_sleep_as_the_installed_vllm_can_whatever_host_plans_th
         m.update(load="on_demand", gpu_memory_utilization=0.45)
     demo["models"][1]["sleep_mode"] = "off"  # said outright: kept
 
-    def argv(sleep_mode):
-        plan = plan_of(F.effective_config(demo, sleep_mode=sleep_mode))
+    def argv(accelerator):
+        plan = plan_of(F.effective_config(demo, accelerator=accelerator))
         return {p["unit"]: p["argv"] for p in F.placements(plan)}
 
-    on_cuda, on_cpu = argv("level1"), argv("off")
+    on_cuda, on_cpu = argv("cuda"), argv("cpu")
     assert "--enable-sleep-mode" in on_cuda["coder"] and "--enable-sleep-mode" not in on_cpu["coder"]
     assert "--enable-sleep-mode" not in on_cuda["general"]
 

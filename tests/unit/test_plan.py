@@ -13,7 +13,8 @@ import pytest
 
 from gateway.app.factory import create_app
 from gateway.app.up import run_up
-from gateway.plan.placement import endpoints, full_plan, placements, server_plan
+from gateway.plan.document import full_plan
+from gateway.plan.placement import endpoints, placements, server_plan
 from gateway.plan.validate import parse_config
 from tests.conftest import free_port, wait_until
 from tests.unit.test_config import problems
@@ -145,11 +146,11 @@ models:
     cfg = parse_config(text)
     assert table(cfg) == [("coder", "local", 8101, "0,1", "server", "http://127.0.0.1:8101"),
                           ("general", "local", 8102, None, "server", "http://127.0.0.1:8102")]
-    for p in placements(cfg):
-        model = cfg.model(p.model)
-        assert server_plan(model, cfg.vllm, p) == server_plan(model, cfg.vllm)
-    # Two replicas on the one machine: two ports, and the budget counts both.
-    cfg = parse_config(text.replace("    port: 8101\n", "    port: 8101\n    replicas: 2\n").replace("8102", "8110"))
+    # general sets no share: it takes what coder's leaves of vLLM's 0.9 on the cards they share.
+    assert [p.share for p in placements(cfg)] == [0.45, 0.45]
+    # Two replicas on the one machine: two ports, and the budget counts both (0.9: general needs its own share).
+    cfg = parse_config(text.replace("    port: 8101\n", "    port: 8101\n    replicas: 2\n").replace("8102", "8110")
+                       .replace("port: 8110\n", "port: 8110\n    gpu_memory_utilization: 0.1\n"))
     assert [(p.unit, p.port) for p in placements(cfg)] == [("coder", 8101), ("coder.1", 8102), ("general", 8110)]
     (found,) = problems(text.replace("    port: 8101\n", "    port: 8101\n    replicas: 3\n").replace("8102", "8110"))
     assert found[1:] == ("models[0].gpu_memory_utilization",  # general sets no share: takes none
