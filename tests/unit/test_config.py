@@ -8,7 +8,8 @@ import pytest
 
 from gateway.app.machine import on_this_machine
 from gateway.config.schema import ConfigError
-from gateway.plan.placement import endpoints, full_plan, server_plan
+from gateway.plan.document import full_plan
+from gateway.plan.placement import endpoints, server_plan
 from gateway.plan.validate import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.plan.placement import endpoints, full_plan, placements, server_plan
+from gateway.plan.document import full_plan
+from gateway.plan.placement import endpoints, placements, server_plan
 from gateway.plan.validate import parse_config
 from tests.unit.test_config import problems
 
