@@ -16,8 +16,14 @@ export LOCALAI_VLLM_PYTHON := $(VLLM_VENV)/bin/python
 demo: venv vllm models
 	$(VENV)/bin/localai up --config etc/demo.yaml
 
+# Each tier is a pytest run of its own, in a random order (pytest-randomly, in the test extra;
+# its seed is printed at the top: `-p randomly --randomly-seed=N` runs that order again).
+TIERS := unit browser real systemd
+PYTEST := $(VENV)/bin/python -m pytest -p no:cacheprovider -p randomly
+
 test: venv vllm models system-deps dbus-deps webui-deps agents-deps lint webui-check
-	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit tests/browser tests/real tests/systemd
+	@failed=; for tier in $(TIERS); do echo "=== tier $$tier"; $(PYTEST) tests/$$tier || failed="$$failed $$tier"; done; \
+	  if [ -n "$$failed" ]; then echo "failed tiers:$$failed"; exit 1; fi
 
 # The gateway's cost per request and per streamed token, direct vs through it (bench/README.md).
 bench: venv vllm models
@@ -25,7 +31,7 @@ bench: venv vllm models
 	$(VENV)/bin/python -m bench
 
 test-fast: venv dbus-deps lint
-	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
+	$(PYTEST) tests/unit
 
 # ruff's rules, mypy's settings and the import contracts (gateway/'s layers) are in pyproject.toml.
 lint: venv

@@ -99,15 +99,18 @@ def main(argv: list[str] | None = None) -> int:
                                         if pid else None}
                 if args.streams:
                     port_s = port + 1 if name == "direct" else port
-                    req = loadgen.build_request(HOST, port_s, "/v1/chat/completions", body_b, "sk-bench-0123456789abcdef")
+                    req = loadgen.build_request(HOST, port_s, "/v1/chat/completions", body_b,
+                                                "sk-bench-0123456789abcdef")
                     c0 = cpu_seconds(pid) if pid else 0
                     res = await loadgen.closed_loop(HOST, port_s, req, args.streams if rnd else 64, 0.0, 1.0)
                     s = stats.summarize_streams(stats.stream_samples(res, 128), 128)
                     row[f"{name}_B"] = {"itl_p50": s["itl_ms"]["p50"], "itl_p99": s["itl_ms"]["p99"],
-                                        "delay_p50": s["event_delay_ms"]["p50"], "delay_p99": s["event_delay_ms"]["p99"],
+                                        "delay_p50": s["event_delay_ms"]["p50"],
+                                        "delay_p99": s["event_delay_ms"]["p99"],
                                         "events": s["events_received"], "per_read": s["events_per_read"],
-                                        "cpu_us_per_event": round(1e6 * (cpu_seconds(pid) - c0) / max(1, s["events_received"]), 2)
-                                        if pid else None}
+                                        "cpu_us_per_event":
+                                            round(1e6 * (cpu_seconds(pid) - c0) / max(1, s["events_received"]), 2)
+                                            if pid else None}
             if rnd:
                 result["rounds"].append(row)
                 log(json.dumps(row))
@@ -133,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             s["cpu_us_per_event"] = median(r[f"{v}_B"]["cpu_us_per_event"] for r in rounds)
             s["d_itl_p50_ms"] = round(median(r[f"{v}_B"]["itl_p50"] - r["direct_B"]["itl_p50"] for r in rounds), 4)
             s["d_itl_p99_ms"] = round(median(r[f"{v}_B"]["itl_p99"] - r["direct_B"]["itl_p99"] for r in rounds), 4)
-            s["d_delay_p50_ms"] = round(median(r[f"{v}_B"]["delay_p50"] - r["direct_B"]["delay_p50"] for r in rounds), 4)
-            s["d_delay_p99_ms"] = round(median(r[f"{v}_B"]["delay_p99"] - r["direct_B"]["delay_p99"] for r in rounds), 4)
+            for q in ("p50", "p99"):
+                s[f"d_delay_{q}_ms"] = round(median(r[f"{v}_B"][f"delay_{q}"] - r["direct_B"][f"delay_{q}"]
+                                                    for r in rounds), 4)
             s["events_per_read"] = median(r[f"{v}_B"]["per_read"] for r in rounds)
         summary[v] = s
     result["summary"] = summary

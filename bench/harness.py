@@ -142,7 +142,7 @@ class Harness:
         if self.plan["warmup"]:
             for side in ("direct", "gateway"):
                 await (warm or make_run)(side)
-        for rnd in range(self.plan["rounds"]):
+        for _ in range(self.plan["rounds"]):
             for side in ("direct", "gateway"):
                 result, res = await self.measured(side, gw, make_run(side), upstream_pids)
                 rounds[side].append(result)
@@ -155,7 +155,7 @@ class Harness:
             runs = data["rounds"][side]
             if with_start:
                 per = [stats.summarize_requests(r.results, r.t_start, offered) for r in runs]
-                for s, r in zip(per, runs):
+                for s, r in zip(per, runs, strict=True):
                     s["conns_opened"] = r.conns_opened
                     s["conns_prewarmed"] = r.conns_prewarmed
                 pooled_results = [x for r in runs for x in r.results]
@@ -174,8 +174,8 @@ class Harness:
                                          out["direct"]["pooled"]["latency_ms"],
                                          out["gateway"]["pooled"]["latency_ms"])
         out["gateway_resources"] = _resource_summary(data["resources"]["gateway"])
-        per_req = [res["gateway_cpu_s"] / r["ok"] for res, r in zip(data["resources"]["gateway"],
-                                                                    out["gateway"]["rounds"]) if r["ok"]]
+        per_req = [res["gateway_cpu_s"] / r["ok"]
+                   for res, r in zip(data["resources"]["gateway"], out["gateway"]["rounds"], strict=True) if r["ok"]]
         # CPU per request: what the gateway's work costs, the number other load disturbs least;
         # 1e6 / it is the rate one core could carry.
         out["gateway_resources"]["cpu_us_per_request"] = round(1e6 * median(per_req), 1) if per_req else None
@@ -201,8 +201,8 @@ class Harness:
         out["direct_ttft_p50_spread_ms"] = stats.spread([r["ttft_ms"]["p50"] for r in out["direct"]["rounds"]])
         out["direct_itl_p50_spread_ms"] = stats.spread([r["itl_ms"]["p50"] for r in out["direct"]["rounds"]])
         out["gateway_resources"] = _resource_summary(data["resources"]["gateway"])
-        per_ev = [res["gateway_cpu_s"] / r["events_received"] for res, r in zip(data["resources"]["gateway"],
-                                                                                out["gateway"]["rounds"])
+        per_ev = [res["gateway_cpu_s"] / r["events_received"]
+                  for res, r in zip(data["resources"]["gateway"], out["gateway"]["rounds"], strict=True)
                   if r["events_received"]]
         out["gateway_resources"]["cpu_us_per_event"] = round(1e6 * median(per_ev), 2) if per_ev else None
         out["bench_core_util_max"] = max(r["bench_core_util"] for s in ("direct", "gateway")

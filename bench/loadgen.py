@@ -239,8 +239,8 @@ class OpenLoopRun:
 
 
 async def open_loop(host: str, port: int, request: bytes | list[bytes], rate: float, duration: float,
-                    timeout: float = 2.0, prewarm: int | None = None, max_conns: int = 4000) -> OpenLoopRun:
-    """Send at `rate` per second for `duration` seconds; wait up to `timeout` for the last answers.
+                    grace: float = 2.0, prewarm: int | None = None, max_conns: int = 4000) -> OpenLoopRun:
+    """Send at `rate` per second for `duration` seconds; wait up to `grace` for the last answers.
     `request`: the one request, or several sent in turn."""
     requests = request if isinstance(request, list) else [request]
     idle: list[Conn] = []
@@ -298,10 +298,11 @@ async def open_loop(host: str, port: int, request: bytes | list[bytes], rate: fl
                 capped += 1
             i += 1
     last_sched = t0 + (n - 1) * interval
-    deadline = last_sched + timeout
-    while _now() < deadline and any(r.t_done == 0.0 for r in results[-200:]):
+    deadline = last_sched + grace
+    # Polled, not awaited: an Event set by each answer would add work to the path being measured.
+    while _now() < deadline and any(r.t_done == 0.0 for r in results[-200:]):  # noqa: ASYNC110
         await asyncio.sleep(0.005)
-    while _now() < deadline and any(r.t_done == 0.0 for r in results):
+    while _now() < deadline and any(r.t_done == 0.0 for r in results):  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     for r in results:
         if r.t_done == 0.0:
@@ -309,18 +310,18 @@ async def open_loop(host: str, port: int, request: bytes | list[bytes], rate: fl
             r.t_done = _now()
             if r.t_send == 0.0:
                 r.t_send = r.t_done
-        elif r.error is None and r.t_done - r.t_send > timeout:
+        elif r.error is None and r.t_done - r.t_send > grace:
             r.error = "timeout"
     for t in pending_open:
         t.cancel()
     for c in every:
         if c.transport is not None:
             c.transport.close()
-    return OpenLoopRun(results, rate, duration, t0, prewarm, opened, capped, timeout)
+    return OpenLoopRun(results, rate, duration, t0, prewarm, opened, capped, grace)
 
 
 async def closed_loop(host: str, port: int, request: bytes, users: int, duration: float,
-                      stagger: float, timeout: float = 60.0) -> list[Result]:
+                      stagger: float, request_timeout: float = 60.0) -> list[Result]:
     """`users` connections, each sending `request` back to back until `duration` has passed
     (at least once each); user k starts at k * stagger / users."""
     loop = asyncio.get_running_loop()
@@ -345,7 +346,7 @@ async def closed_loop(host: str, port: int, request: bytes, users: int, duration
             r = Result(t_sched=_now())
             conn.send(request, r, fut)
             try:
-                await asyncio.wait_for(fut, timeout)
+                await asyncio.wait_for(fut, request_timeout)
             except TimeoutError:
                 r.error, r.t_done = "timeout", _now()
                 conn.transport.close()

@@ -41,6 +41,14 @@ from .procs import (
 from .swap import phase_swap
 
 
+def _vllm_healthy() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{PORT_VLLM}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 class Bench(Harness):
     async def phase_sequential(self, gw: Proc, mock: Proc) -> dict:
         log("profile A, sequential")
@@ -60,9 +68,9 @@ class Bench(Harness):
             log(f"profile A, open loop {rate} RPS")
             dur, to = self.plan["open_s"], self.plan["open_timeout"]
 
-            def run(side, d=dur, rate=rate):
+            def run(side, d=dur, rate=rate, to=to):
                 port, req = self.request(side, "A")
-                return loadgen.open_loop(HOST, port, req, rate, d, timeout=to)
+                return loadgen.open_loop(HOST, port, req, rate, d, grace=to)
 
             data = await self.interleaved(f"open{rate}", run, gw, [mock.pid],
                                           warm=lambda s, rate=rate: run(s, self.plan["open_warm_s"], rate))
@@ -93,7 +101,7 @@ class Bench(Harness):
             dur = self.plan["stream_s"] if users <= 16 else 0.0
             counts = {"direct": [], "gateway": []}
 
-            async def run(side, users=users, dur=dur, record=True):
+            async def run(side, users=users, dur=dur, record=True, counts=counts):
                 port, req = self.request(side, "B", stream=True)
                 before = self.mock_stats()
                 res = await loadgen.closed_loop(HOST, port, req, users, dur, self.plan["stream_stagger"])
@@ -126,8 +134,10 @@ class Bench(Harness):
             points.append(point)
             dl = point["delta_ms"]
             log(f"  Δttft p50 {dl['ttft']['p50']['median']} ms, Δitl p50 {dl['itl']['p50']['median']} "
-                f"p99 {dl['itl']['p99']['median']}, Δevent delay p50 {dl.get('event_delay', {}).get('p50', {}).get('median')}"
-                f" events in/out {g['events_in']}/{g['events_out']}, rss {point['gateway_resources']['peak_rss_mb_max']} MB"
+                f"p99 {dl['itl']['p99']['median']}, "
+                f"Δevent delay p50 {dl.get('event_delay', {}).get('p50', {}).get('median')}"
+                f" events in/out {g['events_in']}/{g['events_out']}, "
+                f"rss {point['gateway_resources']['peak_rss_mb_max']} MB"
                 f" cpu {point['gateway_resources']['cpu_util_max']}")
         return points
 
@@ -137,7 +147,7 @@ class Bench(Harness):
 
         def run(side, users=users, dur=self.plan["held_s"]):
             port, req = self.request(side, "C")
-            return loadgen.closed_loop(HOST, port, req, users, dur, 0.5, timeout=30)
+            return loadgen.closed_loop(HOST, port, req, users, dur, 0.5, request_timeout=30)
 
         data = await self.interleaved("held", run, gw, [mock.pid], warm=lambda s: run(s, 64, 0.0))
         point = self._requests_point(data, with_start=False)
@@ -229,12 +239,8 @@ class Bench(Harness):
             while True:
                 if not vllm.alive():
                     raise RuntimeError(f"vLLM exited with {vllm.p.returncode}; see {self.out / 'vllm.log'}")
-                try:
-                    with urllib.request.urlopen(f"http://{HOST}:{PORT_VLLM}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
+                if await asyncio.to_thread(_vllm_healthy):
+                    break
                 if time.monotonic() > deadline:
                     raise RuntimeError("vLLM not ready in 600 s")
                 await asyncio.sleep(0.5)
@@ -249,7 +255,7 @@ class Bench(Harness):
                 def run(side, users=users, dur=p["real_s"]):
                     port = PORT_VLLM if side == "direct" else PORT_GATEWAY_REAL
                     port, req = self.request(side, "", True, port, "coder", extra)
-                    return _samples(loadgen.closed_loop(HOST, port, req, users, dur, 0.2, timeout=120))
+                    return _samples(loadgen.closed_loop(HOST, port, req, users, dur, 0.2, request_timeout=120))
 
                 data = await self.interleaved(f"real{users}", run, gw, [vllm.pid],
                                               warm=lambda s, users=users: run(s, users, 0.0))
@@ -320,7 +326,7 @@ class Bench(Harness):
                 rep["meta"]["gateway"]["total_cpu_s"] = round(cpu_seconds(gw.pid) - g_cpu0, 2)
                 reset_peak_rss(gw.pid)
                 rep["meta"]["gateway"]["final_rss_mb"] = rss_status(gw.pid).get("VmRSS")
-                log_lines = sum(1 for _ in open(self.out / "gateway.log", "rb"))
+                log_lines = (self.out / "gateway.log").read_bytes().count(b"\n")
                 rep["meta"]["gateway"]["log_lines"] = log_lines
                 self.stop_all()
             if "replicas" in loop_phases:

@@ -17,6 +17,7 @@ config and logging), loads it, records it with `py-spy record` (needs
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,15 @@ def summarize_stacks(path: Path, top: int = 35) -> str:
     return "\n".join(out)
 
 
+def start_spy(spy: str, pid: int, args: argparse.Namespace, out: Path) -> subprocess.Popen:
+    """py-spy recording the gateway for the run (Popen returns at once; it runs beside the load)."""
+    mode = ["--native"] if args.native else ["--nonblocking"]
+    with open(out / "py-spy.log", "wb") as log:
+        return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", str(args.sample_rate),
+                                 "--duration", str(int(args.seconds)), "--format", "raw", *mode,
+                                 "-o", str(out / "stacks.txt")], stdout=subprocess.DEVNULL, stderr=log)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", choices=["A", "B"], default="A")
@@ -91,11 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         await loadgen.open_loop("127.0.0.1", port, req, 500, 1.0)
         proc = None
         if not args.no_spy:
-            proc = subprocess.Popen([spy, "record", "--pid", str(gw.pid), "--rate", str(args.sample_rate),
-                                     "--duration", str(int(args.seconds)), "--format", "raw", *(["--native"] if args.native else ["--nonblocking"]),
-                                     "-o", str(out / "stacks.txt")], stdout=subprocess.DEVNULL,
-                                    stderr=open(out / "py-spy.log", "wb"))
-            time.sleep(1.0)
+            proc = start_spy(spy, gw.pid, args, out)
+            await asyncio.sleep(1.0)  # py-spy attaches (it says nothing when it has)
         c0, w0 = cpu_seconds(gw.pid), time.monotonic()
         if args.profile == "A":
             res = await loadgen.open_loop("127.0.0.1", port, req, args.rate, args.seconds)

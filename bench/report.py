@@ -77,11 +77,13 @@ def _f(x, nd=3):
 
 
 def _row(cells, widths):
-    return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                     for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
 
 def _table(title, head, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+    widths = ([max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)] if rows
+              else [len(h) for h in head])
     lines = [f"\n{title}", _row(head, widths), _row(["-" * w for w in widths], widths)]
     lines += [_row(r, widths) for r in rows]
     return "\n".join(lines)
@@ -98,7 +100,8 @@ def format_table(rep: dict) -> str:
         + (f"; gateway from {m['gateway']['gateway_src']}" if m["gateway"].get("gateway_src") else ""),
         f"  pinning: {m['pinning']['note']} {m['pinning'].get('gateway_cpus', '')}",
         f"  load average at start {m['load']['before']['after_wait']} "
-        f"({'idle' if m['load']['before']['idle'] else 'NOT idle: numbers are noisy'}), at end {m['load'].get('after')}",
+        f"({'idle' if m['load']['before']['idle'] else 'NOT idle: numbers are noisy'}), "
+        f"at end {m['load'].get('after')}",
         f"  gateway logging: {m['gateway']['logging']}",
     ]
     seq = rep.get("sequential")
@@ -157,7 +160,8 @@ def format_table(rep: dict) -> str:
         parts.append(_table(
             "Profile B, streams (ms; Δ = gateway - direct, median over rounds; event delay = mock send -> client)",
             ["streams", "dir ttft50", "Δttft50", "Δttft99", "dir itl50", "Δitl50", "Δitl99", "Δdelay50",
-             "Δdelay99", "ev in/out", "failed", "ev/read d/g", "gw cpu", "µs/event", "gw wait", "rss MB", "core0"], rows))
+             "Δdelay99", "ev in/out", "failed", "ev/read d/g", "gw cpu", "µs/event", "gw wait", "rss MB", "core0"],
+            rows))
     held = rep.get("held")
     if held:
         o = held["overhead_ms"]
@@ -194,7 +198,8 @@ def format_table(rep: dict) -> str:
             d, g = p["direct"]["pooled"], p["gateway"]["pooled"]
             rows.append([p["users"], d["streams"], _f(d["ttft_ms"]["p50"], 2),
                          f"{_f(p['direct_ttft_p50_spread_ms']['range'], 2)}",
-                         f"{_f(dl['ttft']['p50']['median'])} [{_f(dl['ttft']['p50']['min'])}..{_f(dl['ttft']['p50']['max'])}]",
+                         f"{_f(dl['ttft']['p50']['median'])} "
+                         f"[{_f(dl['ttft']['p50']['min'])}..{_f(dl['ttft']['p50']['max'])}]",
                          _f(d["itl_ms"]["p50"], 2), _f(dl["itl"]["p50"]["median"]), _f(dl["itl"]["p99"]["median"]),
                          f"{_f(d['events_received'] / max(1, d['streams']), 1)}/"
                          f"{_f(g['events_received'] / max(1, g['streams']), 1)}", g["failed"]])

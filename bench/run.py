@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", action="store_true", help="with --quick: include the real vLLM mode")
     ap.add_argument("--no-real", action="store_true", help="skip the real vLLM mode")
     ap.add_argument("--phases", default="",
-                    help="comma list of seq,open,streams,held,replicas,real,swap (default: all; swap: time to first token "
-                         "of a model that is not resident, real vLLM unless --no-real, plus the sleep-mode stand-in)")
+                    help="comma list of seq,open,streams,held,replicas,real,swap (default: all; swap: time to "
+                         "first token of a model that is not resident, real vLLM unless --no-real, plus the "
+                         "sleep-mode stand-in)")
     ap.add_argument("--rounds", type=int, help="measured rounds per point (default 3, quick 1)")
     ap.add_argument("--rates", help="open-loop rates, comma separated (default 100,500,1000,2000,3000,5000)")
     ap.add_argument("--streams", help="stream concurrencies, comma separated (default 1,16,64,256,1000)")

@@ -125,7 +125,7 @@ def delta(direct_rounds: list[dict], gateway_rounds: list[dict], direct_pooled: 
     Each argument is a distribution from dist_ms (or None)."""
     out = {}
     for name, _ in PCTS + (("mean", None),):
-        per_round = [g[name] - d[name] for d, g in zip(direct_rounds, gateway_rounds)
+        per_round = [g[name] - d[name] for d, g in zip(direct_rounds, gateway_rounds, strict=True)
                      if d and g and d.get(name) is not None and g.get(name) is not None]
         pooled = None
         if direct_pooled and gateway_pooled and direct_pooled.get(name) is not None \

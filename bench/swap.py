@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 from statistics import median
@@ -28,19 +27,12 @@ from statistics import median
 import aiohttp
 import yaml
 
-from .configs import API_KEY, HOST, PORT_GATEWAY_SWAP, PORT_SWAP_MODELS, REPO, TINY_MODELS, VLLM_PYTHON
+from .configs import API_KEY, HOST, PORT_GATEWAY_SWAP, PORT_SWAP_MODELS, TINY_MODELS, VLLM_PYTHON
 from .procs import Proc, log
 
 NAMES = ("coder", "general")
 # A stream's first event with text, however slow the start (a cold vLLM start on 2 busy cores).
 FIRST_TOKEN_TIMEOUT_S = 900
-
-_FAKE_VLLM = f"""#!{sys.executable}
-import sys
-sys.path.insert(0, {str(REPO)!r})
-from tests.fakebackend import main
-main(sys.argv[1:])
-"""
 
 
 def swap_config(out: Path, mechanism: str) -> Path:
@@ -55,10 +47,9 @@ def swap_config(out: Path, mechanism: str) -> Path:
         vllm["env"] = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
         per_model = {"max_num_seqs": 4, "dtype": "float32", "extra_args": ["--enforce-eager"], "sleep_mode": "off"}
     else:
-        fake = out / "fake-vllm"
-        fake.write_text(_FAKE_VLLM)
-        fake.chmod(0o755)
-        vllm["python"] = str(fake)
+        from tests.harness import standin_python  # the tests' stand-in vLLM (the fake backend as a program)
+
+        vllm["python"] = str(standin_python(out))
         per_model = {"sleep_mode": "level1"}
     models = [{"name": name, "default": i == 0,
                "model": str(TINY_MODELS / f"tiny-{name}") if real else f"/m/{name}",

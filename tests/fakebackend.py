@@ -25,8 +25,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -182,7 +186,8 @@ class FakeBackend:
         self.headers.clear()
         self.cancelled = self.generated = self.completed = self.tokenize_calls = self.peak_active = 0
 
-    async def wait_for(self, predicate, timeout: float = 5.0) -> None:
+    # ASYNC109: a deadline of its own, so that a test waiting on a fake that never gets there fails, not hangs.
+    async def wait_for(self, predicate, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Wait until predicate(self) holds; state changes notify, no polling."""
         if self.changed is None:
             self.changed = asyncio.Condition()
@@ -507,20 +512,42 @@ class EmbedFake(FakeBackend):
                                   "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}})
 
 
-def main(argv: list[str]) -> None:
-    """A "vLLM server" process: takes vLLM's command line (the flags it needs, the rest ignored),
-    plus --fake-* knobs a test sets through a model's extra_args."""
+def main(argv: list[str], knobs: list[str] | tuple[str, ...] = ()) -> None:
+    """A "vLLM server" process, the one stand-in for vLLM's interpreter (tests/harness.py's
+    standin_python): takes vLLM's command line (the flags it needs, the rest ignored), plus
+    --fake-* knobs, set through a model's extra_args or, for every server, as *knobs*."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--served-model-name", required=True)
+    parser.add_argument("--served-model-name")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int)
     parser.add_argument("--fake-chunks", type=int, default=5)
     parser.add_argument("--fake-itl", type=float, default=0.0)
     parser.add_argument("--fake-fail", help="exit at once with this error, as a server that cannot load")
-    args, _ = parser.parse_known_args(argv)
+    parser.add_argument("--fake-exit-code", type=int, default=1, help="the code --fake-fail exits with")
+    parser.add_argument("--fake-gate", help="load (not listen yet) until this file exists")
+    parser.add_argument("--fake-record", help="write [argv, CUDA_VISIBLE_DEVICES] to DIR/ran-PORT (ran-worker)")
+    parser.add_argument("--fake-then", choices=("serve", "exit", "hang"), default="serve",
+                        help="after the above: serve, exit 0, or hang (ignoring SIGTERM, with a child, "
+                             "writing 'pid child pgid sid' to DIR/pids with --fake-record), as a stuck server")
+    args, _ = parser.parse_known_args([*argv, *knobs])
+    if args.fake_record:
+        with open(f"{args.fake_record}/ran-{args.port or 'worker'}", "w") as f:
+            json.dump([argv, os.environ.get("CUDA_VISIBLE_DEVICES")], f)
     if args.fake_fail:
         print(f"ERROR {args.fake_fail}", flush=True)
-        raise SystemExit(1)
+        raise SystemExit(args.fake_exit_code)
+    if args.fake_gate:
+        from tests.harness import wait_until_sync
+        wait_until_sync(lambda: os.path.exists(args.fake_gate), timeout=3600, what=f"{args.fake_gate} created")
+    if args.fake_then == "exit":
+        return
+    if args.fake_then == "hang":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen([sys.executable, "-c", "import threading; threading.Event().wait()"])
+        if args.fake_record:
+            with open(f"{args.fake_record}/pids", "w") as f:
+                f.write(f"{os.getpid()} {child.pid} {os.getpgid(0)} {os.getsid(0)}")
+        threading.Event().wait()
     fake = FakeBackend(model_id=args.served_model_name, chunks=args.fake_chunks, itl=args.fake_itl)
     print(f"INFO fake vLLM serving {args.served_model_name} on port {args.port}", flush=True)
     web.run_app(fake.app(), host=args.host, port=args.port, print=None, handler_cancellation=True)

@@ -15,7 +15,6 @@ import contextlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr, DBusUInt64
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
 
-from tests.conftest import REPO, wait_until
+from tests.harness import REPO, cli_argv, wait_until
 
 POLKIT_NO = ("org.freedesktop.DBus.Error.InteractiveAuthorizationRequired", "Interactive authentication required.")
 
@@ -219,4 +218,4 @@ async def fake_systemd(address: str, units: dict[str, Unit]) -> AsyncIterator[Ma
 
 def run_model(name: str, config: Path) -> list[str]:
     """The model unit's ExecStart."""
-    return [sys.executable, "-m", "gateway.cli", "run-model", name, "--config", str(config)]
+    return cli_argv("run-model", name, "--config", str(config))

@@ -17,8 +17,11 @@ class RawResponse:
         return json.loads(self.body)
 
 
-async def exchange(port: int, head: bytes, rest: bytes = b"", *, half_close: bool = False,
-                   timeout: float = 10.0) -> RawResponse | None:
+# How long one exchange may take: the gateway answers these at once.
+EXCHANGE_TIMEOUT_S = 10.0
+
+
+async def exchange(port: int, head: bytes, rest: bytes = b"", *, half_close: bool = False) -> RawResponse | None:
     """Send *head*; then, once the server asks for the body (100 Continue), *rest*. Returns the
     final response once the server has closed the connection (send `Connection: close` with
     a well-formed request), so whatever the server does for this request, its log lines
@@ -26,7 +29,7 @@ async def exchange(port: int, head: bytes, rest: bytes = b"", *, half_close: boo
     server closed the connection without an answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(EXCHANGE_TIMEOUT_S):
             writer.write(head)
             if half_close:
                 writer.write_eof()

@@ -105,20 +105,15 @@ class _AttachedStack:
         raise AssertionError(f"no vLLM process for {name}")
 
     def wait_ready(self, *names: str, timeout: float = 600) -> None:
-        import time
         import urllib.request
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                    states = json.load(r)["models"]
-                if all(states[n]["state"] == "ready" for n in names):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(names)
+        from tests.harness import wait_until_sync
+
+        def ready() -> bool:
+            with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                states = json.load(r)["models"]
+            return all(states[n]["state"] == "ready" for n in names)
+        wait_until_sync(ready, timeout, f"{names} ready", interval=0.5, ignoring=(OSError,))
 
 
 @pytest.fixture
@@ -184,7 +179,8 @@ def open_ui(chromium):
             **kw,
         )
         contexts.append(ctx)
-        init = "window.__cspViolations = []; document.addEventListener('securitypolicyviolation', e => window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));"
+        init = ("window.__cspViolations = []; document.addEventListener('securitypolicyviolation',"
+                " e => window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));")
         if api_key is not None:
             init += (
                 f"\nconst __k = {json.dumps(api_key)};"

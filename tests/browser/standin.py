@@ -1,7 +1,7 @@
 """The WebUI's stand-in stack: the real gateway in front of the fake backend, for tests
 that need precise control of the answers.
 
-The gateway is the real one (``gateway.app.factory.create_app`` served by ``gateway.app.server.serve``,
+The gateway is the real one (``tests.harness.serving``: ``create_app`` served by ``serve``,
 with an API key and the built WebUI), so its contract (model cards, /health, /ready,
 OpenAI-shaped errors, Retry-After, X-LocalAI-Truncated-Messages, X-Request-ID) is the
 product's own. Behind it, one ``tests.fakebackend.FakeBackend`` per model plays the
@@ -18,10 +18,8 @@ tests can be developed against it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-import time
 import urllib.request
 from collections import deque
 from collections.abc import Coroutine
@@ -31,12 +29,11 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from gateway.app.factory import create_app
-from gateway.app.server import serve
 from gateway.http.appkeys import REGISTRY
 from gateway.plan.validate import parse_config
 from gateway.routing.backends import State
 from tests.fakebackend import FakeBackend, ScriptedError
+from tests.harness import InThread, serving, wait_until_sync
 
 DIST = Path(__file__).resolve().parents[2] / "webui" / "dist"
 
@@ -77,12 +74,10 @@ class StandIn:
         self.backends = {name: FakeBackend(name, max_model_len=entry["max_model_len"], reply=self._reply_for,
                                            received=self.requests, errors=self.script)
                          for name, entry in MODELS.items()}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: InThread | None = None  # the loop the fakes and the gateway run in
         self._fake_runners: list[web.AppRunner] = []
         self._fake_urls: dict[str, str] = {}
-        self._gateway: Any = None  # serve()'s context while the gateway serves
-        self._app: web.Application | None = None
+        self._app: web.Application | None = None  # while the gateway serves
         self.reset()
 
     # ------------------------------------------------------------ controls
@@ -148,19 +143,16 @@ class StandIn:
     def start_backend(self, model: str) -> None:
         """Loading for a second, then ready (real_stack's models come back by themselves)."""
         self.set_state(model, "loading")
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.call_later, 1.0, self.set_state, model, "ready")
+        assert self._thread is not None
+        loop = self._thread.loop
+        loop.call_soon_threadsafe(loop.call_later, 1.0, self.set_state, model, "ready")
 
     def wait_ready(self, *models: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready() -> bool:
             with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
                 states = json.load(r)["models"]
-            if all(states[self._resolve(m)]["state"] == "ready" for m in models):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(models)
-            time.sleep(0.05)
+            return all(states[self._resolve(m)]["state"] == "ready" for m in models)
+        wait_until_sync(ready, timeout, f"{models} ready")
 
     def _resolve(self, model: str) -> str:
         for name, entry in MODELS.items():
@@ -181,40 +173,42 @@ class StandIn:
     def start(self) -> StandIn:
         """Serve the gateway (a fresh app, as after a restart); the fakes start once."""
         if self._thread is None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="standin", daemon=True)
-            self._thread.start()
-        self._run(self._start())
+            self._thread = InThread("standin")
+        self._run(self._start_fakes())
+        models = [{"name": name, "url": self._fake_urls[name], "served_model": name, **entry}
+                  for name, entry in MODELS.items()]
+        cfg = parse_config(yaml.safe_dump({
+            "gateway": {"host": "127.0.0.1", "port": self.port, "health_interval": 0.1, "webui": True,
+                        "webui_dir": str(DIST)},
+            "models": models}), "standin.yaml")
+        self._app = self._thread.enter(serving(cfg, api_keys=[self.api_key]))
         self.wait_ready(*self.backends)
         return self
 
     @property
     def serving(self) -> bool:
-        return self._gateway is not None
+        return self._app is not None
 
     def stop(self) -> None:
         """Stop the gateway (its port is closed); the fakes and the loop stay for a restart."""
-        if self._gateway is not None:
-            self._run(self._gateway.__aexit__(None, None, None))
-            self._gateway, self._app = None, None
+        if self._app is not None:
+            assert self._thread is not None
+            self._thread.exit()
+            self._app = None
 
     def close(self) -> None:
         self.stop()
-        if self._loop is not None:
+        if self._thread is not None:
             for runner in self._fake_runners:
                 self._run(runner.cleanup())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            assert self._thread is not None
-            self._thread.join(5)
-            self._loop.close()
-            self._loop = None
+            self._thread.close()
             self._thread = None
 
     def _run(self, coro: Coroutine) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+        assert self._thread is not None
+        return self._thread.run(coro)
 
-    async def _start(self) -> None:
+    async def _start_fakes(self) -> None:
         if not self._fake_runners:
             for name, fake in self.backends.items():
                 # Handler cancellation, as vLLM: a gateway that hangs up stops the answer.
@@ -222,17 +216,7 @@ class StandIn:
                 await runner.setup()
                 await web.TCPSite(runner, "127.0.0.1", 0).start()
                 self._fake_runners.append(runner)
-                self._fake_urls[name] = "http://127.0.0.1:%d" % runner.addresses[0][1]
-        models = [{"name": name, "url": self._fake_urls[name], "served_model": name, **entry}
-                  for name, entry in MODELS.items()]
-        cfg = parse_config(yaml.safe_dump({
-            "gateway": {"host": "127.0.0.1", "port": self.port, "health_interval": 0.1, "webui": True,
-                        "webui_dir": str(DIST)},
-            "models": models}), "standin.yaml")
-        app = create_app(cfg, api_keys=[self.api_key.encode()])
-        ctx = serve(app, "127.0.0.1", self.port)
-        await ctx.__aenter__()
-        self._gateway, self._app = ctx, app
+                self._fake_urls[name] = f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 if __name__ == "__main__":  # manual poking: python -m tests.browser.standin

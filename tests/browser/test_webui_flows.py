@@ -21,7 +21,6 @@ from uihelp import (
     metric,
     models,
     pick_model,
-    poll,
     send,
     stream_lengths,
     wait_answer,
@@ -29,6 +28,8 @@ from uihelp import (
     wait_streaming_text,
     watch_stream,
 )
+
+from tests.harness import wait_until_sync
 
 pytestmark = [pytest.mark.browser, pytest.mark.real]
 
@@ -138,7 +139,7 @@ def test_stop_cancels_generation_in_backend(stack, open_ui):
         seen["tokens"], seen["text"] = tokens, text
         return still
 
-    poll(settled, timeout=30, interval=0.25, what="vLLM no longer generating")
+    wait_until_sync(settled, 30, "vLLM no longer generating", interval=0.25)
     print(f"vLLM settled {time.monotonic() - t_stop:.2f} s after the stop")
     after = seen["text"]
     assert (metric(after, "vllm:num_requests_waiting", model) or 0) == 0
@@ -175,7 +176,8 @@ def test_model_switch(stack, open_ui):
         if m.get("task", "generate") != "generate":  # e.g. embedding models: not for chat
             expect(menu.locator(f'.model-opt[data-model="{m["id"]}"]')).to_have_count(0)
         if m.get("preset_of"):
-            expect(menu.locator(f'.model-opt[data-model="{m["id"]}"] .opt-alias')).to_contain_text(f"preset of {m['preset_of']}")
+            alias = menu.locator(f'.model-opt[data-model="{m["id"]}"] .opt-alias')
+            expect(alias).to_contain_text(f"preset of {m['preset_of']}")
     ui.shot("real-desktop-light-model-menu")
     page.keyboard.press("Escape")
     _set_max_tokens(page, 16)

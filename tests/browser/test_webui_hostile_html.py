@@ -14,7 +14,9 @@ import json
 
 import pytest
 from playwright.sync_api import Page, expect
-from uihelp import answers, last_answer, poll, send, wait_answer, wait_connected
+from uihelp import answers, last_answer, send, wait_answer, wait_connected
+
+from tests.harness import wait_until_sync
 
 pytestmark = pytest.mark.browser
 
@@ -82,7 +84,7 @@ def test_streaming_answer_never_shows_the_button(standin, ui):
     _assert_inert(page, body)
     page.click("#stop")
     expect(a).to_have_attribute("data-status", "stopped")
-    poll(lambda: standin.backend("coder").cancelled, what="the model server saw the stream cancelled")
+    wait_until_sync(lambda: standin.backend("coder").cancelled, 20, "the model server saw the stream cancelled")
     ui.assert_clean()
 
 
@@ -120,7 +122,8 @@ def test_imported_chat_cannot_drive_the_app(standin, ui, tmp_path):
 
 def test_task_list_boxes_stay_but_a_model_input_does_not(standin, ui):
     page = ui.page
-    body = _answered(standin, page, '- [x] shipped\n- [ ] tested\n\nPassword: <input type="password" name="pw" placeholder="your password">\n')
+    body = _answered(standin, page, '- [x] shipped\n- [ ] tested\n\n'
+                                    'Password: <input type="password" name="pw" placeholder="your password">\n')
     boxes = body.locator("input")
     expect(boxes).to_have_count(2)
     for box in boxes.all():

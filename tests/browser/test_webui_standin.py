@@ -15,9 +15,10 @@ import statistics
 
 import pytest
 from playwright.sync_api import expect
-from uihelp import DESKTOP, PHONE, answers, last_answer, poll, send, wait_answer, wait_connected
+from uihelp import DESKTOP, PHONE, answers, last_answer, send, wait_answer, wait_connected
 
 from tests.fakebackend import ScriptedError
+from tests.harness import wait_until_sync
 
 pytestmark = pytest.mark.browser
 
@@ -375,7 +376,8 @@ def _long_conversation(n: int = 200) -> dict:
     msgs = []
     for i in range(n):
         if i % 2 == 0:
-            msgs.append({"id": f"u{i}", "role": "user", "content": f"Question {i}: how does step {i} work?", "created": i})
+            msgs.append({"id": f"u{i}", "role": "user", "content": f"Question {i}: how does step {i} work?",
+                         "created": i})
         else:
             code = f"\n\n```python\ndef step_{i}(x):\n    return x * {i}  # multiply\n```\n" if i % 5 == 0 else ""
             body = (
@@ -403,7 +405,9 @@ def test_long_conversation_streams_without_touching_history(standin, ui):
     page.evaluate(
         """(c) => {
           localStorage.setItem('localai.conv.' + c.id, JSON.stringify(c));
-          localStorage.setItem('localai.index', JSON.stringify([{id: c.id, title: c.title, created: c.created, updated: c.updated, model: c.model, n: c.messages.length}]));
+          localStorage.setItem('localai.index', JSON.stringify([{id: c.id, title: c.title, created: c.created,
+                                                                 updated: c.updated, model: c.model,
+                                                                 n: c.messages.length}]));
         }""",
         conv,
     )
@@ -420,7 +424,8 @@ def test_long_conversation_streams_without_touching_history(standin, ui):
     assert open_ms < 3000
 
     # Stream a long answer while watching every DOM change outside the new message.
-    standin.reply = ("A streamed paragraph with **bold** text and `code`. " * 6 + "\n\n") * 8 + "```python\nprint('done')\n```\n"
+    paragraph = "A streamed paragraph with **bold** text and `code`. " * 6 + "\n\n"
+    standin.reply = paragraph * 8 + "```python\nprint('done')\n```\n"
     standin.token_delay = 0.005
     page.evaluate("""() => {
         const thread = document.querySelector('#thread');
@@ -431,7 +436,8 @@ def test_long_conversation_streams_without_touching_history(standin, ui):
           for (const r of records) {
             for (const n of r.removedNodes) if (n.dataset && n.dataset.hist) window.__historyMutations++;
             const el = r.target.nodeType === 1 ? r.target : r.target.parentElement;
-            if (el && el !== thread && el.closest('[data-hist]') && !(r.type === 'attributes' && r.attributeName === 'data-hist')) window.__historyMutations++;
+            if (el && el !== thread && el.closest('[data-hist]')
+                && !(r.type === 'attributes' && r.attributeName === 'data-hist')) window.__historyMutations++;
           }
         });
         window.__obs.observe(thread, {subtree: true, childList: true, characterData: true, attributes: true});
@@ -442,11 +448,13 @@ def test_long_conversation_streams_without_touching_history(standin, ui):
     assert a.get_attribute("data-status") == "done"
     frames = page.evaluate("window.__probe = false; window.__frames")
     assert page.evaluate("window.__historyMutations") == 0
-    assert page.evaluate("window.__firstNode === document.querySelector('#thread article') && window.__firstNode.isConnected")
+    assert page.evaluate("window.__firstNode === document.querySelector('#thread article')"
+                         " && window.__firstNode.isConnected")
     expect(page.locator("#thread article.msg")).to_have_count(202)
     frames = sorted(frames[1:])
     p95 = frames[int(len(frames) * 0.95)]
-    print(f"streaming over 200 messages: {len(frames)} frames, median {statistics.median(frames):.1f} ms, p95 {p95:.1f} ms")
+    print(f"streaming over 200 messages: {len(frames)} frames, median {statistics.median(frames):.1f} ms, "
+          f"p95 {p95:.1f} ms")
     assert statistics.median(frames) < 34
     assert p95 < 100
 
@@ -576,7 +584,8 @@ def test_first_load_transfer_under_budget(standin, ui):
     page = ui.page
     total = page.evaluate("""() => {
         const nav = performance.getEntriesByType('navigation')[0].transferSize;
-        const res = performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname.startsWith('/assets/'));
+        const res = performance.getEntriesByType('resource')
+          .filter(e => new URL(e.name).pathname.startsWith('/assets/'));
         return nav + res.reduce((a, e) => a + e.transferSize, 0);
     }""")
     print(f"first load transferred: {total} bytes")
@@ -634,6 +643,6 @@ def test_reload_mid_stream_keeps_partial_answer(standin, ui):
     expect(page.locator("#send")).to_be_visible()
     # The server saw the connection go away and stopped streaming.
     coder = standin.backend("coder")
-    poll(lambda: coder.active == 0, timeout=10, what="stand-in stream ended")
+    wait_until_sync(lambda: coder.active == 0, 10, "stand-in stream ended")
     assert coder.cancelled >= 1
     ui.assert_clean()

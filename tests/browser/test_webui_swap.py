@@ -3,29 +3,24 @@ and failed ones with the reason; picking a stopped model and sending shows
 "loading coder… N s", counting, until the model answers.
 
 The stack is `localai up` itself (gateway.app.up.run_up, in a thread of its own): its
-real supervisor starts and stops the model servers, whose "vLLM" is tests/fakebackend.py run
-as a program (as tests/unit/test_lifecycle_process.py does). A model started with
+real supervisor starts and stops the model servers, whose "vLLM" is the stand-in
+(tests/harness.py's standin_python, as in tests/unit/test_lifecycle_process.py). A model started with
 `--fake-gate FILE` loads until the test creates FILE, so the test decides how long a start
 takes; the real tier starts real vLLM (tests/real/test_lifecycle_real.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 from playwright.sync_api import expect
-from uihelp import last_answer, models, pick_model, poll, send, wait_answer, wait_connected
+from uihelp import last_answer, models, pick_model, send, wait_answer, wait_connected
 
-from gateway.app.factory import create_app
-from gateway.app.up import run_up
 from gateway.plan.validate import load_config
-from tests.conftest import REPO, free_port
+from tests.harness import REPO, InThread, free_port, running_up, standin_python, wait_until_sync
 
 pytestmark = pytest.mark.browser
 
@@ -33,59 +28,24 @@ KEY = "sk-webui-swap"
 STARTED = {"chat": "ready", "coder": "stopped", "general": "stopped", "broken": "stopped"}
 DIST = REPO / "webui" / "dist"
 
-# The fake "vLLM": with --fake-gate FILE it loads (does not listen yet) until FILE exists.
-FAKE_VLLM = f"""#!{sys.executable}
-import os, sys, time
-sys.path.insert(0, {str(REPO)!r})
-from tests.fakebackend import main
-argv = sys.argv[1:]
-if "--fake-gate" in argv:
-    gate = argv[argv.index("--fake-gate") + 1]
-    while not os.path.exists(gate):
-        time.sleep(0.05)
-main(argv)
-"""
-
-
 class Up:
     """`localai up` serving a config, in a background thread with its own event loop."""
 
     def __init__(self, tmp_path: Path, models: list[dict]):
-        python = tmp_path / "python"
-        python.write_text(FAKE_VLLM)
-        python.chmod(0o755)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (tmp_path / "localai.yaml").write_text(yaml.safe_dump({
             "gateway": {"port": self.port, "health_interval": 0.05, "webui": True, "webui_dir": str(DIST)},
-            "vllm": {"python": str(python)}, "models": models}))
+            "vllm": {"python": str(standin_python(tmp_path))}, "models": models}))
         self.cfg = load_config(tmp_path / "localai.yaml")
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="localai-up", daemon=True)
+        self._thread = InThread("localai-up")
 
     def __enter__(self) -> Up:
-        self._thread.start()
-
-        async def start() -> None:
-            self._stop = asyncio.Event()
-            self._task = asyncio.create_task(run_up(self.cfg, create_app(self.cfg, api_keys=[KEY.encode()]),
-                                                    self._stop))
-
-        asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        self._thread.enter(running_up(self.cfg, api_keys=[KEY]))
         return self
 
     def __exit__(self, *exc) -> None:
-        async def stop() -> None:
-            assert self._stop is not None and self._task is not None
-            self._stop.set()
-            await asyncio.wait_for(self._task, 30)  # every model server it started is stopped
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(40)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self._thread.close()  # every model server it started is stopped
 
 
 def model(name: str, share: float, load: str = "on_demand", **extra) -> dict:
@@ -114,15 +74,13 @@ def up(tmp_path, gate):
 
 
 def states(url: str) -> dict[str, str]:
-    try:
-        return {m["id"]: m["state"] for m in models(url, KEY)}
-    except OSError:
-        return {}  # `localai up` is not listening yet
+    return {m["id"]: m["state"] for m in models(url, KEY)}
 
 
 @pytest.fixture
 def ui(up, open_ui):
-    poll(lambda: states(up.url) == STARTED, what="chat ready, the rest stopped")
+    wait_until_sync(lambda: states(up.url) == STARTED, 20, "chat ready, the rest stopped",
+                    ignoring=(OSError,))  # `localai up` is not listening yet
     u = open_ui(up.url, KEY)
     wait_connected(u.page)
     return u

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 
 from playwright.sync_api import Page, expect
@@ -68,32 +67,24 @@ def watch_stream(page: Page) -> None:
         window.__lengths = [];
         const obs = new MutationObserver(() => {
           const a = document.querySelector('#thread article.assistant.streaming .body');
-          if (a) { const n = a.textContent.length; const l = window.__lengths; if (!l.length || l[l.length-1] !== n) l.push(n); }
+          if (a) {
+            const n = a.textContent.length, l = window.__lengths;
+            if (!l.length || l[l.length-1] !== n) l.push(n);
+          }
         });
         obs.observe(document.querySelector('#thread'), {subtree: true, childList: true, characterData: true});
         window.__streamObs = obs;
         window.__stopShown = false;
         const stop = document.querySelector('#stop');
-        new MutationObserver(() => { if (!stop.hidden && document.querySelector('#send').hidden) window.__stopShown = true; })
-          .observe(stop, {attributes: true, attributeFilter: ['hidden']});
+        new MutationObserver(() => {
+          if (!stop.hidden && document.querySelector('#send').hidden) window.__stopShown = true;
+        }).observe(stop, {attributes: true, attributeFilter: ['hidden']});
       }"""
     )
 
 
 def stream_lengths(page: Page) -> list[int]:
     return page.evaluate("window.__lengths || []")
-
-
-def poll(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
-    """Poll an out-of-browser condition (e.g. backend metrics) with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(interval)
 
 
 def metric(text: str, name: str, model: str | None = None) -> float | None:

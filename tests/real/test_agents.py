@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_MODELS, TINY_VLLM, RealStack, running
+from tests.conftest import TINY_MODELS, TINY_VLLM, RealStack, running
+from tests.harness import REPO, wait_until_sync
 
 pytestmark = pytest.mark.real
 
@@ -67,13 +68,9 @@ def run_turn(stack: RealStack, argv: list[str], env: dict[str, str], endpoint: s
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert done.stdout.strip(), f"no answer printed\n{done.stderr[-3000:]}"
     # The access line is written as the answer's last byte leaves; the agent may exit first.
-    deadline = time.monotonic() + 10
-    while True:
-        answered = [e for e in gateway_log(stack)[seen:] if e["path"] == endpoint and e["status"] == 200]
-        if answered or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert answered, f"no 200 on {endpoint} in the gateway log: {gateway_log(stack)[seen:]}"
+    answered = wait_until_sync(
+        lambda: [e for e in gateway_log(stack)[seen:] if e["path"] == endpoint and e["status"] == 200], 10,
+        f"a 200 on {endpoint} in the gateway log", interval=0.1, detail=lambda: f": {gateway_log(stack)[seen:]}")
     # The backend's own usage, read off the stream: the agent's system prompt reached the model
     # (some agents first ask for a short title; the turn itself is the longest prompt).
     turn = max(answered, key=lambda e: e.get("prompt_tokens") or 0)

@@ -99,7 +99,7 @@ def test_embeddings_match_sentence_transformers(client):
     ref = json.loads(subprocess.run([str(VLLM_PYTHON), "-c", script, json.dumps(texts)], capture_output=True,
                                     text=True, check=True, timeout=300,
                                     env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}).stdout)
-    worst = max(abs(a - b) for v, r in zip(vectors, ref) for a, b in zip(v, r))
+    worst = max(abs(a - b) for v, r in zip(vectors, ref, strict=True) for a, b in zip(v, r, strict=True))
     assert worst < 1e-3, worst
 
 

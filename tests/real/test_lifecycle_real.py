@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +14,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import OUTPUT, REPO, TINY_MODELS, VLLM_PYTHON, RealStack, free_port
+from tests.conftest import TINY_MODELS, VLLM_PYTHON, RealStack
+from tests.harness import OUTPUT, free_port, localai
 
 pytestmark = pytest.mark.real
 
@@ -49,24 +49,14 @@ class LifecycleStack(RealStack):
     def states(self) -> dict[str, str]:
         return {name: m["state"] for name, m in self.health().items()}
 
-    def until(self, predicate, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        states: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            try:
-                states = self.states()
-            except OSError:
-                pass  # the gateway is not listening yet
-            else:
-                if predicate(states):
-                    return
-            time.sleep(0.5)  # polling a state we can only observe
-        pytest.fail(f"{what} within {timeout} s (states {states}); see {self.log_path}")
+    def until(self, predicate, timeout: float, what: str, interval: float = 0.5) -> None:
+        """Wait until predicate(each model's state) holds."""
+        super().until(lambda health: predicate({name: m["state"] for name, m in health.items()}), timeout, what,
+                      interval)
 
     def localai(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--config", str(self.config)], cwd=REPO,
-                              capture_output=True, text=True, timeout=START_S,
-                              env={"LOCALAI_API_KEY": self.api_key, "PATH": "/usr/bin:/bin"})
+        return localai(*args, config=self.config, timeout=START_S,
+                       env={"LOCALAI_API_KEY": self.api_key, "PATH": "/usr/bin:/bin"})
 
     def unload_all(self) -> None:
         for name in NAMES:

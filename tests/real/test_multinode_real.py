@@ -18,7 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import OUTPUT, TINY_MODELS, RealStack, _descendants, free_port, running
+from tests.conftest import TINY_MODELS, RealStack, running
+from tests.harness import OUTPUT, descendants, free_port
 
 pytestmark = pytest.mark.real
 
@@ -41,7 +42,7 @@ class TwoNodeStack(RealStack):
         config = yaml.safe_load(self.config.read_text())
         config["hosts"] = [{"name": name, "address": "127.0.0.1", "gpus": 0} for name in HOSTS]
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.up_args = [arg for name in HOSTS for arg in ("--host", name)]
+        self.args = [arg for name in HOSTS for arg in ("--host", name)]
         self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
 
     def log(self) -> str:
@@ -54,7 +55,7 @@ class TwoNodeStack(RealStack):
         """Each vLLM process `localai up` started (pid: argv), the api_server and the worker node."""
         assert self.proc is not None
         found = {}
-        for pid in _descendants(self.proc.pid):
+        for pid in descendants(self.proc.pid):
             try:
                 argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
             except OSError:
@@ -82,7 +83,7 @@ def stack(tmp_path_factory):
     with running(stack):
         ready_s = round(time.monotonic() - started, 1)
         nodes = set(stack.vllm_argvs())
-        split = nodes.union(*(_descendants(pid) for pid in nodes))
+        split = nodes.union(*(descendants(pid) for pid in nodes))
         MEASURED.write_text(json.dumps({"both_models_ready_s": ready_s, "split_model_rss_mib": rss_mib(split)},
                                        indent=2) + "\n")
         yield stack

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -18,7 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import OUTPUT, TINY_MODELS, TINY_VLLM, RealStack, _descendants, free_port, running
+from tests.conftest import TINY_MODELS, TINY_VLLM, RealStack, running
+from tests.harness import OUTPUT, descendants, free_port, listening_on, wait_until_sync
 
 pytestmark = pytest.mark.real
 
@@ -68,22 +68,18 @@ class ReplicaStack(RealStack):
         return json.loads(self.get("/v1/models"))["data"][0]["replicas"]
 
     def until_replicas(self, *states: str, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while [r["state"] for r in self.replicas()] != list(states):
-            assert time.monotonic() < deadline, f"replicas {self.replicas()}, wanted {states}; see {self.log_path}"
-            time.sleep(0.5)
+        wait_until_sync(lambda: [r["state"] for r in self.replicas()] == list(states), timeout,
+                        f"replicas {states}", interval=0.5, detail=lambda: f": {self.replicas()}; see {self.log_path}")
 
     def balance(self, policy: str) -> None:
         """Switch gateway.balance by a reload (SIGHUP), as an operator would."""
         assert self.proc is not None
-        reloads = self.log_path.read_text(errors="replace").count('"msg":"reloaded ')
+        reloads = self.log_text().count('"msg":"reloaded ')
         self.data["gateway"]["balance"] = policy
         self.config.write_text(yaml.safe_dump(self.data, sort_keys=False))
         self.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while self.log_path.read_text(errors="replace").count('"msg":"reloaded ') == reloads:
-            assert time.monotonic() < deadline, f"no reload logged in {self.log_path}"
-            time.sleep(0.2)
+        wait_until_sync(lambda: self.log_text().count('"msg":"reloaded ') > reloads, 30,
+                        f"a reload logged in {self.log_path}", interval=0.2)
 
     def prefix_cache(self) -> tuple[float, float]:
         """vLLM's own prefix-cache counters (hits, queries: tokens), summed over the replicas."""
@@ -97,15 +93,7 @@ class ReplicaStack(RealStack):
         return hits, queries
 
     def server_pid(self, port: int) -> int:
-        assert self.proc is not None
-        for pid in _descendants(self.proc.pid):
-            try:
-                argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--port" in argv and argv[argv.index(b"--port") + 1] == str(port).encode():
-                return pid
-        raise AssertionError(f"no vLLM process on port {port}")
+        return listening_on(port, descendants(self.pid))
 
 
 @pytest.fixture(scope="module")
@@ -174,16 +162,13 @@ def test_killing_a_replica_loses_no_non_streamed_request(stack):
     for t in clients:
         t.start()
     try:
-        deadline = time.monotonic() + 60
-        while stack.replicas()[1]["in_flight"] == 0:  # kill it with requests on it
-            assert time.monotonic() < deadline, stack.replicas()
-            time.sleep(0.05)
+        # Killed with requests on it.
+        wait_until_sync(lambda: stack.replicas()[1]["in_flight"], 60, "requests on replica 1",
+                        detail=lambda: f": {stack.replicas()}")
         os.killpg(stack.server_pid(stack.ports[1]), signal.SIGKILL)
         at_kill = len(results)
-        deadline = time.monotonic() + 120
-        while len(results) < at_kill + 20:
-            assert time.monotonic() < deadline, f"{len(results) - at_kill} answers since the kill"
-            time.sleep(0.2)
+        wait_until_sync(lambda: len(results) >= at_kill + 20, 120, "20 answers since the kill", interval=0.2,
+                        detail=lambda: f" ({len(results) - at_kill})")
         assert stack.replicas()[1]["state"] != "ready"  # out, and restarting under `localai up`
     finally:
         stop.set()

@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import container as ct  # noqa: E402
 import stage  # noqa: E402
 
+from tests.harness import wait_until_sync  # noqa: E402
+
 OUT = stage.REPO / "test-output" / "systemd"
 TIMINGS: dict[str, float] = {}
 
@@ -97,25 +99,27 @@ def _take_lock(timeout: float = 2400):
     """One tier run per machine (they share ports and cgroup names): wait for the other to finish."""
     ct.CACHE.mkdir(parents=True, exist_ok=True)
     fh = open(ct.CACHE / "tier.lock", "a+")
-    deadline = time.monotonic() + timeout
     told = False
-    while True:
+
+    def taken() -> bool:
+        nonlocal told
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
-            return fh
         except BlockingIOError:
             if not told:
                 fh.seek(0)
                 print(f"\nanother systemd tier run (pid {fh.read().strip() or '?'}) holds {fh.name}; waiting",
                       file=sys.stderr)
                 told = True
-            if time.monotonic() > deadline:
-                pytest.fail(f"another systemd tier run held {fh.name} for {timeout:.0f} s")
-            time.sleep(2)  # polling a lock held by another process
+            return False
+        return True
+
+    wait_until_sync(taken, timeout, f"another systemd tier run releasing {fh.name}", interval=2)
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
 
 
 class Box:
@@ -142,11 +146,11 @@ class Box:
         return self.sh(f"systemctl show -p {name} --value {unit}").stdout.strip()
 
     def wait(self, predicate, timeout: float, what: str, interval: float = 1.0):
-        """ct.wait_for, with the localai units' states in the error."""
+        """wait_until_sync, with the localai units' states in the error."""
         def units() -> str:
             return "\n" + self.sh("systemctl list-units 'localai*' --all --no-pager", check=False).stdout
 
-        return ct.wait_for(predicate, timeout, what, interval, detail=units)
+        return wait_until_sync(predicate, timeout, what, interval=interval, detail=units)
 
 
 def save_journals(c: ct.Container, suffix: str = "") -> None:

@@ -23,6 +23,7 @@ rootfs folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -31,6 +32,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.harness import wait_until_sync
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -72,18 +75,6 @@ def cached_rootfs(log=print, include=tuple(INCLUDE)) -> Path:
     return tar
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2, detail=lambda: ""):
-    """predicate()'s first truthy value; past the deadline, an error naming *what* (and detail())."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise ContainerError(f"timed out after {timeout:.0f} s waiting for {what}{detail()}")
-        time.sleep(interval)
-
-
 class Container:
     def __init__(self, name: str = "localai-tier", binds=(), binds_ro=(), log_path: Path | None = None,
                  workdir: Path | None = None):
@@ -122,9 +113,9 @@ class Container:
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         self.proc = subprocess.Popen(["sh", "-c", launcher, "launcher", *argv], stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.leader = wait_for(self._find_leader, 30, "the container's init")
-        wait_for(lambda: self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
-              in states, timeout, "systemd inside the container to finish booting", 0.5)
+        self.leader = wait_until_sync(self._find_leader, 30, "the container's init", interval=0.2)
+        wait_until_sync(lambda: self.run(["systemctl", "is-system-running"], check=False).stdout.strip() in states,
+                        timeout, "systemd inside the container to finish booting", interval=0.5)
 
     def reboot(self, timeout: float = 60) -> None:
         """Power the container off and boot the same root again (what a host reboot does to units)."""
@@ -249,9 +240,9 @@ class Container:
             if self.leader and Path(f"/proc/{self.leader}").exists():
                 subprocess.run(self._nsenter(["systemctl", "poweroff", "--no-block"]), capture_output=True,
                                timeout=20)
-                deadline = time.monotonic() + 60
-                while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                    time.sleep(0.3)
+                with contextlib.suppress(AssertionError):  # past a minute, killed
+                    wait_until_sync(lambda: not (pid and Path(f"/proc/{pid}").exists()), 60, "the container gone",
+                                    interval=0.3)
                 if pid and Path(f"/proc/{pid}").exists():
                     os.killpg(pid, signal.SIGKILL)
         finally:

@@ -30,6 +30,8 @@ import yaml
 from conftest import OUT, TIMINGS, deploy_failed, save_journals, torn_down_on_sigterm
 from test_deploy import http
 
+from tests.harness import wait_until_sync
+
 pytestmark = pytest.mark.systemd
 
 REPO = stage.REPO
@@ -142,10 +144,10 @@ def pair(tier_lock, tmp_path_factory):
             for name, n in NODES.items():
                 p.nodes[name] = _boot(name, n["ssh"], tarball, (work / "id_ed25519.pub").read_text())
             for name, n in NODES.items():
-                ct.wait_for(lambda n=n: subprocess.run(
+                wait_until_sync(lambda n=n: subprocess.run(
                     ["ssh", "-i", str(key), "-p", str(n["ssh"]), "-o", "StrictHostKeyChecking=no", "-o",
                      "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1", "true"],
-                    capture_output=True).returncode == 0, 60, f"sshd of {name}", 0.5)
+                    capture_output=True).returncode == 0, 60, f"sshd of {name}", interval=0.5)
             res, counts = p.deploy("install-1")
             if res.returncode != 0 or any(c.get("failed", 1) or c.get("unreachable", 1) for c in counts.values()):
                 deploy_failed("ansible-playbook", res, counts, OUT / "pair-install-1.log")
@@ -242,18 +244,19 @@ def test_stopping_one_hosts_model_server_loses_no_request(pair):
     for t in threads:
         t.start()
     try:
-        ct.wait_for(lambda: len(results) >= 4, 60, "requests before the stop")
+        wait_until_sync(lambda: len(results) >= 4, 60, "requests before the stop", interval=0.2)
         stopped = time.monotonic()
         pair.sh("node-b", "systemctl stop localai-model@coder.1.service")
-        ct.wait_for(lambda: sum(1 for t, _ in results if t > stopped) >= 10, 120, "requests after the stop")
+        wait_until_sync(lambda: sum(1 for t, _ in results if t > stopped) >= 10, 120, "requests after the stop",
+                        interval=0.2)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=120)
         pair.sh("node-b", "systemctl start localai-model@coder.1.service", timeout=900)
     assert [s for _, s in results] == [200] * len(results), results
-    ct.wait_for(lambda: pair.prop("node-b", "localai-model@coder.1.service", "ActiveState") == "active", 60,
-                "node-b's replica to be back")
+    wait_until_sync(lambda: pair.prop("node-b", "localai-model@coder.1.service", "ActiveState") == "active", 60,
+                    "node-b's replica to be back", interval=0.2)
 
 
 def test_second_run_changes_nothing_on_either_host(pair):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 
@@ -9,11 +10,9 @@ import aiohttp
 import pytest
 import uvloop
 
-from gateway.app.factory import create_app
-from gateway.app.server import serve
 from gateway.base.observability import setup_logging
-from tests.conftest import free_port, make_config, wait_until
 from tests.fakebackend import FakeBackend
+from tests.harness import free_port, make_config, serving, wait_until
 
 
 def pytest_asyncio_loop_factories(config, item):
@@ -57,8 +56,6 @@ class Stack:
 @pytest.fixture
 async def stack(aiohttp_server):
     """Factory: stack(models={name: FakeBackend | (FakeBackend, entry keys) | entry dict}, api_keys, **gateway)."""
-    cleanups = []
-
     async def make(models: dict, api_keys: list[str] | None = None, wait: bool = True, **gateway):
         entries, fakes, servers = [], {}, {}
         for i, (name, spec) in enumerate(models.items()):
@@ -85,19 +82,14 @@ async def stack(aiohttp_server):
         logs = io.StringIO()
         setup_logging("info", stream=logs)
         # A key file in the config is read as production reads it; otherwise the keys given (or none).
-        keys = None if "api_key_file" in gateway else [k.encode() for k in (api_keys or [])]
-        app = create_app(cfg, api_keys=keys)
-        ctx = serve(app, "127.0.0.1", cfg.gateway.port)
-        await ctx.__aenter__()
-        session = aiohttp.ClientSession()
-        cleanups.append((ctx, session))
+        app = await contexts.enter_async_context(
+            serving(cfg, api_keys=None if "api_key_file" in gateway else (api_keys or [])))
+        session = await contexts.enter_async_context(aiohttp.ClientSession())
         s = Stack(f"http://127.0.0.1:{cfg.gateway.port}", session, app, fakes, logs)
         s.servers = servers
         if wait:
             await s.ready(*fakes)
         return s
 
-    yield make
-    for ctx, session in cleanups:
-        await session.close()
-        await ctx.__aexit__(None, None, None)
+    async with contextlib.AsyncExitStack() as contexts:
+        yield make

@@ -10,8 +10,8 @@ import anthropic
 import pytest
 
 from gateway.config.schema import ConfigError
-from tests.conftest import make_config, wait_until
 from tests.fakebackend import FakeBackend
+from tests.harness import make_config, wait_until
 
 HEADERS = {"anthropic-version": "2023-06-01"}
 ASK = {"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}

@@ -8,7 +8,7 @@ import fnmatch
 import grimp
 import yaml
 
-from tests.conftest import REPO
+from tests.harness import REPO
 
 
 def test_no_module_of_the_gateway_imports_itself_round_a_circle():

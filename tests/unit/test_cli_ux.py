@@ -6,16 +6,14 @@ import http.server
 import importlib.metadata
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.harness import REPO, GatewayProcess, free_port, wait_until_sync
 
 
 def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
@@ -73,14 +71,12 @@ def test_ps_and_status_find_the_gateway_running_here_without_config(tmp_path, co
                                       "models": [{"name": "coder", "url": "http://127.0.0.1:1", "default": True}]}))
     env = quiet_env(XDG_RUNTIME_DIR=str(tmp_path / "run"))
     record = tmp_path / "run" / "localai" / "gateway.json"
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", command, "--config", str(config)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    gateway = GatewayProcess(command, config, log=tmp_path / "gateway.log", env=env).start()
     try:
-        deadline = time.monotonic() + 30
-        while not record.exists():
-            assert gateway.poll() is None, gateway.stderr.read() if gateway.stderr else ""
-            assert time.monotonic() < deadline, "no record of the running gateway"
-            time.sleep(0.05)
+        def recorded() -> bool:
+            gateway.assert_running()
+            return record.exists()
+        wait_until_sync(recorded, 30, "the record of the running gateway")
         assert json.loads(record.read_text())["url"] == f"http://127.0.0.1:{port}"
         assert KEY not in record.read_text()
         assert record.stat().st_mode & 0o777 == 0o644
@@ -92,9 +88,8 @@ def test_ps_and_status_find_the_gateway_running_here_without_config(tmp_path, co
         assert status.stdout.splitlines()[0] == f"localai status  (config {config})"
         assert f"GATEWAY  http://127.0.0.1:{port}  /health 200" in status.stdout
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(timeout=30)
-    assert gateway.returncode == 0
+        gateway.stop(timeout=30)
+    assert gateway.returncode == 0, gateway.log_text()
     assert not record.exists()  # gone with the gateway
 
 

@@ -1,9 +1,5 @@
 """Config: a bad file names the file, the key and the line, and nothing starts."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from gateway.app.machine import on_this_machine
@@ -11,8 +7,7 @@ from gateway.config.schema import ConfigError
 from gateway.plan.document import full_plan
 from gateway.plan.placement import endpoints, server_plan
 from gateway.plan.validate import load_config, parse_config
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.harness import REPO, localai
 
 GOOD = """\
 gateway:
@@ -52,7 +47,8 @@ def test_good_config_loads_with_defaults_and_resolved_paths(tmp_path):
 
 
 @pytest.mark.parametrize("text, line, key, words", [
-    (GOOD.replace("    max_model_len: 8192", "    max_model_length: 8192"), 10, "models[0].max_model_length", "unknown key"),
+    (GOOD.replace("    max_model_len: 8192", "    max_model_length: 8192"), 10, "models[0].max_model_length",
+     "unknown key"),
     (GOOD.replace("port: 8102", "port: '8102'"), 13, "models[1].port", "integer"),
     (GOOD.replace("  - name: general", "  - name: coder"), 11, "models[1].name", "already used"),
     (GOOD.replace("[dev, python]", "[dev, general]"), 11, "models[1].name", "already used by model 'coder'"),
@@ -80,8 +76,7 @@ def test_cli_rejects_bad_config_with_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(GOOD.replace("port: 8102", "port: eighty"))
     for command in ("check", "up", "gateway", "plan"):
-        run = subprocess.run([sys.executable, "-m", "gateway.cli", command, "--config", str(path)],
-                             capture_output=True, text=True, cwd=REPO, timeout=30)
+        run = localai(command, config=path)
         assert run.returncode == 2, command
         assert f"{path}:13: models[1].port:" in run.stderr
         assert "Traceback" not in run.stderr
@@ -104,8 +99,7 @@ def test_one_function_makes_the_vllm_command(tmp_path):
     assert plan.env == {"VLLM_ENABLE_RESPONSES_API_STORE": "1", "CUDA_VISIBLE_DEVICES": "0"}
     assert plan.url == "http://127.0.0.1:8101"
     # `localai plan --json` (read by Ansible and the units) carries exactly this argv.
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", "--config", str(path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    run = localai("plan", config=path, check=True)
     import json
     planned = {m["name"]: m for m in json.loads(run.stdout)["models"]}
     assert planned["coder"]["argv"] == plan.argv
@@ -123,8 +117,7 @@ def test_shipped_configs_are_valid():
 def test_check_prints_the_plan(tmp_path):
     path = tmp_path / "localai.yaml"
     path.write_text(GOOD.replace("  - name: general", "  - name: general\n    presets: {po: {temperature: 0.5}}"))
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "--config", str(path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    run = localai("check", config=path, check=True)
     assert "model coder, dev, python  (default): managed at http://127.0.0.1:8101" in run.stdout
     assert "--model Qwen/Qwen2.5-Coder-7B-Instruct-AWQ --served-model-name coder" in run.stdout
     assert "preset po: temperature=0.5" in run.stdout
@@ -164,8 +157,7 @@ def test_on_demand_models_need_only_fit_one_at_a_time_beside_the_always_ones(tmp
     assert plan["residency"] == {"always": ["coder"], "on_demand_together": [["general"], ["architect"]]}
     path = tmp_path / "localai.yaml"
     path.write_text(SWAP)
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "--config", str(path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    run = localai("check", config=path, check=True)
     assert "load on_demand (stop/start), share 0.45, keep_alive 600 s" in run.stdout
     assert "resident together: coder (always), with any one of:\n    general\n    architect\n" in run.stdout
 

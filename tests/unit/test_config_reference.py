@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.harness import REPO
 
 
 def check(readme) -> subprocess.CompletedProcess:

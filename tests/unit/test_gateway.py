@@ -7,8 +7,8 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import wait_until
 from tests.fakebackend import FakeBackend
+from tests.harness import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -234,7 +234,7 @@ async def test_queue_timeout_is_503(stack):
 
 async def test_max_concurrency_defaults_to_max_num_seqs():
     from gateway.plan.placement import max_concurrency
-    from tests.conftest import make_config
+    from tests.harness import make_config
     cfg = make_config([{"name": "m", "model": "x", "port": 9999, "max_num_seqs": 7},
                        {"name": "n", "model": "y", "port": 9998, "max_num_seqs": 7, "max_concurrency": 3,
                         "default": True}])

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from tests.conftest import free_port, wait_until
 from tests.fakebackend import FakeBackend
+from tests.harness import free_port, wait_until
 from tests.rawhttp import exchange
 
 KEY = "sk-localai-hardening-5f0e1d2c"

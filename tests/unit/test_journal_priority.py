@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.harness import REPO, cli_argv
 
 EMIT = ("import logging; from gateway.base.observability import setup_logging; setup_logging('debug'); "
         "log = logging.getLogger('localai.test'); log.debug('d'); log.info('i'); log.warning('w'); "
@@ -39,7 +39,7 @@ def test_a_config_error_at_start_is_an_error_in_the_journal(tmp_path):
     err = tmp_path / "stderr"
     with err.open("w") as f:
         st = os.fstat(f.fileno())
-        run = subprocess.run([sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config)], stderr=f,
+        run = subprocess.run(cli_argv("gateway", "--config", str(config)), stderr=f,
                              env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, cwd=REPO, timeout=30)
     assert run.returncode == 2
     assert err.read_text().splitlines() == ["<3>localai: invalid config", f"<3>{config}:2: typo_key: unknown key"]

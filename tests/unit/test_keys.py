@@ -8,8 +8,8 @@ import pytest
 from gateway.config.schema import ConfigError
 from gateway.keys.keyring import load_keyring, parse_key_file
 from gateway.routing.admission import ModelSlots, WaitingRoom
-from tests.conftest import make_config, wait_until
 from tests.fakebackend import FakeBackend
+from tests.harness import make_config, wait_until
 from tests.unit.test_gateway import CHAT, assert_openai_error
 
 KEYS = "# the team's keys\r\nalice: sk-alice-1\r\nsk-bob-2   # bob\n\nsk-anon-3\nsk-anon-4\n"
@@ -117,7 +117,8 @@ async def test_key_rate_limit_is_429_with_retry_after(stack, tmp_path):
     f.write_text(KEYS)
     f.chmod(0o600)
     s = await stack({"m": FakeBackend()}, api_key_file=str(f),
-                    key_limits={"default": {"requests_per_minute": 2}, "per_key": {"bob": {"requests_per_minute": None}}})
+                    key_limits={"default": {"requests_per_minute": 2},
+                                "per_key": {"bob": {"requests_per_minute": None}}})
     statuses = []
     for _ in range(3):
         async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer("sk-alice-1")) as r:

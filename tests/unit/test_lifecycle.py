@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.conftest import wait_until
 from tests.fakebackend import FakeBackend
+from tests.harness import wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

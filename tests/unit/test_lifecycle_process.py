@@ -8,26 +8,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
-from pathlib import Path
 
 import aiohttp
 import yaml
 
-from gateway.app.factory import create_app
-from gateway.app.up import run_up
 from gateway.plan.validate import load_config
-from tests.conftest import REPO, free_port, wait_until
-
-
-def fake_vllm(tmp_path):
-    """An interpreter path for vllm.python whose "vLLM" is the fake backend on the planned port."""
-    script = tmp_path / "python"
-    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-                      "from tests.fakebackend import main\nmain(sys.argv[1:])\n")
-    script.chmod(0o755)
-    return script
-
+from tests import harness
+from tests.harness import descendants, free_port, listening_on, running_up, standin_python, wait_until
 
 KEY = "sk-lifecycle-test"
 
@@ -37,18 +24,12 @@ async def up(tmp_path, models: list[dict], **gateway):
     """`localai up` in this process, from a config file the CLI can read too (tmp_path/localai.yaml)."""
     (tmp_path / "localai.yaml").write_text(yaml.safe_dump({
         "gateway": {"port": free_port(), "health_interval": 0.05, "min_residency": 0, "webui": False, **gateway},
-        "vllm": {"python": str(fake_vllm(tmp_path))}, "models": models}))
+        "vllm": {"python": str(standin_python(tmp_path))}, "models": models}))
     cfg = load_config(tmp_path / "localai.yaml")
-    app = create_app(cfg, api_keys=[KEY.encode()])
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_up(cfg, app, stop))
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{cfg.gateway.port}",
-                                     headers={"Authorization": f"Bearer {KEY}"}) as http:
-        try:
-            yield http, app
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+    async with running_up(cfg, api_keys=[KEY]) as app, \
+            aiohttp.ClientSession(f"http://127.0.0.1:{cfg.gateway.port}",
+                                  headers={"Authorization": f"Bearer {KEY}"}) as http:
+        yield http, app
 
 
 def model(name: str, share: float, load: str = "on_demand", **extra) -> dict:
@@ -66,12 +47,10 @@ async def states(http) -> dict[str, dict]:
 
 async def until_states(http, **wanted: str) -> None:
     async def check():
-        try:
-            cards = await states(http)
-        except aiohttp.ClientConnectionError:
-            return False  # `localai up` is not listening yet
+        cards = await states(http)
         return all(cards[n]["state"] == s for n, s in wanted.items())
-    await wait_until(check, timeout=20)
+    await wait_until(check, timeout=20, what=f"states {wanted}",
+                     ignoring=(aiohttp.ClientConnectionError,))  # `localai up` is not listening yet
 
 
 async def chat(http, name: str, stream: bool = False) -> tuple[int, str]:
@@ -134,15 +113,7 @@ async def test_a_long_stream_is_never_cut_by_a_swap(tmp_path):
 
 def server_pid(port: int) -> int:
     """The fake model server listening on this port (a child of this test's `localai up`)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--port" in argv and argv[argv.index(b"--port") + 1] == str(port).encode():
-                return int(entry.name)
-    raise AssertionError(f"no server on port {port}")
+    return listening_on(port, descendants(os.getpid()))
 
 
 async def test_a_resident_server_that_crashes_is_restarted_and_its_requests_wait(tmp_path):
@@ -173,11 +144,9 @@ async def test_a_server_that_fails_to_start_answers_503_naming_why_and_is_retrie
 
 async def localai(tmp_path, *args: str) -> tuple[int, str]:
     """The `localai` command against the gateway of tmp_path/localai.yaml (the key from the environment)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", *args, "--config", str(tmp_path / "localai.yaml"), cwd=REPO,
-        env={**os.environ, "LOCALAI_API_KEY": KEY}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return proc.returncode, out.decode()
+    run = await asyncio.to_thread(harness.localai, *args, config=tmp_path / "localai.yaml",
+                                  env={**os.environ, "LOCALAI_API_KEY": KEY})
+    return run.returncode, run.stdout + run.stderr
 
 
 async def test_localai_ps_load_and_unload(tmp_path):

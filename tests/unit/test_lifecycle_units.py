@@ -12,14 +12,12 @@ import time
 import aiohttp
 import yaml
 
-from gateway.app.factory import create_app
-from gateway.app.server import serve
 from gateway.lifecycle import swap
 from gateway.lifecycle.units import SystemdUnits, model_unit
 from gateway.plan.validate import load_config
-from tests.conftest import free_port, wait_until
 from tests.fakesystemd import Unit, fake_systemd, private_bus, run_model
-from tests.unit.test_lifecycle_process import KEY, chat, fake_vllm, model, states, until_states
+from tests.harness import free_port, serving, standin_python, wait_until
+from tests.unit.test_lifecycle_process import KEY, chat, model, states, until_states
 
 
 @contextlib.asynccontextmanager
@@ -32,7 +30,7 @@ async def gateway(tmp_path, models: list[dict], running: tuple[str, ...] = (), s
     config = tmp_path / "localai.yaml"
     config.write_text(yaml.safe_dump({
         "gateway": {"port": free_port(), "health_interval": 0.05, "min_residency": 0, "webui": False},
-        "vllm": {"python": str(fake_vllm(tmp_path))}, "models": models}))
+        "vllm": {"python": str(standin_python(tmp_path))}, "models": models}))
     cfg = load_config(config)
     units = {model_unit(m["name"]): Unit(run_model(m["name"], config), f"http://127.0.0.1:{m['port']}/health")
              for m in models}
@@ -47,8 +45,7 @@ async def gateway(tmp_path, models: list[dict], running: tuple[str, ...] = (), s
             later = max(u.started_at for u in units.values()) + 1
             os.utime(config, (later, later))
         systemd.calls.clear()
-        app = create_app(cfg, api_keys=[KEY.encode()], units=SystemdUnits(address))
-        async with serve(app, cfg.gateway.host, cfg.gateway.port), \
+        async with serving(cfg, api_keys=[KEY], units=SystemdUnits(address)), \
                 aiohttp.ClientSession(f"http://127.0.0.1:{cfg.gateway.port}",
                                       headers={"Authorization": f"Bearer {KEY}"}) as http:
             yield http, systemd

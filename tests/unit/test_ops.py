@@ -46,8 +46,8 @@ def test_log_records_unpack_the_gateway_json():
     assert rec["level"] == "WARNING" and rec["msg"] == "queue full" and rec["model"] == "coder"
     line = format_record(rec)
     assert "gateway" in line and "localai.gateway: queue full" in line and "model=coder" in line
-    reload = record({**entry, "MESSAGE": json.dumps({"level": "ERROR", "msg": "reload failed: invalid config\n"
-                                                                      "/etc/localai/localai.yaml:3: typo: unknown key"})})
+    failed = {"level": "ERROR", "msg": "reload failed: invalid config\n/etc/localai/localai.yaml:3: typo: unknown key"}
+    reload = record({**entry, "MESSAGE": json.dumps(failed)})
     assert format_record(reload).count("\n") == 0 and "typo: unknown key" in format_record(reload)
     plain = record({"UNIT": "localai-model@coder.service", "MESSAGE": [104, 105], "PRIORITY": "3"})
     assert plain["msg"] == "hi" and plain["level"] == "ERROR" and plain["unit"].endswith("coder.service")

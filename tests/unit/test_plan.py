@@ -2,24 +2,24 @@
 hosts (head and workers), ports per host, unit names; a plan that can't be made says which host
 and card lack what, at the config's line."""
 
-import asyncio
 import json
-import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.app.factory import create_app
-from gateway.app.up import run_up
 from gateway.plan.document import full_plan
 from gateway.plan.placement import endpoints, placements, server_plan
 from gateway.plan.validate import parse_config
-from tests.conftest import free_port, wait_until
+from tests.harness import (
+    GatewayProcess,
+    free_port,
+    localai,
+    running_up,
+    standin_python,
+    wait_until,
+    wait_until_sync,
+)
 from tests.unit.test_config import problems
-
-REPO = Path(__file__).resolve().parents[2]
 
 TWO_HOSTS = """\
 hosts:
@@ -243,8 +243,7 @@ def test_hosts_of_a_single_host_config_are_local_only():
 def test_check_and_plan_show_every_host_and_card(tmp_path):
     path = tmp_path / "localai.yaml"
     path.write_text(TWO_HOSTS)
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "--config", str(path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    run = localai("check", config=path, check=True)
     assert "model coder  (default): managed at http://10.0.0.11:8001, 2 replicas" in run.stdout
     assert ("host gpu2 at 10.0.0.12, 2 GPUs, port_offset 100: 3 servers\n"
             "    GPU 0: chat 0.7  (0.70 of 1 always resident)\n"
@@ -252,8 +251,7 @@ def test_check_and_plan_show_every_host_and_card(tmp_path):
             "    localai-model@coder.1: coder replica 1, server, port 8101, CUDA_VISIBLE_DEVICES=1\n") in run.stdout
     assert ("localai-model@big.node1: big replica 0, worker (node 1 of 2, master 10.0.0.11:18010, "
             "VLLM_HOST_IP=192.168.0.12), no HTTP port, CUDA_VISIBLE_DEVICES=1") in run.stdout
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", "--json", "--config", str(path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    run = localai("plan", "--json", config=path, check=True)
     plan = json.loads(run.stdout)
     cfg = parse_config(TWO_HOSTS)
     assert [p["unit"] for p in plan["placements"]] == [p.unit for p in placements(cfg)]
@@ -261,21 +259,14 @@ def test_check_and_plan_show_every_host_and_card(tmp_path):
     assert worker["argv"] == server_plan(cfg.model("big"), cfg.vllm, placements(cfg)[-1]).argv
     assert plan["hosts"][0]["cards"] == {"0": {"coder": 0.5, "big": 0.4}}
     assert full_plan(cfg)["models"][0]["replicas"] == 2
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", "--host", "gpu2", "--config", str(path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+    run = localai("plan", "--host", "gpu2", config=path, check=True)
     assert [p["unit"] for p in json.loads(run.stdout)["placements"]] == ["coder.1", "chat", "big.node1"]
 
 
 def recording_python(tmp_path: Path, wait: bool = True) -> Path:
-    """A stand-in vLLM that writes down its argv and pinned cards, then waits to be stopped (or exits)."""
-    script = tmp_path / "python"
-    script.write_text(f"#!{sys.executable}\nimport json, os, sys, time\n"
-                      "port = sys.argv[sys.argv.index('--port') + 1] if '--port' in sys.argv else 'worker'\n"
-                      f"open({str(tmp_path)!r} + '/ran-' + port, 'w').write(json.dumps("
-                      "[sys.argv[1:], os.environ.get('CUDA_VISIBLE_DEVICES')]))\n"
-                      + ("time.sleep(600)\n" if wait else ""))
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script
+    """A stand-in vLLM that writes down its argv and pinned cards (to tmp_path/ran-PORT), then
+    serves until stopped (or exits)."""
+    return standin_python(tmp_path, "--fake-record", str(tmp_path), *([] if wait else ["--fake-then", "exit"]))
 
 
 def test_run_model_execs_the_placement_its_unit_names(tmp_path):
@@ -283,14 +274,12 @@ def test_run_model_execs_the_placement_its_unit_names(tmp_path):
     path.write_text(TWO_HOSTS.replace("models:", f"vllm:\n  python: {recording_python(tmp_path, wait=False)}\n"
                                                  "models:"))
     for unit in ("coder.1", "big.node1"):
-        subprocess.run([sys.executable, "-m", "gateway.cli", "run-model", unit, "--config", str(path)],
-                       capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+        localai("run-model", unit, config=path, check=True)
     argv, devices = json.loads((tmp_path / "ran-8101").read_text())
     assert argv[argv.index("--served-model-name") + 1] == "coder" and devices == "1"
     argv, devices = json.loads((tmp_path / "ran-worker").read_text())
     assert argv[-1] == "--headless" and argv[argv.index("--node-rank") + 1] == "1"
-    missing = subprocess.run([sys.executable, "-m", "gateway.cli", "run-model", "coder.7", "--config", str(path)],
-                             capture_output=True, text=True, cwd=REPO, timeout=30)
+    missing = localai("run-model", "coder.7", config=path)
     assert missing.returncode == 2
     assert "no server named 'coder.7' in the plan (servers: coder, coder.1, chat, big, big.node1)" in missing.stderr
 
@@ -300,8 +289,7 @@ def test_up_on_a_config_with_hosts_asks_which_host_this_is(tmp_path):
     path.write_text(TWO_HOSTS)
     for extra, says in (([], "no host named local (hosts: gpu1, gpu2); say which host this machine is with --host"),
                         (["--host", "gpu1", "--host", "gpu9"], "no host named gpu9 (hosts: gpu1, gpu2)")):
-        run = subprocess.run([sys.executable, "-m", "gateway.cli", "up", "--config", str(path), *extra],
-                             capture_output=True, text=True, cwd=REPO, timeout=30)
+        run = localai("up", *extra, config=path)
         assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr
 
 
@@ -312,13 +300,12 @@ def test_up_starts_only_the_servers_placed_on_its_host(tmp_path):
                     "hosts:\n  - {name: a, address: 127.0.0.1, gpus: 0}\n"
                     "  - {name: b, address: 127.0.0.1, gpus: 0, port_offset: 1}\n"
                     f"models:\n  - name: m\n    model: /m\n    port: {port}\n    replicas: 2\n")
-    up = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up", "--config", str(path), "--host", "b"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    up = GatewayProcess("up", path, "--host", "b", log=tmp_path / "up.log").start()
     try:
-        asyncio.run(wait_until(lambda: (tmp_path / f"ran-{port + 1}").exists(), timeout=30))
+        wait_until_sync(lambda: (tmp_path / f"ran-{port + 1}").exists(), 30, "m.1 started")
     finally:
-        up.terminate()
-        out, _ = up.communicate(timeout=30)
+        assert up.stop(timeout=30) == set()
+    out = up.log_text()
     started = [json.loads(line)["msg"] for line in out.splitlines()
                if line.startswith("{") and "started model server" in line]
     assert [s.split(" (pid")[0] for s in started] == ["started model server m.1"], out
@@ -331,13 +318,9 @@ async def test_up_starts_every_replica_placed_on_this_machine(tmp_path):
     text = (f"vllm:\n  python: {recording_python(tmp_path)}\ngateway:\n  port: {free_port()}\n  webui: false\n"
             f"models:\n  - name: m\n    model: /m\n    port: {port}\n    replicas: 2\n")
     cfg = parse_config(text, tmp_path / "localai.yaml")
-    app = create_app(cfg, api_keys=[])
-    stop = asyncio.Event()
-    up = asyncio.create_task(run_up(cfg, app, stop))
     ran = [tmp_path / f"ran-{port}", tmp_path / f"ran-{port + 1}"]
-    await wait_until(lambda: all(p.exists() and p.read_text() for p in ran))
-    stop.set()
-    await asyncio.wait_for(up, 30)
+    async with running_up(cfg, api_keys=[]):
+        await wait_until(lambda: all(p.exists() and p.read_text() for p in ran))
     for p, want in zip(ran, (port, port + 1), strict=True):
         argv, _ = json.loads(p.read_text())
         assert argv[argv.index("--port") + 1] == str(want)

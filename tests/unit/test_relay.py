@@ -8,7 +8,7 @@ import json
 
 from aiohttp import web
 
-from tests.conftest import wait_until
+from tests.harness import wait_until
 from tests.unit.test_gateway import CHAT
 
 MODEL = "odd"

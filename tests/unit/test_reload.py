@@ -10,15 +10,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import yaml
 
-from tests.conftest import REPO, free_port, wait_until
 from tests.fakebackend import FakeBackend
+from tests.harness import GatewayProcess, free_port, serving, wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -31,15 +29,10 @@ def write_config(path: Path, backend_url: str, key_file: Path, webui: Path, alia
     path.write_text(yaml.safe_dump(cfg))
 
 
-def start_socket_activated(config: Path, listener: socket.socket, log: Path) -> subprocess.Popen:
+def start_socket_activated(config: Path, listener: socket.socket, log: Path) -> GatewayProcess:
     """`localai gateway` with `listener` as systemd would pass it (fd 3, LISTEN_FDS=1, LISTEN_PID)."""
-    launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ.update(LISTEN_PID=str(os.getpid()), "
-                "LISTEN_FDS='1'); os.execv(sys.executable, [sys.executable, '-m', 'gateway.cli', 'gateway', "
-                "'--config', sys.argv[2]])")
     env = {k: v for k, v in os.environ.items() if k != "LOCALAI_API_KEY"}
-    return subprocess.Popen([sys.executable, "-c", launcher, str(listener.fileno()), str(config)],
-                            pass_fds=(listener.fileno(),), cwd=REPO, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    return GatewayProcess("gateway", config, log=log, listener=listener, env=env).start()
 
 
 def log_records(log: Path) -> list[dict]:
@@ -115,14 +108,12 @@ async def test_sighup_reloads_keys_config_and_webui_while_a_stream_runs(aiohttp_
             assert await status("/v1/chat/completions", alice, dict(CHAT, model="dev")) == 200
         assert "sk-" not in log.read_text()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.stop(timeout=30)
 
 
 async def test_reload_adds_and_removes_models_and_resizes_slots(aiohttp_server, tmp_path):
-    from gateway.app.factory import REGISTRY, create_app
+    from gateway.app.factory import REGISTRY
     from gateway.app.reload import RELOADER
-    from gateway.app.server import serve
     from gateway.plan.validate import load_config
 
     fakes = {"m": FakeBackend("fake-m"), "n": FakeBackend("fake-n")}
@@ -137,8 +128,7 @@ async def test_reload_adds_and_removes_models_and_resizes_slots(aiohttp_server, 
                                           "models": entries}))
 
     write({"m": 2})
-    app = create_app(load_config(config), api_keys=[])
-    async with serve(app, "127.0.0.1", port), aiohttp.ClientSession() as http:
+    async with serving(load_config(config), api_keys=[]) as app, aiohttp.ClientSession() as http:
         async def status(model: str) -> int:
             async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=dict(CHAT, model=model)) as r:
                 return r.status
@@ -178,8 +168,7 @@ async def test_connections_made_while_the_gateway_restarts_are_served_not_refuse
                 except aiohttp.ClientConnectionError:
                     return False
             await wait_until(served, timeout=30)
-            first.terminate()
-            assert first.wait(timeout=30) == 0
+            assert first.stop(timeout=30) == set() and first.returncode == 0
             # No gateway runs now: a connection is still accepted (into the socket's backlog)...
             reader, writer = await asyncio.open_connection(*listener.getsockname())
             body = json.dumps(CHAT).encode()
@@ -195,17 +184,14 @@ async def test_connections_made_while_the_gateway_restarts_are_served_not_refuse
     finally:
         listener.close()
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+            if proc is not None:
+                proc.stop(timeout=30)
 
 
 async def test_a_reload_takes_a_managed_models_new_context_window(aiohttp_server, tmp_path):
     """The playbook restarts a server whose max_model_len changed, then reloads the gateway:
     /v1/models and the context guard use the new window, not the one the old server had."""
-    from gateway.app.factory import create_app
     from gateway.app.reload import RELOADER
-    from gateway.app.server import serve
     from gateway.plan.validate import load_config
 
     model_port, port = free_port(), free_port()
@@ -218,8 +204,7 @@ async def test_a_reload_takes_a_managed_models_new_context_window(aiohttp_server
                                                       "max_model_len": window}]}))
 
     write(4096)
-    app = create_app(load_config(config), api_keys=[])
-    async with serve(app, "127.0.0.1", port), aiohttp.ClientSession() as http:
+    async with serving(load_config(config), api_keys=[]) as app, aiohttp.ClientSession() as http:
         async def window() -> int:
             async with http.get(f"http://127.0.0.1:{port}/v1/models") as r:
                 return (await r.json())["data"][0]["max_model_len"]

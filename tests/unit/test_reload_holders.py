@@ -15,7 +15,7 @@ from gateway.app.reload import RELOADER
 from gateway.config.schema import Config
 from gateway.plan.document import full_plan
 from gateway.plan.restart import restart_fingerprint
-from tests.conftest import make_config, wait_until
+from tests.harness import make_config, wait_until
 from tests.unit.test_lifecycle import asleep, cards, chat, on_demand
 
 

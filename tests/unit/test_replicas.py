@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 
@@ -11,13 +12,11 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.app.factory import create_app
-from gateway.app.server import serve
 from gateway.base.observability import setup_logging
 from gateway.plan.validate import parse_config
 from gateway.routing import balancer
-from tests.conftest import free_port, wait_until
 from tests.fakebackend import FakeBackend
+from tests.harness import free_port, serving, wait_until
 
 
 class Replicated:
@@ -56,8 +55,6 @@ class Replicated:
 @pytest.fixture
 async def replicated(aiohttp_server):
     """Factory: replicated(n, **gateway settings) -> Replicated, every replica ready."""
-    cleanups = []
-
     async def make(n: int = 2, **gateway) -> Replicated:
         ports = sorted(free_port() for _ in range(n))
         fakes = [FakeBackend("m") for _ in range(n)]
@@ -71,19 +68,14 @@ async def replicated(aiohttp_server):
         }
         cfg = parse_config(yaml.safe_dump(data), "replicas.yaml")
         setup_logging("info", stream=io.StringIO())
-        app = create_app(cfg, api_keys=[])
-        ctx = serve(app, "127.0.0.1", cfg.gateway.port)
-        await ctx.__aenter__()
-        http = aiohttp.ClientSession()
-        cleanups.append((ctx, http))
+        app = await contexts.enter_async_context(serving(cfg, api_keys=[]))
+        http = await contexts.enter_async_context(aiohttp.ClientSession())
         r = Replicated(f"http://127.0.0.1:{cfg.gateway.port}", http, fakes, ports, servers, app, data)
         await wait_until(lambda: _all_ready(r))
         return r
 
-    yield make
-    for ctx, http in cleanups:
-        await http.close()
-        await ctx.__aexit__(None, None, None)
+    async with contextlib.AsyncExitStack() as contexts:
+        yield make
 
 
 def release(r: Replicated, gate: asyncio.Event) -> None:

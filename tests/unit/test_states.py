@@ -10,7 +10,7 @@ import pytest
 
 from gateway.routing.balancer import Replica
 from gateway.routing.states import TRANSITIONS, InvalidTransition, State, allowed, move, note
-from tests.conftest import make_config
+from tests.harness import make_config
 
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 
