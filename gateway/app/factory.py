@@ -82,8 +82,10 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
     keyring = keyring_of(api_keys) if api_keys is not None else load_keyring(cfg.gateway.api_key_file)
     app[ACCESS] = Access(keyring, cfg.gateway.key_limits)
     if not keyring:
-        log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; "
-                    "set gateway.api_key_file or LOCALAI_API_KEY", cfg.gateway.host, cfg.gateway.port)
+        # With a key source configured an empty keyring is an error (keys/keyring.py): here none is.
+        how = "set gateway.api_key_file or LOCALAI_API_KEY" if api_keys is None else "it was given no key"
+        log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; %s",
+                    cfg.gateway.host, cfg.gateway.port, how)
     app[RELOADER] = Reloader(app, cfg)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(stamp_request_id)

@@ -118,9 +118,11 @@ class GatewaySettings(_Strict):
     host: str = Field("127.0.0.1", description="address to listen on (`0.0.0.0` to serve the LAN)")
     port: int = Field(8080, ge=1, le=65535, description="port to listen on")
     api_key_file: Path | None = Field(None, description=(
-        "file with one key per line: `name: key`, `key  # name` or a bare key (named `key-1`, …), `#` comments, "
-        "mode 0600. `$LOCALAI_API_KEY` adds one more (named `env`). The name, never the key, is in the log line "
-        "(`key`) and the metrics (`localai_key_requests_total`). No key at all = open, with a loud warning at start"))
+        "file with one key per line: `name: key`, `key  # name` or a bare key (named `key-1`, …), `# ` comments; "
+        "keys of 16 characters or more; readable by its owner only (group or other bits are refused); syntax under "
+        "[API keys](#api-keys). `$LOCALAI_API_KEY` adds one more (named `env`). The name, never the key, is in the "
+        "log line (`key`) and the metrics (`localai_key_requests_total`). A file without a key (or "
+        "`$LOCALAI_API_KEY` set but empty) stops the start; no key source at all = open, with a loud warning"))
     key_limits: KeyLimits = Field(KeyLimits(), json_schema_extra=_shown("none"), description=(
         "per-key limits: `default: {max_concurrent: N, requests_per_minute: M}` for every key, "
         "`per_key: {NAME: {...}}` overriding it field by field (`null` = no limit). Over a limit: "
