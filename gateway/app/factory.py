@@ -32,7 +32,13 @@ from gateway.http.appkeys import (
     UPSTREAM_TIMEOUT,
 )
 from gateway.http.families import add_all_routes
-from gateway.http.middleware import access_middleware, auth_middleware, error_middleware, stamp_request_id
+from gateway.http.middleware import (
+    access_middleware,
+    add_public_get,
+    auth_middleware,
+    error_middleware,
+    stamp_request_id,
+)
 from gateway.http.probes import health, metrics_handler, ready
 from gateway.keys.keyring import Access, keyring_of, load_keyring
 from gateway.lifecycle.manager import Lifecycle
@@ -91,8 +97,8 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
     app.on_response_prepare.append(stamp_request_id)
 
     add_all_routes(app)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
+    add_public_get(app, "/health", health)
+    add_public_get(app, "/ready", ready)
     app.router.add_get("/metrics", metrics_handler)
     if cfg.gateway.webui:
         from gateway.http.webui import add_webui_routes

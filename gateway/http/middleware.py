@@ -1,6 +1,7 @@
 """The middlewares every request passes, outermost first: an id and one access log line with
 its metrics (access), errors in the shape of the client's API (errors), and the API key
-check (auth); and the request id stamped on every response as its headers leave."""
+check (auth: every route but those added with add_public_get); and the request id stamped on
+every response as its headers leave."""
 
 from __future__ import annotations
 
@@ -24,9 +25,20 @@ log = logging.getLogger("localai.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Paths that need a key. Health and readiness probes and the WebUI's static files don't.
-_PROTECTED_PREFIXES = ("/v1/", "/api/", "/metrics", "/v2/rerank", "/rerank", "/score", "/tokenize",
-                       "/detokenize")
+# Deny by default: the routes that answer without a key (health and readiness probes, the WebUI's
+# files) are added with add_public_get; every other route, present or future, and whatever no
+# route answers (a 404, a 405) needs a key once one is configured.
+PUBLIC_RESOURCES: web.AppKey[set[web.AbstractResource]] = web.AppKey("public_resources")
+
+
+def add_public_get(app: web.Application, path: str, handler: Handler) -> None:
+    """A GET (and HEAD) route that answers without a key."""
+    resource = app.router.add_get(path, handler).resource
+    assert resource is not None  # a route the router made has its resource
+    public = app.get(PUBLIC_RESOURCES)
+    if public is None:
+        public = app[PUBLIC_RESOURCES] = set()
+    public.add(resource)
 
 
 @web.middleware
@@ -100,7 +112,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     keyring = request.app[ACCESS].keyring
-    if keyring and request.path.startswith(_PROTECTED_PREFIXES):
+    if keyring and request.match_info.route.resource not in request.app.get(PUBLIC_RESOURCES, ()):
         request[KEY_NAME] = check_key(keyring, request)
     return await handler(request)
 
