@@ -55,10 +55,17 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def read_json_body(request: web.Request) -> dict:
+def require_json(request: web.Request) -> None:
+    """A 415 unless the body is declared JSON. That is also what keeps web pages out: a browser
+    sends a page's cross-site POST unasked only as text/plain, a form or an untyped blob, and
+    asks first (a CORS preflight, which the gateway never grants) before it sends JSON."""
     if request.content_type != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, not '{request.content_type}'.",
                        code="unsupported_media_type")
+
+
+async def read_json_body(request: web.Request) -> dict:
+    require_json(request)
     return parse_json_object(await request.read())  # read() raises 413 past gateway.max_body_bytes
 
 
