@@ -150,8 +150,9 @@ class GatewaySettings(_Strict):
         "seconds a model server started on demand may take to answer"))
     max_keep_alive: Duration = Field(24 * 3600.0, json_schema_extra=_shown("`24h`"), description=(
         "the longest `keep_alive` a client may ask for (Ollama's, per request): longer, or `-1` (never unload), "
-        "is held to this, with header `X-LocalAI-Keep-Alive-Clamped: SECONDS` (and `keep_alive_clamped` in the log line); `-1` here lets "
-        "clients keep a model loaded forever. Each model's own `keep_alive` in this file is not held to it"))
+        "is held to this, with header `X-LocalAI-Keep-Alive-Clamped: SECONDS` (and `keep_alive_clamped` in the log "
+        "line); `-1` here lets clients keep a model loaded forever. Each model's own `keep_alive` in this file is not "
+        "held to it"))
     # gateway/routing/balancer.py; round_robin is there to compare against (bench, the real tier)
     # and for replicas that share no cache.
     balance: Literal["least_outstanding", "round_robin"] = Field("least_outstanding", description=(
