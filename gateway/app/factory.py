@@ -37,6 +37,7 @@ from gateway.http.middleware import (
     add_public_get,
     auth_middleware,
     error_middleware,
+    limits_middleware,
     stamp_request_id,
 )
 from gateway.http.probes import health, metrics_handler, ready
@@ -74,7 +75,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
     app[SUPERVISOR] before the app starts (up.py). The lifecycle is built as the app starts,
     with a switch per model (app/switches.py)."""
     app = web.Application(
-        middlewares=[access_middleware, error_middleware, auth_middleware],
+        middlewares=[access_middleware, error_middleware, auth_middleware, limits_middleware],
         client_max_size=cfg.gateway.max_body_bytes,
     )
     app[CONFIG] = cfg

@@ -13,6 +13,7 @@ the order of the README's reference. The README's tables of `gateway:`,
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import weakref
@@ -60,7 +61,7 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
     else:
         raise ValueError("must be a duration like 10m, 30s, 0 or -1")
-    return -1.0 if seconds < 0 else seconds
+    return -1.0 if seconds < 0 or not math.isfinite(seconds) else seconds
 
 
 # Seconds; -1 means never.
@@ -149,6 +150,11 @@ class GatewaySettings(_Strict):
         "seconds a wake from sleep (and its warm-up) may take before it counts as failed"))
     start_timeout: float = Field(900.0, gt=0, description=(
         "seconds a model server started on demand may take to answer"))
+    max_keep_alive: Duration = Field(24 * 3600.0, json_schema_extra=_shown("`24h`"), description=(
+        "the longest `keep_alive` a client may ask for (Ollama's, per request): longer, or `-1` (never unload), "
+        "is held to this, with header `X-LocalAI-Keep-Alive-Clamped: SECONDS` (and `keep_alive_clamped` in the log "
+        "line); `-1` here lets clients keep a model loaded forever. Each model's own `keep_alive` in this file is not "
+        "held to it"))
     # gateway/routing/balancer.py; round_robin is there to compare against (bench, the real tier)
     # and for replicas that share no cache.
     balance: Literal["least_outstanding", "round_robin"] = Field("least_outstanding", description=(

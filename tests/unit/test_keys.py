@@ -112,7 +112,7 @@ async def test_key_concurrency_limit_is_429_in_the_clients_shape(stack, tmp_path
     (await running).close()
     async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer(ALICE)) as r:
         assert r.status == 200  # the slot is alice's again once her stream ended
-    assert 'localai_rejections_total{model="m",reason="key_concurrency_limit"} 2.0' in s.metrics_text()
+    assert 'localai_rejections_total{model="",reason="key_concurrency_limit"} 2.0' in s.metrics_text()
 
 
 async def test_key_rate_limit_is_429_with_retry_after(stack, tmp_path):
