@@ -8,7 +8,7 @@ max_concurrency, context settings, external URLs and keys, the replicas balanced
 max_queue, queue_timeout, balance, health_interval, log_level, the lifecycle's
 min_residency, wake_timeout, start_timeout and each model's keep_alive, and a new WebUI
 build. What a running process cannot change (plan/restart.py: where it listens, the body
-limit, upstream timeouts, whether the WebUI is served, which models are load: on_demand and
+limit, upstream timeouts, the bounds on client connections, whether the WebUI is served, which models are load: on_demand and
 how they swap; and how vLLM servers are started, servers the plan adds or drops) is logged
 as "needs restart", naming each server's unit and host. A config or key file with errors changes
 nothing: the gateway keeps what it has and logs why, FILE:LINE.
