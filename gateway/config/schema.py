@@ -142,6 +142,12 @@ class GatewaySettings(_Strict):
         "where every client shares its address)"))
     connect_timeout: float = Field(10.0, gt=0, description="seconds to connect to a backend")
     read_timeout: float = Field(600.0, gt=0, description="seconds a backend may stay silent mid-response")
+    # What the gateway reads of a backend's answer (gateway/http/proxy.py); an external upstream is not trusted.
+    max_upstream_body_bytes: int = Field(64 * 1024 * 1024, ge=65536, description=(
+        "largest non-streamed answer read from a backend; a larger one is `502 upstream_too_large`"))
+    max_upstream_event_bytes: int = Field(8 * 1024 * 1024, ge=65536, description=(
+        "largest single SSE event (a line without its end included) read from a backend's stream; a larger one "
+        "ends the stream with an error event"))
     health_interval: float = Field(2.0, gt=0, description=(
         "seconds between health checks of a ready backend (1 s while loading)"))
     webui: bool = Field(True, description="serve the WebUI at `/`")
