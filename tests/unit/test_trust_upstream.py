@@ -56,7 +56,7 @@ class Hostile:
             while self.sent < self.send_at_most:
                 await resp.write(piece)
                 self.sent += len(piece)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        except ConnectionError:  # the gateway stopped reading and closed: what it should do
             return resp
         await resp.write_eof()
         return resp
