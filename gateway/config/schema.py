@@ -133,8 +133,24 @@ class GatewaySettings(_Strict):
     queue_timeout: float = Field(60.0, gt=0, description=(
         "seconds a request may wait for a slot before `503 queue_timeout`"))
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit (`413`)")
+    # Slow and greedy clients (gateway/app/server.py); why these defaults: the README, after the table.
+    header_timeout: float = Field(10.0, gt=0, description=(
+        "seconds a client may take to send a request's line and headers, from the connection's start or the "
+        "first byte of a later request; past it the gateway answers `408 header_timeout` and closes the connection"))
+    idle_timeout: float = Field(75.0, gt=0, description=(
+        "seconds a keep-alive connection may sit idle between requests before the gateway closes it"))
+    max_connections_per_client: int = Field(64, ge=0, description=(
+        "open connections one client address may hold (IPv6: one /64); past it a request gets "
+        "`429 too_many_connections` and its connection is closed. `0` = no limit (behind a reverse proxy, "
+        "where every client shares its address)"))
     connect_timeout: float = Field(10.0, gt=0, description="seconds to connect to a backend")
     read_timeout: float = Field(600.0, gt=0, description="seconds a backend may stay silent mid-response")
+    # What the gateway reads of a backend's answer (gateway/http/proxy.py); an external upstream is not trusted.
+    max_upstream_body_bytes: int = Field(64 * 1024 * 1024, ge=65536, description=(
+        "largest non-streamed answer read from a backend; a larger one is `502 upstream_too_large`"))
+    max_upstream_event_bytes: int = Field(8 * 1024 * 1024, ge=65536, description=(
+        "largest single SSE event (a line without its end included) read from a backend's stream; a larger one "
+        "ends the stream with an error event"))
     health_interval: float = Field(2.0, gt=0, description=(
         "seconds between health checks of a ready backend (1 s while loading)"))
     webui: bool = Field(True, description="serve the WebUI at `/`")
