@@ -2,8 +2,9 @@
 
 One container per test session (module scope): booted from the cached
 mmdebstrap rootfs, staged with a copy of this work tree, deployed once; the
-tests then look at it in order. It is always torn down (also on failure, Ctrl-C
-or SIGTERM), after its journal is saved to test-output/systemd/.
+tests then look at it in any order (each puts back what it changes). It is
+always torn down (also on failure, Ctrl-C or SIGTERM), after its journal is
+saved to test-output/systemd/.
 
 Needs root, systemd-nspawn and mmdebstrap (installed with apt-get when
 missing), and ports 18480-18482 free on 127.0.0.1.

@@ -5,7 +5,9 @@ that take 0.45 of the host's one "card" each (any two fit, never three); a reque
 third evicts the idle, least recently used one, and `systemctl` says so; a gateway restart
 keeps the two loaded (their servers keep their PIDs). A polkit rule lets
 the service user manage exactly the model units: asked for any other unit, systemd refuses.
-At the end the tier's own config is deployed again, so the file runs in any order.
+The tests run in any order: the fixture notes what the deploy left, and each test first
+brings the models to the state it starts from. At the end the tier's own config is deployed
+again, for whichever module runs next.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import json
 import time
 
+import container as ct
 import pytest
 import stage
 import yaml
-from test_deploy import GATEWAY, gateway_log, http
+from test_deploy import GATEWAY, all_serving, gateway_log, http, model_states
 
 pytestmark = pytest.mark.systemd
 
@@ -51,24 +54,56 @@ def active(box, name: str) -> str:
     return box.sh(f"systemctl is-active localai-model@{name}.service", check=False).stdout.strip()
 
 
-def states(box) -> dict[str, str]:
-    status, body = http("GET", f"{GATEWAY}/health", box.api_key(), timeout=5)
-    return {n: m["state"] for n, m in body["models"].items()} if status == 200 else {}
+states = model_states
+
+
+def all_stopped(box) -> bool:
+    return [active(box, n) for n in NAMES] == ["inactive"] * 3 and states(box) == dict.fromkeys(NAMES, "stopped")
+
+
+def deployed_state(box) -> dict:
+    """What the deploy left once the gateway settled (or 120 s went by): the model units' states,
+    the gateway's view and `localai status`."""
+    try:
+        box.wait(lambda: all_stopped(box), 120, "every model unit stopped, and listed stopped")
+    except ct.ContainerError:
+        pass  # the test that looks at it says what it found
+    status = box.sh("/opt/localai/venv-gateway/bin/localai status --config /etc/localai/localai.yaml", check=False)
+    return {"active": [active(box, n) for n in NAMES], "states": states(box), "status": status}
+
+
+def start_fresh(box) -> None:
+    """Back to what the deploy leaves: every model unit stopped and a gateway that found them so."""
+    box.sh("systemctl stop 'localai-model@*.service' && systemctl restart localai-gateway")
+    box.wait(lambda: all_stopped(box), 60, "every model unit stopped, and listed stopped")
+
+
+def load(box, *names: str) -> None:
+    """Exactly these models loaded (in this order, the first the least recently used), the others stopped."""
+    if states(box) != {n: "ready" if n in names else "stopped" for n in NAMES}:
+        start_fresh(box)
+        for name in names:
+            status, body = ask(box, name)
+            assert status == 200, body
+    box.wait(lambda: states(box) == {n: "ready" if n in names else "stopped" for n in NAMES}, 60,
+             f"only {', '.join(names)} loaded")
 
 
 @pytest.fixture(scope="module")
 def swapbox(box):
     box.c.path(CONFIG_IN).write_text(yaml.safe_dump(swap_config(), sort_keys=False))
-    started = time.monotonic()
-    res, counts = box.install("-e", f"localai_config_file={CONFIG_IN}", log_name="install-swap")
-    assert res.returncode == 0 and counts.get("failed") == 0, res.stdout[-3000:]
-    print(f"deploying the on_demand config took {time.monotonic() - started:.0f} s")
     try:
+        started = time.monotonic()
+        res, counts = box.install("-e", f"localai_config_file={CONFIG_IN}", log_name="install-swap")
+        assert res.returncode == 0 and counts.get("failed") == 0, res.stdout[-3000:]
+        print(f"deploying the on_demand config took {time.monotonic() - started:.0f} s")
+        box.deployed = deployed_state(box)
         yield box
     finally:
         started = time.monotonic()
         res, counts = box.install(log_name="install-swap-restore")
         assert res.returncode == 0 and counts.get("failed") == 0, res.stdout[-3000:]
+        all_serving(box)
         print(f"deploying the tier's config again took {time.monotonic() - started:.0f} s")
 
 
@@ -78,17 +113,18 @@ def test_on_demand_units_are_installed_not_enabled_and_stopped(swapbox):
         assert box.sh(f"systemctl is-enabled localai-model@{name}.service", check=False).stdout.strip() \
             == "disabled"
     # coder and general ran as load: always before: the restarted gateway stopped them.
-    box.wait(lambda: [active(box, n) for n in NAMES] == ["inactive"] * 3, 120, "every model unit stopped")
-    box.wait(lambda: states(box) == dict.fromkeys(NAMES, "stopped"), 60, "the gateway listing them stopped")
+    assert box.deployed["active"] == ["inactive"] * 3, box.deployed
+    assert box.deployed["states"] == dict.fromkeys(NAMES, "stopped"), box.deployed
     assert box.sh("systemctl is-active localai.target").stdout.strip() == "active"
     # `localai status`: stopped on demand is their rest, not a fault (exit 0).
-    res = box.sh("/opt/localai/venv-gateway/bin/localai status --config /etc/localai/localai.yaml", check=False)
+    res = box.deployed["status"]
     assert res.returncode == 0, res.stdout
     assert res.stdout.count("why: load: on_demand: the gateway starts it when a request asks for it") == 3, res.stdout
 
 
 def test_the_third_model_evicts_the_idle_lru_unit(swapbox):
     box = swapbox
+    start_fresh(box)
     for name in ("coder", "general"):
         started = time.monotonic()
         status, body = ask(box, name)
@@ -111,6 +147,7 @@ def test_the_third_model_evicts_the_idle_lru_unit(swapbox):
 def test_a_gateway_restart_keeps_the_loaded_models(swapbox):
     box = swapbox
     loaded = ("general", "reviewer")
+    load(box, *loaded)
     pids = {n: box.prop(f"localai-model@{n}.service", "MainPID") for n in loaded}
     gateway_pid = box.prop("localai-gateway.service", "MainPID")
     box.sh("systemctl restart localai-gateway")
@@ -161,5 +198,7 @@ def test_the_service_user_may_manage_the_model_units_and_nothing_else(swapbox):
         assert "Interactive authentication required" in answer["error"] or "Access denied" in answer["error"], answer
     assert box.prop("localai-gateway.service", "MainPID") == gateway_pid
     # A model unit: allowed (general runs: starting it again is a no-op job that ends "done").
+    if active(box, "general") != "active":
+        assert ask(box, "general")[0] == 200
     assert active(box, "general") == "active"
     assert as_service_user(box, "start", "localai-model@general.service") == {"ok": True}

