@@ -50,6 +50,13 @@ async def exchange(port: int, head: bytes, rest: bytes = b"", *, half_close: boo
     return RawResponse(status, headers, data[: int(length)] if length is not None else data)
 
 
+async def read_response(reader: asyncio.StreamReader) -> RawResponse:
+    """One response with a Content-Length, read off a connection that stays open."""
+    status, headers = await _read_head(reader)
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return RawResponse(status, headers, body)
+
+
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     raw = await reader.readuntil(b"\r\n\r\n")
     status_line, *lines = raw.decode("latin-1").split("\r\n")

@@ -13,23 +13,10 @@ import aiohttp
 
 from tests.fakebackend import FakeBackend
 from tests.harness import wait_until
-from tests.rawhttp import RawResponse
+from tests.rawhttp import RawResponse, read_response
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n"
 HI = [{"role": "user", "content": "x"}]
-
-
-async def read_response(reader: asyncio.StreamReader) -> RawResponse:
-    """One response with a Content-Length, read off a connection that stays open."""
-    raw = await reader.readuntil(b"\r\n\r\n")
-    status_line, *lines = raw.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return RawResponse(int(status_line.split()[1]), headers, body)
 
 
 async def ask(port: int, head: bytes, source: str = "127.0.0.1") -> RawResponse:
