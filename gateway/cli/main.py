@@ -112,6 +112,13 @@ async def _until_signalled(run, app) -> None:
 def _create_app(cfg: Config, units: SystemdUnits | None = None):
     from gateway.app.factory import create_app
 
+    from gateway.app.tls import TlsError, load_context
+
+    if cfg.gateway.tls is not None:  # before anything starts: serve() loads it again
+        try:
+            load_context(cfg.gateway.tls)
+        except TlsError as exc:
+            _die(f"{cfg.source}: {exc}")
     try:
         return create_app(cfg, units=units)
     except ConfigError as exc:  # the API key file
