@@ -111,7 +111,6 @@ async def _until_signalled(run, app) -> None:
 
 def _create_app(cfg: Config, units: SystemdUnits | None = None):
     from gateway.app.factory import create_app
-
     from gateway.app.tls import TlsError, load_context
 
     if cfg.gateway.tls is not None:  # before anything starts: serve() loads it again

@@ -83,8 +83,9 @@ async def test_plain_http_answers_this_machine_and_refuses_others(stack, certs, 
         assert r.status == 200
     # The same request from another machine of the LAN (a peer that is not this host).
     monkeypatch.setattr(tls, "same_machine", lambda peer, local: False)
-    async with aiohttp.ClientSession() as lan, lan.post(s.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                           json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}) as r:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as lan, \
+            lan.post(s.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat) as r:
         assert r.status == 400
         body = await r.json()
     assert body["error"]["code"] == "https_required"
@@ -101,11 +102,14 @@ def test_same_machine_is_loopback_or_the_address_it_connected_to():
     assert not tls.same_machine(("fe80::1%eth0", 5000, 0, 2), ("fe80::2%eth0", 8080, 0, 2))
 
 
+def config_with(cert: Path, key: Path) -> str:
+    return yaml.safe_dump({"gateway": {"port": free_port(), "tls": {"cert": str(cert), "key": str(key)}},
+                           "models": [{"name": "m", "url": "http://127.0.0.1:9", "default": True}]})
+
+
 def test_a_certificate_that_does_not_load_stops_the_gateway_with_its_file(tmp_path, certs):
     cfg = tmp_path / "localai.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "gateway": {"port": free_port(), "tls": {"cert": str(tmp_path / "missing.pem"), "key": str(certs / "gateway.key")}},
-        "models": [{"name": "m", "url": "http://127.0.0.1:9", "default": True}]}))
+    cfg.write_text(config_with(tmp_path / "missing.pem", certs / "gateway.key"))
     res = localai("gateway", config=cfg)
     assert res.returncode == 2
     assert f"gateway.tls: {tmp_path / 'missing.pem'}: no such file" in res.stderr
@@ -113,8 +117,6 @@ def test_a_certificate_that_does_not_load_stops_the_gateway_with_its_file(tmp_pa
     # A key that is not the certificate's.
     other = tmp_path / "other"
     subprocess.run(["sh", str(SCRIPT), str(other), "localhost"], capture_output=True, check=True)
-    cfg.write_text(yaml.safe_dump({
-        "gateway": {"port": free_port(), "tls": {"cert": str(certs / "gateway.pem"), "key": str(other / "gateway.key")}},
-        "models": [{"name": "m", "url": "http://127.0.0.1:9", "default": True}]}))
+    cfg.write_text(config_with(certs / "gateway.pem", other / "gateway.key"))
     res = localai("gateway", config=cfg)
     assert res.returncode == 2 and "do not load" in res.stderr and "Traceback" not in res.stderr
