@@ -1,9 +1,10 @@
 """gateway/'s layout holds: no module imports itself round a circle, and the playbook copies
-every module of every layer (its source globs go three folders deep)."""
+every module of every layer (its source globs name each layer's folder)."""
 
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 
 import grimp
 import yaml
@@ -24,7 +25,8 @@ def test_the_playbook_copies_every_module_of_the_gateway():
     defaults = yaml.safe_load((REPO / "ansible/roles/localai_python/defaults/main.yml").read_text())
     globs = defaults["localai_python_source_files"]
     modules = sorted(str(p.relative_to(REPO)) for p in (REPO / "gateway").rglob("*") if p.suffix in (".py", ".typed"))
-    # fileglob's * stops at a slash, as fnmatch's does not: compare folder depth too.
+    # Ansible's fileglob globs the file name only: a glob's folder must be the module's, as written.
     uncopied = [m for m in modules
-                if not any(fnmatch.fnmatch(m, g) and m.count("/") == g.count("/") for g in globs)]
+                if not any(posixpath.dirname(m) == posixpath.dirname(g)
+                           and fnmatch.fnmatch(posixpath.basename(m), posixpath.basename(g)) for g in globs)]
     assert uncopied == []
