@@ -62,6 +62,7 @@ def write_replica_configs(out: Path, keys: Path) -> list[Path]:
             f"# Replicas phase, balance: {policy}.\n"
             f"gateway:\n  host: {HOST}\n  port: {PORT_GATEWAY_REPLICAS + i}\n  api_key_file: {keys}\n"
             f"  max_queue: 20000\n  webui: false\n  health_interval: 0.5\n  balance: {policy}\n"
+            f"  max_connections_per_client: 0\n"
             f"hosts:\n  - {{name: one, address: {HOST}, gpus: 0}}\n"
             f"  - {{name: two, address: {HOST}, gpus: 0, port_offset: 1}}\n"
             f"models:\n"
@@ -77,7 +78,9 @@ def write_configs(out: Path) -> tuple[Path, Path]:
     keys = out / "api-keys"
     keys.write_text(API_KEY + "\n")
     keys.chmod(0o600)
+    # max_connections_per_client: 0, as behind a reverse proxy: the load generator is 1,000 clients on one address.
     common = (f"  host: {HOST}\n  api_key_file: {keys}\n  max_queue: 20000\n  queue_timeout: 60\n"
+              f"  max_connections_per_client: 0\n"
               f"  webui: false\n  # log_level: info (the default, as in production)\n")
     synth = out / "gateway.yaml"
     synth.write_text(

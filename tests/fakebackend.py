@@ -450,6 +450,9 @@ class FakeBackend:
     async def _detokenize(self, request: web.Request):
         body = await request.json()
         self.received.append(body)
+        if not isinstance(body.get("tokens"), list):  # vLLM's request model refuses it: a 400
+            return web.Response(body=json.dumps(error_body("Field required: tokens", 400, "BadRequestError")),
+                                status=400, content_type="application/json")
         return web.json_response({"prompt": " ".join(f"t{t}" for t in body["tokens"])})
 
     # --- Anthropic Messages, as vLLM's /v1/messages answers -------------------------------

@@ -32,7 +32,14 @@ from gateway.http.appkeys import (
     UPSTREAM_TIMEOUT,
 )
 from gateway.http.families import add_all_routes
-from gateway.http.middleware import access_middleware, auth_middleware, error_middleware, stamp_request_id
+from gateway.http.middleware import (
+    access_middleware,
+    add_public_get,
+    auth_middleware,
+    error_middleware,
+    limits_middleware,
+    stamp_request_id,
+)
 from gateway.http.probes import health, metrics_handler, ready
 from gateway.keys.keyring import Access, keyring_of, load_keyring
 from gateway.lifecycle.manager import Lifecycle
@@ -68,7 +75,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
     app[SUPERVISOR] before the app starts (up.py). The lifecycle is built as the app starts,
     with a switch per model (app/switches.py)."""
     app = web.Application(
-        middlewares=[access_middleware, error_middleware, auth_middleware],
+        middlewares=[access_middleware, error_middleware, auth_middleware, limits_middleware],
         client_max_size=cfg.gateway.max_body_bytes,
     )
     app[CONFIG] = cfg
@@ -82,15 +89,17 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
     keyring = keyring_of(api_keys) if api_keys is not None else load_keyring(cfg.gateway.api_key_file)
     app[ACCESS] = Access(keyring, cfg.gateway.key_limits)
     if not keyring:
-        log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; "
-                    "set gateway.api_key_file or LOCALAI_API_KEY", cfg.gateway.host, cfg.gateway.port)
+        # With a key source configured an empty keyring is an error (keys/keyring.py): here none is.
+        how = "set gateway.api_key_file or LOCALAI_API_KEY" if api_keys is None else "it was given no key"
+        log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; %s",
+                    cfg.gateway.host, cfg.gateway.port, how)
     app[RELOADER] = Reloader(app, cfg)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(stamp_request_id)
 
     add_all_routes(app)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
+    add_public_get(app, "/health", health)
+    add_public_get(app, "/ready", ready)
     app.router.add_get("/metrics", metrics_handler)
     if cfg.gateway.webui:
         from gateway.http.webui import add_webui_routes

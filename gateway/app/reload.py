@@ -7,11 +7,13 @@ the key file, gateway.key_limits, models (added, removed, their aliases, presets
 max_concurrency, context settings, external URLs and keys, the replicas balanced over),
 max_queue, queue_timeout, balance, health_interval, log_level, the lifecycle's
 min_residency, wake_timeout, start_timeout and each model's keep_alive, and a new WebUI
-build. What a running process cannot change (plan/restart.py: where it listens, the body
-limit, upstream timeouts, whether the WebUI is served, which models are load: on_demand and
-how they swap; and how vLLM servers are started, servers the plan adds or drops) is logged
-as "needs restart", naming each server's unit and host. A config or key file with errors changes
-nothing: the gateway keeps what it has and logs why, FILE:LINE.
+build. What a running process cannot change (plan/restart.py: where it listens, the body limit,
+upstream timeouts, the bounds on client connections and upstream answers, whether the WebUI is
+served, which models are load: on_demand and how they swap; and how vLLM servers are started,
+servers the plan adds or drops) is logged as "needs restart", naming each server's unit and host.
+A config or key file with errors changes nothing: the gateway keeps what it has and logs why,
+FILE:LINE, at ERROR; so does a reload that would leave a gateway with keys without any (a key
+file emptied, api_key_file removed).
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class Reloader:
         try:
             new = on_this_machine(load_config(old.source)) if old.source.name != "<memory>" else old
             keyring = load_keyring(new.gateway.api_key_file)
+            if not keyring and self.app[ACCESS].keyring:
+                raise ConfigError(new.source, [(None, "gateway", "no key source (api_key_file, $LOCALAI_API_KEY): "
+                                                "the reload would leave no key and open the gateway to anyone; "
+                                                "restart it to run without keys")])
         except ConfigError as exc:
             log.error("reload failed; keeping the running config and keys:\n%s", exc,
                       extra={"config": str(old.source)})

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import re
 import socket
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from gateway.app.tls import SplitSite, load_context
 from gateway.base import sdnotify
-from gateway.base.errors import error_response
+from gateway.base.errors import error_response, shape_error
 from gateway.http.appkeys import CONFIG, MONITOR
 
 log = logging.getLogger("localai.gateway")
@@ -48,14 +51,130 @@ def _refusal(exc: BaseException | None) -> tuple[int, str, str]:
     return 400, "malformed_request", f"Malformed HTTP request: {reason}."
 
 
+def client_of(peer: object) -> str | None:
+    """Whom a connection counts against for max_connections_per_client: its IPv4 address, or
+    its IPv6 /64 (one host picks addresses from its /64 at will); None for a Unix socket."""
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    try:
+        ip = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return peer[0]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+@dataclass
+class _Bounds:
+    """How long a client may take over a request head, and how many connections one client
+    address may hold (gateway.header_timeout, max_connections_per_client), with the count."""
+
+    app: web.Application
+    header_timeout: float
+    per_client: int  # 0: no limit
+    open: dict[str, int] = field(default_factory=dict)
+
+    def opened(self, client: str) -> int:
+        count = self.open[client] = self.open.get(client, 0) + 1
+        return count
+
+    def closed(self, client: str) -> None:
+        count = self.open.pop(client) - 1
+        if count:
+            self.open[client] = count
+
+
+def _timeout_answer(seconds: float) -> bytes:
+    """408 for a head that did not arrive in time, written on the bare connection: no request
+    exists to shape it by, so it is OpenAI's shape, like the parser's refusals."""
+    body = orjson.dumps({"error": {
+        "message": f"The request's line and headers did not arrive within {seconds:g} s (gateway.header_timeout).",
+        "type": "invalid_request_error", "param": None, "code": "header_timeout"}})
+    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
 class _GatewayProtocol(RequestHandler):
     """aiohttp's connection handler, but a request it cannot parse gets an OpenAI-shaped
     JSON error and one log line that quotes none of it (the raw bytes may hold a key).
 
     aiohttp answers those itself, outside the app and its middlewares, in text/plain and
-    with an ERROR line carrying the traceback and the raw request."""
+    with an ERROR line carrying the traceback and the raw request.
 
-    __slots__ = ()
+    It also bounds what a slow or greedy client holds: a request head must be complete within
+    header_timeout of the connection's start or of its first byte (aiohttp waits as long as
+    bytes trickle in, up to its keep-alive timeout, which is idle_timeout here), and past
+    max_connections_per_client connections from one address a request gets 429, unread by
+    the app; past twice that, the connection is closed at once."""
+
+    __slots__ = ("_bounds", "_client", "_head_timer", "_head_begun")
+
+    def __init__(self, manager: _GatewayServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._bounds: _Bounds = manager.bounds
+        self._client: str | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_begun = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+        bounds = self._bounds
+        self._client = client_of(transport.get_extra_info("peername"))
+        if self._client is None or not bounds.per_client:
+            return
+        count = bounds.opened(self._client)
+        if count > 2 * bounds.per_client:  # a flood: not worth reading a head for
+            self.force_close()
+        elif count > bounds.per_client:
+            self._request_handler = self._too_many_connections
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._client is not None and self._bounds.per_client:
+            self._bounds.closed(self._client)
+            self._client = None
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_later(self._bounds.header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._head_begun = False
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport is None or self._force_close:
+            return
+        if self._head_begun:
+            log.info("refused: request head not complete within %g s", self._bounds.header_timeout,
+                     extra={"status": 408, "error": "header_timeout", "remote": self._peer()})
+            self.transport.write(_timeout_answer(self._bounds.header_timeout))
+        self.force_close()
+
+    def _peer(self) -> str | None:
+        peer = self.peername
+        return peer[0] if isinstance(peer, tuple) and peer else None
+
+    async def _too_many_connections(self, request: web.BaseRequest) -> web.StreamResponse:
+        cap = self._bounds.per_client
+        log.info("refused: %s holds more than %d connections", self._client, cap,
+                 extra={"status": 429, "error": "too_many_connections", "remote": request.remote})
+        response = error_response(
+            429, f"Your address holds {cap} connections to the gateway already, its limit "
+                 "(gateway.max_connections_per_client); close some or retry shortly.",
+            code="too_many_connections", type="rate_limit_error", headers={"Retry-After": "1"})
+        if isinstance(request, web.Request):  # as the app's runner makes them
+            response = shape_error(request, response, self._bounds.app)
+        response.force_close()
+        return response
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -83,7 +202,15 @@ class _GatewayProtocol(RequestHandler):
         return await super().finish_response(request, resp, start_time)
 
     def data_received(self, data: bytes) -> None:
+        waiting = self._waiter is not None and not self._waiter.done()  # between requests
+        if data and (waiting or self._head_timer is not None):
+            # The first byte of a head starts its clock (the connection's start did for the first).
+            self._head_begun = True
+            self._arm_head_timer()
+        heads = self._request_count
         super().data_received(data)
+        if self._request_count > heads:  # a head is complete (or refused): the handler takes over
+            self._disarm_head_timer()
         request = self._current_request
         if request is not None and self._messages and isinstance(self._messages[-1][0], _ErrInfo):
             # The parser refused what came after a head it had accepted (a bad chunk size, say):
@@ -101,6 +228,8 @@ class _GatewayProtocol(RequestHandler):
 
 
 class _GatewayServer(web.Server):
+    bounds: _Bounds
+
     def __call__(self) -> RequestHandler:
         return _GatewayProtocol(self, loop=self._loop, **self._kwargs)
 
@@ -110,6 +239,9 @@ class _GatewayRunner(web.AppRunner):
         server = await super()._make_server()
         # aiohttp builds the Server itself from the app; only the connection handler it makes differs.
         server.__class__ = _GatewayServer
+        assert isinstance(server, _GatewayServer)
+        gw = self.app[CONFIG].gateway
+        server.bounds = _Bounds(self.app, gw.header_timeout, gw.max_connections_per_client)
         return server
 
 
@@ -127,8 +259,10 @@ def _bound(host: str, port: int) -> socket.socket:
 async def serve(app: web.Application, host: str, port: int):
     # handler_cancellation: a client that disconnects cancels its handler, which
     # closes the upstream request, which makes vLLM stop generating (aiohttp's
-    # default since 3.9 is to let the handler run on).
+    # default since 3.9 is to let the handler run on). keepalive_timeout: aiohttp closes
+    # a connection that holds no complete request head this long after its last answer.
     runner = _GatewayRunner(app, handler_cancellation=True, access_log=None,
+                            keepalive_timeout=app[CONFIG].gateway.idle_timeout,
                             max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_HEADER_FIELD)
     await runner.setup()
     # Connections that waited in systemd's socket during a restart are served as soon as we
@@ -142,7 +276,8 @@ async def serve(app: web.Application, host: str, port: int):
     if tls is not None:  # HTTPS, and plain HTTP for this machine's clients, on one socket (tls.py)
         context = load_context(tls)
         sock = inherited or _bound(host, port)
-        site = SplitSite(runner, sock, context)
+        site = SplitSite(runner, sock, context, timeout=app[CONFIG].gateway.header_timeout,
+                         per_client=app[CONFIG].gateway.max_connections_per_client)
         host, port = sock.getsockname()[:2]
     elif inherited is not None:
         site = web.SockSite(runner, inherited)

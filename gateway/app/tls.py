@@ -27,9 +27,6 @@ from gateway.config.schema import TlsFiles
 log = logging.getLogger("localai.gateway")
 
 TLS_HANDSHAKE = 0x16  # the content type of the record every TLS connection opens with
-# A client that connects and says nothing (a port scan, a stalled laptop) is dropped after this.
-FIRST_BYTE_TIMEOUT = 10.0
-HANDSHAKE_TIMEOUT = 10.0
 
 
 class TlsError(Exception):
@@ -107,12 +104,18 @@ class _Listening:
 class SplitSite(web.BaseSite):
     """aiohttp's site on a listening socket: HTTPS for all, plain HTTP for this machine's clients."""
 
-    __slots__ = ("_sock", "_refuser", "_pending", "_url")
+    __slots__ = ("_sock", "_refuser", "_pending", "_url", "_timeout", "_per_client", "_waiting")
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, ssl_context: ssl.SSLContext,
-                 shutdown_timeout: float = 60.0) -> None:
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, ssl_context: ssl.SSLContext, *,
+                 timeout: float, per_client: int, shutdown_timeout: float = 60.0) -> None:
+        """timeout: how long a new connection may take to say which it speaks, and then to
+        finish its TLS handshake (gateway.header_timeout); per_client: how many connections
+        one address may have waiting so (gateway.max_connections_per_client; 0: no limit)."""
         super().__init__(runner, ssl_context=ssl_context, shutdown_timeout=shutdown_timeout)
         self._sock = sock
+        self._timeout = timeout
+        self._per_client = per_client
+        self._waiting: dict[str, int] = {}  # address -> connections not handed over yet
         self._pending: set[asyncio.Task] = set()
         host, port = sock.getsockname()[:2]
         self._url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -148,28 +151,33 @@ class SplitSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _ = await loop.sock_accept(self._sock)
+                conn, peer = await loop.sock_accept(self._sock)
             except OSError as exc:  # out of descriptors, say: the next accept may do
                 log.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            task = asyncio.create_task(self._hand_over(conn))
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            if self._per_client and self._waiting.get(address, 0) >= self._per_client:
+                conn.close()  # silent connections from one address: the bound aiohttp's handler keeps later
+                continue
+            self._waiting[address] = self._waiting.get(address, 0) + 1
+            task = asyncio.create_task(self._hand_over(conn, address))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _hand_over(self, conn: socket.socket) -> None:
+    async def _hand_over(self, conn: socket.socket, address: str) -> None:
         loop = asyncio.get_running_loop()
         try:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            async with asyncio.timeout(FIRST_BYTE_TIMEOUT):
+            async with asyncio.timeout(self._timeout):
                 first = await _first_byte(conn)
             if not first:
                 conn.close()
                 return
             if first[0] == TLS_HANDSHAKE:
                 await loop.connect_accepted_socket(self._runner.server, conn, ssl=self._ssl_context,  # type: ignore[arg-type]
-                                                   ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                                                   ssl_handshake_timeout=self._timeout)
             elif same_machine(conn.getpeername(), conn.getsockname()):
                 await loop.connect_accepted_socket(self._runner.server, conn)  # type: ignore[arg-type]
             else:
@@ -180,3 +188,7 @@ class SplitSite(web.BaseSite):
             log.debug("connection dropped before its first request: %s", type(exc).__name__)
             with contextlib.suppress(OSError):
                 conn.close()
+        finally:
+            left = self._waiting.pop(address) - 1
+            if left:
+                self._waiting[address] = left

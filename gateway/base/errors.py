@@ -107,8 +107,9 @@ def register_error_shape(app: web.Application, prefix: str, reshape: Reshape, wh
     shapes.sort(key=lambda entry: len(entry[0]), reverse=True)
 
 
-def shape_error(request: web.Request, response: web.Response) -> web.Response:
-    for prefix, reshape, when in request.app.get(ERROR_SHAPES, ()):
+def shape_error(request: web.Request, response: web.Response, app: web.Application | None = None) -> web.Response:
+    """`app`: for a request that was never routed (the connection handler's refusals)."""
+    for prefix, reshape, when in (app or request.app).get(ERROR_SHAPES, ()):
         if request.path.startswith(prefix) and (when is None or when(request)):
             return reshape(response)
     return response

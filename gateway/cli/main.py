@@ -120,8 +120,8 @@ def _create_app(cfg: Config, units: SystemdUnits | None = None):
             _die(f"{cfg.source}: {exc}")
     try:
         return create_app(cfg, units=units)
-    except ConfigError as exc:  # the API key file
-        _die(f"invalid API key file\n{exc}")
+    except ConfigError as exc:  # the API key file or $LOCALAI_API_KEY
+        _die(f"invalid API keys\n{exc}")
 
 
 def cmd_gateway(args) -> int:

@@ -113,5 +113,6 @@ def unload_main(gateway: Gateway, name: str) -> int:
         raise SystemExit(f"localai: {name} is not load: on_demand; it stays loaded")
     _call(gateway, "POST", "/api/generate", {"model": name, "keep_alive": 0}, timeout=LOAD_TIMEOUT_S)
     resident = any(m["name"] == name for m in _call(gateway, "GET", "/api/ps")["models"])
-    print(f"{name} unloads once its requests are answered" if resident else f"{name} is unloaded")
+    print(f"{name} unloads once its requests are answered and it has been loaded gateway.min_residency "
+          "(`localai ps` says when)" if resident else f"{name} is unloaded")
     return 0

@@ -13,6 +13,7 @@ the order of the README's reference. The README's tables of `gateway:`,
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import weakref
@@ -60,7 +61,7 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
     else:
         raise ValueError("must be a duration like 10m, 30s, 0 or -1")
-    return -1.0 if seconds < 0 else seconds
+    return -1.0 if seconds < 0 or not math.isfinite(seconds) else seconds
 
 
 # Seconds; -1 means never.
@@ -130,9 +131,11 @@ class GatewaySettings(_Strict):
         "`400 https_required` over plain HTTP. A new certificate applies on restart. The playbook makes one "
         "(docs/deploy.md, \"HTTPS\")"))
     api_key_file: Path | None = Field(None, description=(
-        "file with one key per line: `name: key`, `key  # name` or a bare key (named `key-1`, …), `#` comments, "
-        "mode 0600. `$LOCALAI_API_KEY` adds one more (named `env`). The name, never the key, is in the log line "
-        "(`key`) and the metrics (`localai_key_requests_total`). No key at all = open, with a loud warning at start"))
+        "file with one key per line: `name: key`, `key  # name` or a bare key (named `key-1`, …), `# ` comments; "
+        "keys of 16 characters or more; readable by its owner only (group or other bits are refused); syntax under "
+        "[API keys](#api-keys). `$LOCALAI_API_KEY` adds one more (named `env`). The name, never the key, is in the "
+        "log line (`key`) and the metrics (`localai_key_requests_total`). A file without a key (or "
+        "`$LOCALAI_API_KEY` set but empty) stops the start; no key source at all = open, with a loud warning"))
     key_limits: KeyLimits = Field(KeyLimits(), json_schema_extra=_shown("none"), description=(
         "per-key limits: `default: {max_concurrent: N, requests_per_minute: M}` for every key, "
         "`per_key: {NAME: {...}}` overriding it field by field (`null` = no limit). Over a limit: "
@@ -142,8 +145,24 @@ class GatewaySettings(_Strict):
     queue_timeout: float = Field(60.0, gt=0, description=(
         "seconds a request may wait for a slot before `503 queue_timeout`"))
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body limit (`413`)")
+    # Slow and greedy clients (gateway/app/server.py); why these defaults: the README, after the table.
+    header_timeout: float = Field(10.0, gt=0, description=(
+        "seconds a client may take to send a request's line and headers, from the connection's start or the "
+        "first byte of a later request; past it the gateway answers `408 header_timeout` and closes the connection"))
+    idle_timeout: float = Field(75.0, gt=0, description=(
+        "seconds a keep-alive connection may sit idle between requests before the gateway closes it"))
+    max_connections_per_client: int = Field(64, ge=0, description=(
+        "open connections one client address may hold (IPv6: one /64); past it a request gets "
+        "`429 too_many_connections` and its connection is closed. `0` = no limit (behind a reverse proxy, "
+        "where every client shares its address)"))
     connect_timeout: float = Field(10.0, gt=0, description="seconds to connect to a backend")
     read_timeout: float = Field(600.0, gt=0, description="seconds a backend may stay silent mid-response")
+    # What the gateway reads of a backend's answer (gateway/http/proxy.py); an external upstream is not trusted.
+    max_upstream_body_bytes: int = Field(64 * 1024 * 1024, ge=65536, description=(
+        "largest non-streamed answer read from a backend; a larger one is `502 upstream_too_large`"))
+    max_upstream_event_bytes: int = Field(8 * 1024 * 1024, ge=65536, description=(
+        "largest single SSE event (a line without its end included) read from a backend's stream; a larger one "
+        "ends the stream with an error event"))
     health_interval: float = Field(2.0, gt=0, description=(
         "seconds between health checks of a ready backend (1 s while loading)"))
     webui: bool = Field(True, description="serve the WebUI at `/`")
@@ -159,6 +178,11 @@ class GatewaySettings(_Strict):
         "seconds a wake from sleep (and its warm-up) may take before it counts as failed"))
     start_timeout: float = Field(900.0, gt=0, description=(
         "seconds a model server started on demand may take to answer"))
+    max_keep_alive: Duration = Field(24 * 3600.0, json_schema_extra=_shown("`24h`"), description=(
+        "the longest `keep_alive` a client may ask for (Ollama's, per request): longer, or `-1` (never unload), "
+        "is held to this, with header `X-LocalAI-Keep-Alive-Clamped: SECONDS` (and `keep_alive_clamped` in the log "
+        "line); `-1` here lets clients keep a model loaded forever. Each model's own `keep_alive` in this file is not "
+        "held to it"))
     # gateway/routing/balancer.py; round_robin is there to compare against (bench, the real tier)
     # and for replicas that share no cache.
     balance: Literal["least_outstanding", "round_robin"] = Field("least_outstanding", description=(

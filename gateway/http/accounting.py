@@ -45,6 +45,7 @@ class Account:
     error: str | None = None  # what went wrong after a stream had begun (its status was sent as 200)
     answered: bool = False  # the stream's final event reached the client
     max_tokens_capped: int | None = None  # the context guard lowered max_tokens to this
+    keep_alive_clamped: float | None = None  # gateway.max_keep_alive held the client's keep_alive to this
 
     def add_usage(self, usage: object) -> None:
         """Take the counts of an OpenAI usage object, or an Anthropic / Responses one."""
@@ -104,5 +105,7 @@ def account(request: web.Request, acct: Account, status: int, rid: str, metrics:
         fields["error"] = acct.error
     if acct.max_tokens_capped is not None:
         fields["max_tokens_capped"] = acct.max_tokens_capped
+    if acct.keep_alive_clamped is not None:
+        fields["keep_alive_clamped"] = acct.keep_alive_clamped
     level = logging.DEBUG if request.path in PROBE_PATHS and status == 200 else logging.INFO
     log.log(level, "%s %s %s", request.method, request.path, status, extra=fields)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from gateway.base.errors import ApiError
+from gateway.base.bounded import TooLarge, read_at_most
+from gateway.base.errors import ApiError, message_of
 from gateway.routing.backends import Backend
 
 log = logging.getLogger("localai.context")
@@ -105,6 +106,10 @@ def upper_bound(body: dict, path: str) -> int | None:
     return len(prompt.encode()) + _PER_REQUEST if isinstance(prompt, str) else None
 
 
+# The most of a token count's answer read (vLLM's /tokenize lists the tokens: a 1M-token prompt is ~8 MB).
+_COUNT_ANSWER_LIMIT = 32 * 1024 * 1024
+
+
 async def count_tokens(session: aiohttp.ClientSession, backend: Backend, body: dict, path: str
                        ) -> int | None:
     """The prompt's size by the backend's own tokenizer and chat template (vLLM's /tokenize,
@@ -133,17 +138,22 @@ async def count_tokens(session: aiohttp.ClientSession, backend: Backend, body: d
                     return None
                 raise ApiError(r.status if r.status < 500 else 502, await _error_text(r),
                                code="invalid_request" if r.status < 500 else "backend_error")
-            return int((await r.json())[answer_key])
-    except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+            answer = orjson.loads(await read_at_most(r, _COUNT_ANSWER_LIMIT))
+            count = answer.get(answer_key) if isinstance(answer, dict) else None
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise ValueError(f"its answer has no integer {answer_key!r}")
+            return count
+    except (aiohttp.ClientError, TimeoutError, ValueError, TooLarge) as exc:
         log.warning("could not count tokens with %s: %s", backend.name, exc)
         return None
 
 
 async def _error_text(r: aiohttp.ClientResponse) -> str:
     try:
-        return (await r.json())["error"]["message"]
-    except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
-        return f"the backend answered HTTP {r.status} when counting tokens"
+        message = message_of(await read_at_most(r, 65536))
+    except TooLarge:
+        message = None
+    return message or f"the backend answered HTTP {r.status} when counting tokens"
 
 
 def _starts_turn(message: dict) -> bool:

@@ -1,6 +1,7 @@
 """The middlewares every request passes, outermost first: an id and one access log line with
-its metrics (access), errors in the shape of the client's API (errors), and the API key
-check (auth); and the request id stamped on every response as its headers leave."""
+its metrics (access), errors in the shape of the client's API (errors), the API key check
+(auth: every route but those added with add_public_get) and the key's limits (limits); and the
+request id stamped on every response as its headers leave."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -23,10 +25,24 @@ from gateway.keys.auth import check_key
 log = logging.getLogger("localai.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
 
-# Paths that need a key. Health and readiness probes and the WebUI's static files don't.
-_PROTECTED_PREFIXES = ("/v1/", "/api/", "/metrics", "/v2/rerank", "/rerank", "/score", "/tokenize",
-                       "/detokenize")
+# Deny by default: the routes that answer without a key (health and readiness probes, the WebUI's
+# files) are added with add_public_get; every other route, present or future, and whatever no
+# route answers (a 404, a 405) needs a key once one is configured.
+PUBLIC_RESOURCES: web.AppKey[set[web.AbstractResource]] = web.AppKey("public_resources")
+
+
+def add_public_get(app: web.Application, path: str, handler: Handler) -> None:
+    """A GET (and HEAD) route that answers without a key."""
+    resource = app.router.add_get(path, handler).resource
+    assert resource is not None  # a route the router made has its resource
+    public = app.get(PUBLIC_RESOURCES)
+    if public is None:
+        public = app[PUBLIC_RESOURCES] = set()
+    public.add(resource)
+# The mark of a handler that spends none of a key's limits (free_of_key_limits).
+_FREE = "localai_free_of_key_limits"
 
 
 @web.middleware
@@ -97,12 +113,49 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
                               code="internal_error", type="server_error")
 
 
+def _is_public(request: web.Request) -> bool:
+    return request.match_info.route.resource in request.app.get(PUBLIC_RESOURCES, ())
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     keyring = request.app[ACCESS].keyring
-    if keyring and request.path.startswith(_PROTECTED_PREFIXES):
+    if keyring and not _is_public(request):
         request[KEY_NAME] = check_key(keyring, request)
     return await handler(request)
+
+
+@web.middleware
+async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The key's limits (gateway.key_limits), before the handler reads a byte of the body, tokenizes
+    or waits for a model: a key over its concurrency or rate gets its 429 here. Every request that
+    needs a key counts (generating, retrieve, cancel, load, unload, ...) but for handlers marked
+    free_of_key_limits; its concurrency is held until its answer is written."""
+    match = request.match_info
+    if _is_public(request) or match.http_exception is not None or is_free_of_key_limits(match.handler):
+        return await handler(request)
+    key = request.get(KEY_NAME, "")  # "" on an open gateway: the default limits hold for everyone together
+    limiter = request.app[ACCESS].limiter
+    try:
+        limiter.admit(key)
+    except ApiError as exc:
+        request.app[METRICS].rejections.labels("", exc.code).inc()  # no model yet: the body is unread
+        raise
+    try:
+        return await handler(request)
+    finally:
+        limiter.done(key)
+
+
+def free_of_key_limits(handler: H) -> H:
+    """Mark a handler that answers from the gateway's own memory (model listings, metrics):
+    requests to it spend none of their key's limits."""
+    setattr(handler, _FREE, True)
+    return handler
+
+
+def is_free_of_key_limits(handler: object) -> bool:
+    return getattr(handler, _FREE, False)
 
 
 async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:

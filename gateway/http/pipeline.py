@@ -1,6 +1,7 @@
 """The request path, top to bottom: parse -> route -> prepare -> guard -> admit -> proxy.
 
-Auth and accounting wrap it as middlewares (app.py). Every API family
+Auth, the key's limits and accounting wrap it as middlewares (http/middleware.py): a key over
+its limits is turned away before its handler reads the body. Every API family
 (gateway/http/families/) comes through `run()`, so they all share routing,
 admission, the context guard, logs and metrics.
 """
@@ -18,7 +19,7 @@ from aiohttp import web
 from gateway.base.errors import ApiError
 from gateway.config.schema import ManagedModel
 from gateway.http import validation
-from gateway.http.appkeys import ACCESS, ACCOUNT, KEY_NAME, LIFECYCLE, METRICS, MONITOR, REGISTRY, SESSION
+from gateway.http.appkeys import ACCOUNT, KEY_NAME, LIFECYCLE, METRICS, MONITOR, REGISTRY, SESSION
 from gateway.http.context import MESSAGES, Guarded, guard
 from gateway.http.proxy import Adapter, StreamError, forward
 from gateway.http.waiting import serve_on_demand
@@ -55,10 +56,17 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def read_json_body(request: web.Request) -> dict:
+def require_json(request: web.Request) -> None:
+    """A 415 unless the body is declared JSON. That is also what keeps web pages out: a browser
+    sends a page's cross-site POST unasked only as text/plain, a form or an untyped blob, and
+    asks first (a CORS preflight, which the gateway never grants) before it sends JSON."""
     if request.content_type != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, not '{request.content_type}'.",
                        code="unsupported_media_type")
+
+
+async def read_json_body(request: web.Request) -> dict:
+    require_json(request)
     return parse_json_object(await request.read())  # read() raises 413 past gateway.max_body_bytes
 
 
@@ -148,30 +156,25 @@ def _tools_off(tool_choice: object) -> bool:
 
 
 class admitted:  # lowercase: used like a function, as contextlib's suppress and closing are
-    """Hold one of the model's slots for the duration of the upstream request, within the key's limits.
+    """Hold one of the model's slots for the duration of the upstream request (the key's own
+    limits were taken at the door: middleware.py limits_middleware).
 
     A class, not an @asynccontextmanager: that one costs a generator and its wrapper per
     request (1.35 against 0.29 µs)."""
 
-    __slots__ = ("request", "backend", "key", "limiter", "in_flight")
+    __slots__ = ("request", "backend", "key", "in_flight")
 
     def __init__(self, request: web.Request, backend: Backend):
         self.request = request
         self.backend = backend
         self.key: str = request.get(KEY_NAME, "")
-        self.limiter = request.app[ACCESS].limiter
 
     async def __aenter__(self) -> None:
         request, backend, key = self.request, self.backend, self.key
-        metrics, limiter = request.app[METRICS], self.limiter
+        metrics = request.app[METRICS]
         waited_from = time.monotonic()
         try:
-            limiter.admit(key)
-            try:
-                await backend.slots.acquire(key)
-            except BaseException:
-                limiter.done(key)
-                raise
+            await backend.slots.acquire(key)
         except ApiError as exc:
             metrics.rejections.labels(backend.name, exc.code).inc()
             raise
@@ -184,13 +187,14 @@ class admitted:  # lowercase: used like a function, as contextlib's suppress and
     async def __aexit__(self, *exc_info: object) -> None:
         self.in_flight.dec()
         self.backend.slots.release(self.key)
-        self.limiter.done(self.key)
 
 
 async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None, *,
-              guard_with: Guard | None = None, stream_error: StreamError | None = None) -> web.StreamResponse:
+              guard_with: Guard | None = None, stream_error: StreamError | None = None,
+              headers: dict[str, str] | None = None) -> web.StreamResponse:
     """guard_with: the context guard for this API's bodies (chat, completions and messages have the
-    default); stream_error: the family's last event for a stream its backend breaks off."""
+    default); stream_error: the family's last event for a stream its backend breaks off; headers:
+    the family's own for the answer (Ollama's clamped keep_alive)."""
     validation.check(body, _RULES.get(endpoint, {}), _REQUIRED.get(endpoint))
     app = request.app
     registry, metrics = app[REGISTRY], app[METRICS]
@@ -209,7 +213,7 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
 
     async def serve(prepared: web.StreamResponse | None) -> web.StreamResponse:
         return await _guarded_forward(request, backend, endpoint, body, adapter, prepared, guard_with,
-                                      stream_error)
+                                      stream_error, headers or {})
 
     if on_demand:
         return await serve_on_demand(request, backend, body.get("stream") is True, adapter, serve)
@@ -218,7 +222,8 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
 
 async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str, body: dict,
                            adapter: Adapter | None, prepared: web.StreamResponse | None,
-                           guard_with: Guard | None, stream_error: StreamError | None) -> web.StreamResponse:
+                           guard_with: Guard | None, stream_error: StreamError | None,
+                           headers: dict[str, str]) -> web.StreamResponse:
     """Guard -> admit -> proxy, once the model serves."""
     app = request.app
     metrics, acct = app[METRICS], request[ACCOUNT]
@@ -233,7 +238,7 @@ async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str
     except ApiError as exc:
         metrics.rejections.labels(backend.name, exc.code).inc()
         raise
-    headers = {}
+    headers = dict(headers)
     if guarded.dropped:
         headers["X-LocalAI-Truncated-Messages"] = str(guarded.dropped)
         metrics.truncations.labels(backend.name).inc()

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.base.errors import ApiError
 from gateway.http.appkeys import ACCESS, METRICS, REGISTRY
+from gateway.http.middleware import free_of_key_limits
 from gateway.http.pipeline import json_response
 from gateway.keys.auth import check_key
 from gateway.routing.backends import State
@@ -45,6 +46,7 @@ async def ready(request: web.Request) -> web.Response:
                           "on_demand": on_demand}, status=200 if serving else 503)
 
 
+@free_of_key_limits
 async def metrics_handler(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,9 +1,11 @@
 """Forwarding one admitted request to its backend, streaming or not.
 
 Streams pass through event by event as they arrive: nothing is buffered
-beyond the current incomplete SSE event.  The only per-chunk work is a
+beyond the current incomplete SSE event, and that up to
+gateway.max_upstream_event_bytes.  The only per-chunk work is a
 timestamp and a search for the event that carries usage.  Backends that
 frame events with CRLF (sse-starlette's default) are read the same way.
+A non-streamed answer is read up to gateway.max_upstream_body_bytes.
 """
 
 from __future__ import annotations
@@ -18,9 +20,19 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.base.bounded import TooLarge, read_at_most
 from gateway.base.errors import ApiError, error_event, message_of
 from gateway.http.accounting import Account
-from gateway.http.appkeys import ACCOUNT, METRICS, MONITOR, PINNED_REPLICA, REQUEST_ID, SESSION, UPSTREAM_TIMEOUT
+from gateway.http.appkeys import (
+    ACCOUNT,
+    CONFIG,
+    METRICS,
+    MONITOR,
+    PINNED_REPLICA,
+    REQUEST_ID,
+    SESSION,
+    UPSTREAM_TIMEOUT,
+)
 from gateway.routing.backends import Backend
 from gateway.routing.balancer import Balancer, Replica
 
@@ -213,7 +225,12 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
     try:
         ctype = upstream.headers.get("Content-Type", "")
         if not (stream and upstream.status == 200 and ctype.startswith("text/event-stream")):
-            data = await upstream.read()
+            try:
+                data = await read_at_most(upstream, request.app[CONFIG].gateway.max_upstream_body_bytes)
+            except TooLarge as exc:
+                raise ApiError(502, f"Model '{backend.name}' sent an answer {exc} "
+                                    "(gateway.max_upstream_body_bytes).",
+                               code="upstream_too_large", type="server_error") from None
             if prepared is not None:
                 status = upstream.status if upstream.status >= 400 else 502
                 message = message_of(data) or f"the model server answered HTTP {upstream.status}"
@@ -260,10 +277,12 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         await resp.prepare(request)
     try:
         await _pump_events(request, resp, upstream, acct, strip_usage, adapter)
-    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TooLarge) as exc:
         # The status line is gone already: end the stream with an error event the
         # client can show, instead of leaving it waiting for more.
-        acct.error = f"Model '{acct.model}' broke off the response ({type(exc).__name__})."
+        acct.error = f"Model '{acct.model}' broke off the response ({type(exc).__name__})." \
+            if not isinstance(exc, TooLarge) else \
+            f"Model '{acct.model}' sent an event {exc} (gateway.max_upstream_event_bytes); its stream was cut off."
         await resp.write(last_words(acct.error))
         await resp.write_eof()
     return resp
@@ -273,6 +292,7 @@ async def _pump_events(request: web.Request, resp: web.StreamResponse, upstream:
                        acct: Account, strip_usage: bool, adapter: Adapter | None) -> None:
     metrics = request.app[METRICS]
     itl = metrics.child(metrics.itl, acct.model or "")
+    limit = request.app[CONFIG].gateway.max_upstream_event_bytes
     last = None
     carry = b""
     crlf: bool | None = None  # decided by the first line ending the backend sends
@@ -293,8 +313,12 @@ async def _pump_events(request: web.Request, resp: web.StreamResponse, upstream:
         end = data.rfind(b"\n\n")
         if end < 0:  # no complete event yet
             carry = data
+            if len(carry) > limit:
+                raise TooLarge(limit)
             continue
         carry = data[end + 2:]
+        if len(carry) > limit:
+            raise TooLarge(limit)
         out = data[:end + 2]
         if _USAGE.search(out):
             out = _take_usage(out, acct, strip_usage)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.config.schema import Config
+from gateway.http.middleware import add_public_get
 
 __all__ = ["CSP", "SECURITY_HEADERS", "WEBUI", "Bundle", "add_webui_routes"]
 
@@ -211,6 +212,6 @@ def add_webui_routes(app: web.Application, root: pathlib.Path) -> None:
             raise web.HTTPNotFound(headers=SECURITY_HEADERS)
         return _respond(request, f)
 
-    app.router.add_get("/", serve_index)
-    app.router.add_get("/index.html", serve_index)
-    app.router.add_get("/assets/{name:[A-Za-z0-9._-]+}", serve_asset)
+    add_public_get(app, "/", serve_index)
+    add_public_get(app, "/index.html", serve_index)
+    add_public_get(app, "/assets/{name:[A-Za-z0-9._-]+}", serve_asset)

@@ -6,6 +6,8 @@ Rules, in the order they bite:
 - A model with requests in flight or queued for a slot is never evicted; of the idle ones
   the least recently used goes first, and only once it has been resident `min_residency`
   seconds (so two models that can't be resident together are served in turn, not thrashed).
+- A client's unload (Ollama's keep_alive 0, on a request or alone) waits out min_residency
+  too; a client's keep_alive is held to gateway.max_keep_alive.
 - One swap at a time: models that share a card start in turn, as each takes its share at start.
 - A request waits for room up to queue_timeout (then 503 with Retry-After); a failed wake or
   start answers 503 naming why and is tried again by the next request.
@@ -32,9 +34,13 @@ log = logging.getLogger("localai.lifecycle")
 
 
 def _iso(wall: float | None) -> str | None:
+    """A wall-clock time as the listings show it; None (never) past what a date can say."""
     if wall is None:
         return None
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):  # an admin's keep_alive of a million years
+        return None
 
 
 def _keep_alive(m: ManagedModel) -> float:
@@ -170,9 +176,17 @@ class Lifecycle:
         """Serving now: no waiting, no heartbeats needed."""
         return b.name in self.resident and b.state is State.READY and not self._draining[b.name]
 
+    def clamp_keep_alive(self, seconds: float) -> float:
+        """A client's keep_alive held to gateway.max_keep_alive (-1 there: any, forever too)."""
+        ceiling = self.gateway.max_keep_alive
+        if ceiling < 0 or 0 <= seconds <= ceiling:
+            return seconds
+        return ceiling
+
     @contextlib.asynccontextmanager
     async def hold(self, b: Backend, keep_alive: float | None = None) -> AsyncIterator[None]:
-        """Bring the model in if need be and keep it resident while the request lasts."""
+        """Bring the model in if need be and keep it resident while the request lasts;
+        `keep_alive`: the client's, from when the model goes idle (clamped by the caller)."""
         try:
             await self._ensure(b)
         except ApiError as exc:
@@ -189,15 +203,24 @@ class Lifecycle:
             self._users[name] -= 1
             self._last_used[name] = asyncio.get_running_loop().time()
             if not self._users[name]:
-                self._expire_later(name, self._next_keep_alive.pop(name, self._keep_alive[name]))
+                asked = self._next_keep_alive.pop(name, None)
+                if asked is None:
+                    self._expire_later(name, self._keep_alive[name])
+                else:
+                    self._expire_asked(name, asked)
                 self._nudge()
 
     async def unload(self, b: Backend) -> None:
-        """Unload now if idle, else as soon as its last request ends (Ollama's keep_alive 0)."""
-        if self._users[b.name]:
-            self._next_keep_alive[b.name] = 0.0
+        """Unload once idle and resident min_residency (Ollama's keep_alive 0): now, or as soon as
+        its last request ends, or once min_residency is out."""
+        name = b.name
+        if self._users[name]:
+            self._next_keep_alive[name] = 0.0
+        elif self._residency_left(name) > 0:
+            self._cancel_expiry(name)
+            self._expire_asked(name, 0.0)
         else:
-            await self._unload(b.name, "unloaded on request")
+            await self._unload(name, "unloaded on request")
 
     async def _ensure(self, b: Backend) -> None:
         name = b.name
@@ -324,7 +347,7 @@ class Lifecycle:
 
     # --- keep_alive ---------------------------------------------------------------------
 
-    def _expire_later(self, name: str, keep_alive: float, idle: float = 0.0) -> None:
+    def _expire_later(self, name: str, keep_alive: float, idle: float = 0.0, why: str | None = None) -> None:
         """Unload once idle for keep_alive seconds (`idle`: idle that long already)."""
         b = self.registry.backends[name]
         if name not in self.resident or keep_alive < 0:
@@ -335,8 +358,26 @@ class Lifecycle:
         left = max(keep_alive - idle, 0.0)
         assert b.residence is not None
         b.residence.expires_at = time.time() + left
-        self._timers[name] = asyncio.get_running_loop().call_later(
-            left, lambda: self._spawn(self._unload(name, f"idle for keep_alive {keep_alive:g} s")))
+        why = why or f"idle for keep_alive {keep_alive:g} s"
+        self._timers[name] = asyncio.get_running_loop().call_later(left, lambda: self._spawn(self._unload(name, why)))
+
+    def _residency_left(self, name: str) -> float:
+        """Seconds until a model in on the card has been resident min_residency (0: it has)."""
+        since = self._since.get(name)
+        if since is None or name not in self.resident:
+            return 0.0
+        return max(since + self.gateway.min_residency - asyncio.get_running_loop().time(), 0.0)
+
+    def _expire_asked(self, name: str, keep_alive: float) -> None:
+        """A client's keep_alive, counted from now: no sooner than min_residency after the model came in,
+        so loads and unloads asked for in turn can't thrash it."""
+        left = self._residency_left(name)
+        if 0 <= keep_alive < left:
+            log.info("unload of %s asked for: deferred %.0f s, until it has been resident min_residency %g s",
+                     name, left, self.gateway.min_residency, extra={"model": name, "kind": "deferred"})
+            self._expire_later(name, left, why=f"asked to unload, after min_residency {self.gateway.min_residency:g} s")
+        else:
+            self._expire_later(name, keep_alive)
 
     def _cancel_expiry(self, name: str) -> None:
         timer = self._timers.pop(name, None)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
+from gateway.base.bounded import TooLarge, read_at_most
 from gateway.config.schema import GatewaySettings
 from gateway.routing.backends import Backend, State
 
@@ -100,12 +101,20 @@ async def warm_up(session: aiohttp.ClientSession, b: Backend, within: float) -> 
     await _post(session, b, path, body, within, "the warm-up request")
 
 
+async def _said(r: aiohttp.ClientResponse) -> str:
+    """The start of an error answer (its server runs model code: it is read with a bound)."""
+    try:
+        return (await read_at_most(r, 65536)).decode(errors="replace")[:200]
+    except TooLarge:
+        return "(an answer of over 64 KiB)"
+
+
 async def _post(session: aiohttp.ClientSession, b: Backend, path: str, body: dict | None, within: float,
                 what: str) -> None:
     try:
         async with session.post(b.url + path, json=body, timeout=aiohttp.ClientTimeout(total=within)) as r:
             if r.status != 200:
-                raise SwapError(f"{what} answered HTTP {r.status}: {(await r.text())[:200]}")
+                raise SwapError(f"{what} answered HTTP {r.status}: {await _said(r)}")
     except TimeoutError:
         raise SwapError(f"{what} took longer than {within:g} s") from None
     except aiohttp.ClientError as exc:

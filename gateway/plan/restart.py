@@ -4,8 +4,9 @@ A reload (SIGHUP) applies everything else; these it reports as "needs restart". 
 hashed, are the plan's `gateway.restart_fingerprint` (`localai plan --json`): the playbook
 restarts the gateway when the fingerprint it runs with differs from the new one, and reloads
 it otherwise. Two parts, each answered by the holder that keeps it (app/reload.py):
-- "gateway": where it listens, its body limit, upstream timeouts, its certificate (gateway.tls),
-  whether (and from where) the WebUI is served: fixed in the aiohttp application and its socket.
+- "gateway": where it listens, its certificate (gateway.tls), its body limit, upstream timeouts,
+  the bounds on client connections and on upstream answers, whether (and from where) the WebUI
+  is served: fixed in the aiohttp application and its socket.
 - "lifecycle": which models are load: on_demand and how each comes and goes (its share of the
   card, sleep mode or stop/start, its unit): the lifecycle is built with them.
 """
@@ -19,7 +20,9 @@ from gateway.config.schema import Config
 from gateway.plan.placement import endpoints, sleep_level
 
 # Gateway settings a running process keeps until it restarts.
-GATEWAY_SETTINGS = ("host", "port", "max_body_bytes", "connect_timeout", "read_timeout", "webui")
+GATEWAY_SETTINGS = ("host", "port", "max_body_bytes", "connect_timeout", "read_timeout", "webui",
+                    "header_timeout", "idle_timeout", "max_connections_per_client", "max_upstream_body_bytes",
+                    "max_upstream_event_bytes")
 
 
 def restart_facts(cfg: Config) -> dict[str, dict[str, object]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from gateway.base.bounded import TooLarge, read_at_most
 from gateway.base.errors import ApiError
 from gateway.base.observability import Metrics
 from gateway.config.schema import GLOB_CHARS, Config, ExternalModel, ManagedModel
@@ -35,6 +37,10 @@ class Residence:
 # A ready backend that misses this many health checks in a row is declared failed;
 # one miss is often just a busy event loop in vLLM under load.
 FAILED_AFTER_MISSES = 2
+
+# The most of a backend's model list read (a hosted upstream's list of hundreds of models
+# with descriptions is about 1 MB).
+MODEL_LIST_LIMIT = 8 * 1024 * 1024
 
 
 @dataclass
@@ -136,6 +142,7 @@ class Registry:
         self.metrics = metrics
         self.backends: dict[str, Backend] = {m.name: self._backend(m, cfg) for m in cfg.models}
         self._routes: dict[str, Route] = {}
+        self._learned: dict[str, Route] = {}
         self._route(cfg)
 
     def _backend(self, m: ManagedModel | ExternalModel, cfg: Config) -> Backend:
@@ -148,19 +155,28 @@ class Registry:
                        api_key=_read_key(m), max_model_len=m.max_model_len)
 
     def _route(self, cfg: Config) -> None:
+        """Configured names first (a model's name, aliases and presets; then the paths, hub ids and
+        served_model the config names), then glob aliases, and last the ids learned from upstreams,
+        where no configured name or glob matches: an upstream never takes a configured name."""
         self.default = self.backends[cfg.default_model.name]
         routes: dict[str, Route] = {}
         # Glob aliases, in config order: tried only when no exact name matches, first match wins.
         globs: list[tuple[str, Route]] = []
         for b in self.backends.values():
-            for key in (b.name, *b.aliases, b.served_model_hint, b.served_id):
-                if key and key in b.aliases and any(c in key for c in GLOB_CHARS):
+            for key in (b.name, *b.aliases):
+                if key in b.aliases and any(c in key for c in GLOB_CHARS):
                     globs.append((key, Route(b, {})))
-                elif key:
+                else:
                     routes.setdefault(key, Route(b, {}))
             for preset, params in b.model.presets.items():
                 routes[preset] = Route(b, params.defaults())
-        self._routes, self._globs = routes, globs
+        for b in self.backends.values():
+            for configured in (b.served_model_hint, getattr(b.model, "served_model", None)):
+                if configured:
+                    routes.setdefault(configured, Route(b, {}))
+        self._routes, self._globs, self._learned = routes, globs, {}
+        for b in self.backends.values():
+            self.learn_served_id(b, b.served_id)
 
     def apply(self, old_cfg: Config, cfg: Config) -> list[str]:
         """A reloaded config (a Holder): models added and removed, entries, limits, routes and
@@ -189,7 +205,9 @@ class Registry:
         return []
 
     def learn_served_id(self, backend: Backend, served_id: str) -> None:
-        self._routes.setdefault(served_id, Route(backend, {}))
+        """A model's id as its upstream reports it: a name for it only where nothing configured is."""
+        if served_id not in self._routes:
+            self._learned.setdefault(served_id, Route(backend, {}))
 
     def presets(self) -> list[tuple[str, Route]]:
         return [(name, r) for name, r in self._routes.items() if name in r.backend.model.presets]
@@ -204,6 +222,8 @@ class Registry:
         route = self._routes.get(model)
         if route is None:
             route = next((r for pattern, r in self._globs if fnmatchcase(model, pattern)), None)
+        if route is None:
+            route = self._learned.get(model)
         if route is None:
             known = ", ".join(sorted(self.backends))
             raise ApiError(404, f"The model '{model}' does not exist. Available models: {known}.",
@@ -224,6 +244,17 @@ class Registry:
 def _unreachable(url: str, exc: BaseException) -> str:
     return f"not reachable at {url} ({type(exc).__name__}: {exc})" if str(exc) else \
         f"not reachable at {url} ({type(exc).__name__})"
+
+
+def _listed_models(raw: bytes) -> list[dict]:
+    """The entries of an OpenAI model list that have a string id; anything else in it is
+    ignored (an upstream's list is not trusted to have the shape it should). Raises
+    ValueError for a body that is not JSON."""
+    body = json.loads(raw)
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return []
+    return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 class HealthMonitor:
@@ -285,30 +316,13 @@ class HealthMonitor:
             self._wake[name].set()
 
     async def _watch(self, b: Backend) -> None:
-        timeout = aiohttp.ClientTimeout(total=5)
-        # vLLM's /health turns 503 when its engine dies; an external server is only
-        # assumed to speak OpenAI, so its model list is the health check.
-        probe = "/health" if b.managed else "/v1/models"
         while True:
-            headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}  # a reload may change it
-            replicas = b.replicas  # a reload may change them
-            checks = await asyncio.gather(*(self._check(r, probe, timeout, headers) for r in replicas))
-            for r, (ok, why) in zip(replicas, checks, strict=True):
-                self._record_replica(b, r, ok, why)
-            # The model serves while any replica does; it is down with the first one's reason.
-            up = next((r for r, (ok, _) in zip(replicas, checks, strict=True) if ok), None)
-            healthy = up is not None
-            detail = next(why for _, why in checks if why) if up is None else ""
-            learn = b.state not in LIFECYCLE_STATES and (b.state is not State.READY or b.max_model_len is None)
-            if up is not None and learn:
-                try:
-                    await self._discover(b, up.url, timeout, headers)
-                except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                    healthy, detail = False, _unreachable(up.url, exc)
-            self._record(b, healthy, detail)
-            self._unchecked.discard(b.name)
-            if not self._unchecked:
-                self._first_round.set()
+            try:
+                await self._round(b)
+            except Exception:  # a bug of ours: logged, and the checks go on (the state must not freeze)
+                log.exception("health check of model %s failed", b.name, extra={"model": b.name})
+                self._record(b, False, "its health check failed in the gateway; see the gateway's log")
+                self._unchecked.discard(b.name)
             wake = self._wake[b.name]
             # Poll fast while waiting for a model to come up, slower once it serves.
             delay = self.interval if b.state is State.READY else min(self.interval, 1.0)
@@ -317,6 +331,34 @@ class HealthMonitor:
             except TimeoutError:
                 pass
             wake.clear()
+
+    async def _round(self, b: Backend) -> None:
+        """Check each of the model's replicas once, and record what that says about the model."""
+        timeout = aiohttp.ClientTimeout(total=5)
+        # vLLM's /health turns 503 when its engine dies; an external server is only
+        # assumed to speak OpenAI, so its model list is the health check.
+        probe = "/health" if b.managed else "/v1/models"
+        headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}  # a reload may change it
+        replicas = b.replicas  # a reload may change them
+        checks = await asyncio.gather(*(self._check(r, probe, timeout, headers) for r in replicas))
+        for r, (ok, why) in zip(replicas, checks, strict=True):
+            self._record_replica(b, r, ok, why)
+        # The model serves while any replica does; it is down with the first one's reason.
+        up = next((r for r, (ok, _) in zip(replicas, checks, strict=True) if ok), None)
+        healthy = up is not None
+        detail = next(why for _, why in checks if why) if up is None else ""
+        learn = b.state not in LIFECYCLE_STATES and (b.state is not State.READY or b.max_model_len is None)
+        if up is not None and learn:
+            try:
+                await self._discover(b, up.url, timeout, headers)
+            except TooLarge as exc:
+                healthy, detail = False, f"its model list at {up.url} is {exc}"
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                healthy, detail = False, _unreachable(up.url, exc)
+        self._record(b, healthy, detail)
+        self._unchecked.discard(b.name)
+        if not self._unchecked:
+            self._first_round.set()
 
     async def _check(self, r: Replica, probe: str, client_timeout: aiohttp.ClientTimeout,
                      headers: dict[str, str]) -> tuple[bool, str]:
@@ -332,14 +374,16 @@ class HealthMonitor:
         async with self.session.get(url + "/v1/models", timeout=client_timeout, headers=headers) as r:
             if r.status != 200:
                 return
-            data = (await r.json()).get("data") or []
-        ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+            listed = _listed_models(await read_at_most(r, MODEL_LIST_LIMIT))
+        ids = [m["id"] for m in listed]
         if not b.managed and b.served_id not in ids and ids:
             b.served_id = ids[0]
-        for entry in data:
-            if entry.get("id") == b.served_id:
-                if b.max_model_len is None and isinstance(entry.get("max_model_len"), int):
-                    b.max_model_len = entry["max_model_len"]
+        for entry in listed:
+            if entry["id"] == b.served_id:
+                window = entry.get("max_model_len")
+                if b.max_model_len is None and isinstance(window, int) and not isinstance(window, bool) \
+                        and window > 0:
+                    b.max_model_len = window
                 self.registry.learn_served_id(b, b.served_id)
 
     def _record_replica(self, b: Backend, r: Replica, healthy: bool, detail: str) -> None:

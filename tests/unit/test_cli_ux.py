@@ -45,7 +45,7 @@ def test_a_closed_pipe_ends_the_command_quietly():
 
 # --- finding the running service ------------------------------------------
 
-KEY = "sk-cli-ux-test"
+KEY = "sk-cli-ux-test-0123"
 UNSET = ("LOCALAI_URL", "LOCALAI_CONFIG", "LOCALAI_API_KEY")
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from gateway.http import validation
 from tests.fakebackend import EmbedFake, FakeBackend
 from tests.rawhttp import RawResponse, exchange
+from tests.routes import router_routes
 from tests.unit.test_hardening import KEY, MALFORMED
 
 HI = [{"role": "user", "content": "hi"}]
@@ -96,14 +97,16 @@ def request(method: str, path: str, body: bytes | None = None, headers: dict | N
     return head.encode() + (body or b"")
 
 
-def cases() -> Iterator[tuple[str, bytes, bytes, bool]]:
-    """(path, head, rest, half_close) for every request of the run."""
-    for path in PATHS:
+def cases(app) -> Iterator[tuple[str, bytes, bytes, bool]]:
+    """(path, head, rest, half_close) for every request of the run: the paths above, and every
+    route of the app's router (a route added tomorrow is fuzzed without editing this list)."""
+    routes = router_routes(app)
+    for path in dict.fromkeys([*PATHS, *(path for _, path, _ in routes)]):
         for method in METHODS:
             yield path, request(method, path, b"{}" if method not in ("GET", "HEAD") else None), b"", False
         for method in ("GET", "POST"):
             yield path, request(method, path, b"{}", key=False), b"", False
-    for path in POST_ENDPOINTS:
+    for path in dict.fromkeys([*POST_ENDPOINTS, *(path for method, path, _ in routes if method == "POST")]):
         for body in BODIES:
             yield path, request("POST", path, body), b"", False
     for path, base, rules in FAMILIES:
@@ -150,7 +153,7 @@ async def test_fuzz_never_5xx_always_shaped_quiet_and_alive(stack):
     s = await stack({"m": FakeBackend(chunks=2), "emb": (EmbedFake("e"), {"task": "embed"})}, api_keys=[KEY],
                     max_body_bytes=64_000)
     sent = 0
-    for path, head, rest, half_close in cases():
+    for path, head, rest, half_close in cases(s.app):
         before = len(s.log_text())
         r = await exchange(s.port, head, rest, half_close=half_close)
         if r is None:  # the client stopped sending mid-body: nobody is left to answer

@@ -243,7 +243,7 @@ async def test_max_concurrency_defaults_to_max_num_seqs():
 
 async def test_pool_does_not_cap_streams_at_100(stack):
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
-    s = await stack({"m": (fake, {"max_concurrency": 200})})
+    s = await stack({"m": (fake, {"max_concurrency": 200})}, max_connections_per_client=0)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     streams = [asyncio.create_task(session.post(s.url + "/v1/chat/completions", json=dict(CHAT, stream=True)))
                for _ in range(150)]

@@ -12,7 +12,9 @@ from tests.fakebackend import FakeBackend
 from tests.harness import make_config, wait_until
 from tests.unit.test_gateway import CHAT, assert_openai_error
 
-KEYS = "# the team's keys\r\nalice: sk-alice-1\r\nsk-bob-2   # bob\n\nsk-anon-3\nsk-anon-4\n"
+ALICE, BOB, ANON = "sk-alice-1-0123456789ab", "sk-bob-2-0123456789ab", "sk-anon-4-0123456789ab"
+HEAVY, LIGHT = "sk-heavy-0123456789ab", "sk-light-0123456789ab"
+KEYS = f"# the team's keys\r\nalice: {ALICE}\r\n{BOB}   # bob\n\nsk-anon-3-0123456789ab\n{ANON}\n"
 
 
 def bearer(key: str) -> dict:
@@ -22,18 +24,19 @@ def bearer(key: str) -> dict:
 def test_key_file_spellings_and_names(tmp_path, monkeypatch, caplog):
     f = tmp_path / "api-keys"
     f.write_text(KEYS)
-    f.chmod(0o644)
-    monkeypatch.setenv("LOCALAI_API_KEY", "sk-env")
+    f.chmod(0o600)
+    monkeypatch.setenv("LOCALAI_API_KEY", "sk-env-0123456789ab")
     ring = load_keyring(f)
     assert ring.key_names() == {"alice", "bob", "key-1", "key-2", "env"}
-    assert ring.name_of(b"sk-alice-1") == "alice" and ring.name_of(b"sk-bob-2") == "bob"
-    assert ring.name_of(b"sk-anon-4") == "key-2" and ring.name_of(b"sk-env") == "env"
+    assert ring.name_of(ALICE.encode()) == "alice" and ring.name_of(BOB.encode()) == "bob"
+    assert ring.name_of(ANON.encode()) == "key-2" and ring.name_of(b"sk-env-0123456789ab") == "env"
     assert ring.name_of(b"sk-alice") is None
-    assert "chmod 600" in caplog.text and "sk-alice" not in caplog.text
+    assert "sk-alice" not in caplog.text
 
 
 def test_bad_key_file_lines_name_file_and_line_never_the_key():
-    text = "alice: sk-1\nbad name: sk-2\nalice: sk-3\nsk-1  # carol\nsk 4 5\n"
+    text = ("alice: sk-1-0123456789abcdef\nbad name: sk-2-0123456789abcdef\nalice: sk-3-0123456789abcdef\n"
+            "sk-1-0123456789abcdef  # carol\nsk 4 5\n")
     with pytest.raises(ConfigError) as err:
         parse_key_file(text, "/etc/localai/api-keys")
     message = str(err.value)
@@ -70,7 +73,7 @@ async def test_key_name_in_log_and_metrics_never_the_key(stack, tmp_path):
     f.write_text(KEYS)
     f.chmod(0o600)
     s = await stack({"m": FakeBackend()}, api_key_file=str(f))
-    for key in ("sk-alice-1", "sk-bob-2", "sk-alice-1"):
+    for key in (ALICE, BOB, ALICE):
         async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer(key)) as r:
             assert r.status == 200
     async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer("sk-wrong")) as r:
@@ -91,25 +94,25 @@ async def test_key_concurrency_limit_is_429_in_the_clients_shape(stack, tmp_path
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": fake}, api_key_file=str(f),
                     key_limits={"per_key": {"alice": {"max_concurrent": 1}}})
-    running = asyncio.create_task(s.http.post(s.url + "/v1/chat/completions", headers=bearer("sk-alice-1"),
+    running = asyncio.create_task(s.http.post(s.url + "/v1/chat/completions", headers=bearer(ALICE),
                                               json=dict(CHAT, stream=True)))
     await fake.wait_for(lambda f: f.active == 1)
-    async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer("sk-alice-1")) as r:
+    async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer(ALICE)) as r:
         assert r.status == 429 and r.headers["Retry-After"] == "1"
         body = await r.json()
     assert_openai_error(body, "key_concurrency_limit")
     assert body["error"]["type"] == "rate_limit_error" and "max_concurrent 1" in body["error"]["message"]
-    async with s.http.post(s.url + "/api/chat", headers=bearer("sk-alice-1"),
+    async with s.http.post(s.url + "/api/chat", headers=bearer(ALICE),
                            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}) as r:
         assert r.status == 429
         assert "max_concurrent 1" in (await r.json())["error"]  # Ollama's {"error": "..."}
-    async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer("sk-bob-2")) as r:
+    async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer(BOB)) as r:
         assert r.status == 200  # another key is not held back
     fake.gate.set()
     (await running).close()
-    async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer("sk-alice-1")) as r:
+    async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer(ALICE)) as r:
         assert r.status == 200  # the slot is alice's again once her stream ended
-    assert 'localai_rejections_total{model="m",reason="key_concurrency_limit"} 2.0' in s.metrics_text()
+    assert 'localai_rejections_total{model="",reason="key_concurrency_limit"} 2.0' in s.metrics_text()
 
 
 async def test_key_rate_limit_is_429_with_retry_after(stack, tmp_path):
@@ -121,7 +124,7 @@ async def test_key_rate_limit_is_429_with_retry_after(stack, tmp_path):
                                 "per_key": {"bob": {"requests_per_minute": None}}})
     statuses = []
     for _ in range(3):
-        async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer("sk-alice-1")) as r:
+        async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer(ALICE)) as r:
             statuses.append(r.status)
             body = await r.json()
     assert statuses == [200, 200, 429]
@@ -129,13 +132,13 @@ async def test_key_rate_limit_is_429_with_retry_after(stack, tmp_path):
     assert "2 requests per minute" in body["error"]["message"]
     assert 1 <= int(r.headers["Retry-After"]) <= 30
     for _ in range(3):
-        async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer("sk-bob-2")) as r:
+        async with s.http.post(s.url + "/v1/chat/completions", json=CHAT, headers=bearer(BOB)) as r:
             assert r.status == 200
 
 
 async def test_a_light_key_is_served_before_a_heavy_keys_queue(stack, tmp_path):
     f = tmp_path / "api-keys"
-    f.write_text("heavy: sk-heavy\nlight: sk-light\n")
+    f.write_text(f"heavy: {HEAVY}\nlight: {LIGHT}\n")
     f.chmod(0o600)
     fake = FakeBackend(chunks=2, gate=asyncio.Event())
     s = await stack({"m": (fake, {"max_concurrency": 1})}, api_key_file=str(f))
@@ -147,12 +150,12 @@ async def test_a_light_key_is_served_before_a_heavy_keys_queue(stack, tmp_path):
             await r.read()
             return r.status
 
-    calls = [asyncio.create_task(call("sk-heavy", "heavy-0"))]
+    calls = [asyncio.create_task(call(HEAVY, "heavy-0"))]
     await fake.wait_for(lambda f: f.active == 1)
     for i in range(1, 4):  # the heavy key's batch queues up, one after the other
-        calls.append(asyncio.create_task(call("sk-heavy", f"heavy-{i}")))
+        calls.append(asyncio.create_task(call(HEAVY, f"heavy-{i}")))
         await wait_until(lambda n=i: s.app[REGISTRY].room.waiting == n)
-    calls.append(asyncio.create_task(call("sk-light", "light")))
+    calls.append(asyncio.create_task(call(LIGHT, "light")))
     await wait_until(lambda: s.app[REGISTRY].room.waiting == 4)
     while not all(c.done() for c in calls):
         fake.gate.set()

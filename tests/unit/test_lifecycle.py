@@ -165,7 +165,8 @@ async def test_keep_alive_puts_an_idle_model_to_sleep(stack):
 
 
 async def test_ollama_keep_alive_per_request_and_load_unload(stack):
-    s = await stack({"a": always("a", 0.5), "b": on_demand("b", 0.5)}, wait=False)
+    # min_residency 0: a client's unload waits that out (test_trust_limits_door.py).
+    s = await stack({"a": always("a", 0.5), "b": on_demand("b", 0.5)}, wait=False, min_residency=0)
     await asleep(s, "b")
     # An empty prompt loads (Ollama's habit; `localai load`), keep_alive sets when it unloads.
     async with s.http.post(s.url + "/api/generate", json={"model": "b", "keep_alive": "1h"}) as r:

@@ -44,7 +44,7 @@ async def test_sighup_reloads_keys_config_and_webui_while_a_stream_runs(aiohttp_
     backend = await aiohttp_server(fake.app())
     backend_url = str(backend.make_url("/")).rstrip("/")
     keys, webui, config, log = tmp_path / "api-keys", tmp_path / "webui", tmp_path / "localai.yaml", tmp_path / "log"
-    keys.write_text("alice: sk-alice\n")
+    keys.write_text("alice: sk-alice-0123456789ab\n")
     keys.chmod(0o600)
     webui.mkdir()
     (webui / "index.html").write_text("<!doctype html><title>build one</title>")
@@ -53,7 +53,7 @@ async def test_sighup_reloads_keys_config_and_webui_while_a_stream_runs(aiohttp_
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"  # not the config's port: the socket wins
     proc = start_socket_activated(config, listener, log)
     listener.close()  # the gateway holds its own copy, as it would hold systemd's
-    alice, bob = {"Authorization": "Bearer sk-alice"}, {"Authorization": "Bearer sk-bob"}
+    alice, bob = {"Authorization": "Bearer sk-alice-0123456789ab"}, {"Authorization": "Bearer sk-bob-0123456789ab"}
     try:
         async with aiohttp.ClientSession() as http:
             async def status(path: str, headers: dict, body: dict | None = None) -> int:
@@ -75,7 +75,7 @@ async def test_sighup_reloads_keys_config_and_webui_while_a_stream_runs(aiohttp_
             first = await stream.content.readuntil(b"\n\n")
             assert first.startswith(b"data: ")
 
-            keys.write_text("alice: sk-alice\nsk-bob  # bob\n")
+            keys.write_text("alice: sk-alice-0123456789ab\nsk-bob-0123456789ab  # bob\n")
             write_config(config, backend_url, keys, webui, aliases=["dev"], port=free_port(),
                          key_limits={"per_key": {"bob": {"requests_per_minute": 1}}})
             (webui / "index.html").write_text("<!doctype html><title>build two</title>")
@@ -151,7 +151,7 @@ async def _is(status, expected: int) -> bool:
 async def test_connections_made_while_the_gateway_restarts_are_served_not_refused(aiohttp_server, tmp_path):
     backend = await aiohttp_server(FakeBackend().app())
     keys, config, webui = tmp_path / "api-keys", tmp_path / "localai.yaml", tmp_path / "webui"
-    keys.write_text("alice: sk-alice\n")
+    keys.write_text("alice: sk-alice-0123456789ab\n")
     keys.chmod(0o600)
     write_config(config, str(backend.make_url("/")).rstrip("/"), keys, webui)
     # The test holds the listening socket as systemd's localai-gateway.socket does.
@@ -163,7 +163,7 @@ async def test_connections_made_while_the_gateway_restarts_are_served_not_refuse
         async with aiohttp.ClientSession() as http:
             async def served() -> bool:
                 try:
-                    async with http.get(url, headers={"Authorization": "Bearer sk-alice"}) as r:
+                    async with http.get(url, headers={"Authorization": "Bearer sk-alice-0123456789ab"}) as r:
                         return r.status == 200
                 except aiohttp.ClientConnectionError:
                     return False
@@ -172,7 +172,8 @@ async def test_connections_made_while_the_gateway_restarts_are_served_not_refuse
             # No gateway runs now: a connection is still accepted (into the socket's backlog)...
             reader, writer = await asyncio.open_connection(*listener.getsockname())
             body = json.dumps(CHAT).encode()
-            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-alice\r\n"
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer sk-alice-0123456789ab\r\n"
                          b"Content-Type: application/json\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()

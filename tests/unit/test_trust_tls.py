@@ -120,3 +120,24 @@ def test_a_certificate_that_does_not_load_stops_the_gateway_with_its_file(tmp_pa
     cfg.write_text(config_with(certs / "gateway.pem", other / "gateway.key"))
     res = localai("gateway", config=cfg)
     assert res.returncode == 2 and "do not load" in res.stderr and "Traceback" not in res.stderr
+
+
+async def test_silent_connections_are_bounded_before_they_say_what_they_speak(stack, certs):
+    """A client that connects and sends nothing holds its connection header_timeout at most, and one
+    address holds max_connections_per_client of them at most: the rest are closed at once."""
+    s = await stack({"m": FakeBackend("m-id")}, api_keys=[KEY], tls=tls_config(certs),
+                    header_timeout=0.5, max_connections_per_client=2)
+    loop = asyncio.get_running_loop()
+    opened = [await asyncio.open_connection("127.0.0.1", s.port) for _ in range(3)]
+    started = loop.time()
+    # The third is over the bound: closed without waiting; the first two when their time is up.
+    closed_after = []
+    for reader, _ in reversed(opened):
+        assert await asyncio.wait_for(reader.read(1), 5) == b""
+        closed_after.append(loop.time() - started)
+    assert closed_after[0] < 0.4 and 0.4 < closed_after[2] < 3, closed_after
+    for _, writer in opened:
+        writer.close()
+    trust = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    async with httpx.AsyncClient(verify=trust) as http:
+        assert (await http.get(f"https://localhost:{s.port}/health")).status_code == 200

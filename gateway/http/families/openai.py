@@ -11,6 +11,7 @@ import time
 from aiohttp import web
 
 from gateway.http.appkeys import REGISTRY
+from gateway.http.middleware import free_of_key_limits
 from gateway.http.pipeline import json_response, read_json_body, run
 from gateway.lifecycle.manager import residence_fields
 from gateway.routing.backends import Backend, Route
@@ -66,6 +67,7 @@ def preset_card(name: str, route: Route) -> dict:
             "preset_of": route.backend.name, "defaults": route.defaults}
 
 
+@free_of_key_limits
 async def list_models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     if anthropic.asks_anthropic(request):
@@ -75,6 +77,7 @@ async def list_models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": data})
 
 
+@free_of_key_limits
 async def retrieve_model(request: web.Request) -> web.Response:
     """GET /v1/models/{model}: one card, by name, alias or preset (404 model_not_found otherwise)."""
     registry = request.app[REGISTRY]

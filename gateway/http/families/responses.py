@@ -11,15 +11,19 @@
 vLLM keeps a response in the memory of the server that made it (with
 VLLM_ENABLE_RESPONSES_API_STORE=1, which plan.py sets), so an id only means
 something to its own backend.  The gateway remembers which backend made each
-id (`ResponseOwners`, the newest 100,000) from the answer's body or the
-stream's response.created event.  An id it doesn't know (older, or made before
-the gateway restarted) is looked for on each ready generating backend in turn;
-found nowhere, it is a 404 in OpenAI's shape and no backend is asked to go on
-with it.  A `previous_response_id` continues the conversation where it lives:
-without `model` the request goes to that backend; with a model served by
-another backend it is a 400, rather than an answer from a model the client did
-not ask for.  Retrieving or cancelling takes no generation slot, and counts no
-tokens (they were counted when the response was made).
+id, and with which API key (`ResponseOwners`, the newest 100,000) from the
+answer's body or the stream's response.created event.  With keys configured, a
+response is its key's: retrieving, cancelling or continuing it with another key
+is a 404, as is an id the gateway does not remember (older, or made before it
+restarted: nothing says whose it is).  On an open gateway an id it doesn't know
+is looked for on each ready generating backend in turn.  Found nowhere, it is a
+404 in OpenAI's shape and no backend is asked to go on with it.  A
+`previous_response_id` continues the conversation where it lives: without
+`model` the request goes to that backend; with a model served by another
+backend it is a 400, rather than an answer from a model the client did not ask
+for.  Retrieving or cancelling takes no generation slot and counts no tokens
+(they were counted when the response was made), but spends the key's limits
+like any request.
 
 Tools pass through as vLLM takes them (it shows the model function tools and
 free-form custom tools, and drops web_search and the other hosted tools), with
@@ -41,7 +45,7 @@ from aiohttp import web
 
 from gateway.base.errors import ApiError
 from gateway.http.accounting import Account
-from gateway.http.appkeys import ACCOUNT, MONITOR, PINNED_REPLICA, REGISTRY, SESSION
+from gateway.http.appkeys import ACCESS, ACCOUNT, KEY_NAME, MONITOR, PINNED_REPLICA, REGISTRY, SESSION
 from gateway.http.context import Guarded, guard
 from gateway.http.pipeline import CHAT, DETOKENIZE, RERANK, RESPONSES, SCORE, TOKENIZE, read_json_body, run
 from gateway.http.proxy import event_json, forward
@@ -55,22 +59,27 @@ _CREATED = b"event: response.created"
 
 
 class ResponseOwners:
-    """Response id -> the name of the backend that made it and the replica (base URL) that
-    holds it; the newest `limit` ids."""
+    """Response id -> the name of the backend that made it, the replica (base URL) that
+    holds it and the name of the API key it was made with ("" on an open gateway); the
+    newest `limit` ids."""
 
     def __init__(self, limit: int = MAX_REMEMBERED_IDS):
         self.limit = limit
-        self._owners: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._owners: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
 
-    def remember(self, response_id: object, backend: str | None, replica: str | None) -> None:
+    def remember(self, response_id: object, backend: str | None, replica: str | None, key: str = "") -> None:
         if isinstance(response_id, str) and backend is not None and replica is not None:
-            self._owners[response_id] = (backend, replica)
+            self._owners[response_id] = (backend, replica, key)
             self._owners.move_to_end(response_id)
             if len(self._owners) > self.limit:
                 self._owners.popitem(last=False)
 
-    def owner(self, response_id: str) -> tuple[str, str] | None:
-        return self._owners.get(response_id)
+    def owner(self, response_id: str, key: str | None = None) -> tuple[str, str] | None:
+        """Its backend and replica; with `key`, only for a response made with that key."""
+        known = self._owners.get(response_id)
+        if known is None or (key is not None and known[2] != key):
+            return None
+        return known[0], known[1]
 
 
 RESPONSE_OWNERS = web.AppKey("response_owners", ResponseOwners)
@@ -81,9 +90,10 @@ class RememberOwner:
 
     stream_content_type = "text/event-stream"
 
-    def __init__(self, owners: ResponseOwners, acct: Account):
+    def __init__(self, owners: ResponseOwners, acct: Account, key: str):
         self._owners = owners
         self._acct = acct  # its model and backend: the backend's name and replica once they are known
+        self._key = key
         self._seen = False
 
     def body(self, data: bytes) -> bytes:
@@ -92,7 +102,7 @@ class RememberOwner:
         except orjson.JSONDecodeError:
             return data
         if isinstance(answer, dict):
-            self._owners.remember(answer.get("id"), self._acct.model, self._acct.backend)
+            self._owners.remember(answer.get("id"), self._acct.model, self._acct.backend, self._key)
         return data
 
     def events(self, data: bytes) -> bytes:
@@ -103,7 +113,7 @@ class RememberOwner:
             created = event_json(data[start:data.find(b"\n\n", start)])
             response = created.get("response") if isinstance(created, dict) else None
             if isinstance(response, dict):
-                self._owners.remember(response.get("id"), self._acct.model, self._acct.backend)
+                self._owners.remember(response.get("id"), self._acct.model, self._acct.backend, self._key)
         return data
 
     def end(self) -> bytes:
@@ -134,16 +144,20 @@ async def _holds(session: aiohttp.ClientSession, backend: Backend, url: str, res
 
 
 async def find_owner(request: web.Request, response_id: str) -> Backend:
-    """The backend that made this response, remembered or found by asking; 404 otherwise.
-    The request is pinned to the replica that holds it."""
+    """The backend that made this response, remembered (with keys: made with this request's key)
+    or, on an open gateway, found by asking; 404 otherwise. The request is pinned to the replica
+    that holds it."""
     if not response_id or len(response_id) > _MAX_ID_LENGTH or not response_id.isprintable():
         raise _not_found(response_id[:_MAX_ID_LENGTH])
     app = request.app
     registry, owners = app[REGISTRY], app[RESPONSE_OWNERS]
-    known = owners.owner(response_id)
+    keyed = bool(app[ACCESS].keyring)
+    known = owners.owner(response_id, request.get(KEY_NAME, "") if keyed else None)
     if known is not None and known[0] in registry.backends:
         request[PINNED_REPLICA] = known[1]
         return registry.backends[known[0]]
+    if keyed:
+        raise _not_found(response_id)  # another key's, or one nothing says whose it is
     for backend in registry.backends.values():
         if backend.state is not State.READY or backend.model.task != "generate":
             continue
@@ -318,7 +332,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     _lift_additional_tools(body)
     _free_form_custom_tools(body.get("tools"))
     await _continue_where_it_lives(request, body)
-    remember = RememberOwner(request.app[RESPONSE_OWNERS], request[ACCOUNT])
+    remember = RememberOwner(request.app[RESPONSE_OWNERS], request[ACCOUNT], request.get(KEY_NAME, ""))
     return await run(request, RESPONSES, body, adapter=remember, guard_with=guard_responses)
 
 

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from gateway.base.errors import ApiError, error_message, reshaped_headers
-from gateway.http.pipeline import parse_json_object
+from gateway.http.pipeline import parse_json_object, require_json
 from gateway.routing.backends import Registry
 
 # What /api/version reports: recent enough that clients enable tools, structured
@@ -49,7 +49,11 @@ def ollama_error(response: web.Response) -> web.Response:
 
 
 async def read_body(request: web.Request) -> dict:
-    """Ollama accepts a JSON body whatever the Content-Type (curl -d sends form-encoded)."""
+    """Ollama accepts a JSON body whatever the Content-Type (curl -d sends form-encoded), from
+    clients that are not browsers. A request with an Origin comes from a web page, maybe another
+    site's: it must be JSON, as on /v1 (a 415, in Ollama's shape). The Ollama clients send JSON."""
+    if "Origin" in request.headers:
+        require_json(request)
     raw = await request.read()
     return parse_json_object(raw) if raw.strip() else {}
 

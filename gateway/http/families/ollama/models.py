@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.base.errors import ApiError
 from gateway.config.schema import ManagedModel
 from gateway.http.appkeys import CONFIG, REGISTRY
+from gateway.http.middleware import free_of_key_limits
 from gateway.http.modelfacts import human_count, model_facts
 from gateway.http.pipeline import json_response
 from gateway.lifecycle.manager import residence_fields
@@ -80,6 +81,7 @@ def _parameters(backend: Backend, defaults: dict) -> str:
     return "\n".join(lines)
 
 
+@free_of_key_limits
 async def tags(request: web.Request) -> web.Response:
     registry: Registry = request.app[REGISTRY]
     cfg = request.app[CONFIG]
@@ -89,6 +91,7 @@ async def tags(request: web.Request) -> web.Response:
     return json_response({"models": models})
 
 
+@free_of_key_limits
 async def ps(request: web.Request) -> web.Response:
     registry: Registry = request.app[REGISTRY]
     cfg = request.app[CONFIG]
@@ -109,6 +112,7 @@ async def ps(request: web.Request) -> web.Response:
     return json_response({"models": models})
 
 
+@free_of_key_limits
 async def show(request: web.Request) -> web.Response:
     body = await read_body(request)
     registry: Registry = request.app[REGISTRY]
@@ -138,6 +142,7 @@ async def show(request: web.Request) -> web.Response:
     })
 
 
+@free_of_key_limits
 async def version(request: web.Request) -> web.Response:
     return json_response({"version": OLLAMA_VERSION})
 

@@ -16,6 +16,8 @@ from gateway.routing.backends import Registry
 from .answers import Embeddings, Reshape
 from .common import OPTION_FIELDS, echo_name, known_name, now, read_body
 
+CLAMPED = "X-LocalAI-Keep-Alive-Clamped"
+
 
 def _sampling(body: dict) -> dict:
     """Ollama `options` and `format` as OpenAI fields."""
@@ -96,15 +98,20 @@ def _managed(registry: Registry, model: object) -> bool:
         return False
 
 
-def _keep_alive(request: web.Request, body: dict) -> float | None:
-    """Ollama's per-request keep_alive (`5m`, seconds, 0 = unload after, negative = never),
-    kept on the request for the model lifecycle."""
+def _keep_alive(request: web.Request, body: dict, said: dict[str, str]) -> float | None:
+    """Ollama's per-request keep_alive (`5m`, seconds, 0 = unload after, negative = never), held to
+    gateway.max_keep_alive and kept on the request for the model lifecycle; a clamp is said in `said`
+    (the answer's headers) and on the request's log line."""
     if body.get("keep_alive") is None:
         return None
     try:
-        seconds = parse_duration(body["keep_alive"])
+        asked = parse_duration(body["keep_alive"])
     except ValueError as exc:
         raise ApiError(400, f"'keep_alive' {exc}.", code="invalid_type", param="keep_alive") from None
+    seconds = request.app[LIFECYCLE].clamp_keep_alive(asked)
+    if seconds != asked:
+        said[CLAMPED] = f"{seconds:g}"
+        request[ACCOUNT].keep_alive_clamped = seconds
     request[KEEP_ALIVE] = seconds
     return seconds
 
@@ -115,7 +122,8 @@ async def _loaded(request: web.Request, body: dict, kind: str) -> web.Response:
     route = registry.resolve(known_name(registry, body.get("model")))
     acct = request[ACCOUNT]
     acct.model, acct.backend = route.backend.name, route.backend.url
-    keep_alive = _keep_alive(request, body)
+    said: dict[str, str] = {}
+    keep_alive = _keep_alive(request, body, said)
     unload = keep_alive == 0
     lifecycle = request.app[LIFECYCLE]
     if not lifecycle.manages(route.backend.name):
@@ -131,18 +139,22 @@ async def _loaded(request: web.Request, body: dict, kind: str) -> web.Response:
     else:
         out["response"] = ""
     out.update(done=True, done_reason="unload" if unload else "load")
-    return json_response(out)
+    response = json_response(out)
+    response.headers.update(said)
+    return response
 
 
 async def _answer(request: web.Request, body: dict, endpoint: str, out: dict, kind: str) -> web.StreamResponse:
     """Run the translated request; the answer comes back in Ollama's shape for /api/chat or /api/generate."""
     registry: Registry = request.app[REGISTRY]
-    _keep_alive(request, body)
+    said: dict[str, str] = {}
+    _keep_alive(request, body, said)
     if endpoint == CHAT and isinstance(body.get("think"), bool) and _managed(registry, out["model"]):
         out["chat_template_kwargs"] = {"enable_thinking": body["think"]}
     if out["stream"]:
         out["stream_options"] = {"include_usage": True}  # for eval_count on the final line
-    return await run(request, endpoint, out, adapter=Reshape(echo_name(registry, body.get("model")), kind))
+    return await run(request, endpoint, out, adapter=Reshape(echo_name(registry, body.get("model")), kind),
+                     headers=said)
 
 
 async def _generating_request(request: web.Request, rules: validation.Rules) -> tuple[dict, object, bool]:

@@ -1,0 +1,139 @@
+"""Slow and greedy clients (issue 18, defect 2): a request head that trickles in is cut off at
+gateway.header_timeout, an idle keep-alive connection at gateway.idle_timeout, and one client
+address gets at most gateway.max_connections_per_client connections while every other
+address is served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+
+from tests.fakebackend import FakeBackend
+from tests.harness import wait_until
+from tests.rawhttp import RawResponse
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n"
+HI = [{"role": "user", "content": "x"}]
+
+
+async def read_response(reader: asyncio.StreamReader) -> RawResponse:
+    """One response with a Content-Length, read off a connection that stays open."""
+    raw = await reader.readuntil(b"\r\n\r\n")
+    status_line, *lines = raw.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return RawResponse(int(status_line.split()[1]), headers, body)
+
+
+async def ask(port: int, head: bytes, source: str = "127.0.0.1") -> RawResponse:
+    """One request from the client address *source*; the answer, read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        async with asyncio.timeout(10):
+            writer.write(head)
+            await writer.drain()
+            response = await read_response(reader)
+            assert await reader.read() == b"", "the connection stays open after a refusal"
+            return response
+    finally:
+        writer.close()
+
+
+async def test_a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout(stack):
+    s = await stack({"m": FakeBackend()}, header_timeout=1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    head = b"GET /health HTTP/1.1\r\nHost: gateway\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
+
+    async def drip() -> None:  # the attack: every byte in time for any per-read timeout, the head never done
+        for byte in head:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    dripping = asyncio.create_task(drip())
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(8):
+            answer = await reader.read()  # until the gateway closes the connection
+    finally:
+        dripping.cancel()
+        writer.close()
+    took = time.monotonic() - started
+    assert took < 1.0 + 1.5, f"the half-sent head held the connection {took:.1f} s"
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["error"]["code"] == "header_timeout" and "1 s" in body["error"]["message"]
+    assert not dripping.done() or dripping.cancelled(), "the whole head went out before the cut"
+    # Everyone else is served meanwhile and after.
+    async with s.http.get(s.url + "/health") as r:
+        assert r.status == 200
+
+
+async def test_the_header_timeout_bounds_the_head_only_not_a_long_answer_or_the_next_request(stack):
+    """A stream that outlasts header_timeout finishes, and the same connection serves the next request."""
+    s = await stack({"m": FakeBackend(chunks=12, itl=0.2)}, header_timeout=1.0)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        for _ in range(2):
+            started = time.monotonic()
+            async with http.post(s.url + "/v1/chat/completions",
+                                 json={"model": "m", "stream": True, "messages": HI}) as r:
+                text = await r.text()
+            assert r.status == 200 and text.rstrip().endswith("data: [DONE]")
+            assert time.monotonic() - started > 1.0  # outlasted the header timeout
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(stack):
+    s = await stack({"m": FakeBackend()}, idle_timeout=1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    try:
+        writer.write(HEALTH)
+        await writer.drain()
+        assert (await read_response(reader)).status == 200
+        answered = time.monotonic()
+        async with asyncio.timeout(8):
+            assert await reader.read() == b""  # closed by the gateway
+        idle = time.monotonic() - answered
+    finally:
+        writer.close()
+    assert 0.8 < idle < 1.0 + 1.5, f"closed after {idle:.1f} s idle"
+
+
+async def test_connections_past_the_per_address_cap_are_refused_while_other_addresses_are_served(stack):
+    s = await stack({"m": FakeBackend()}, max_connections_per_client=3, header_timeout=30.0)
+    greedy = "127.0.0.3"
+    held = [await asyncio.open_connection("127.0.0.1", s.port, local_addr=(greedy, 0)) for _ in range(3)]
+    try:
+        # The fourth from that address: refused, in the shape of the API it asked.
+        refused = await ask(s.port, HEALTH, greedy)
+        assert refused.status == 429 and refused.headers.get("retry-after")
+        err = refused.json()["error"]
+        assert err["code"] == "too_many_connections" and "3" in err["message"]
+        ollama = await ask(s.port, b"GET /api/tags HTTP/1.1\r\nHost: gateway\r\n\r\n", greedy)
+        assert ollama.status == 429 and set(ollama.json()) == {"error"} and isinstance(ollama.json()["error"], str)
+        # Meanwhile another address is served: /health, and a chat.
+        assert (await ask(s.port, HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"),
+                          "127.0.0.4")).status == 200
+        async with s.http.post(s.url + "/v1/chat/completions",
+                               json={"model": "m", "messages": HI}) as r:
+            assert r.status == 200
+        # The held connections still work.
+        reader, writer = held[0]
+        writer.write(HEALTH)
+        await writer.drain()
+        assert (await read_response(reader)).status == 200
+    finally:
+        for _, writer in held:
+            writer.close()
+
+    # Once they are closed, the address is served again.
+    async def served() -> bool:
+        answer = await ask(s.port, HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), greedy)
+        return answer.status == 200
+    await wait_until(served, what="the greedy address served again once its connections closed")
