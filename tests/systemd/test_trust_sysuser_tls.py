@@ -10,6 +10,7 @@ openai SDK on the host verify against the CA the playbook says to give clients.
 from __future__ import annotations
 
 import ssl
+import subprocess
 
 import httpx
 import openai
@@ -24,6 +25,11 @@ SECRETS = ["/etc/localai/api-keys", "/run/localai-gateway/api-keys", "/etc/local
            "/etc/localai/tls/ca.key"]
 
 
+def process_user(box, pid: str) -> str:
+    """Whom a process runs as (the owner of its /proc folder: its effective user)."""
+    return box.sh(f"stat -c %U /proc/{pid}").stdout.strip()
+
+
 def as_model_user(box, command: str):
     return box.sh(f"runuser -u {MODEL_USER} -- {command} 2>&1", check=False)
 
@@ -31,10 +37,8 @@ def as_model_user(box, command: str):
 def test_model_servers_run_as_their_own_user(box):
     for unit in MODEL_UNITS:
         assert box.prop(unit, "User") == MODEL_USER
-        pid = box.prop(unit, "MainPID")
-        assert box.sh(f"ps -o user= -p {pid}").stdout.strip() == MODEL_USER, unit
-    gateway_pid = box.prop("localai-gateway.service", "MainPID")
-    assert box.sh(f"ps -o user= -p {gateway_pid}").stdout.strip() == "localai"
+        assert process_user(box, box.prop(unit, "MainPID")) == MODEL_USER, unit
+    assert process_user(box, box.prop("localai-gateway.service", "MainPID")) == "localai"
     # Not in the gateway's group: the group-readable TLS key stays out of its reach.
     assert "localai" not in box.sh(f"id -nG {MODEL_USER}").stdout.split()
 
@@ -44,10 +48,11 @@ def test_the_model_user_reads_no_key_and_starts_no_unit(box):
         assert box.sh(f"test -e {secret} && echo here").stdout.strip() == "here", secret
         res = as_model_user(box, f"cat {secret}")
         assert res.returncode != 0 and "Permission denied" in res.stdout, (secret, res.stdout)
-    # In its unit's view of the file system the key file is not even readable by root (InaccessiblePaths=).
+    # In its unit's view of the file system the key file is replaced outright (InaccessiblePaths=:
+    # an empty node of mode 0000, which even root, entering that view, reads nothing from).
     pid = box.prop("localai-model@coder.service", "MainPID")
-    res = box.sh(f"nsenter -t {pid} -m cat /etc/localai/api-keys 2>&1", check=False)
-    assert res.returncode != 0 and "Permission denied" in res.stdout, res.stdout
+    res = box.sh(f"nsenter -t {pid} -m stat -c '%a %s' /etc/localai/api-keys", check=False)
+    assert res.stdout.split() == ["0", "0"], res.stdout + res.stderr
     unit = "localai-model@general.service"
     before = box.prop(unit, "MainPID")
     for verb in ("stop", "restart"):
@@ -60,18 +65,22 @@ def test_the_model_user_reads_no_key_and_starts_no_unit(box):
     assert box.prop(unit, "MainPID") == before and box.prop(unit, "ActiveState") == "active"
 
 
-def test_https_with_the_certificate_the_playbook_made(box):
+def test_https_with_the_certificate_the_playbook_made(box, tmp_path):
     modes = box.sh("stat -c '%n %a %U %G' /etc/localai/tls/ca.pem /etc/localai/tls/ca.key "
                    "/etc/localai/tls/gateway.key").stdout.split("\n")
     assert modes[:3] == ["/etc/localai/tls/ca.pem 644 root root", "/etc/localai/tls/ca.key 600 root root",
                          "/etc/localai/tls/gateway.key 640 root localai"], modes
     port, key = stage.GATEWAY_PORT, box.api_key()
-    # curl in the box, trusting the CA the playbook told the admin to hand out.
-    out = box.sh(f"curl -sS --fail-with-body --cacert /etc/localai/tls/ca.pem "
-                 f"-H 'Authorization: Bearer {key}' https://localhost:{port}/v1/models").stdout
-    assert '"coder"' in out, out
-    # The openai SDK on the host (the container shares its network), trusting that CA and nothing else.
-    trust = ssl.create_default_context(cafile=str(box.c.path("/etc/localai/tls/ca.pem")))
+    ca = str(box.c.path("/etc/localai/tls/ca.pem"))
+    # curl on the host (the container shares its network), trusting the CA the playbook told the admin to hand out.
+    header = tmp_path / "auth"  # the key in a file, not on curl's command line
+    header.write_text(f"Authorization: Bearer {key}\n")
+    header.chmod(0o600)
+    res = subprocess.run(["curl", "-sS", "--fail-with-body", "--cacert", ca, "-H", f"@{header}",
+                          f"https://localhost:{port}/v1/models"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and '"coder"' in res.stdout, res.stdout + res.stderr
+    # The openai SDK on the host, trusting that CA and nothing else.
+    trust = ssl.create_default_context(cafile=ca)
     with httpx.Client(verify=trust, timeout=300) as http:
         client = openai.OpenAI(base_url=f"https://localhost:{port}/v1", api_key=key, http_client=http)
         answer = client.chat.completions.create(model="coder", messages=[{"role": "user", "content": "hi"}],
