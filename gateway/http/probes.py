@@ -11,7 +11,7 @@ from gateway.http.appkeys import ACCESS, METRICS, REGISTRY
 from gateway.http.middleware import free_of_key_limits
 from gateway.http.pipeline import json_response
 from gateway.keys.auth import check_key
-from gateway.routing.backends import State
+from gateway.routing.states import State
 
 
 def _holds_key(request: web.Request) -> bool:

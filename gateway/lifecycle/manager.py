@@ -28,7 +28,8 @@ from gateway.base.observability import Metrics
 from gateway.config.schema import Config, ManagedModel
 from gateway.lifecycle.swap import Boot, SwapError, Switch
 from gateway.plan.restart import restart_changes
-from gateway.routing.backends import Backend, Registry, Residence, State
+from gateway.routing.backends import Backend, Registry, Residence
+from gateway.routing.states import State
 
 log = logging.getLogger("localai.lifecycle")
 

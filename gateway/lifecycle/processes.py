@@ -13,7 +13,8 @@ import time
 
 from gateway.config.schema import Config, ManagedModel
 from gateway.plan.placement import Placement, ServerPlan, server_plan
-from gateway.routing.backends import Backend, Registry, State
+from gateway.routing.backends import Backend, Registry
+from gateway.routing.states import State
 
 log = logging.getLogger("localai.up")
 

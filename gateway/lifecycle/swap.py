@@ -21,7 +21,8 @@ import aiohttp
 
 from gateway.base.bounded import TooLarge, read_at_most
 from gateway.config.schema import GatewaySettings
-from gateway.routing.backends import Backend, State
+from gateway.routing.backends import Backend
+from gateway.routing.states import State
 
 if TYPE_CHECKING:
     from gateway.lifecycle.processes import Supervisor

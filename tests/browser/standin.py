@@ -31,7 +31,7 @@ from aiohttp import web
 
 from gateway.http.appkeys import REGISTRY
 from gateway.plan.validate import parse_config
-from gateway.routing.backends import State
+from gateway.routing.states import State
 from tests.fakebackend import FakeBackend, ScriptedError
 from tests.harness import InThread, serving, wait_until_sync
 

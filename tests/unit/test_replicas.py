@@ -290,7 +290,7 @@ async def test_a_stored_response_is_read_and_continued_on_the_replica_that_holds
 
 async def test_a_crashed_server_takes_out_its_replica_not_the_model(replicated):
     from gateway.http.appkeys import REGISTRY
-    from gateway.routing.backends import State
+    from gateway.routing.states import State
 
     r = await replicated(2, health_interval=60)
     backend = r.app[REGISTRY].backends["m"]

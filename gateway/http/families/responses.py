@@ -49,7 +49,8 @@ from gateway.http.appkeys import ACCESS, ACCOUNT, KEY_NAME, MONITOR, PINNED_REPL
 from gateway.http.context import Guarded, guard
 from gateway.http.pipeline import CHAT, DETOKENIZE, RERANK, RESPONSES, SCORE, TOKENIZE, read_json_body, run
 from gateway.http.proxy import event_json, forward
-from gateway.routing.backends import Backend, State
+from gateway.routing.backends import Backend
+from gateway.routing.states import State
 
 log = logging.getLogger("localai.responses")
 

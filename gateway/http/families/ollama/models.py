@@ -14,7 +14,8 @@ from gateway.http.middleware import free_of_key_limits
 from gateway.http.modelfacts import human_count, model_facts
 from gateway.http.pipeline import json_response
 from gateway.lifecycle.manager import residence_fields
-from gateway.routing.backends import Backend, Registry, State
+from gateway.routing.backends import Backend, Registry
+from gateway.routing.states import State
 
 from .common import NEVER, OLLAMA_VERSION, PARAMETER_NAMES, STARTED, known_name, read_body
 
