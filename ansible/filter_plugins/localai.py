@@ -7,6 +7,7 @@ tests/systemd/test_static.py calls them directly.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 
@@ -227,9 +228,17 @@ def _deep_merge(base, over):
     return out
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm_python=None,
                      api_key_file=None, webui_dir=None, gateway_host="", gateway_port=0,
-                     overrides=None, all_tiny=False, hosts=None, vllm_host="", accelerator="") -> dict:
+                     overrides=None, all_tiny=False, hosts=None, vllm_host="", accelerator="",
+                     tls="false", tls_dir="/etc/localai/tls") -> dict:
     """The config the host gets: the chosen source plus what the roles own.
 
     - models listed in `tiny` (every managed one with all_tiny) point at
@@ -241,7 +250,9 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     - `accelerator` of a single host (vllm.accelerator): the vLLM build the play
       installs (cuda, cpu). Said outright, the plan (what sleep_mode: auto means,
       among others) is the same before vLLM is installed;
-    - then `overrides`, merged recursively.
+    - then `overrides`, merged recursively;
+    - last, `gateway.tls` (the certificate the role installs in tls_dir) when `tls` is true, or
+      auto and the gateway listens beyond loopback, unless the config names a certificate itself.
     """
     cfg = _deep_merge({}, source or {})
     tiny = set(tiny or ())
@@ -274,6 +285,10 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     if hosts:
         cfg["hosts"] = [dict(h) for h in hosts]
     cfg = _deep_merge(cfg, overrides or {})
+    gw = cfg["gateway"]
+    mode = str(tls).lower()
+    if "tls" not in gw and (mode == "true" or (mode == "auto" and not _loopback(str(gw.get("host", "127.0.0.1"))))):
+        gw["tls"] = {"cert": f"{tls_dir.rstrip('/')}/gateway.pem", "key": f"{tls_dir.rstrip('/')}/gateway.key"}
     # A stable key order: gateway, vllm, hosts, models, then anything else.
     first = ["gateway", "vllm", "hosts", "models"]
     return {k: cfg[k] for k in [*first, *sorted(set(cfg) - set(first))] if k in cfg}

@@ -8,6 +8,7 @@ import gc
 import ipaddress
 import logging
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
+from gateway.app.tls import SplitSite, load_context
 from gateway.base import sdnotify
 from gateway.base.errors import error_response, shape_error
 from gateway.http.appkeys import CONFIG, MONITOR
@@ -243,6 +245,16 @@ class _GatewayRunner(web.AppRunner):
         return server
 
 
+def _bound(host: str, port: int) -> socket.socket:
+    """A listening socket of our own on host:port (what TCPSite would make)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def serve(app: web.Application, host: str, port: int):
     # handler_cancellation: a client that disconnects cancels its handler, which
@@ -259,8 +271,15 @@ async def serve(app: web.Application, host: str, port: int):
         async with asyncio.timeout(3.0):
             await app[MONITOR].first_round()
     inherited = sdnotify.listen_socket()
+    tls = app[CONFIG].gateway.tls
     site: web.BaseSite
-    if inherited is not None:
+    if tls is not None:  # HTTPS, and plain HTTP for this machine's clients, on one socket (tls.py)
+        context = load_context(tls)
+        sock = inherited or _bound(host, port)
+        site = SplitSite(runner, sock, context, timeout=app[CONFIG].gateway.header_timeout,
+                         per_client=app[CONFIG].gateway.max_connections_per_client)
+        host, port = sock.getsockname()[:2]
+    elif inherited is not None:
         site = web.SockSite(runner, inherited)
         host, port = inherited.getsockname()[:2]
     else:
@@ -273,8 +292,9 @@ async def serve(app: web.Application, host: str, port: int):
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 100)
-    log.info("gateway listening on http://%s:%d%s", host, port, " (socket from systemd)" if inherited else "",
-             extra={"host": host, "port": port, "socket_activated": inherited is not None})
+    log.info("gateway listening on %s://%s:%d%s%s", "https" if tls else "http", host, port,
+             " (plain HTTP for clients on this host)" if tls else "", " (socket from systemd)" if inherited else "",
+             extra={"host": host, "port": port, "socket_activated": inherited is not None, "tls": tls is not None})
     sdnotify.notify("READY=1\nSTATUS=serving")
     watchdog = asyncio.create_task(sdnotify.watchdog())
     try:

@@ -111,7 +111,13 @@ async def _until_signalled(run, app) -> None:
 
 def _create_app(cfg: Config, units: SystemdUnits | None = None):
     from gateway.app.factory import create_app
+    from gateway.app.tls import TlsError, load_context
 
+    if cfg.gateway.tls is not None:  # before anything starts: serve() loads it again
+        try:
+            load_context(cfg.gateway.tls)
+        except TlsError as exc:
+            _die(f"{cfg.source}: {exc}")
     try:
         return create_app(cfg, units=units)
     except ConfigError as exc:  # the API key file or $LOCALAI_API_KEY
@@ -158,9 +164,10 @@ def cmd_check(args) -> int:
     cfg = _load(args)
     plan = full_plan(cfg)
     print(f"config {cfg.source}: OK")
-    print(f"gateway  http://{cfg.gateway.host}:{cfg.gateway.port}  "
+    tls = f", HTTPS with {cfg.gateway.tls.cert}" if cfg.gateway.tls else ""
+    print(f"gateway  {'https' if tls else 'http'}://{cfg.gateway.host}:{cfg.gateway.port}  "
           f"(max_queue {cfg.gateway.max_queue}, api keys: "
-          f"{'file ' + str(cfg.gateway.api_key_file) if cfg.gateway.api_key_file else 'none/env'})")
+          f"{'file ' + str(cfg.gateway.api_key_file) if cfg.gateway.api_key_file else 'none/env'}{tls})")
     for m in plan["models"]:
         names = ", ".join([m["name"], *m["aliases"]])
         flag = "  (default)" if m["default"] else ""

@@ -110,6 +110,13 @@ class KeyLimits(_Strict):
         return self.default.model_copy(update={f: getattr(own, f) for f in own.model_fields_set})
 
 
+class TlsFiles(_Strict):
+    """The certificate the gateway serves HTTPS with (`gateway.tls`)."""
+
+    cert: Path = Field(description="PEM certificate chain: the host's certificate first, then any intermediates")
+    key: Path = Field(description="its private key (PEM, unencrypted), readable by the gateway's user alone")
+
+
 def _shown(default: str) -> dict[str, Any]:
     """The default as the README's reference shows it, where the value itself says too little."""
     return {"shown_default": default}
@@ -118,6 +125,11 @@ def _shown(default: str) -> dict[str, Any]:
 class GatewaySettings(_Strict):
     host: str = Field("127.0.0.1", description="address to listen on (`0.0.0.0` to serve the LAN)")
     port: int = Field(8080, ge=1, le=65535, description="port to listen on")
+    tls: TlsFiles | None = Field(None, description=(
+        "`{cert: FILE, key: FILE}`: serve HTTPS on `port`. Plain HTTP stays on the same port for clients on "
+        "this machine only (127.0.0.1, ::1: the CLI, health checks, a local agent); any other client gets "
+        "`400 https_required` over plain HTTP. A new certificate applies on restart. The playbook makes one "
+        "(docs/deploy.md, \"HTTPS\")"))
     api_key_file: Path | None = Field(None, description=(
         "file with one key per line: `name: key`, `key  # name` or a bare key (named `key-1`, …), `# ` comments; "
         "keys of 16 characters or more; readable by its owner only (group or other bits are refused); syntax under "
@@ -475,6 +487,11 @@ def _resolve_paths(data: dict, base: Path) -> None:
         for key in ("api_key_file", "webui_dir"):
             if isinstance(gw.get(key), str):
                 gw[key] = _expand_path(gw[key], base)
+        tls = gw.get("tls")
+        if isinstance(tls, dict):
+            for key in ("cert", "key"):
+                if isinstance(tls.get(key), str):
+                    tls[key] = _expand_path(tls[key], base)
     vl = data.get("vllm")
     if isinstance(vl, dict) and isinstance(vl.get("python"), str):
         vl["python"] = _expand_path(vl["python"], base)

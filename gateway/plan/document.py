@@ -80,11 +80,13 @@ def _hostport(host: str, port: int) -> str:
 
 def _gateway(cfg: Config) -> dict:
     """Where the gateway listens (systemd's ListenStream: an address, IPv6 in brackets), the URL
-    it is reached at on its own host, and the port it opens to clients (none on loopback)."""
+    it is reached at on its own host, its certificate (gateway.tls: HTTPS for the other hosts) and
+    the port it opens to clients (none on loopback)."""
     gw = cfg.gateway
     return {"host": gw.host, "port": gw.port,
             "listen": _hostport("127.0.0.1" if gw.host == "localhost" else gw.host, gw.port),
-            "url": f"http://{_hostport(connect_host(gw.host), gw.port)}",
+            "url": f"http://{_hostport(connect_host(gw.host), gw.port)}",  # plain HTTP: this host's
+            "tls": None if gw.tls is None else {"cert": str(gw.tls.cert), "key": str(gw.tls.key)},
             "ports": [] if _loopback(gw.host) else [{"port": gw.port, "from": "clients", "for": "localai gateway"}]}
 
 

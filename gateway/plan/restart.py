@@ -4,9 +4,9 @@ A reload (SIGHUP) applies everything else; these it reports as "needs restart". 
 hashed, are the plan's `gateway.restart_fingerprint` (`localai plan --json`): the playbook
 restarts the gateway when the fingerprint it runs with differs from the new one, and reloads
 it otherwise. Two parts, each answered by the holder that keeps it (app/reload.py):
-- "gateway": where it listens, its body limit, upstream timeouts, the bounds on client
-  connections and on upstream answers, whether (and from where) the WebUI is served: fixed in the aiohttp application
-  and its socket.
+- "gateway": where it listens, its certificate (gateway.tls), its body limit, upstream timeouts,
+  the bounds on client connections and on upstream answers, whether (and from where) the WebUI
+  is served: fixed in the aiohttp application and its socket.
 - "lifecycle": which models are load: on_demand and how each comes and goes (its share of the
   card, sleep mode or stop/start, its unit): the lifecycle is built with them.
 """
@@ -29,6 +29,8 @@ def restart_facts(cfg: Config) -> dict[str, dict[str, object]]:
     """Part -> setting -> value (plain JSON data) of what only a restart changes."""
     gw = cfg.gateway
     gateway: dict[str, object] = {f"gateway.{name}": getattr(gw, name) for name in GATEWAY_SETTINGS}
+    if gw.tls is not None:  # and the certificate files: read once, as it starts
+        gateway["gateway.tls"] = {"cert": str(gw.tls.cert), "key": str(gw.tls.key)}
     if gw.webui:
         gateway["gateway.webui_dir"] = None if gw.webui_dir is None else str(gw.webui_dir)
     residency = cfg.residency()

@@ -63,6 +63,8 @@ def test_vars() -> dict:
     return {
         "localai_config_file": f"{SRC_IN}/tests-systemd-localai.yaml",
         "localai_tiny_models": list(MODEL_PORTS),
+        # HTTPS from the playbook's private CA, on the tier's loopback gateway (auto would not).
+        "localai_tls": "true",
         "localai_python_pip_find_links": [str(WHEELS)] if WHEELS.is_dir() else [],
         "localai_python_extra_index_urls": {"cuda": [], "cpu": []} if WHEELS.is_dir()
         else {"cuda": [], "cpu": ["https://download.pytorch.org/whl/cpu"]},

@@ -202,3 +202,18 @@ def test_the_service_user_may_manage_the_model_units_and_nothing_else(swapbox):
         assert ask(box, "general")[0] == 200
     assert active(box, "general") == "active"
     assert as_service_user(box, "start", "localai-model@general.service") == {"ok": True}
+
+
+def test_the_model_servers_user_is_outside_the_polkit_rule(swapbox):
+    """#18: the units the gateway starts run as localai-model, which may start and stop none of them."""
+    box = swapbox
+    assert ask(box, "general")[0] == 200  # started by the gateway over D-Bus
+    assert box.prop("localai-model@general.service", "User") == "localai-model"
+    pid = box.prop("localai-model@general.service", "MainPID")
+    for verb in ("stop", "start"):
+        res = box.c.run(["runuser", "-u", "localai-model", "--", "/opt/localai/venv-gateway/bin/python", "-c",
+                         AS_SERVICE_USER, verb, "localai-model@general.service"], timeout=120)
+        answer = json.loads(res.stdout.strip().splitlines()[-1])
+        assert not answer["ok"], f"the model servers' user could {verb} a model unit"
+        assert "Interactive authentication required" in answer["error"] or "Access denied" in answer["error"], answer
+    assert box.prop("localai-model@general.service", "MainPID") == pid
