@@ -275,7 +275,8 @@ class _ModelBase(_Strict):
     # "embed": an embedding model, served on /v1/embeddings (and /v1/score, /v1/rerank by similarity).
     # "score": a cross-encoder (reranker), served on /v1/score and /v1/rerank.
     task: Literal["generate", "embed", "score"] = "generate"
-    # Prompts are held to this share of max_model_len (the rest is room to answer).
+    # Chats are shortened toward this share of max_model_len (the rest is room to answer);
+    # no request is refused before it overflows the window itself.
     context_limit: float = Field(0.75, gt=0, le=1)
     context_policy: Literal["truncate", "reject"] = "truncate"
     # Fill-in-the-middle for /v1/completions with `suffix`: a name from FIM_TEMPLATES

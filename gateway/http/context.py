@@ -1,5 +1,10 @@
-"""The context-window guard: prompts are held to `context_limit` x max_model_len,
-counted with the backend's own tokenizer and chat template, never silently.
+"""The context-window guard: chat prompts are shortened toward `context_limit` x max_model_len,
+counted with the backend's own tokenizer and chat template, never silently; a request is refused
+only when it cannot fit the window at all, so the guard is never stricter than vLLM.
+
+Only chat conversations are shortened (OpenAI chat, the WebUI, Ollama): a coding agent's
+Anthropic or Responses request carries tool state that dropping turns would corrupt, and the
+agent compacts its own history, so those pass whole while they fit the window.
 
 Short prompts pay nothing: a cheap upper bound (every token of a byte-level
 tokenizer covers at least one byte, plus generous room for the template)
@@ -41,9 +46,13 @@ class Guarded:
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
+# The shortest answer a prompt must leave room for: vLLM serves a prompt of max_model_len - 1 tokens.
+MIN_ANSWER_TOKENS = 1
+
+
 def prompt_limit(backend: Backend, window: int) -> int:
-    """Prompt tokens allowed: context_limit x max_model_len, and room for one token of answer."""
-    return min(int(backend.model.context_limit * window), window - 1)
+    """The prompt size chats are shortened toward: context_limit x max_model_len, and room to answer."""
+    return min(int(backend.model.context_limit * window), window - MIN_ANSWER_TOKENS)
 
 
 def requested_max_tokens(body: dict) -> int | None:
@@ -181,59 +190,86 @@ def _without_turns(messages: list[dict], starts: list[int], n: int, latest_user:
     return [m for i, m in enumerate(messages) if i >= cut_end or m.get("role") == "system"]
 
 
-async def guard(session: aiohttp.ClientSession, backend: Backend, body: dict, path: str) -> Guarded:
-    """Hold the prompt to the model's limit (dropping old turns or rejecting, per its
-    context_policy), then cap max_tokens to what the window leaves: never stricter than vLLM."""
+async def guard(session: aiohttp.ClientSession, backend: Backend, body: dict, path: str, *,
+                may_shorten: bool = True) -> Guarded:
+    """Shorten a chat toward the model's context_limit (dropping old turns, unless its context_policy
+    is 'reject' or the caller says not to), refuse only what cannot fit the window, then cap
+    max_tokens to the room left: never stricter than vLLM."""
     window = backend.max_model_len
     if not window:
         return Guarded(body)
-    allowed = prompt_limit(backend, window)
+    target = prompt_limit(backend, window)
+    most = window - MIN_ANSWER_TOKENS
     bound = upper_bound(body, path)
-    if bound is not None and bound <= allowed and bound + (requested_max_tokens(body) or 0) <= window:
+    if bound is not None and bound <= target and bound + (requested_max_tokens(body) or 0) <= window:
         return Guarded(body)
     counted = await count_tokens(session, backend, body, path)
     if counted is None:
         return Guarded(body)
-    if counted <= allowed:
-        return Guarded(body, max_tokens_capped=cap_max_tokens(body, window - counted))
     messages = body.get("messages")
-    policy = backend.model.context_policy
     user_idx = [i for i, m in enumerate(messages or []) if _starts_turn(m)]
-    if policy == "reject" or not messages or not user_idx:
-        raise _too_long(backend, counted, allowed, policy)
+    agent = not may_shorten or path == MESSAGES
+    shortens = not agent and backend.model.context_policy == "truncate"
+    if counted <= target or not (shortens and messages and user_idx):
+        if counted > most:
+            raise _too_long(backend, counted, "agent" if agent else "chat" if shortens else "reject", path)
+        return Guarded(body, max_tokens_capped=cap_max_tokens(body, window - counted))
+    assert messages is not None
     latest_user = user_idx[-1]
     starts = _turn_starts(messages, latest_user)
     if not starts and any(m.get("role") != "system" for m in messages[:latest_user]):
         starts = [0]
-    # Fewest dropped turns that fit: binary search, each probe one count.
+    if not starts:
+        return _kept_whole(backend, body, counted, window, path)
+    # Fewest dropped turns that reach the target: binary search, each probe one count.
     lo, hi, fit_count = 1, len(starts), None
     trimmed_body = None
     while lo <= hi:
         mid = (lo + hi) // 2
         candidate = {**body, "messages": _without_turns(messages, starts, mid, latest_user)}
         n = await count_tokens(session, backend, candidate, path)
-        if n is not None and n <= allowed:
+        if n is not None and n <= target:
             hi, fit_count, trimmed_body = mid - 1, n, candidate
         else:
             lo = mid + 1
-    if trimmed_body is None or fit_count is None:
-        raise _too_long(backend, counted, allowed, "latest")
+    if trimmed_body is None:
+        # The target is out of reach: the shortest conversation (system + latest turn) is the
+        # nearest to it, and it is served as long as it fits the window.
+        candidate = {**body, "messages": _without_turns(messages, starts, len(starts), latest_user)}
+        n = await count_tokens(session, backend, candidate, path)
+        if n is None or n > most:
+            return _kept_whole(backend, body, counted, window, path)
+        trimmed_body, fit_count = candidate, n
+    assert fit_count is not None
     dropped = len(messages) - len(trimmed_body["messages"])
-    log.info("context guard dropped %d messages: %d tokens of %d allowed", dropped, counted, allowed,
+    log.info("context guard dropped %d messages: %d tokens, shortened to %d (target %d)", dropped, counted,
+             fit_count, target,
              extra={"model": backend.name, "dropped_messages": dropped, "prompt_tokens_before": counted,
-                    "prompt_tokens_after": fit_count, "allowed_tokens": allowed})
+                    "prompt_tokens_after": fit_count, "allowed_tokens": target})
     return Guarded(trimmed_body, dropped=dropped,
                    max_tokens_capped=cap_max_tokens(trimmed_body, window - fit_count))
 
 
-def _too_long(backend: Backend, counted: int, allowed: int, why: str) -> ApiError:
+def _kept_whole(backend: Backend, body: dict, counted: int, window: int, path: str) -> Guarded:
+    """A conversation dropping turns cannot bring toward the target: whole, if the window holds it."""
+    if counted > window - MIN_ANSWER_TOKENS:
+        raise _too_long(backend, counted, "latest", path)
+    return Guarded(body, max_tokens_capped=cap_max_tokens(body, window - counted))
+
+
+def _too_long(backend: Backend, counted: int, why: str, path: str) -> ApiError:
+    """400 context_length_exceeded, worded as the client's API words it: coding agents read the
+    wording to decide to compact their history (Anthropic's "prompt is too long", OpenAI's
+    "maximum context length")."""
     hint = {
+        "agent": "an agent's request is never shortened",
         "reject": "this model's context_policy is 'reject'",
         "latest": "the system prompt and the latest message alone are too long",
     }.get(why, "there is nothing older to drop")
-    return ApiError(
-        400,
-        f"This model's context limit is {allowed} prompt tokens ({backend.model.context_limit:g} of "
-        f"max_model_len {backend.max_model_len}); the prompt has {counted} tokens, "
-        f"and {hint}.",
-        code="context_length_exceeded", param="messages")
+    window = backend.max_model_len or 0  # the guard runs only with a window
+    if path == MESSAGES:
+        message = f"prompt is too long: {counted} tokens > {window - MIN_ANSWER_TOKENS} maximum ({hint})"
+    else:
+        message = (f"This model's maximum context length is {window} tokens. However, your prompt has "
+                   f"{counted} tokens, leaving no room for an answer ({hint}).")
+    return ApiError(400, message, code="context_length_exceeded", param="messages")

@@ -60,18 +60,19 @@ def test_unknown_id_is_not_found(client):
     assert info.value.body["code"] == "response_not_found"
 
 
-def test_long_input_is_held_to_the_window(client):
-    # coder: 0.75 x 2048 = 1536 prompt tokens. The guard counts the input as the chat it renders to.
+def test_an_input_past_the_window_is_refused_whole(client):
+    # coder: max_model_len 2048. An agent's input is never shortened (dropping turns would corrupt its
+    # tool state): past the window it is refused in the words Codex reads as "compact your history".
     turns = []
-    for i in range(12):
+    for i in range(24):
         turns.append({"role": "user", "content": [{"type": "input_text",
                                                    "text": f"Question {i}: " + "explain the scheduler again. " * 12}]})
         turns.append({"role": "assistant", "content": f"Answer {i}: " + "it batches requests by tokens. " * 12})
     turns.append({"role": "user", "content": "Now summarise."})
-    raw = client.responses.with_raw_response.create(model="coder", input=turns, max_output_tokens=8)
-    dropped = int(raw.headers["X-LocalAI-Truncated-Messages"])
-    assert dropped >= 2 and dropped % 2 == 0
-    assert raw.parse().usage.input_tokens <= 1536  # vLLM's own count of what it was sent
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="coder", input=turns, max_output_tokens=8)
+    assert info.value.body["code"] == "context_length_exceeded"
+    assert "maximum context length is 2048 tokens" in info.value.body["message"]
 
 
 def test_codex_shaped_request(http):

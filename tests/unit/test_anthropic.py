@@ -193,21 +193,24 @@ async def test_max_tokens_beyond_the_window_is_capped_and_said(stack):
     assert access["max_tokens_capped"] == capped
 
 
-async def test_old_turns_dropped_but_never_a_tool_result_from_its_call(stack):
-    fake = FakeBackend(max_model_len=400)  # truncate policy; prompts up to 300 tokens
+async def test_an_agents_conversation_passes_whole_until_the_window_cannot_hold_it(stack):
+    # Claude Code's first request was refused at 0.75 of the window though vLLM serves it (#22).
+    fake = FakeBackend(max_model_len=400)  # truncate policy: chats are shortened toward 300 tokens
     s = await stack({"m": fake})
     call = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]}
     result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "done"}]}
     old = [{"role": "user", "content": "word " * 350}, {"role": "assistant", "content": "ok"}]
     body = dict(ASK, messages=[*old, {"role": "user", "content": "read it"}, call, result])
     async with s.http.post(s.url + "/v1/messages", json=body, headers=HEADERS) as r:
-        assert r.status == 200 and r.headers["X-LocalAI-Truncated-Messages"] == "2"
-    assert fake.received[-1]["messages"] == body["messages"][2:]  # the call and its result stay together
-    # The latest turn (the question, the call, its result) alone too long: rejected, not split.
-    body["messages"][2]["content"] = "word " * 400
+        assert r.status == 200 and "X-LocalAI-Truncated-Messages" not in r.headers
+    assert fake.received[-1]["messages"] == body["messages"]  # nothing of the agent's history dropped
+    # Past the window: refused in the words Claude Code reads as "compact your history".
+    body["messages"][0]["content"] = "word " * 400
     async with s.http.post(s.url + "/v1/messages", json=body, headers=HEADERS) as r:
         assert r.status == 400
-        assert_anthropic_error(await r.json(), "invalid_request_error")
+        error = await r.json()
+    assert_anthropic_error(error, "invalid_request_error")
+    assert error["error"]["message"].startswith("prompt is too long: ")
     assert sum("max_tokens" in b for b in fake.received) == 1
 
 
@@ -233,7 +236,7 @@ async def test_prompt_over_the_limit_is_rejected_in_anthropic_shape(stack):
     s = await stack({"m": (fake, {"context_policy": "reject"})})
     with pytest.raises(anthropic.BadRequestError) as err:
         await sdk(s).messages.create(**dict(ASK, messages=[{"role": "user", "content": "word " * 500}]))
-    assert err.value.status_code == 400 and "context limit" in err.value.message
+    assert err.value.status_code == 400 and "prompt is too long" in err.value.message
     assert err.value.body["error"]["type"] == "invalid_request_error"
     assert [b for b in fake.received if "max_tokens" in b] == []  # counted, never generated
 

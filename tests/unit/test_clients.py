@@ -49,6 +49,28 @@ async def test_truncates_oldest_turns_and_says_so(stack):
     assert any(line.get("dropped_messages") == dropped for line in s.log_lines())
 
 
+async def test_a_chat_the_target_cannot_hold_is_served_while_the_window_can(stack):
+    # The share is where chats are shortened to, not a limit stricter than vLLM's window (#22).
+    fake = FakeBackend(max_model_len=400)  # shortened toward 300 prompt tokens
+    s = await stack({"m": fake})
+    alone = [{"role": "system", "content": "word " * 340}, {"role": "user", "content": "latest question"}]
+    async with s.http.post(s.url + "/v1/chat/completions", json={"messages": alone}) as r:
+        assert r.status == 200 and "X-LocalAI-Truncated-Messages" not in r.headers
+    assert fake.received[-1]["messages"] == alone
+    # Older turns on top of that: all dropped (the nearest to the target), the rest served.
+    msgs = [alone[0], {"role": "user", "content": "q0 word"}, {"role": "assistant", "content": "a0"}, alone[1]]
+    async with s.http.post(s.url + "/v1/chat/completions", json={"messages": msgs}) as r:
+        assert r.status == 200 and r.headers["X-LocalAI-Truncated-Messages"] == "2"
+    assert fake.received[-1]["messages"] == alone
+    # Past the window itself: refused in the words OpenAI clients read as a context overflow.
+    too_long = [{"role": "system", "content": "word " * 420}, alone[1]]
+    async with s.http.post(s.url + "/v1/chat/completions", json={"messages": too_long}) as r:
+        assert r.status == 400
+        body = await r.json()
+    assert_openai_error(body, "context_length_exceeded")
+    assert "maximum context length is 400 tokens" in body["error"]["message"]
+
+
 async def test_reject_policy_gives_counts(stack):
     fake = FakeBackend(max_model_len=400)
     s = await stack({"m": (fake, {"context_policy": "reject"})})
@@ -56,7 +78,7 @@ async def test_reject_policy_gives_counts(stack):
         assert r.status == 400
         body = await r.json()
     assert_openai_error(body, "context_length_exceeded")
-    assert "300" in body["error"]["message"] and "prompt has" in body["error"]["message"]
+    assert "400 tokens" in body["error"]["message"] and "prompt has 551" in body["error"]["message"]
     assert fake.received == []
 
 

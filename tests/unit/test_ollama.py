@@ -498,7 +498,7 @@ async def test_context_guard_applies(stack):
     long = " ".join(["word"] * 200)
     with pytest.raises(ollama.ResponseError) as info:
         await client(s).chat(model="m", messages=[{"role": "user", "content": long}])
-    assert info.value.status_code == 400 and "context limit" in info.value.error
+    assert info.value.status_code == 400 and "maximum context length is 100 tokens" in info.value.error
     assert fake.received == []
 
 

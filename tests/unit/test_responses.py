@@ -259,17 +259,19 @@ def long_input(turns: int, words: int) -> list[dict]:
     return items
 
 
-async def test_the_guard_drops_whole_turns_of_the_input(stack):
-    fake = FakeBackend(max_model_len=400)  # 300 prompt tokens; the fake counts words
+async def test_an_agents_input_passes_whole_until_the_window_cannot_hold_it(stack):
+    fake = FakeBackend(max_model_len=400)  # chats are shortened toward 300 tokens; the fake counts words
     s = await stack({"m": fake})
-    items = long_input(6, 40)
+    items = long_input(4, 40)  # over 300 tokens, under 400
     body = {"input": items, "instructions": "Be terse."}
     async with s.http.post(s.url + "/v1/responses", json=body) as r:
-        assert r.status == 200
-        dropped = int(r.headers["X-LocalAI-Truncated-Messages"])
-    sent = fake.received[-1]
-    assert dropped > 0 and dropped % 2 == 0
-    assert sent["input"] == items[dropped:] and sent["instructions"] == "Be terse."
+        assert r.status == 200 and "X-LocalAI-Truncated-Messages" not in r.headers
+    assert fake.received[-1]["input"] == items
+    async with s.http.post(s.url + "/v1/responses", json={**body, "input": long_input(10, 40)}) as r:
+        assert r.status == 400
+        error = await r.json()
+    assert error["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length is 400 tokens" in error["error"]["message"]
 
 
 def test_the_guard_counts_the_tools_vllm_shows_the_model():
@@ -277,7 +279,7 @@ def test_the_guard_counts_the_tools_vllm_shows_the_model():
              {"type": "namespace", "name": "mcp", "tools": [{"type": "function", "name": "read", "parameters": {}}]},
              {"type": "custom", "name": "apply_patch", "format": {"type": "text"}},
              {"type": "web_search"}]
-    view, _ = chat_view({"input": [{"role": "developer", "content": "Sandbox: none."}], "tools": tools})
+    view = chat_view({"input": [{"role": "developer", "content": "Sandbox: none."}], "tools": tools})
     assert [t["function"]["name"] for t in view["tools"]] == ["shell", "read", "apply_patch"]
     assert view["messages"] == [{"role": "system", "content": "Sandbox: none."}]
 

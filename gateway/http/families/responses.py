@@ -283,17 +283,14 @@ def _shown_tools(tools: list) -> list[dict]:
     return shown
 
 
-def chat_view(body: dict) -> tuple[dict, dict[int, dict]]:
-    """The request as a chat body the context guard can count, and each message's input item."""
+def chat_view(body: dict) -> dict:
+    """The request as a chat body the context guard can count."""
     messages: list[dict] = []
     if isinstance(body.get("instructions"), str):
         messages.append({"role": "system", "content": body["instructions"]})
     items = body["input"]
-    source: dict[int, dict] = {}
-    for item in [{"role": "user", "content": items}] if isinstance(items, str) else items:
-        message = _as_message(item)
-        messages.append(message)
-        source[id(message)] = item
+    messages += [_as_message(item) for item in ([{"role": "user", "content": items}] if isinstance(items, str)
+                                                 else items)]
     view: dict = {"messages": messages}
     tools = [{"type": "function", "function": {k: v for k, v in t.items() if k in _FUNCTION_KEYS}}
              for t in _shown_tools(body.get("tools") or [])]
@@ -301,16 +298,16 @@ def chat_view(body: dict) -> tuple[dict, dict[int, dict]]:
         view["tools"] = tools
     if body.get("max_output_tokens") is not None:
         view["max_tokens"] = body["max_output_tokens"]
-    return view, source
+    return view
 
 
 async def guard_responses(session: aiohttp.ClientSession, backend: Backend, body: dict) -> Guarded:
     """The context guard on a Responses body: counted as the chat it renders to; max_output_tokens
-    is its max_tokens; turns it drops are dropped from `input` too."""
-    view, source = chat_view(body)
+    is its max_tokens. An agent's input is never shortened: it passes whole while it fits the window."""
+    view = chat_view(body)
     try:
         # The guard caps the view's max_tokens to the room left; it goes back as max_output_tokens below.
-        guarded = await guard(session, backend, view, CHAT)
+        guarded = await guard(session, backend, view, CHAT, may_shorten=False)
     except ApiError as exc:
         if exc.code != "invalid_request":
             raise
@@ -320,10 +317,7 @@ async def guard_responses(session: aiohttp.ClientSession, backend: Backend, body
     max_tokens = guarded.body.get("max_tokens")
     if max_tokens is not None and max_tokens != body.get("max_output_tokens"):
         body["max_output_tokens"] = max_tokens
-    if guarded.dropped:
-        kept = [source[id(m)] for m in guarded.body["messages"] if id(m) in source]
-        body["input"] = kept
-    return Guarded(body, dropped=guarded.dropped, max_tokens_capped=guarded.max_tokens_capped)
+    return Guarded(body, max_tokens_capped=guarded.max_tokens_capped)
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
