@@ -1,4 +1,4 @@
-"""Filters for the localai roles: profile choice, VRAM/RAM/disk budgets.
+"""Filters for the localai roles: profile choice, RAM/disk budgets, the plan's GPU budget shown.
 
 Pure functions of plain data (no Ansible imports beyond the plugin hook), so
 tests/systemd/test_static.py calls them directly.
@@ -12,14 +12,6 @@ import json
 import re
 
 GIB = 1024**3
-
-# Bytes per parameter of the weights as they sit in GPU memory (4-bit
-# quantised layers plus fp16 embeddings and scales; fp16/bf16; 8-bit).
-_BYTES_PER_PARAM = {"4bit": 0.62, "8bit": 1.1, "16bit": 2.05}
-# KV cache per token and per billion parameters when a model is not in the
-# catalog: GQA models of 2024-25 sit at 4-14 KiB/B; take the top of that.
-_KV_KIB_PER_TOKEN_PER_B = 16
-_DEFAULT_CONTEXT = 32768
 _VLLM_CPU_DEFAULT_KV_GIB = 4.0
 
 
@@ -61,45 +53,6 @@ def select_profile(vram_mib, floors: dict) -> str:
     return best
 
 
-def _quant_class(entry: dict) -> str:
-    text = " ".join(str(entry.get(k) or "") for k in ("quantization", "model")).lower()
-    if re.search(r"awq|gptq|int4|4bit|4-bit|w4a16|bnb|gguf|q4", text):
-        return "4bit"
-    if re.search(r"fp8|int8|8bit|w8a8|w8a16", text):
-        return "8bit"
-    return "16bit"
-
-
-def _params_b(model: str):
-    m = re.search(r"(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", model.split("/")[-1])
-    return float(m.group(1)) if m else None
-
-
-def model_estimate(entry: dict, catalog: dict) -> dict:
-    """Weights (GiB), KV bytes per token and native context of one model entry.
-
-    The catalog (localai_checks_model_catalog) wins; otherwise the size is read
-    off the name ("...-7B-...") and the quantisation. `known` is False when
-    neither worked; the check then says so instead of guessing.
-    """
-    model = str(entry.get("model", ""))
-    info = dict((catalog or {}).get(model.lower()) or (catalog or {}).get(model) or {})
-    params = info.get("params_b") or _params_b(model)
-    out = {"model": model, "known": True, "source": "catalog" if info else "estimate"}
-    if "weights_gib" in info:
-        out["weights_gib"] = float(info["weights_gib"])
-    elif params:
-        out["weights_gib"] = round(params * 1e9 * _BYTES_PER_PARAM[_quant_class(entry)] / GIB, 2)
-    else:
-        out["weights_gib"] = 0.0
-        out["known"] = False
-    kv_kib = info.get("kv_kib_per_token") or ((params or 0) * _KV_KIB_PER_TOKEN_PER_B)
-    out["kv_bytes_per_token"] = float(kv_kib) * 1024
-    out["context"] = int(info.get("context") or _DEFAULT_CONTEXT)
-    out["params_b"] = params or 0.0
-    return out
-
-
 def placements(plan, host=None) -> list:
     """The model servers `localai plan --json` places: all of them, or those on `host`.
 
@@ -129,60 +82,23 @@ def node_mismatches(plan, versions) -> list:
     return out
 
 
-def vram_report(servers, models, gpus, catalog, overhead_gib=1.0, overhead_gib_per_b=0.03, kv_sequences=2) -> dict:
-    """Check that each model server on this host fits its share of its card.
+def memory_lines(servers) -> list:
+    """The plan's GPU memory budget of each of these servers, one sentence each (gateway/plan/memory.py
+    reckons it against the card size the play wrote into the config, and refuses a config whose
+    share cannot hold one max_model_len sequence)."""
+    return [f"{s['unit']}: {s['memory']['card']}: {s['memory']['summary']}" for s in servers or [] if s.get("memory")]
 
-    servers: this host's placements (see placements()); models: the config's
-    entries, for what the weights estimate reads; gpus: [{index, name,
-    memory_total_mib}]. Which card a server is on and which servers may be
-    resident together is the plan's (the product's) decision; this adds what
-    the product cannot know: how much memory the model needs. A share is
-    the plan's share (every server has one: vLLM's 0.9 alone on a card, split
-    where models share one) x card memory; it must hold the weights, a fixed
-    runtime overhead (CUDA context, activations, graphs) and the KV cache of
-    `kv_sequences` sequences of max_model_len tokens. vLLM itself refuses to
-    start below one ("no available memory for the cache blocks"); the second
-    is headroom. Returns {"ok": bool, "problems": [sentence], "lines": [summary]}.
-    """
-    by_index = {str(g["index"]): g for g in gpus or []}
-    entries = {m.get("name"): m for m in models or []}
-    problems, lines = [], []
+
+def missing_cards(servers, gpus) -> list:
+    """Sentences for each server pinned (CUDA_VISIBLE_DEVICES) to a card this host lacks: a config
+    without `hosts:` does not say how many cards its one host has, so the plan cannot tell."""
+    have = {str(g["index"]) for g in gpus or []}
+    out = []
     for server in servers or []:
-        name, entry = server["unit"], entries.get(server["model"], {})
-        # vLLM (one card, no tensor parallelism) runs on the first card it sees.
-        dev = (str(server.get("devices") or "0").split(",")[0].strip()) or "0"
-        gpu = by_index.get(dev)
-        if gpu is None:
-            problems.append(f"Model '{name}' is placed on GPU {dev}, but this host has no such GPU.")
-            continue
-        card_gib = float(gpu["memory_total_mib"]) / 1024
-        util = float(server["share"])
-        est = model_estimate(entry, catalog)
-        if not est["known"]:
-            lines.append(f"{name}: size of '{est['model']}' unknown (add it to localai_checks_model_catalog); "
-                         f"VRAM not checked")
-            continue
-        ctx = int(entry.get("max_model_len") or est["context"])
-        kv_gib = est["kv_bytes_per_token"] * ctx * int(kv_sequences) / GIB
-        over = float(overhead_gib) + float(overhead_gib_per_b) * est["params_b"]
-        need = est["weights_gib"] + over + kv_gib
-        share = util * card_gib
-        lines.append(f"{name}: {share:.1f} GiB of GPU {dev} ({util:.2f} x {card_gib:.1f}) for "
-                     f"{est['weights_gib']:.1f} GiB weights + {over:.1f} GiB runtime + "
-                     f"{kv_gib:.1f} GiB KV cache ({kv_sequences} x {ctx} tokens) = {need:.1f} GiB")
-        if need > share:
-            fit = need / card_gib + 0.01
-            if fit <= 1.0:
-                advice = (f"raise gpu_memory_utilization to {fit:.2f} (`localai check` then says whether the "
-                          f"models still fit together), lower max_model_len, or pick a smaller model.")
-            else:
-                advice = "that is more than this card can give one model: lower max_model_len or pick a smaller model."
-            problems.append(
-                f"Model '{name}' ({est['model']}) needs about {need:.1f} GiB on GPU {dev} "
-                f"({est['weights_gib']:.1f} weights, {over:.1f} runtime, {kv_gib:.1f} KV cache for "
-                f"{kv_sequences} x {ctx} tokens) but gpu_memory_utilization {util:.2f} of "
-                f"{card_gib:.1f} GiB gives it {share:.1f} GiB; {advice}")
-    return {"ok": not problems, "problems": problems, "lines": lines}
+        for dev in str(server.get("devices") or "").split(","):
+            if dev.strip() and dev.strip() not in have:
+                out.append(f"Model '{server['unit']}' is placed on GPU {dev.strip()}, but this host has no such GPU.")
+    return out
 
 
 def ram_report(servers, memtotal_mb, overhead_gib=3.0) -> dict:
@@ -212,10 +128,10 @@ def mount_free_bytes(mounts, path: str) -> int:
     return int(best.get("size_available", 0)) if best else 0
 
 
-def weights_gib(models, catalog) -> float:
-    """Total download of the hub models in the list (GiB): managed ones, which the plan says."""
-    return round(sum(model_estimate(m, catalog)["weights_gib"] for m in models or []
-                     if is_hub_id(m.get("model"))), 2)
+def weights_gib(models, plan) -> float:
+    """Total download of the hub models in the list (GiB), as the plan's catalog says (0 for one it lacks)."""
+    sizes = {m["name"]: m.get("weights_gib") or 0.0 for m in (plan or {}).get("models") or []}
+    return round(sum(sizes.get(m.get("name"), 0.0) for m in models or [] if is_hub_id(m.get("model"))), 2)
 
 
 def _deep_merge(base, over):
@@ -238,7 +154,7 @@ def _loopback(host: str) -> bool:
 def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm_python=None,
                      api_key_file=None, webui_dir=None, gateway_host="", gateway_port=0,
                      overrides=None, all_tiny=False, hosts=None, vllm_host="", accelerator="",
-                     tls="false", tls_dir="/etc/localai/tls") -> dict:
+                     tls="false", tls_dir="/etc/localai/tls", gpu_memory_gib=0) -> dict:
     """The config the host gets: the chosen source plus what the roles own.
 
     - models listed in `tiny` (every managed one with all_tiny) point at
@@ -250,6 +166,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     - `accelerator` of a single host (vllm.accelerator): the vLLM build the play
       installs (cuda, cpu). Said outright, the plan (what sleep_mode: auto means,
       among others) is the same before vLLM is installed;
+    - `gpu_memory_gib` of a single host (vllm.gpu_memory_gib): its card's memory, which the plan
+      budgets weights and KV cache against (with hosts, each host's entry says its own);
     - then `overrides`, merged recursively;
     - last, `gateway.tls` (the certificate the role installs in tls_dir) when `tls` is true, or
       auto and the gateway listens beyond loopback, unless the config names a certificate itself.
@@ -271,6 +189,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
         vllm["host"] = vllm_host
     if accelerator and not hosts:
         vllm["accelerator"] = accelerator
+    if float(gpu_memory_gib or 0) > 0 and not hosts:
+        vllm["gpu_memory_gib"] = round(float(gpu_memory_gib), 2)
     cfg["vllm"] = vllm
     gw = dict(cfg.get("gateway") or {})
     if api_key_file:
@@ -329,8 +249,8 @@ class FilterModule:
             "localai_hub_cache_dirname": hub_cache_dirname,
             "localai_select_profile": select_profile,
             "localai_parse_nvidia_smi": parse_nvidia_smi,
-            "localai_model_estimate": model_estimate,
-            "localai_vram_report": vram_report,
+            "localai_memory_lines": memory_lines,
+            "localai_missing_cards": missing_cards,
             "localai_ram_report": ram_report,
             "localai_mount_free_bytes": mount_free_bytes,
             "localai_weights_gib": weights_gib,

@@ -213,6 +213,8 @@ def _print_hosts(plan: dict) -> None:
             role = p["role"] if p["nodes"] == 1 else f"{p['role']} (node {p['node']} of {p['nodes']}, " \
                                                      f"master {p['master']}, VLLM_HOST_IP={p['node_ip']})"
             print(f"    localai-model@{p['unit']}: {p['model']} replica {p['replica']}, {role}, {where}, {cards}")
+            if p["memory"]:
+                print(f"        {p['memory']['card']}: {p['memory']['summary']}")
 
 
 def cmd_plan(args) -> int:

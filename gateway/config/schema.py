@@ -207,6 +207,11 @@ class VllmSettings(_Strict):
         "`cuda`, `rocm` or `cpu`: the build of the vLLM at `python` (decides what `sleep_mode: auto` means); "
         "unset, `localai` looks at the vLLM installed beside `python` on the machine it runs on. With `hosts:`, "
         "each host says its own"))
+    gpu_memory_gib: float | None = Field(None, gt=0, description=(
+        "memory of each card (GiB, as `nvidia-smi` reports it) that the plan budgets each model's weights and KV "
+        "cache against (`localai check` refuses a model whose share cannot hold one `max_model_len` sequence); "
+        "unset: the budget is shown, not checked. The playbook writes the card's. With `hosts:`, each host says "
+        "its own"))
 
 
 # The host of a config without `hosts:`: today's single machine.
@@ -229,6 +234,8 @@ class Host(_Strict):
     accelerator: Accelerator | None = Field(None, json_schema_extra=_shown("`cpu` with `gpus: 0`, else `cuda`"),
                                             description=(
         "the build of vLLM on it: `cuda`, `rocm` or `cpu` (the playbook writes what it installed)"))
+    gpu_memory_gib: float | None = Field(None, gt=0, json_schema_extra=_shown("`vllm.gpu_memory_gib`"),
+                                         description="memory of each of its cards (GiB); see `vllm.gpu_memory_gib`")
 
     @property
     def reach(self) -> str:
@@ -315,6 +322,10 @@ class ManagedModel(_ModelBase):
     enable_prefix_caching: bool | None = None
     # vLLM's tool-call parser for this model (e.g. hermes for Qwen2.5); enables tools with tool_choice auto.
     tool_call_parser: str | None = None
+    # vLLM's reasoning parser (e.g. openai_gptoss): the model's thinking leaves as reasoning_content.
+    reasoning_parser: str | None = None
+    # fp8 halves the KV cache per token: twice the window or the sequences in the same memory.
+    kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = None
     extra_args: list[str] = []
     env: dict[str, str] = {}
     # always: resident for as long as the service runs. on_demand: brought in when asked

@@ -8,6 +8,8 @@ from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 from gateway.config.schema import Config, ManagedModel, connect_host
+from gateway.plan import memory
+from gateway.plan.catalog import facts
 from gateway.plan.placement import (
     Placement,
     accelerator,
@@ -35,6 +37,9 @@ def full_plan(cfg: Config) -> dict:
             "presets": {name: p.defaults() for name, p in m.presets.items()},
         }
         if isinstance(m, ManagedModel):
+            known = facts(m.model)
+            # The whole checkpoint (what a download takes), None for a model the catalog lacks.
+            entry["weights_gib"] = known.weights_gib if known else None
             first = endpoints(cfg, m.name)[0]
             p = server_plan(m, cfg.vllm, first)
             entry.update(url=first.url, port=first.port, argv=p.argv, env=p.env, load=m.load,
@@ -44,6 +49,7 @@ def full_plan(cfg: Config) -> dict:
                              swap=f"sleep level {p.sleep_level}" if p.sleep_level else "stop/start")
         models.append(entry)
     residency = cfg.residency()
+    budgets = {b.unit: b for b in memory.budgets(cfg)}
     return {
         "config": str(cfg.source),
         # restart_fingerprint: what only a gateway restart applies, hashed (restart.py); the playbook
@@ -52,18 +58,20 @@ def full_plan(cfg: Config) -> dict:
         "models": models,
         "hosts": _hosts(cfg),
         # Every server process: what `localai up` starts and what each host's units run.
-        "placements": [_placement_entry(cfg, p) for p in placements(cfg)],
+        "placements": [_placement_entry(cfg, p, budgets) for p in placements(cfg)],
         # Which models can be resident at once: every always model, plus any one of these sets.
         "residency": {"always": residency.always_names, "on_demand_together": residency.together()},
     }
 
 
-def _placement_entry(cfg: Config, p: Placement) -> dict:
+def _placement_entry(cfg: Config, p: Placement, budgets: dict[str, memory.Budget]) -> dict:
     m = cfg.model(p.model)
     assert isinstance(m, ManagedModel)
     server = server_plan(m, cfg.vllm, p)
     entry = asdict(p)
-    entry.update(load=m.load, argv=server.argv, env=server.env)
+    # GPU memory of each of its cards (memory.py): what `localai check` and the playbook show.
+    budget = budgets.get(p.unit)
+    entry.update(load=m.load, argv=server.argv, env=server.env, memory=asdict(budget) if budget else None)
     return entry
 
 

@@ -171,6 +171,7 @@ def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement) -> Se
         "--max-num-batched-tokens": model.max_num_batched_tokens,
         "--dtype": model.dtype,
         "--quantization": model.quantization,
+        "--kv-cache-dtype": model.kv_cache_dtype,
     }
     for flag, value in options.items():
         if value is not None:
@@ -182,6 +183,8 @@ def server_plan(model: ManagedModel, vllm: VllmSettings, where: Placement) -> Se
         argv += ["--runner", "pooling", "--convert", "classify"]
     if model.tool_call_parser:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", model.tool_call_parser]
+    if model.reasoning_parser:
+        argv += ["--reasoning-parser", model.reasoning_parser]
     if model.enable_prefix_caching is not None:
         argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
     store = _RESPONSES_STORE if model.task == "generate" else {}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gateway.config import schema
 from gateway.config.schema import Config, KeyPath
+from gateway.plan import memory
 from gateway.plan.placement import last_flag, placements
 
 
@@ -79,7 +80,11 @@ def placement_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
             problems.append((("models", index[p.model], "name"),
                              f"unit name '{p.unit}' is already that of {units[p.unit]}; rename the model"))
         units.setdefault(p.unit, f"{p.model} replica {p.replica}")
-    return problems
+    if problems:
+        return problems
+    # Each model once (its replicas sit on cards of one size and say the same).
+    said = {(name, key): message for name, key, message in memory.problems(cfg)}
+    return [(("models", index[name], key), message) for (name, key), message in said.items()]
 
 
 PLAN_CHECKS: schema.Checks = (placement_checks,)

@@ -386,8 +386,10 @@ def checks_only(box, card: str, *extra: str):
 def test_gpu_host_checks_pick_the_profile_and_budget(box):
     res = checks_only(box, "l4")
     assert res.returncode == 0, res.stdout[-3000:]
-    assert "CUDA host: NVIDIA L4; models from profile 24gb: coder, general." in res.text
-    assert "coder: 10.1 GiB of GPU 0 (0.45 x 22.5) for 5.6 GiB weights" in res.text, res.stdout[-3000:]
+    assert "CUDA host: NVIDIA L4; models from profile 24gb: coder." in res.text
+    # The plan's budget, reckoned against the card size the play wrote into the config.
+    assert "coder: its card: 20.7 GiB (0.92 x 22.49) = 15.5 weights + 1.9 runtime + 3.3 KV cache" in res.text, \
+        res.stdout[-3000:]
 
 
 def test_gpu_host_checks_fail_early_in_plain_words(box):
@@ -396,10 +398,10 @@ def test_gpu_host_checks_fail_early_in_plain_words(box):
     assert "The NVIDIA driver on this host is 550.127.05" in res.text and "580.65.06 or newer" in res.text
     res = checks_only(box, "small")
     assert res.returncode != 0 and "less than the smallest profile needs" in res.text, res.text[-2000:]
-    res = checks_only(box, "l4", "-e", "localai_profile=96gb")
+    res = checks_only(box, "l4", "-e", "localai_profile=96gb-2024")
     assert res.returncode != 0
-    assert "Model ''coder'' (Qwen/Qwen2.5-Coder-32B-Instruct-AWQ) needs about 37.5 GiB on GPU 0" in res.text
-    assert "more than this card can give one model" in res.text
+    assert "(Qwen/Qwen2.5-Coder-32B-Instruct-AWQ) on its card: its share 0.55 x 22.49 GiB" in res.text
+    assert "less than one sequence of max_model_len 32768" in res.text
 
 
 def test_gpu_host_checks_ask_localai_which_models_fit_together(box):

@@ -98,16 +98,13 @@ def test_too_little_left_for_the_unset_shares_is_a_config_error_naming_card_and_
     assert "host box GPU 0" in message and "a, b" in message and "c 0.85" in message and "0.05" in message
 
 
-def test_ansible_checks_the_share_the_plan_gives_not_a_default_of_its_own():
-    plan = _plan(TWO_ON_ONE_CARD)
-    models = yaml.safe_load(TWO_ON_ONE_CARD)["models"]
-    for m in models:
-        m["model"] = "Qwen/Qwen2.5-7B-Instruct-AWQ"
-        m["max_model_len"] = 2048
-    gpus = [{"index": 0, "name": "card", "memory_total_mib": 24576}]
-    report = F.vram_report(F.placements(plan), models, gpus, {})
-    assert [re.search(r"\((\S+) x", line).group(1) for line in report["lines"]] == ["0.45", "0.45"]
-    assert not hasattr(F, "_VLLM_DEFAULT_UTIL")
+def test_ansible_shows_the_plans_memory_budget_not_an_estimate_of_its_own():
+    text = TWO_ON_ONE_CARD.replace("/models/a", "Qwen/Qwen2.5-7B-Instruct-AWQ").replace(
+        "/models/b", "Qwen/Qwen2.5-7B-Instruct-AWQ").replace("    gpus: 1\n", "    gpus: 1\n    gpu_memory_gib: 24\n")
+    lines = F.memory_lines(F.placements(_plan(text)))  # shares unset: the plan splits 0.9
+    assert [re.search(r"\((\S+) x 24\)", line).group(1) for line in lines] == ["0.45", "0.45"]
+    assert all(line.startswith(("a: host box GPU 0: ", "b: host box GPU 0: ")) for line in lines), lines
+    assert not hasattr(F, "vram_report") and not hasattr(F, "model_estimate")
 
 
 # --- sleep_mode: auto from the host's accelerator -----------------------------------
