@@ -59,18 +59,13 @@ CATALOG: dict[str, ModelFacts] = {
     "qwen/qwen3-4b-instruct-2507-fp8": ModelFacts(
         params_b=4.0, active_b=4.0, weights_gib=4.2, layers=36, kv_heads=8, head_dim=128, context=262144,
         licence="Apache-2.0", tool_call_parser="hermes",
-        source="https://huggingface.co/Qwen/Qwen3-4B-Instruct-2507-FP8 (card: 4.0B, 36 layers, 32 Q / 8 KV "
-               "heads, 262,144 native; head_dim 128, tied embeddings in config.json)"),
+        source="https://huggingface.co/Qwen/Qwen3-4B-Instruct-2507-FP8 (card: 4.0B, 3.6B non-embedding, 36 "
+               "layers, 32 Q / 8 KV heads, 262,144 native; head_dim 128 in its config; weights an estimate)"),
     "openai/gpt-oss-20b": ModelFacts(
         params_b=20.9, active_b=3.6, weights_gib=12.8, layers=24, kv_heads=8, head_dim=64, context=131072,
         licence="Apache-2.0", tool_call_parser="openai",
         source="https://huggingface.co/openai/gpt-oss-20b (card: 21B total, 3.6B active, MXFP4 MoE weights; "
                "config.json: 24 layers alternating sliding 128 / full, 8 KV heads, head_dim 64, 131,072)"),
-    "openai/gpt-oss-120b": ModelFacts(
-        params_b=116.8, active_b=5.1, weights_gib=60.8, layers=36, kv_heads=8, head_dim=64, context=131072,
-        licence="Apache-2.0", tool_call_parser="openai",
-        source="https://huggingface.co/openai/gpt-oss-120b (card: 117B total, 5.1B active, fits one 80 GB card; "
-               "config.json: 36 layers, 8 KV heads, head_dim 64, 131,072)"),
     # --- 2024 profiles (etc/profiles/*-2024.yaml) -----------------------------------------
     "qwen/qwen2.5-coder-7b-instruct-awq": _qwen25_7b("https://huggingface.co/Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"),
     "qwen/qwen2.5-7b-instruct-awq": _qwen25_7b("https://huggingface.co/Qwen/Qwen2.5-7B-Instruct-AWQ"),

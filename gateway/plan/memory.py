@@ -32,7 +32,7 @@ class Budget:
     unit: str
     name: str  # the config's model name
     model: str  # what it serves (hub id or path)
-    card: str  # "GPU 0", "host gpu1 GPU 0", "its card" (unpinned)
+    card: str  # "GPU 0", "GPUs 0,1 (each)", "host gpu1 GPU 0", "its card" (unpinned)
     card_gib: float | None  # the config's gpu_memory_gib (None: not said)
     share: float
     weights_gib: float | None  # on each card
@@ -81,7 +81,10 @@ def budgets(cfg: Config) -> list[Budget]:
 
 
 def _card_label(cfg: Config, p: Placement) -> str:
-    where = f"GPU {p.devices}" if p.devices is not None else "its card"
+    if p.devices is None:
+        where = "its card"
+    else:
+        where = f"GPUs {p.devices} (each)" if "," in p.devices else f"GPU {p.devices}"
     return f"host {p.host} {where}" if cfg.hosts is not None else where
 
 

@@ -30,7 +30,8 @@ def test_check_shows_weights_and_kv_cache_per_model_and_card(profile, capsys):
     path = REPO / "etc" / "profiles" / f"{profile}.yaml"
     source = yaml.safe_load(path.read_text())
     out = check(path, capsys)
-    budgets = re.findall(r"^ {8}(its card|GPU \d): ([\d.]+) GiB \(([\d.]+) x ([\d.]+)\) = ([\d.]+) weights \+ "
+    budgets = re.findall(r"^ {8}(its card|GPU \d|GPUs [\d,]+ \(each\)): "
+                         r"([\d.]+) GiB \(([\d.]+) x ([\d.]+)\) = ([\d.]+) weights \+ "
                          r"([\d.]+) runtime \+ ([\d.]+) KV cache at ([\d.]+) KiB/token \((fp8|bf16)\): "
                          r"(\d+) x (\d+) tokens at full length", out, re.M)
     assert len(budgets) == len(source["models"]), out
@@ -40,7 +41,8 @@ def test_check_shows_weights_and_kv_cache_per_model_and_card(profile, capsys):
         known = facts(entry["model"])
         assert known is not None, f"{entry['model']} is not in the catalog"
         assert float(card) == card_gib and float(share) == entry["gpu_memory_utilization"]
-        assert float(weights) == pytest.approx(known.weights_gib, abs=0.05)
+        cards = len(entry.get("env", {}).get("CUDA_VISIBLE_DEVICES", "0").split(","))  # tensor parallel
+        assert float(weights) == pytest.approx(known.weights_gib / cards, abs=0.05)
         # The parts add up to the share, and the KV cache holds at least one full-length sequence.
         assert float(weights) + float(runtime) + float(kv) == pytest.approx(float(share_gib), abs=0.15)
         assert int(window) == entry["max_model_len"] <= known.context and int(full) >= 1
@@ -49,8 +51,8 @@ def test_check_shows_weights_and_kv_cache_per_model_and_card(profile, capsys):
             assert entry.get("tool_call_parser") == known.tool_call_parser
     shares: dict[str, float] = {}
     for entry in source["models"]:
-        card_key = entry.get("env", {}).get("CUDA_VISIBLE_DEVICES", "0")
-        shares[card_key] = shares.get(card_key, 0.0) + entry["gpu_memory_utilization"]
+        for card_key in entry.get("env", {}).get("CUDA_VISIBLE_DEVICES", "0").split(","):
+            shares[card_key] = shares.get(card_key, 0.0) + entry["gpu_memory_utilization"]
     assert max(shares.values()) <= 0.92 + 1e-9  # room for the desktop and CUDA contexts
     if not profile.endswith("-2024"):
         coder = next(m for m in source["models"] if m.get("default"))
@@ -89,17 +91,20 @@ def test_a_window_past_the_native_context_is_refused(tmp_path, capsys):
            in capsys.readouterr().err
 
 
-def test_the_plan_gives_each_server_its_budget_and_each_model_its_download(capsys):
+def test_the_plan_gives_each_server_its_budget_and_each_model_its_download():
     from gateway.plan.document import full_plan
     from gateway.plan.validate import load_config
 
-    plan = full_plan(load_config(REPO / "etc" / "profiles" / "2x24gb.yaml"))
-    assert [m["weights_gib"] for m in plan["models"]] == [15.5, 12.8]
+    plan = full_plan(load_config(REPO / "etc" / "profiles" / "80gb.yaml"))
+    assert [m["weights_gib"] for m in plan["models"]] == [29.0, 12.8]
     memory = {p["unit"]: p["memory"] for p in plan["placements"]}
-    assert memory["coder"]["card"] == "GPU 0" and memory["general"]["card"] == "GPU 1"
     assert memory["coder"]["kv_bytes_per_token"] == 48 * 4 * 128 * 2 * 1  # layers x KV heads x head dim x K,V x fp8
     assert memory["general"]["kv_bytes_per_token"] == 24 * 8 * 64 * 2 * 2  # bf16
-    assert memory["general"]["full_sequences"] == 1
+    assert (memory["coder"]["full_sequences"], memory["general"]["full_sequences"]) == (2, 1)
+    # Split over two cards (tensor parallel): each holds half the weights and half of each token's KV.
+    (two,) = [p["memory"] for p in full_plan(load_config(REPO / "etc" / "profiles" / "2x24gb.yaml"))["placements"]]
+    assert two["card"] == "GPUs 0,1 (each)" and two["weights_gib"] == 15.5 / 2
+    assert two["kv_bytes_per_token"] == 48 * 4 * 128 * 2 // 2 and two["full_sequences"] == 3
 
 
 def test_a_model_the_catalog_lacks_is_planned_and_said_unknown(tmp_path, capsys):
