@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gateway.config.schema import Config, ManagedModel
 from gateway.plan.catalog import GIB, facts
-from gateway.plan.placement import Placement, last_flag, placements
+from gateway.plan.placement import VLLM_DEFAULT_MAX_NUM_SEQS, Placement, last_flag, placements
 
 RUNTIME_GIB = 1.0
 RUNTIME_GIB_PER_B = 0.03
@@ -91,7 +91,7 @@ def _card_label(cfg: Config, p: Placement) -> str:
 def _budget(cfg: Config, m: ManagedModel, p: Placement) -> Budget:
     known = facts(m.model)
     dtype = m.kv_cache_dtype or "auto"
-    seqs = m.max_num_seqs or 256
+    seqs = m.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
     label, card_gib = _card_label(cfg, p), _card_gib(cfg, p)
     if known is None:
         return Budget(p.unit, m.name, m.model, label, card_gib, p.share, None, None, None, dtype, m.max_model_len, seqs,
