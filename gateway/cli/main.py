@@ -205,8 +205,9 @@ def _print_hosts(plan: dict) -> None:
         for card, shares in host["cards"].items():
             used = sum(v for k, v in shares.items() if not k.endswith("(on_demand)"))
             label = "all cards" if card == "*" else f"GPU {card}"
+            gib = host["gpu_memory_gib"]
             print(f"    {label}: " + ", ".join(f"{k} {v:g}" for k, v in shares.items())
-                  + f"  ({used:.2f} of 1 always resident)")
+                  + f"  ({used:.2f} of 1 always resident" + (f": {used * gib:.1f} of {gib:g} GiB)" if gib else ")"))
         for p in servers:
             where = f"port {p['port']}" if p["port"] else "no HTTP port"
             cards = f"CUDA_VISIBLE_DEVICES={p['devices']}" if p["devices"] is not None else "not pinned"

@@ -128,6 +128,7 @@ def _hosts(cfg: Config) -> list[dict]:
                     key = need.name + (" (on_demand)" if need.on_demand else "")
                     held[key] = round(held.get(key, 0.0) + need.share, 4)
         out.append({"name": h.name, "address": h.reach, "gpus": h.gpus if cfg.hosts else None,
+                    "gpu_memory_gib": h.gpu_memory_gib or cfg.vllm.gpu_memory_gib,
                     "port_offset": h.port_offset, "node_ip": h.node_ip, "accelerator": accelerator(h),
                     "ports": _ports(cfg, h.name),
                     "cards": dict(sorted(cards.items(), key=lambda c: (len(c[0]), c[0])))})

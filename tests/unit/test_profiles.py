@@ -36,6 +36,8 @@ def test_check_shows_weights_and_kv_cache_per_model_and_card(profile, capsys):
                          r"(\d+) x (\d+) tokens at full length", out, re.M)
     assert len(budgets) == len(source["models"]), out
     card_gib = source["vllm"]["gpu_memory_gib"]
+    # Each card's total: the shares of its always-resident models, in GiB of the card.
+    assert re.search(rf"of 1 always resident: [\d.]+ of {card_gib:g} GiB\)$", out, re.M), out
     for entry, (_, share_gib, share, card, weights, runtime, kv, _, dtype, full, window) in zip(
             source["models"], budgets, strict=True):
         known = facts(entry["model"])
