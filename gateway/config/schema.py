@@ -187,7 +187,8 @@ class GatewaySettings(_Strict):
     # and for replicas that share no cache.
     balance: Literal["least_outstanding", "round_robin"] = Field("least_outstanding", description=(
         "how a model's replicas share requests: `least_outstanding` (with prefix affinity: a conversation's turns "
-        "go to the replica that has its prefix cached, unless that replica holds over 1.25× the average load) "
+        "go to the replica that has its prefix cached until that replica is full: as many in flight as its "
+        "max_num_seqs or max_concurrency) "
         "or `round_robin`"))
 
 

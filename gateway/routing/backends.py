@@ -67,9 +67,20 @@ class Backend:
             for r in replicas:
                 if r.url == url:
                     r.set_state(state, reason)
+            self.fit_slots()
             if any(r.ready for r in replicas):
                 return
         self.set_state(state, reason)
+
+    def fit_slots(self) -> None:
+        """Admission's slots: each ready replica's own (max_concurrency per server), so a replica
+        that comes up adds its share and one that fails takes it away. A model that has none ready
+        keeps one replica's worth: its requests then wait for one, or are told it is down."""
+        per_replica = max_concurrency(self.model)
+        replicas = self.balancer.replicas
+        ready = sum(r.ready for r in replicas) if len(replicas) > 1 else 1
+        if self.slots.limit != per_replica * max(ready, 1):
+            self.slots.set_limit(per_replica * max(ready, 1))
 
     def set_state(self, state: State, reason: str | None) -> None:
         """The one way the model's state changes (states.py: raises on a move it does not allow)."""
@@ -125,7 +136,7 @@ def _balancer(m: ManagedModel | ExternalModel, cfg: Config, old: tuple[Replica, 
         r = known.get(p.url) or Replica(p.host, p.url, urlsplit(p.url).netloc.rpartition("@")[2])
         r.host = p.host
         replicas.append(r)
-    return Balancer(replicas, cfg.gateway.balance)
+    return Balancer(replicas, cfg.gateway.balance, max_concurrency(m))
 
 
 def _read_key(model: ExternalModel) -> str | None:
@@ -147,6 +158,8 @@ class Registry:
 
     def _backend(self, m: ManagedModel | ExternalModel, cfg: Config) -> Backend:
         slots = ModelSlots(m.name, max_concurrency(m), self.room, self.metrics.queue_depth.labels(m.name))
+        # Read at scrape time: the slots change as replicas come and go (Backend.fit_slots).
+        self.metrics.capacity.labels(m.name).set_function(lambda: slots.limit)
         balancer = _balancer(m, cfg, ())
         if isinstance(m, ManagedModel):
             return Backend(m.name, balancer, m, slots, served_id=m.name,
@@ -192,7 +205,7 @@ class Registry:
                     old.max_model_len = m.max_model_len
                 old.model = m
                 old.balancer = _balancer(m, cfg, old.replicas)
-                old.slots.set_limit(max_concurrency(m))
+                old.fit_slots()
                 if isinstance(m, ExternalModel):
                     old.api_key = _read_key(m)
                     old.served_id = m.served_model or old.served_id
@@ -343,6 +356,7 @@ class HealthMonitor:
         checks = await asyncio.gather(*(self._check(r, probe, timeout, headers) for r in replicas))
         for r, (ok, why) in zip(replicas, checks, strict=True):
             self._record_replica(b, r, ok, why)
+        b.fit_slots()
         # The model serves while any replica does; it is down with the first one's reason.
         up = next((r for r, (ok, _) in zip(replicas, checks, strict=True) if ok), None)
         healthy = up is not None
@@ -404,6 +418,7 @@ class HealthMonitor:
             label = (b.name, r.address)
             self.metrics.replica_up.labels(*label).set(1 if healthy else 0)
             self.metrics.replica_ready.labels(*label).set(1 if r.ready else 0)
+            self.metrics.replica_capacity.labels(*label).set(max_concurrency(b.model) if r.ready else 0)
 
     def _record(self, b: Backend, healthy: bool, detail: str) -> None:
         self.metrics.backend_up.labels(b.name).set(1 if healthy else 0)
