@@ -84,6 +84,10 @@ class ScriptedError:
     status: int
     code: str
     retry_after: float | None = None
+    # A body of another kind instead of OpenAI's JSON: what vLLM's web framework answers on an
+    # unhandled exception (text/plain "Internal Server Error"), or a proxy's HTML page.
+    text: str | None = None
+    content_type: str = "text/plain"
 
 
 @dataclass
@@ -217,6 +221,13 @@ class FakeBackend:
             self.active -= 1
             await self._notify()
 
+    def _scripted_error(self) -> web.Response:
+        err = self.errors.popleft()
+        headers = {"Retry-After": f"{err.retry_after:g}"} if err.retry_after is not None else None
+        if err.text is not None:
+            return web.Response(text=err.text, status=err.status, content_type=err.content_type, headers=headers)
+        return web.json_response(error_body(f"scripted {err.code}", err.code), status=err.status, headers=headers)
+
     def _wrong_model(self, body: dict) -> web.Response | None:
         if body.get("model") == self.model_id:
             return None
@@ -305,10 +316,7 @@ class FakeBackend:
             if self.sleeping:
                 return web.json_response({"error": {"message": "the engine is asleep", "code": 500}}, status=500)
             if self.errors:
-                err = self.errors.popleft()
-                headers = {"Retry-After": f"{err.retry_after:g}"} if err.retry_after is not None else None
-                return web.json_response(error_body(f"scripted {err.code}", err.code), status=err.status,
-                                         headers=headers)
+                return self._scripted_error()
             if (wrong := self._wrong_model(body)) is not None:
                 return wrong
             await asyncio.sleep(self.ttft)
@@ -364,6 +372,8 @@ class FakeBackend:
     async def _respond(self, request: web.Request):
         body = await request.json()
         async with self._generating(request, body):
+            if self.errors:
+                return self._scripted_error()
             if (wrong := self._wrong_model(body)) is not None:
                 return wrong
             previous = body.get("previous_response_id")

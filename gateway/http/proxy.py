@@ -113,6 +113,32 @@ def _unreachable(backend: Backend, exc: BaseException) -> ApiError:
                     code="backend_unreachable", type="server_error", headers={"Retry-After": "5"})
 
 
+def _openai_error(data: bytes) -> bool:
+    """Whether an error body is OpenAI's shape (vLLM's own), which passes on as it is (the client's
+    family reshapes it: errors.py)."""
+    if data[:1] != b"{":
+        return False
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    err = body.get("error") if isinstance(body, dict) else None
+    return isinstance(err, dict) and isinstance(err.get("message"), str)
+
+
+def _shaped_error(backend: Backend, upstream: aiohttp.ClientResponse, data: bytes) -> ApiError:
+    """An upstream's error in a body of another shape: its web framework's `text/plain` "Internal
+    Server Error" on an unhandled exception, a proxy's HTML page, FastAPI's {"detail": ...}. Its
+    status and a short reason leave in the client's API shape; of the body only a message found in
+    JSON, never its text or HTML, which may be anything (a page, a traceback)."""
+    found = message_of(data) if data[:1] == b"{" else None
+    reason = f"HTTP {upstream.status} {upstream.reason or ''}".rstrip()
+    message = f"Model '{backend.name}' answered {reason}" + (f": {found[:500]}" if found else ".")
+    headers = {"Retry-After": upstream.headers["Retry-After"]} if "Retry-After" in upstream.headers else None
+    return ApiError(upstream.status, message, code="backend_error",
+                    type="server_error" if upstream.status >= 500 else "invalid_request_error", headers=headers)
+
+
 # Failures that leave no doubt the replica sent nothing back: it refused or dropped the
 # connection, or closed it before its response began. The request is tried on another replica.
 _NOTHING_SENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ConnectionTimeoutError)
@@ -235,6 +261,8 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
                 status = upstream.status if upstream.status >= 400 else 502
                 message = message_of(data) or f"the model server answered HTTP {upstream.status}"
                 raise ApiError(status, message, code="backend_error", type="server_error")
+            if upstream.status >= 400 and not _openai_error(data):
+                raise _shaped_error(backend, upstream, data)
             out_headers = {h: upstream.headers[h] for h in _PASS_HEADERS if h in upstream.headers}
             if upstream.status == 200 and data[:1] == b"{":
                 try:
