@@ -95,7 +95,10 @@ class FakeBackend:
     model_id: str = "fake"
     max_model_len: int = 4096
     health_status: int = 200
-    ttft: float = 0.0
+    ttft: float = 0.0  # before the response's headers (vLLM's non-streamed answer comes whole)
+    # A stream's wait after its headers, before its first chunk: vLLM's prefill, or a server hung there.
+    stall: float = 0.0
+    health_delay: float = 0.0  # a health check's wait before its answer (a server hung or overloaded)
     itl: float = 0.0
     chunks: int = 5
     # A canned answer instead of `chunks` x "tok{i} ": a text, or a function of the request body.
@@ -184,6 +187,7 @@ class FakeBackend:
     def reset(self) -> None:
         """Scripted controls and counters back to their defaults; shared lists are cleared in place."""
         self.health_status, self.ttft, self.itl, self.reply, self.prompt_tokens = 200, 0.0, 0.0, None, 7
+        self.stall = self.health_delay = 0.0
         self.hang_up = False
         self.errors.clear()
         self.received.clear()
@@ -243,6 +247,7 @@ class FakeBackend:
             await asyncio.sleep(self.itl)
 
     async def _health(self, request):
+        await asyncio.sleep(self.health_delay)
         status = self.health_status
         await self._probed()
         return web.Response(status=status)
@@ -335,6 +340,7 @@ class FakeBackend:
                       used: dict, chat: bool) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        await asyncio.sleep(self.stall)
         created = int(time.time())
 
         async def send(event: dict) -> None:
@@ -397,6 +403,7 @@ class FakeBackend:
                 return web.json_response(response)
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
+            await asyncio.sleep(self.stall)
             # vLLM's typed events: `event: TYPE` then the data, each with its sequence number.
             seq = 0
 
@@ -481,6 +488,7 @@ class FakeBackend:
                                                 "output_tokens": self.chunks}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        await asyncio.sleep(self.stall)
 
         async def event(name: str, data: dict) -> None:
             await resp.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())

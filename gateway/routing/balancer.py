@@ -1,4 +1,5 @@
-"""Which replica of a model serves a request. Pure logic: no I/O, the clock is passed in.
+"""Which replica of a model serves a request. Pure logic: no I/O, the clock is passed in (a replica
+that stops serving cancels the requests waiting on it: `Replica.release`).
 
 - **Least outstanding requests**: the replica with the fewest requests in flight (through this
   gateway) is the least busy one; on a tie the start of the scan rotates, so idle replicas share.
@@ -22,10 +23,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -54,6 +56,10 @@ class Replica:
     in_flight: int = 0
     failures: int = 0  # failures in a row to reach it
     open_until: float = 0.0  # breaker: not tried again before this (monotonic clock)
+    # Requests sent to it that have nothing back yet (their handlers' tasks; proxy.py `_connect`):
+    # when it stops serving they are cancelled, marked in `released`, and tried on the others.
+    waiting: set[asyncio.Task] = field(default_factory=set)
+    released: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def ready(self) -> bool:
@@ -61,7 +67,25 @@ class Replica:
         return self.state == State.READY
 
     def set_state(self, state: State, reason: str | None) -> None:
-        move(self, state, reason, f"replica {self.address}")
+        if move(self, state, reason, f"replica {self.address}") and state is not State.READY:
+            self.release()
+
+    def release(self) -> None:
+        """Send the requests waiting on it to the other replicas at once: it stopped serving (a
+        hung server found by its health checks, a crash), and they would wait for a deadline."""
+        for task in self.waiting:
+            self.released.add(task)
+            task.cancel()
+        self.waiting.clear()
+
+    def was_released(self, task: asyncio.Task) -> bool:
+        """Whether the task's cancellation was the replica's release (then it is taken back),
+        not its client's."""
+        if task not in self.released:
+            return False
+        self.released.discard(task)
+        # A client that hung up meanwhile cancelled it too: that cancellation stands.
+        return task.uncancel() == 0
 
     def usable(self, now: float) -> bool:
         return self.ready and (self.failures < BREAK_AFTER or now >= self.open_until)
