@@ -11,8 +11,8 @@ each), the model `scale` on them with `max_num_seqs: 4`.
   defaults, as shipped: requests already sent to the hung one wait until its health checks mark
   it failed (two missed in a row), then go to the others at once.
 - **affinity**: each conversation's turns (5) that reached the replica most of its turns reached,
-  with 1 conversation at a time and with 20 at once (more than the 12 slots: a conversation whose
-  replica is full goes elsewhere, by design).
+  with 1 conversation at a time and with 20 at once: over 12 slots (a conversation whose replica
+  is full goes elsewhere, by design) and over 24 (max_num_seqs 8: room for all).
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ LOST_AFTER = 120.0  # seconds: a request not answered by then is lost
 TURNS = 5
 
 
-def scaleout_config(out: Path, replicas: int) -> Path:
+def scaleout_config(out: Path, replicas: int, slots: int = SLOTS) -> Path:
     keys = out / "api-keys"
-    path = out / f"gateway-scaleout-{replicas}.yaml"
-    path.write_text(f"# Scale-out phase: model `scale` on {replicas} of the mock's equal servers.\n" + yaml.safe_dump({
+    path = out / f"gateway-scaleout-{replicas}x{slots}.yaml"
+    path.write_text(f"# Scale-out phase: model `scale` on {replicas} of the mock's equal servers, "
+                    f"max_num_seqs {slots}.\n" + yaml.safe_dump({
         "gateway": {"host": HOST, "port": PORT_GATEWAY_REPLICAS, "api_key_file": str(keys), "max_queue": 20000,
                     "webui": False, "max_connections_per_client": 0},
         "hosts": [{"name": f"h{i}", "address": HOST, "gpus": 0, "port_offset": i} for i in range(replicas)],
         "models": [{"name": "scale", "model": "mock", "port": SCALEOUT_PORT,
-                    "hosts": [f"h{i}" for i in range(replicas)], "max_num_seqs": SLOTS,
+                    "hosts": [f"h{i}" for i in range(replicas)], "max_num_seqs": slots,
                     "gpu_memory_utilization": 0.4, "default": True}],
     }, sort_keys=False))
     return path
@@ -73,12 +74,12 @@ class _Client:
 
 
 async def _all_ready(http: aiohttp.ClientSession, replicas: int, within: float = 30) -> None:
-    """Every replica ready: the model's slots are all of theirs."""
+    """Every replica ready (and so, since #19, the model's slots all of theirs)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         async with http.get(f"http://{HOST}:{PORT_GATEWAY_REPLICAS}/v1/models") as r:
-            card = (await r.json())["data"][0]
-        if card["max_concurrency"] == replicas * SLOTS:
+            cards = (await r.json())["data"][0]["replicas"]
+        if [c["state"] for c in cards] == ["ready"] * replicas:
             return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"scale-out: {replicas} replicas not all ready after {within:g} s")
@@ -182,10 +183,19 @@ async def phase_scaleout(harness, plan: dict) -> dict:
         log(f"scale-out: one of 3 replicas hung at 3 s, {rate}/s for {seconds:g} s: p50 {lat['p50']} "
             f"p99 {lat['p99']} max {lat['max']} ms, {point['lost']} of {point['requests']} lost")
         await _all_ready(http, 3, within=60)
-        result["affinity"] = [await _affinity(client, 1, 10, 300000), await _affinity(client, 20, 20, 400000)]
+        result["affinity"] = [{**await _affinity(client, 1, 10, 300000), "max_num_seqs": SLOTS},
+                              {**await _affinity(client, 20, 20, 400000), "max_num_seqs": SLOTS}]
+        harness.stop_all()
+        # With room for every conversation at once: the gateway's slots above the servers' own (which
+        # then queue, as vLLM does past its batch).
+        harness.start_mock()
+        harness.start_gateway(scaleout_config(harness.out, 3, 2 * SLOTS), PORT_GATEWAY_REPLICAS, ["scale"],
+                              "gateway-scaleout-3-roomy")
+        await _all_ready(http, 3)
+        result["affinity"].append({**await _affinity(client, 20, 20, 500000), "max_num_seqs": 2 * SLOTS})
         for a in result["affinity"]:
-            log(f"scale-out: affinity, {a['at_once']} conversation(s) at once: {a['hit_rate']:.1%} of "
-                f"{a['turns']} turns on their conversation's replica")
+            log(f"scale-out: affinity, {a['at_once']} conversation(s) at once, max_num_seqs {a['max_num_seqs']}: "
+                f"{a['hit_rate']:.1%} of {a['turns']} turns on their conversation's replica")
     harness.stop_all()
     return result
 
@@ -196,7 +206,7 @@ def scaleout_table(s: dict) -> tuple[str, list[str], list[list]]:
     h = s["hung"]
     rows.append([f"1 of 3 hung, {h['rate']}/s", f"{h['requests'] - h['lost']}/{h['requests']} ok",
                  h["latency_ms"]["p50"], h["latency_ms"]["p99"], h["lost"]])
-    rows += [[f"affinity, {a['at_once']} at once", f"{a['hit_rate']:.1%} of {a['turns']} turns", "", "", ""]
-             for a in s["affinity"]]
+    rows += [[f"affinity, {a['at_once']} at once, {a['max_num_seqs'] * 3} slots",
+              f"{a['hit_rate']:.1%} of {a['turns']} turns", "", "", ""] for a in s["affinity"]]
     return (f"Scale-out: model on 1-3 mock servers ({s['servers']}), max_num_seqs {s['max_num_seqs']}; "
             "lost: no 200 within 120 s", ["point", "result", "p50 ms", "p99 ms", "lost/failed"], rows)

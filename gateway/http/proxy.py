@@ -195,15 +195,14 @@ async def _send(app: web.Application, url: str, method: str, headers: dict[str, 
     if not stream:
         return await session.request(method, url, headers=headers, data=payload, timeout=timeout), b""
     gw = app[CONFIG].gateway
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    phase = f"no response headers within {gw.response_headers_timeout:g} s: gateway.response_headers_timeout"
+    start = asyncio.get_running_loop().time()
+    headers_in = False
     try:
         async with asyncio.timeout(gw.response_headers_timeout) as deadline:
             upstream = await session.request(method, url, headers=headers, data=payload, timeout=timeout)
             if upstream.status != 200 or not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
                 return upstream, b""
-            phase = f"no first chunk within {gw.first_token_timeout:g} s: gateway.first_token_timeout"
+            headers_in = True
             deadline.reschedule(start + gw.first_token_timeout)
             try:
                 first = await upstream.content.readany()
@@ -217,7 +216,9 @@ async def _send(app: web.Application, url: str, method: str, headers: dict[str, 
     except TimeoutError as exc:
         if isinstance(exc, aiohttp.ClientError):  # read_timeout (sock_read) came first
             raise
-        raise DeadlineMissed(phase) from None
+        missed = f"no first chunk within {gw.first_token_timeout:g} s: gateway.first_token_timeout" if headers_in \
+            else f"no response headers within {gw.response_headers_timeout:g} s: gateway.response_headers_timeout"
+        raise DeadlineMissed(missed) from None
 
 
 async def _connect(request: web.Request, backend: Backend, balancer: Balancer, method: str, path: str,
