@@ -336,6 +336,7 @@ class HealthMonitor:
 
     async def _watch(self, b: Backend) -> None:
         while True:
+            started = time.monotonic()
             try:
                 await self._round(b)
             except Exception:  # a bug of ours: logged, and the checks go on (the state must not freeze)
@@ -344,7 +345,9 @@ class HealthMonitor:
                 self._unchecked.discard(b.name)
             wake = self._wake[b.name]
             try:
-                await asyncio.wait_for(wake.wait(), self._gap(b))
+                # From the round's start: a round that waited out its gap for a silent replica's
+                # check (`_round`) is not followed by another whole gap.
+                await asyncio.wait_for(wake.wait(), max(0.0, self._gap(b) - (time.monotonic() - started)))
             except TimeoutError:
                 pass
             wake.clear()
