@@ -17,7 +17,9 @@ PORT_MOCK = 18510          # A; B = +1, C = +2; the replica servers from +3 (REP
 # The replicas phase: model `pair` on a fast and a slow server (mock_upstream's SECONDSxSLOTS: a
 # server doing SLOTS requests at a time, SECONDS each: 400/s and 100/s of capacity), model `flaky`
 # on a fast one and one that closes every request's connection unanswered, `solo` on that fast one.
-REPLICA_SERVERS = ("0.01x4", "0.04x4", "0.001x64", "closing")
+# The scale-out phase (bench/scaleout.py): three equal servers from +7, 4 requests at a time, 0.2 s each.
+REPLICA_SERVERS = ("0.01x4", "0.04x4", "0.001x64", "closing", "0.2x4", "0.2x4", "0.2x4")
+SCALEOUT_PORT = 18517  # PORT_MOCK + 3 + 4: the first of the scale-out phase's servers
 REPLICA_POLICIES = ("round_robin", "least_outstanding")
 PORT_VLLM = 18520
 PORT_GATEWAY_SWAP = 18502  # `localai up` of the swap phase; its two models on 18530, 18531
@@ -35,6 +37,7 @@ FULL = dict(
     stream_conc=[1, 16, 64, 256, 1000], stream_s=5.0, stream_stagger=1.0,
     held_users=1000, held_s=3.0,
     replica_rate=300, replica_s=4.0, replica_conversations=64, retry_s=3.0,
+    scaleout_s=5.0, hung_s=30.0,
     real=True, real_conc=[1, 4, 16], real_s=6.0, real_tokens=32,
     swap_resident=5, swap_rounds=4,
 )
@@ -45,6 +48,7 @@ QUICK = dict(
     stream_conc=[16, 1000], stream_s=0.0, stream_stagger=1.0,
     held_users=500, held_s=0.0,
     replica_rate=300, replica_s=2.0, replica_conversations=64, retry_s=1.0,
+    scaleout_s=3.0, hung_s=20.0,
     real=False, real_conc=[1, 4], real_s=4.0, real_tokens=16,
     swap_resident=3, swap_rounds=2,
 )

@@ -9,7 +9,11 @@ port per profile:
   port+3… replicas   (--replicas) one port per replica of one model: `SECONDSxSLOTS` is a server
                      that answers JSON after SECONDS, SLOTS requests at a time, queueing the rest
                      (a GPU's batch, crudely: unequal speeds make unequal capacities); `closing`
-                     passes its health checks but closes every POST's connection unanswered
+                     passes its health checks but closes every POST's connection unanswered.
+                     POST /_hang on a replica's port makes it answer nothing more, health checks
+                     included, as a SIGSTOPped server (after POST /_unhang it answers new
+                     connections' requests again); its /_stats counts the requests it took per
+                     conversation ("Conversation N" in the body: which replica each one's turns reached)
 
 Every port also answers GET /v1/models (the gateway's health check for an
 external model), GET /health, GET /_stats (counters as JSON) and POST /_reset.
@@ -33,6 +37,7 @@ import collections
 import functools
 import gc
 import os
+import re
 import signal
 import time
 
@@ -52,6 +57,7 @@ _MODELS = orjson.dumps(model_list(MODEL, 4096))
 _EVENT_HEAD = b"data: " + orjson.dumps(chunk(MODEL, {"content": " tok"}, cid="chatcmpl-bench",
                                              created=1700000000))[:-1] + b',"t":'
 _DONE = b"data: [DONE]\n\n"
+_CONVERSATION = re.compile(rb"Conversation (\d+)")
 
 
 @functools.cache
@@ -139,6 +145,8 @@ class Station:
         self.queue: collections.deque[Upstream] = collections.deque()
         self.served = 0
         self.closed = 0
+        self.hung = False
+        self.conversations: collections.Counter[str] = collections.Counter()
 
     def submit(self, conn: Upstream) -> None:
         if self.busy < self.slots:
@@ -217,6 +225,18 @@ class Upstream(asyncio.Protocol):
         line = head[:head.find(b"\r\n")]
         method, path, _ = line.split(b" ", 2)
         t = self.transport
+        station = self.station
+        if station is not None and path in (b"/_hang", b"/_unhang"):
+            station.hung = path == b"/_hang"
+            t.write(_response(200, b"{}"))
+            return
+        if station is not None and station.hung:  # stopped: reads nothing more, answers nothing
+            self.busy = True
+            return
+        if station is not None and method == b"POST":
+            found = _CONVERSATION.search(body)
+            if found:
+                station.conversations[found.group(1).decode()] += 1
         if method == b"POST" and path.endswith(b"/completions"):
             STATS.requests += 1
             if self.station is not None:
@@ -251,7 +271,8 @@ class Upstream(asyncio.Protocol):
         elif path == b"/_stats":
             stats = STATS.as_dict()
             if self.station is not None:
-                stats.update(served=self.station.served, closed=self.station.closed)
+                stats.update(served=self.station.served, closed=self.station.closed,
+                             conversations=dict(self.station.conversations))
             t.write(_response(200, orjson.dumps(stats)))
         elif path == b"/_reset":
             STATS.reset()

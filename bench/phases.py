@@ -38,6 +38,7 @@ from .procs import (
     rss_status,
     wait_idle,
 )
+from .scaleout import phase_scaleout
 from .swap import phase_swap
 
 
@@ -331,6 +332,8 @@ class Bench(Harness):
                 self.stop_all()
             if "replicas" in loop_phases:
                 rep["replicas"] = await self.phase_replicas()
+            if "scaleout" in loop_phases:
+                rep["scaleout"] = await phase_scaleout(self, p)
             if "real" in loop_phases or (p["real"] and not a.phases_given):
                 rep["meta"]["load"]["before_real"] = load_avg()
                 rep["real"] = await self.phase_real()

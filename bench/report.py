@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .scaleout import scaleout_table
 from .swap import swap_table
 
 
@@ -190,6 +191,8 @@ def format_table(rep: dict) -> str:
               _f(rt[m]["latency_ms"]["p99"]), _f(rt[m]["latency_ms"]["max"]),
               rt["retried"] if m == "flaky" else "", _f(rt["retried_extra_ms"]) if m == "flaky" else ""]
              for m in ("solo", "flaky")]))
+    if rep.get("scaleout"):
+        parts.append(_table(*scaleout_table(rep["scaleout"])))
     real = rep.get("real")
     if real and real.get("points"):
         rows = []

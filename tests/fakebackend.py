@@ -84,6 +84,10 @@ class ScriptedError:
     status: int
     code: str
     retry_after: float | None = None
+    # A body of another kind instead of OpenAI's JSON: what vLLM's web framework answers on an
+    # unhandled exception (text/plain "Internal Server Error"), or a proxy's HTML page.
+    text: str | None = None
+    content_type: str = "text/plain"
 
 
 @dataclass
@@ -91,7 +95,10 @@ class FakeBackend:
     model_id: str = "fake"
     max_model_len: int = 4096
     health_status: int = 200
-    ttft: float = 0.0
+    ttft: float = 0.0  # before the response's headers (vLLM's non-streamed answer comes whole)
+    # A stream's wait after its headers, before its first chunk: vLLM's prefill, or a server hung there.
+    stall: float = 0.0
+    health_delay: float = 0.0  # a health check's wait before its answer (a server hung or overloaded)
     itl: float = 0.0
     chunks: int = 5
     # A canned answer instead of `chunks` x "tok{i} ": a text, or a function of the request body.
@@ -180,6 +187,7 @@ class FakeBackend:
     def reset(self) -> None:
         """Scripted controls and counters back to their defaults; shared lists are cleared in place."""
         self.health_status, self.ttft, self.itl, self.reply, self.prompt_tokens = 200, 0.0, 0.0, None, 7
+        self.stall = self.health_delay = 0.0
         self.hang_up = False
         self.errors.clear()
         self.received.clear()
@@ -217,6 +225,13 @@ class FakeBackend:
             self.active -= 1
             await self._notify()
 
+    def _scripted_error(self) -> web.Response:
+        err = self.errors.popleft()
+        headers = {"Retry-After": f"{err.retry_after:g}"} if err.retry_after is not None else None
+        if err.text is not None:
+            return web.Response(text=err.text, status=err.status, content_type=err.content_type, headers=headers)
+        return web.json_response(error_body(f"scripted {err.code}", err.code), status=err.status, headers=headers)
+
     def _wrong_model(self, body: dict) -> web.Response | None:
         if body.get("model") == self.model_id:
             return None
@@ -232,6 +247,7 @@ class FakeBackend:
             await asyncio.sleep(self.itl)
 
     async def _health(self, request):
+        await asyncio.sleep(self.health_delay)
         status = self.health_status
         await self._probed()
         return web.Response(status=status)
@@ -305,10 +321,7 @@ class FakeBackend:
             if self.sleeping:
                 return web.json_response({"error": {"message": "the engine is asleep", "code": 500}}, status=500)
             if self.errors:
-                err = self.errors.popleft()
-                headers = {"Retry-After": f"{err.retry_after:g}"} if err.retry_after is not None else None
-                return web.json_response(error_body(f"scripted {err.code}", err.code), status=err.status,
-                                         headers=headers)
+                return self._scripted_error()
             if (wrong := self._wrong_model(body)) is not None:
                 return wrong
             await asyncio.sleep(self.ttft)
@@ -327,6 +340,7 @@ class FakeBackend:
                       used: dict, chat: bool) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        await asyncio.sleep(self.stall)
         created = int(time.time())
 
         async def send(event: dict) -> None:
@@ -364,6 +378,8 @@ class FakeBackend:
     async def _respond(self, request: web.Request):
         body = await request.json()
         async with self._generating(request, body):
+            if self.errors:
+                return self._scripted_error()
             if (wrong := self._wrong_model(body)) is not None:
                 return wrong
             previous = body.get("previous_response_id")
@@ -387,6 +403,7 @@ class FakeBackend:
                 return web.json_response(response)
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
+            await asyncio.sleep(self.stall)
             # vLLM's typed events: `event: TYPE` then the data, each with its sequence number.
             seq = 0
 
@@ -471,6 +488,7 @@ class FakeBackend:
                                                 "output_tokens": self.chunks}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        await asyncio.sleep(self.stall)
 
         async def event(name: str, data: dict) -> None:
             await resp.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())

@@ -124,6 +124,9 @@ class Metrics:
             "localai_context_dropped_messages", "Messages dropped by the context guard", ["model"], registry=r)
         self.backend_up = Gauge(
             "localai_backend_up", "1 when the backend answers its health check", ["model"], registry=r)
+        self.capacity = Gauge(
+            "localai_model_capacity", "Requests the model takes at once: the sum of its ready replicas' slots",
+            ["model"], registry=r)
         self.backend_ready = Gauge(
             "localai_backend_ready", "1 when the model serves requests", ["model"], registry=r)
         # Per replica, for models with more than one (label: its host:port, so as many series as
@@ -132,6 +135,9 @@ class Metrics:
             "localai_replica_up", "1 when the replica answers its health check", ["model", "replica"], registry=r)
         self.replica_ready = Gauge(
             "localai_replica_ready", "1 when the replica serves requests", ["model", "replica"], registry=r)
+        self.replica_capacity = Gauge(
+            "localai_replica_capacity", "Requests the replica adds to its model's capacity (0 while not ready)",
+            ["model", "replica"], registry=r)
         self.replica_in_flight = Gauge(
             "localai_replica_in_flight_requests", "Requests being served by the replica", ["model", "replica"],
             registry=r)

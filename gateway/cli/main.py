@@ -172,7 +172,8 @@ def cmd_check(args) -> int:
         names = ", ".join([m["name"], *m["aliases"]])
         flag = "  (default)" if m["default"] else ""
         spread = "".join(f", {m[k]} {k}" for k in ("replicas", "nodes") if m.get(k, 1) > 1)
-        print(f"model {names}{flag}: {m['kind']} at {m['url']}{spread}, max_concurrency {m['max_concurrency']}"
+        per = f" ({m['replica_concurrency']} per replica)" if m.get("replicas", 1) > 1 else ""
+        print(f"model {names}{flag}: {m['kind']} at {m['url']}{spread}, max_concurrency {m['max_concurrency']}{per}"
               + (", embeddings" if m["task"] == "embed" else ""))
         for preset, defaults in m["presets"].items():
             print(f"    preset {preset}: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))

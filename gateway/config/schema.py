@@ -156,7 +156,20 @@ class GatewaySettings(_Strict):
         "`429 too_many_connections` and its connection is closed. `0` = no limit (behind a reverse proxy, "
         "where every client shares its address)"))
     connect_timeout: float = Field(10.0, gt=0, description="seconds to connect to a backend")
-    read_timeout: float = Field(600.0, gt=0, description="seconds a backend may stay silent mid-response")
+    # Deadlines that tell a hung server from a long answer (gateway/http/proxy.py `_send`); why these
+    # defaults: the README, after the table.
+    response_headers_timeout: float = Field(30.0, gt=0, description=(
+        "seconds from sending a streamed request to its backend's response headers (vLLM sends them once the "
+        "prompt is tokenized, before it generates); past it the request goes to another replica, or the client "
+        "gets `504 upstream_timeout`"))
+    first_token_timeout: float = Field(120.0, gt=0, description=(
+        "seconds from sending a streamed request to the first chunk of its answer (the prompt's prefill and any "
+        "wait in vLLM's own queue); nothing reached the client yet, so past it the request goes to another "
+        "replica, or the client gets `504 upstream_timeout`"))
+    read_timeout: float = Field(600.0, gt=0, description=(
+        "seconds a backend may stay silent mid-response (between a stream's chunks), and the most a non-streamed "
+        "answer, whose headers come with the whole answer, may take; past it before anything reached the client "
+        "the request goes to another replica"))
     # What the gateway reads of a backend's answer (gateway/http/proxy.py); an external upstream is not trusted.
     max_upstream_body_bytes: int = Field(64 * 1024 * 1024, ge=65536, description=(
         "largest non-streamed answer read from a backend; a larger one is `502 upstream_too_large`"))
@@ -187,7 +200,8 @@ class GatewaySettings(_Strict):
     # and for replicas that share no cache.
     balance: Literal["least_outstanding", "round_robin"] = Field("least_outstanding", description=(
         "how a model's replicas share requests: `least_outstanding` (with prefix affinity: a conversation's turns "
-        "go to the replica that has its prefix cached, unless that replica holds over 1.25× the average load) "
+        "go to the replica that has its prefix cached until that replica is full: as many in flight as its "
+        "max_num_seqs or max_concurrency) "
         "or `round_robin`"))
 
 

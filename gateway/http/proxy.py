@@ -10,6 +10,7 @@ A non-streamed answer is read up to gateway.max_upstream_body_bytes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -109,13 +110,54 @@ def _ask_for_usage(path: str, body: dict) -> bool:
 
 
 def _unreachable(backend: Backend, exc: BaseException) -> ApiError:
+    if isinstance(exc, TimeoutError):
+        what = str(exc) if isinstance(exc, DeadlineMissed) else f"{type(exc).__name__}; gateway.read_timeout"
+        return ApiError(504, f"Model '{backend.name}' did not answer in time ({what}); retry shortly.",
+                        code="upstream_timeout", type="server_error", headers={"Retry-After": "5"})
     return ApiError(502, f"Model '{backend.name}' did not answer ({type(exc).__name__}); retry shortly.",
                     code="backend_unreachable", type="server_error", headers={"Retry-After": "5"})
 
 
-# Failures that leave no doubt the replica sent nothing back: it refused or dropped the
-# connection, or closed it before its response began. The request is tried on another replica.
-_NOTHING_SENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ConnectionTimeoutError)
+class DeadlineMissed(TimeoutError):
+    """A streamed request's backend sent no headers, or no first chunk, in time: says which."""
+
+
+class Released(Exception):
+    """The request's replica was marked failed while the request waited on it (Replica.release)."""
+
+
+def _openai_error(data: bytes) -> bool:
+    """Whether an error body is OpenAI's shape (vLLM's own), which passes on as it is (the client's
+    family reshapes it: errors.py)."""
+    if data[:1] != b"{":
+        return False
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    err = body.get("error") if isinstance(body, dict) else None
+    return isinstance(err, dict) and isinstance(err.get("message"), str)
+
+
+def _shaped_error(backend: Backend, upstream: aiohttp.ClientResponse, data: bytes) -> ApiError:
+    """An upstream's error in a body of another shape: its web framework's `text/plain` "Internal
+    Server Error" on an unhandled exception, a proxy's HTML page, FastAPI's {"detail": ...}. Its
+    status and a short reason leave in the client's API shape; of the body only a message found in
+    JSON, never its text or HTML, which may be anything (a page, a traceback)."""
+    found = message_of(data) if data[:1] == b"{" else None
+    reason = f"HTTP {upstream.status} {upstream.reason or ''}".rstrip()
+    message = f"Model '{backend.name}' answered {reason}" + (f": {found[:500]}" if found else ".")
+    headers = {"Retry-After": upstream.headers["Retry-After"]} if "Retry-After" in upstream.headers else None
+    return ApiError(upstream.status, message, code="backend_error",
+                    type="server_error" if upstream.status >= 500 else "invalid_request_error", headers=headers)
+
+
+# Failures that leave no doubt the replica sent nothing the client has seen: it refused or dropped
+# the connection or closed it before its response began, missed a deadline (a hung server), broke
+# off a stream before its first chunk, or was marked failed meanwhile. The request is tried on
+# another replica.
+_NOTHING_SENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ConnectionTimeoutError,
+                 aiohttp.ClientPayloadError, TimeoutError, Released)
 
 
 # Answers that say the replica, not the request, is at fault: tried on another replica if there is one.
@@ -140,22 +182,59 @@ def _leave(app: web.Application, backend: Backend, balancer: Balancer, replica: 
         metrics.child(metrics.replica_in_flight, backend.name, replica.address).dec()
 
 
-async def _connect(request: web.Request, backend: Backend, balancer: Balancer, method: str, path: str,
-                   headers: dict[str, str], payload: bytes | None,
-                   affinity: int | None) -> tuple[aiohttp.ClientResponse, Replica]:
-    """The upstream response (its status line and headers in), and the replica it came from
-    (one more request in flight on it)."""
-    app = request.app
+async def _send(app: web.Application, url: str, method: str, headers: dict[str, str], payload: bytes | None,
+                stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
+    """One try: the upstream response (status line and headers in) and, for a stream, the first
+    chunk of its answer. Until that chunk nothing is committed to the client, so a try that fails
+    or misses a deadline can be made again elsewhere. vLLM sends a stream's headers before it
+    generates: the headers alone say nothing of whether an answer will come.
+
+    A non-streamed answer's headers come with the whole answer: only read_timeout (the
+    session's sock_read) bounds it, as it bounds the silence between a stream's chunks."""
     session, timeout = app[SESSION], app[UPSTREAM_TIMEOUT]
+    if not stream:
+        return await session.request(method, url, headers=headers, data=payload, timeout=timeout), b""
+    gw = app[CONFIG].gateway
+    start = asyncio.get_running_loop().time()
+    headers_in = False
+    try:
+        async with asyncio.timeout(gw.response_headers_timeout) as deadline:
+            upstream = await session.request(method, url, headers=headers, data=payload, timeout=timeout)
+            if upstream.status != 200 or not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                return upstream, b""
+            headers_in = True
+            deadline.reschedule(start + gw.first_token_timeout)
+            try:
+                first = await upstream.content.readany()
+            except BaseException:
+                upstream.close()
+                raise
+            if not first:
+                upstream.close()
+                raise aiohttp.ServerDisconnectedError("the stream ended before its first chunk")
+            return upstream, first
+    except TimeoutError as exc:
+        if isinstance(exc, aiohttp.ClientError):  # read_timeout (sock_read) came first
+            raise
+        missed = f"no first chunk within {gw.first_token_timeout:g} s: gateway.first_token_timeout" if headers_in \
+            else f"no response headers within {gw.response_headers_timeout:g} s: gateway.response_headers_timeout"
+        raise DeadlineMissed(missed) from None
+
+
+async def _connect(request: web.Request, backend: Backend, balancer: Balancer, method: str, path: str,
+                   headers: dict[str, str], payload: bytes | None, affinity: int | None,
+                   stream: bool) -> tuple[aiohttp.ClientResponse, Replica, bytes]:
+    """The upstream response (its status line and headers in, and a stream's first chunk: `_send`),
+    and the replica it came from (one more request in flight on it)."""
+    app = request.app
     replica = balancer.only
     if replica is not None:
         try:
-            upstream = await session.request(method, replica.url + path, headers=headers, data=payload,
-                                             timeout=timeout)
+            upstream, first = await _send(app, replica.url + path, method, headers, payload, stream)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _unreachable(backend, exc) from None
         replica.in_flight += 1
-        return upstream, replica
+        return upstream, replica, first
     metrics = app[METRICS]
     tried: list[Replica] = []
     error: BaseException | None = None
@@ -165,6 +244,8 @@ async def _connect(request: web.Request, backend: Backend, balancer: Balancer, m
         tried = [r for r in balancer.replicas if r.url != pinned]
         if len(tried) == len(balancer.replicas):  # gone from the plan since: any replica answers the 404
             tried = []
+    task = asyncio.current_task()
+    assert task is not None  # a request's handler runs in a task
     while True:
         picked = balancer.pick(affinity, time.monotonic(), tried)
         if picked is None and error is not None:  # every usable replica was tried
@@ -176,17 +257,24 @@ async def _connect(request: web.Request, backend: Backend, balancer: Balancer, m
         label = (backend.name, replica.address)
         replica.in_flight += 1
         metrics.child(metrics.replica_in_flight, *label).inc()
+        replica.waiting.add(task)  # released to the others should the replica be marked failed
         try:
-            upstream = await session.request(method, replica.url + path, headers=headers, data=payload,
-                                             timeout=timeout)
+            try:
+                upstream, first = await _send(app, replica.url + path, method, headers, payload, stream)
+            except asyncio.CancelledError:
+                if not replica.was_released(task):
+                    raise
+                raise Released(f"replica {replica.address} was marked failed") from None
+            finally:
+                replica.waiting.discard(task)
         except BaseException as exc:  # a client that hangs up cancels the try: not the replica's failure
             _leave(app, backend, balancer, replica)
-            if not isinstance(exc, (TimeoutError, aiohttp.ClientError)):
+            if not isinstance(exc, (TimeoutError, aiohttp.ClientError, Released)):
                 raise
             if not isinstance(exc, _NOTHING_SENT):
                 metrics.child(metrics.replica_failures, *label).inc()
                 raise _unreachable(backend, exc) from None
-            _replica_failed(app, backend, replica, type(exc).__name__)
+            _replica_failed(app, backend, replica, str(exc) or type(exc).__name__)
             tried.append(replica)
             error = exc
             continue
@@ -201,7 +289,7 @@ async def _connect(request: web.Request, backend: Backend, balancer: Balancer, m
         replica.succeeded()
         metrics.child(metrics.replica_requests, *label).inc()
         request[ACCOUNT].backend = replica.url
-        return upstream, replica
+        return upstream, replica, first
 
 
 async def forward(request: web.Request, backend: Backend, path: str, body: dict, *,
@@ -220,8 +308,8 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
     if backend.api_key:
         up_headers["Authorization"] = f"Bearer {backend.api_key}"
     balancer = backend.balancer  # a reload may replace it while this request runs
-    upstream, replica = await _connect(request, backend, balancer, method, path, up_headers,
-                                       orjson.dumps(body) if method != "GET" else None, affinity)
+    upstream, replica, first = await _connect(request, backend, balancer, method, path, up_headers,
+                                              orjson.dumps(body) if method != "GET" else None, affinity, stream)
     try:
         ctype = upstream.headers.get("Content-Type", "")
         if not (stream and upstream.status == 200 and ctype.startswith("text/event-stream")):
@@ -235,6 +323,8 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
                 status = upstream.status if upstream.status >= 400 else 502
                 message = message_of(data) or f"the model server answered HTTP {upstream.status}"
                 raise ApiError(status, message, code="backend_error", type="server_error")
+            if upstream.status >= 400 and not _openai_error(data):
+                raise _shaped_error(backend, upstream, data)
             out_headers = {h: upstream.headers[h] for h in _PASS_HEADERS if h in upstream.headers}
             if upstream.status == 200 and data[:1] == b"{":
                 try:
@@ -247,7 +337,8 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
                     data = adapter.body(data)
             return web.Response(body=data, status=upstream.status, headers={**out_headers, **(headers or {})})
         last_words = adapter.error if adapter is not None else stream_error or _openai_stream_error
-        return await _relay_stream(request, upstream, strip_usage, adapter, headers or {}, prepared, last_words)
+        return await _relay_stream(request, upstream, first, strip_usage, adapter, headers or {}, prepared,
+                                   last_words)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
         raise ApiError(502, f"Model '{backend.name}' broke off the response ({type(exc).__name__}).",
                        code="backend_error", type="server_error") from None
@@ -261,7 +352,7 @@ async def forward(request: web.Request, backend: Backend, path: str, body: dict,
             upstream.close()
 
 
-async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, strip_usage: bool,
+async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, first: bytes, strip_usage: bool,
                         adapter: Adapter | None, headers: dict[str, str],
                         prepared: web.StreamResponse | None, last_words: StreamError) -> web.StreamResponse:
     acct = request[ACCOUNT]
@@ -276,7 +367,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         })
         await resp.prepare(request)
     try:
-        await _pump_events(request, resp, upstream, acct, strip_usage, adapter)
+        await _pump_events(request, resp, upstream, first, acct, strip_usage, adapter)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TooLarge) as exc:
         # The status line is gone already: end the stream with an error event the
         # client can show, instead of leaving it waiting for more.
@@ -289,14 +380,22 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
 
 
 async def _pump_events(request: web.Request, resp: web.StreamResponse, upstream: aiohttp.ClientResponse,
-                       acct: Account, strip_usage: bool, adapter: Adapter | None) -> None:
+                       first: bytes, acct: Account, strip_usage: bool, adapter: Adapter | None) -> None:
+    """`first`: the stream's first chunk, read before the client's response was committed (`_send`)."""
     metrics = request.app[METRICS]
     itl = metrics.child(metrics.itl, acct.model or "")
     limit = request.app[CONFIG].gateway.max_upstream_event_bytes
     last = None
     carry = b""
     crlf: bool | None = None  # decided by the first line ending the backend sends
-    async for chunk in upstream.content.iter_any():
+    content = upstream.content
+    while True:
+        if first:
+            chunk, first = first, b""
+        else:
+            chunk = await content.readany()
+            if not chunk:
+                break
         now = time.monotonic()
         if last is None:
             acct.ttft = now - acct.started

@@ -17,6 +17,7 @@ from gateway.plan.placement import (
     endpoints,
     max_concurrency,
     placements,
+    planned_concurrency,
     server_plan,
 )
 from gateway.plan.restart import restart_fingerprint
@@ -32,7 +33,9 @@ def full_plan(cfg: Config) -> dict:
             "default": m is cfg.default_model,
             "kind": "managed" if isinstance(m, ManagedModel) else "external",
             "url": backend_url(m, cfg.vllm),
-            "max_concurrency": max_concurrency(m),
+            # The model's slots with every replica ready, and each replica's own.
+            "max_concurrency": planned_concurrency(m),
+            "replica_concurrency": max_concurrency(m),
             "task": m.task,
             "presets": {name: p.defaults() for name, p in m.presets.items()},
         }

@@ -237,8 +237,15 @@ def backend_url(model: ManagedModel | ExternalModel, vllm: VllmSettings) -> str:
 
 
 def max_concurrency(model: ManagedModel | ExternalModel) -> int:
+    """Requests one server of the model takes at once (each replica's own slots)."""
     if model.max_concurrency:
         return model.max_concurrency
     if isinstance(model, ManagedModel):
         return model.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
     return EXTERNAL_DEFAULT_CONCURRENCY
+
+
+def planned_concurrency(model: ManagedModel | ExternalModel) -> int:
+    """The model's slots with every replica ready: each replica adds its own (the gateway counts
+    only the ready ones: routing/backends.py Backend.fit_slots)."""
+    return max_concurrency(model) * (model.replica_count if isinstance(model, ManagedModel) else 1)

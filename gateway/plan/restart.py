@@ -22,7 +22,7 @@ from gateway.plan.placement import endpoints, sleep_level
 # Gateway settings a running process keeps until it restarts.
 GATEWAY_SETTINGS = ("host", "port", "max_body_bytes", "connect_timeout", "read_timeout", "webui",
                     "header_timeout", "idle_timeout", "max_connections_per_client", "max_upstream_body_bytes",
-                    "max_upstream_event_bytes")
+                    "max_upstream_event_bytes", "response_headers_timeout", "first_token_timeout")
 
 
 def restart_facts(cfg: Config) -> dict[str, dict[str, object]]:

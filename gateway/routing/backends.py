@@ -38,6 +38,9 @@ class Residence:
 # one miss is often just a busy event loop in vLLM under load.
 FAILED_AFTER_MISSES = 2
 
+# Seconds one health check (of one replica) may take; a replica that stays silent that long missed it.
+CHECK_TIMEOUT = 5.0
+
 # The most of a backend's model list read (a hosted upstream's list of hundreds of models
 # with descriptions is about 1 MB).
 MODEL_LIST_LIMIT = 8 * 1024 * 1024
@@ -67,9 +70,20 @@ class Backend:
             for r in replicas:
                 if r.url == url:
                     r.set_state(state, reason)
+            self.fit_slots()
             if any(r.ready for r in replicas):
                 return
         self.set_state(state, reason)
+
+    def fit_slots(self) -> None:
+        """Admission's slots: each ready replica's own (max_concurrency per server), so a replica
+        that comes up adds its share and one that fails takes it away. A model that has none ready
+        keeps one replica's worth: its requests then wait for one, or are told it is down."""
+        per_replica = max_concurrency(self.model)
+        replicas = self.balancer.replicas
+        ready = sum(r.ready for r in replicas) if len(replicas) > 1 else 1
+        if self.slots.limit != per_replica * max(ready, 1):
+            self.slots.set_limit(per_replica * max(ready, 1))
 
     def set_state(self, state: State, reason: str | None) -> None:
         """The one way the model's state changes (states.py: raises on a move it does not allow)."""
@@ -125,7 +139,7 @@ def _balancer(m: ManagedModel | ExternalModel, cfg: Config, old: tuple[Replica, 
         r = known.get(p.url) or Replica(p.host, p.url, urlsplit(p.url).netloc.rpartition("@")[2])
         r.host = p.host
         replicas.append(r)
-    return Balancer(replicas, cfg.gateway.balance)
+    return Balancer(replicas, cfg.gateway.balance, max_concurrency(m))
 
 
 def _read_key(model: ExternalModel) -> str | None:
@@ -147,6 +161,8 @@ class Registry:
 
     def _backend(self, m: ManagedModel | ExternalModel, cfg: Config) -> Backend:
         slots = ModelSlots(m.name, max_concurrency(m), self.room, self.metrics.queue_depth.labels(m.name))
+        # Read at scrape time: the slots change as replicas come and go (Backend.fit_slots).
+        self.metrics.capacity.labels(m.name).set_function(lambda: slots.limit)
         balancer = _balancer(m, cfg, ())
         if isinstance(m, ManagedModel):
             return Backend(m.name, balancer, m, slots, served_id=m.name,
@@ -192,7 +208,7 @@ class Registry:
                     old.max_model_len = m.max_model_len
                 old.model = m
                 old.balancer = _balancer(m, cfg, old.replicas)
-                old.slots.set_limit(max_concurrency(m))
+                old.fit_slots()
                 if isinstance(m, ExternalModel):
                     old.api_key = _read_key(m)
                     old.served_id = m.served_model or old.served_id
@@ -267,6 +283,7 @@ class HealthMonitor:
         self.interval = interval
         self.metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
+        self._checks: dict[str, dict[Replica, asyncio.Task]] = {}  # per model, each replica's check in flight
         self._wake: dict[str, asyncio.Event] = {}
         self._watched: dict[str, Backend] = {}
         self._unchecked = set(registry.backends)
@@ -303,9 +320,11 @@ class HealthMonitor:
         if task is not None:
             task.cancel()
             del self._wake[name], self._watched[name]
+        for check in list(self._checks.pop(name, {}).values()):
+            check.cancel()
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *(t for checks in self._checks.values() for t in checks.values())]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -317,6 +336,7 @@ class HealthMonitor:
 
     async def _watch(self, b: Backend) -> None:
         while True:
+            started = time.monotonic()
             try:
                 await self._round(b)
             except Exception:  # a bug of ours: logged, and the checks go on (the state must not freeze)
@@ -324,29 +344,45 @@ class HealthMonitor:
                 self._record(b, False, "its health check failed in the gateway; see the gateway's log")
                 self._unchecked.discard(b.name)
             wake = self._wake[b.name]
-            # Poll fast while waiting for a model to come up, slower once it serves.
-            delay = self.interval if b.state is State.READY else min(self.interval, 1.0)
             try:
-                await asyncio.wait_for(wake.wait(), delay)
+                # From the round's start: a round that waited out its gap for a silent replica's
+                # check (`_round`) is not followed by another whole gap.
+                await asyncio.wait_for(wake.wait(), max(0.0, self._gap(b) - (time.monotonic() - started)))
             except TimeoutError:
                 pass
             wake.clear()
 
+    def _gap(self, b: Backend) -> float:
+        """Poll fast while waiting for a model to come up, slower once it serves."""
+        return self.interval if b.state is State.READY else min(self.interval, 1.0)
+
     async def _round(self, b: Backend) -> None:
-        """Check each of the model's replicas once, and record what that says about the model."""
-        timeout = aiohttp.ClientTimeout(total=5)
+        """Check each of the model's replicas, and record what that says about the model.
+
+        Each replica's check is a task of its own with its own timeout, recorded as it ends: a silent
+        replica's check runs on to its timeout while its siblings' rounds go on (a model with replicas
+        waits for its checks no longer than the gap to its next round; one whose check is still out
+        is not asked again, and keeps what its last check said)."""
+        timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT)
         # vLLM's /health turns 503 when its engine dies; an external server is only
         # assumed to speak OpenAI, so its model list is the health check.
         probe = "/health" if b.managed else "/v1/models"
         headers = {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}  # a reload may change it
         replicas = b.replicas  # a reload may change them
-        checks = await asyncio.gather(*(self._check(r, probe, timeout, headers) for r in replicas))
-        for r, (ok, why) in zip(replicas, checks, strict=True):
-            self._record_replica(b, r, ok, why)
-        # The model serves while any replica does; it is down with the first one's reason.
-        up = next((r for r, (ok, _) in zip(replicas, checks, strict=True) if ok), None)
+        checks = self._checks.setdefault(b.name, {})
+        started = []
+        for r in replicas:
+            if r not in checks:
+                checks[r] = asyncio.create_task(self._check_replica(b, r, probe, timeout, headers, checks),
+                                                name=f"health-{b.name}-{r.address}")
+                started.append(checks[r])
+        if started:
+            await asyncio.wait(started, timeout=None if len(replicas) == 1 else self._gap(b))
+        # The model serves while any replica does (its latest check passed); it is down with the
+        # first one's reason.
+        up = next((r for r in replicas if r.ready and not r.misses), None)
         healthy = up is not None
-        detail = next(why for _, why in checks if why) if up is None else ""
+        detail = next((r.reason or "" for r in replicas if r.reason), "") if up is None else ""
         learn = b.state not in LIFECYCLE_STATES and (b.state is not State.READY or b.max_model_len is None)
         if up is not None and learn:
             try:
@@ -359,6 +395,19 @@ class HealthMonitor:
         self._unchecked.discard(b.name)
         if not self._unchecked:
             self._first_round.set()
+
+    async def _check_replica(self, b: Backend, r: Replica, probe: str, client_timeout: aiohttp.ClientTimeout,
+                             headers: dict[str, str], checks: dict[Replica, asyncio.Task]) -> None:
+        """One replica's check, recorded as it ends; `checks`: its model's checks in flight."""
+        try:
+            ok, why = await self._check(r, probe, client_timeout, headers)
+            self._record_replica(b, r, ok, why)
+            b.fit_slots()
+        except Exception:  # a bug of ours: logged; the next round checks it again
+            log.exception("health check of model %s's replica %s failed", b.name, r.address,
+                          extra={"model": b.name, "replica": r.address})
+        finally:
+            checks.pop(r, None)
 
     async def _check(self, r: Replica, probe: str, client_timeout: aiohttp.ClientTimeout,
                      headers: dict[str, str]) -> tuple[bool, str]:
@@ -404,6 +453,7 @@ class HealthMonitor:
             label = (b.name, r.address)
             self.metrics.replica_up.labels(*label).set(1 if healthy else 0)
             self.metrics.replica_ready.labels(*label).set(1 if r.ready else 0)
+            self.metrics.replica_capacity.labels(*label).set(max_concurrency(b.model) if r.ready else 0)
 
     def _record(self, b: Backend, healthy: bool, detail: str) -> None:
         self.metrics.backend_up.labels(b.name).set(1 if healthy else 0)

@@ -1,14 +1,19 @@
-"""Which replica of a model serves a request. Pure logic: no I/O, the clock is passed in.
+"""Which replica of a model serves a request. Pure logic: no I/O, the clock is passed in (a replica
+that stops serving cancels the requests waiting on it: `Replica.release`).
 
 - **Least outstanding requests**: the replica with the fewest requests in flight (through this
   gateway) is the least busy one; on a tie the start of the scan rotates, so idle replicas share.
-- **Prefix affinity, bounded**: vLLM's prefix cache skips the prefill of a prompt's leading
-  blocks it has seen, and only on the replica that saw them. A request carrying an affinity key
-  (`affinity_key`) goes to the first replica of that key's preference order whose load stays
-  within LOAD_FACTOR x the average (consistent hashing with bounded loads, Mirrokni et al., as
-  KubeAI and vLLM's router balance). The preference orders are rendezvous (highest random weight)
-  orders over the replicas' addresses, one per hash bucket, computed once per replica set: a
-  pick is then O(replicas), a replica that is down or full sends its keys on evenly to the
+- **Prefix affinity, bounded by the replica's own capacity**: vLLM's prefix cache skips the
+  prefill of a prompt's leading blocks it has seen, and only on the replica that saw them. A
+  request carrying an affinity key (`affinity_key`) goes to the first replica of that key's
+  preference order that is usable and not yet full (fewer requests in flight than its own slots,
+  `capacity`: its max_num_seqs or max_concurrency); only a full one sends it on, to the least
+  loaded. A bound relative to the average load (consistent hashing with bounded loads) splits
+  conversations under light load, where one request more is already "over the average": a
+  conversation that moves loses its cached prefix, while a replica below its slots runs the
+  request in the same batch at little cost. The preference orders are rendezvous (highest random
+  weight) orders over the replicas' addresses, one per hash bucket, computed once per replica
+  set: a pick is then O(replicas), a replica that is down or full sends its keys on evenly to the
   others (a ring would pile them on one neighbour), and a replica added or removed moves only
   the keys it gains or held.
 - **Circuit breaker**: BREAK_AFTER failures in a row to reach a replica take it out for
@@ -18,17 +23,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
 from gateway.routing.states import State, move
 
-LOAD_FACTOR = 1.25
 BREAK_AFTER = 3
 COOL_DOWN = 5.0
 _BUCKETS = 1024  # preference orders; far more than replicas, so keys spread evenly
@@ -52,6 +56,10 @@ class Replica:
     in_flight: int = 0
     failures: int = 0  # failures in a row to reach it
     open_until: float = 0.0  # breaker: not tried again before this (monotonic clock)
+    # Requests sent to it that have nothing back yet (their handlers' tasks; proxy.py `_connect`):
+    # when it stops serving they are cancelled, marked in `released`, and tried on the others.
+    waiting: set[asyncio.Task] = field(default_factory=set)
+    released: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def ready(self) -> bool:
@@ -59,7 +67,25 @@ class Replica:
         return self.state == State.READY
 
     def set_state(self, state: State, reason: str | None) -> None:
-        move(self, state, reason, f"replica {self.address}")
+        if move(self, state, reason, f"replica {self.address}") and state is not State.READY:
+            self.release()
+
+    def release(self) -> None:
+        """Send the requests waiting on it to the other replicas at once: it stopped serving (a
+        hung server found by its health checks, a crash), and they would wait for a deadline."""
+        for task in self.waiting:
+            self.released.add(task)
+            task.cancel()
+        self.waiting.clear()
+
+    def was_released(self, task: asyncio.Task) -> bool:
+        """Whether the task's cancellation was the replica's release (then it is taken back),
+        not its client's."""
+        if task not in self.released:
+            return False
+        self.released.discard(task)
+        # A client that hung up meanwhile cancelled it too: that cancellation stands.
+        return task.uncancel() == 0
 
     def usable(self, now: float) -> bool:
         return self.ready and (self.failures < BREAK_AFTER or now >= self.open_until)
@@ -91,9 +117,10 @@ def _order(replicas: tuple[Replica, ...], bucket: int) -> tuple[Replica, ...]:
 
 
 class Balancer:
-    def __init__(self, replicas: Sequence[Replica], policy: str = "least_outstanding"):
+    def __init__(self, replicas: Sequence[Replica], policy: str = "least_outstanding", capacity: int = 1):
         self.replicas = tuple(replicas)
         self.policy = policy
+        self.capacity = capacity  # requests each replica takes at once (its slots)
         # The one replica of a model without others: requests go straight to it, nothing to pick.
         self.only = self.replicas[0] if len(self.replicas) == 1 else None
         # Whether picks use an affinity key (worth computing one).
@@ -112,23 +139,16 @@ class Balancer:
                 if r.usable(now) and r not in tried:
                     return self._take(r, now)
             return None
-        best, total, count = None, 0, 0
+        if key is not None:
+            for r in self._orders[key % _BUCKETS]:
+                if r.in_flight < self.capacity and r.usable(now) and r not in tried:
+                    return self._take(r, now)
+        best = None
         for i in range(n):
             r = self.replicas[(start + i) % n]
-            if r.usable(now) and r not in tried:
-                total += r.in_flight
-                count += 1
-                if best is None or r.in_flight < best.in_flight:
-                    best = r
-        if best is None:
-            return None
-        if key is None:
-            return self._take(best, now)
-        cap = math.ceil(LOAD_FACTOR * (total + 1) / count)
-        for r in self._orders[key % _BUCKETS]:
-            if r.in_flight < cap and r.usable(now) and r not in tried:
-                return self._take(r, now)
-        return self._take(best, now)  # not reached: the least loaded one is below the cap
+            if r.usable(now) and r not in tried and (best is None or r.in_flight < best.in_flight):
+                best = r
+        return None if best is None else self._take(best, now)
 
     def spare(self, now: float, tried: Sequence[Replica]) -> bool:
         """Whether a replica not yet tried could take the request now (nothing changes)."""

@@ -13,6 +13,7 @@ import uvloop
 from gateway.base.observability import setup_logging
 from tests.fakebackend import FakeBackend
 from tests.harness import free_port, make_config, serving, wait_until
+from tests.replicated import replicated_factory
 
 
 def pytest_asyncio_loop_factories(config, item):
@@ -93,3 +94,11 @@ async def stack(aiohttp_server):
 
     async with contextlib.AsyncExitStack() as contexts:
         yield make
+
+
+@pytest.fixture
+async def replicated(aiohttp_server):
+    """Factory: replicated(n, model={settings of the model}, **gateway settings) -> Replicated
+    (tests/replicated.py), every replica ready."""
+    async with contextlib.AsyncExitStack() as contexts:
+        yield replicated_factory(aiohttp_server, contexts)

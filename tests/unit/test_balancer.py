@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
-from gateway.routing.balancer import BREAK_AFTER, COOL_DOWN, LOAD_FACTOR, PROMPT_CHARS, Balancer, Replica, affinity_key
+from gateway.routing.balancer import BREAK_AFTER, COOL_DOWN, PROMPT_CHARS, Balancer, Replica, affinity_key
 
 
 def replicas(n: int) -> list[Replica]:
@@ -56,20 +55,25 @@ def test_every_turn_of_a_conversation_goes_to_one_replica_and_conversations_spre
     assert min(spread.values()) > 70, spread  # 200 conversations over 2 replicas, by hash
 
 
-def test_affinity_yields_to_the_load_bound():
+def test_affinity_holds_until_its_replica_is_full():
     rs = replicas(2)
-    b = Balancer(rs)
+    b = Balancer(rs, capacity=4)
     key = affinity_key(chat(7, 1))
     home = b.pick(key, 0.0)
     other = rs[1 - rs.index(home)]
-    # The conversation's replica takes requests until it holds LOAD_FACTOR x the average load.
-    for _ in range(20):
+    # Light load never splits a conversation: its replica takes every request while it has a free slot.
+    for _ in range(4):
         r = b.pick(key, 0.0)
+        assert r is home
         r.in_flight += 1
-        total = home.in_flight + other.in_flight
-        assert r.in_flight <= math.ceil(LOAD_FACTOR * total / 2)
-    assert other.in_flight > 0
-    assert home.in_flight > other.in_flight  # still preferred, within the bound
+    assert other.in_flight == 0
+    # Full: the next goes to the least loaded replica.
+    for _ in range(4):
+        r = b.pick(key, 0.0)
+        assert r is other
+        r.in_flight += 1
+    home.in_flight -= 1
+    assert b.pick(key, 0.0) is home  # a freed slot brings it back
 
 
 def test_a_replica_taken_out_sends_its_conversations_to_the_others_evenly():

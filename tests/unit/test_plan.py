@@ -244,7 +244,9 @@ def test_check_and_plan_show_every_host_and_card(tmp_path):
     path = tmp_path / "localai.yaml"
     path.write_text(TWO_HOSTS)
     run = localai("check", config=path, check=True)
-    assert "model coder  (default): managed at http://10.0.0.11:8001, 2 replicas" in run.stdout
+    # Each replica adds its slots (vLLM's default max_num_seqs, 256) to the model's.
+    assert ("model coder  (default): managed at http://10.0.0.11:8001, 2 replicas, max_concurrency 512 "
+            "(256 per replica)") in run.stdout
     assert ("host gpu2 at 10.0.0.12, 2 GPUs, port_offset 100: 3 servers\n"
             "    GPU 0: chat 0.7  (0.70 of 1 always resident)\n"
             "    GPU 1: coder 0.5, big 0.4  (0.90 of 1 always resident)\n"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import re
 
@@ -15,85 +14,15 @@ import yaml
 from gateway.base.observability import setup_logging
 from gateway.plan.validate import parse_config
 from gateway.routing import balancer
-from tests.fakebackend import FakeBackend
-from tests.harness import free_port, serving, wait_until
-
-
-class Replicated:
-    def __init__(self, url: str, http: aiohttp.ClientSession, fakes: list[FakeBackend], ports: list[int],
-                 servers: list, app, config: dict):
-        self.url, self.http, self.fakes, self.ports, self.servers, self.app = url, http, fakes, ports, servers, app
-        self.config = config  # as YAML data
-
-    async def chat(self, conversation: int, turn: int = 1, **extra) -> tuple[int, dict]:
-        messages = [{"role": "system", "content": "You are terse."},
-                    {"role": "user", "content": f"conversation {conversation}"}]
-        for t in range(1, turn):
-            messages += [{"role": "assistant", "content": f"reply {t}"}, {"role": "user", "content": f"turn {t}"}]
-        async with self.http.post(self.url + "/v1/chat/completions",
-                                  json={"model": "m", "messages": messages, **extra}) as r:
-            return r.status, await r.json()
-
-    async def replicas(self) -> list[dict]:
-        async with self.http.get(self.url + "/v1/models") as r:
-            return (await r.json())["data"][0]["replicas"]
-
-    def metric(self, name: str, port: int) -> float:
-        from prometheus_client import generate_latest
-
-        from gateway.http.appkeys import METRICS
-        text = generate_latest(self.app[METRICS].registry).decode()
-        found = re.search(rf'^{name}{{model="m",replica="127.0.0.1:{port}"}} (\S+)$', text, re.M)
-        return float(found.group(1)) if found else 0.0
-
-    def served_by(self, conversation: int) -> list[int]:
-        """Which fakes got a request of this conversation."""
-        return [i for i, f in enumerate(self.fakes)
-                if any(b["messages"][1]["content"] == f"conversation {conversation}" for b in f.received)]
-
-
-@pytest.fixture
-async def replicated(aiohttp_server):
-    """Factory: replicated(n, **gateway settings) -> Replicated, every replica ready."""
-    async def make(n: int = 2, **gateway) -> Replicated:
-        ports = sorted(free_port() for _ in range(n))
-        fakes = [FakeBackend("m") for _ in range(n)]
-        servers = [await aiohttp_server(f.app(), port=p) for f, p in zip(fakes, ports, strict=True)]
-        data = {
-            "gateway": {"port": free_port(), "health_interval": 0.05, "webui": False, **gateway},
-            "hosts": [{"name": f"h{i}", "address": "127.0.0.1", "gpus": 0, "port_offset": p - ports[0]}
-                      for i, p in enumerate(ports)],
-            "models": [{"name": "m", "model": "fake", "port": ports[0], "hosts": [f"h{i}" for i in range(n)],
-                        "default": True}],
-        }
-        cfg = parse_config(yaml.safe_dump(data), "replicas.yaml")
-        setup_logging("info", stream=io.StringIO())
-        app = await contexts.enter_async_context(serving(cfg, api_keys=[]))
-        http = await contexts.enter_async_context(aiohttp.ClientSession())
-        r = Replicated(f"http://127.0.0.1:{cfg.gateway.port}", http, fakes, ports, servers, app, data)
-        await wait_until(lambda: _all_ready(r))
-        return r
-
-    async with contextlib.AsyncExitStack() as contexts:
-        yield make
-
-
-def release(r: Replicated, gate: asyncio.Event) -> None:
-    """Let the gated streams run to their end (a fake's gate lets one chunk through per set())."""
-    for f in r.fakes:
-        f.gate = None
-    gate.set()
-
-
-async def _all_ready(r: Replicated) -> bool:
-    return all(x["state"] == "ready" for x in await r.replicas())
+from tests.harness import wait_until
+from tests.replicated import Replicated, all_ready, release
 
 
 async def test_models_list_each_replica_with_its_host_state_and_load(replicated):
     r = await replicated(2)
     replicas = await r.replicas()
     assert replicas == [{"host": f"h{i}", "address": f"127.0.0.1:{r.ports[i]}", "state": "ready", "state_reason": None,
-                         "in_flight": 0} for i in (0, 1)]
+                         "in_flight": 0, "max_concurrency": 256} for i in (0, 1)]
     gate = r.fakes[0].gate = r.fakes[1].gate = asyncio.Event()
     async with r.http.post(r.url + "/v1/completions", json={"model": "m", "prompt": [1, 2], "stream": True}) as s:
         assert s.status == 200
@@ -130,8 +59,8 @@ async def test_least_outstanding_sends_work_past_the_busy_replica(replicated):
     stream.release()
 
 
-async def test_one_conversation_is_spread_once_its_replica_holds_more_than_its_share(replicated):
-    r = await replicated(2)
+async def test_one_conversation_is_spread_once_its_replica_is_full(replicated):
+    r = await replicated(2, model={"max_num_seqs": 5})
     gate = asyncio.Event()
     for f in r.fakes:
         f.gate = gate
@@ -141,7 +70,7 @@ async def test_one_conversation_is_spread_once_its_replica_holds_more_than_its_s
         streams.append(await r.http.post(r.url + "/v1/chat/completions",
                                          json={"model": "m", "messages": messages, "stream": True}))
     loads = sorted(f.active for f in r.fakes)
-    # All eight share one conversation; its replica takes at most 1.25 x the average load.
+    # All eight share one conversation; its replica takes as many as its slots, the other the rest.
     assert loads == [3, 5]
     release(r, gate)
     for s in streams:
@@ -347,7 +276,7 @@ async def test_a_reload_balances_over_the_new_replica_set_and_says_which_servers
     config.write_text(yaml.safe_dump(r.config))
     assert reloader.reload()
     assert "model m's new server localai-model@m.2 on host h2 (start it)" in log.getvalue()
-    await wait_until(lambda: _all_ready(r))
+    await wait_until(lambda: all_ready(r))
     before = len(r.fakes[2].received)
     for c in range(100, 130):
         assert (await r.chat(c))[0] == 200

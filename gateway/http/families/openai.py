@@ -14,6 +14,7 @@ from gateway.http.appkeys import REGISTRY
 from gateway.http.middleware import free_of_key_limits
 from gateway.http.pipeline import json_response, read_json_body, run
 from gateway.lifecycle.manager import residence_fields
+from gateway.plan.placement import max_concurrency
 from gateway.routing.backends import Backend, Route
 
 from . import anthropic
@@ -37,6 +38,8 @@ def model_card(b: Backend, default: bool) -> dict:
         "context_limit": int(window * b.model.context_limit) if window else None,
         "state": b.state.value,
         "state_reason": b.reason,
+        # Requests it takes at once now: the sum of its ready replicas' (each card says its own).
+        "max_concurrency": b.slots.limit,
         "replicas": replica_cards(b),
         **residence_fields(b),
     }
@@ -50,14 +53,15 @@ def replica_cards(b: Backend) -> list[dict]:
     if len(b.replicas) == 1:
         r = b.replicas[0]
         return [{"host": r.host, "address": r.address, "state": b.state.value, "state_reason": b.reason,
-                 "in_flight": r.in_flight}]
+                 "in_flight": r.in_flight, "max_concurrency": b.slots.limit}]
+    per_replica = max_concurrency(b.model)
     now = time.monotonic()
     cards = []
     for r in b.replicas:
         out = r.ready and r.breaker(now) == "open"
         cards.append({"host": r.host, "address": r.address, "state": "unreachable" if out else r.state,
                       "state_reason": f"{r.failures} requests in a row could not reach it" if out else r.reason,
-                      "in_flight": r.in_flight})
+                      "in_flight": r.in_flight, "max_concurrency": per_replica if r.ready else 0})
     return cards
 
 
