@@ -24,6 +24,10 @@ from tests.harness import (
     wait_until_sync,
 )
 
+# A gateway started without gateway.usage_db keeps its usage database under $XDG_STATE_HOME:
+# the tests' own, never the home of whoever runs them.
+os.environ["XDG_STATE_HOME"] = str(OUTPUT / "xdg-state")
+
 
 def pytest_collection_finish(session) -> None:
     """Freeze the heap once, now that every test module is loaded.

@@ -238,7 +238,7 @@ def _loopback(host: str) -> bool:
 def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm_python=None,
                      api_key_file=None, webui_dir=None, gateway_host="", gateway_port=0,
                      overrides=None, all_tiny=False, hosts=None, vllm_host="", accelerator="",
-                     tls="false", tls_dir="/etc/localai/tls") -> dict:
+                     tls="false", tls_dir="/etc/localai/tls", usage_db=None) -> dict:
     """The config the host gets: the chosen source plus what the roles own.
 
     - models listed in `tiny` (every managed one with all_tiny) point at
@@ -250,6 +250,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     - `accelerator` of a single host (vllm.accelerator): the vLLM build the play
       installs (cuda, cpu). Said outright, the plan (what sleep_mode: auto means,
       among others) is the same before vLLM is installed;
+    - `gateway.usage_db` (the usage database in a folder of the gateway's user alone) unless the
+      config says where (or `null`: none);
     - then `overrides`, merged recursively;
     - last, `gateway.tls` (the certificate the role installs in tls_dir) when `tls` is true, or
       auto and the gateway listens beyond loopback, unless the config names a certificate itself.
@@ -281,6 +283,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
         gw["host"] = gateway_host
     if int(gateway_port or 0):
         gw["port"] = int(gateway_port)
+    if usage_db and "usage_db" not in gw:
+        gw["usage_db"] = usage_db
     cfg["gateway"] = gw
     if hosts:
         cfg["hosts"] = [dict(h) for h in hosts]
