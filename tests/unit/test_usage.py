@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -242,6 +243,39 @@ async def test_a_corrupt_database_leaves_the_gateway_serving_and_budgets_held(up
     result = await asyncio.to_thread(localai, "usage", "--db", str(db))
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and str(db) in result.stderr and "cannot be read" in result.stderr
+
+
+async def test_a_database_locked_while_serving_loses_no_request(upstream, tmp_path):
+    db = tmp_path / "usage.db"
+
+    def rows() -> int:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+
+    async def db_up() -> str:
+        async with g.http.get(g.url + "/metrics", headers=BOB) as r:
+            return next(line.split()[1] for line in (await r.text()).splitlines()
+                        if line.startswith("localai_usage_db_up "))
+
+    async with gateway(upstream, usage_db=str(db)) as g:
+        assert (await g.post("/v1/chat/completions", CHAT, ALICE))[0] == 200
+        await wait_until(lambda: rows() == 1, what="the first row written")
+        # Another process holds the write lock (a backup, a stuck `sqlite3` shell): past the busy
+        # timeout the writer fails, and the requests are served all the same.
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            for _ in range(3):
+                assert (await g.post("/v1/chat/completions", CHAT, ALICE))[0] == 200
+            async def down() -> bool:
+                return await db_up() == "0.0"
+            await wait_until(down, what="localai_usage_db_up 0", interval=0.1)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        # Unlocked: the rows kept from the failed batch are written with the next try.
+        await wait_until(lambda: rows() == 4, what="every request's row written", interval=0.1)
+        assert await db_up() == "1.0"
 
 
 async def test_concurrent_requests_at_the_budget_boundary_overshoot_by_one_request_at_most(upstream):
