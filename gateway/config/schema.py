@@ -172,7 +172,7 @@ class GatewaySettings(_Strict):
     admin_keys: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field([], description=(
         "names of the keys that may read every key's usage (`GET /v1/usage/team`, docs/usage.md)"))
     usage_db: Path | None = Field(
-        default_factory=lambda: default_usage_db(), json_schema_extra=_shown("`$XDG_STATE_HOME/localai/usage.db`"),
+        default_factory=default_usage_db, json_schema_extra=_shown("`$XDG_STATE_HOME/localai/usage.db`"),
         description=(
             "the usage database (SQLite): every finished request's key, model, tokens and GPU slot time, "
             "for `localai usage`, `GET /v1/usage` and the token budgets across restarts; `null` or `\"\"` "

@@ -272,6 +272,12 @@ class UsageStore:
                 while len(batch) < QUEUE_ROWS:
                     batch.append(self._queue.get_nowait())
             self._write(batch)
+        if self._pending:  # the rows of a failed batch: one last try before the gateway stops
+            self._write([])
+        if self._pending:
+            self._dropped.inc(len(self._pending))
+            log.error("usage database %s: %d rows could not be written before the gateway stopped",
+                      self.path, len(self._pending))
 
     def _write(self, batch: list[Row]) -> None:
         rows = self._pending + batch

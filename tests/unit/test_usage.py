@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
 from gateway.config.schema import ConfigError
 from gateway.http.appkeys import ACCESS
 from tests.fakebackend import FakeBackend
-from tests.harness import localai, make_config, serving, wait_until
+from tests.harness import free_port, localai, make_config, serving, wait_until
 from tests.unit.test_gateway import CHAT, assert_openai_error
 
 KEYS = ["sk-alice-0123456789ab", "sk-bob-0123456789abc"]  # named key-1 (alice) and key-2 (bob)
@@ -87,6 +88,33 @@ async def test_a_key_over_its_daily_budget_gets_429_in_its_familys_shape_and_aft
         day = own["quota"]["tokens_per_day"]
         assert (day["limit"], day["used"], day["remaining"]) == (30, 36, 0) and day["resets_at"].endswith("Z")
         assert own["quota"]["tokens_per_month"]["limit"] is None
+
+
+async def test_a_reload_applies_new_budgets_and_models_at_once_and_keeps_what_was_spent(upstream, tmp_path):
+    from gateway.app.reload import RELOADER
+    from gateway.plan.validate import load_config
+
+    keys, config, port = tmp_path / "api-keys", tmp_path / "localai.yaml", free_port()
+    keys.write_text("".join(f"{name}: {key}\n" for name, key in zip(("alice", "bob"), KEYS, strict=True)))
+    keys.chmod(0o600)
+
+    def write(alice: dict) -> None:
+        config.write_text(yaml.safe_dump({
+            "gateway": {"port": port, "webui": False, "health_interval": 0.05, "api_key_file": str(keys),
+                        "usage_db": None, "key_limits": {"per_key": {"alice": alice}}},
+            "models": upstream}))
+
+    write({"tokens_per_day": 10})
+    async with serving(load_config(config)) as app, aiohttp.ClientSession() as http:
+        g = Gateway(f"http://127.0.0.1:{port}", http, app)
+        assert (await g.post("/v1/chat/completions", CHAT, ALICE))[0] == 200
+        assert (await g.post("/v1/chat/completions", CHAT, ALICE))[0] == 429
+        write({"tokens_per_day": 20, "models": ["gen"]})
+        assert app[RELOADER].reload()
+        assert [m["id"] for m in (await g.get("/v1/models", ALICE))[1]["data"]] == ["gen"]
+        assert (await g.post("/v1/chat/completions", {**CHAT, "model": "gen"}, ALICE))[0] == 200  # 12 < 20
+        status, body, _ = await g.post("/v1/chat/completions", {**CHAT, "model": "gen"}, ALICE)
+        assert status == 429 and "used 24 of its tokens_per_day budget of 20" in body["error"]["message"]
 
 
 async def test_a_monthly_budget_counts_too(upstream):
