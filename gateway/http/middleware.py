@@ -75,11 +75,11 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         key = request.get(KEY_NAME)
         account(request, acct, status, rid, request.app[METRICS], key)
         if acct.model is not None:
-            record_usage(request, acct, status, key)
+            record_usage(request, acct, acct.model, status, key)
         request_id_var.reset(token)
 
 
-def record_usage(request: web.Request, acct: Account, status: int, key: str | None) -> None:
+def record_usage(request: web.Request, acct: Account, model: str, status: int, key: str | None) -> None:
     """A request that reached a model: its tokens count against its key's budgets at once (in
     memory), and its row goes to the usage store's queue (written by the store's own thread)."""
     prompt, completion = acct.prompt_tokens or 0, acct.completion_tokens or 0
@@ -92,8 +92,7 @@ def record_usage(request: web.Request, acct: Account, status: int, key: str | No
             metrics.child(metrics.key_tokens, key).inc(prompt + completion)
     store = app.get(USAGE)
     if store is not None:
-        assert acct.model is not None
-        store.record(Row(time.time(), name, acct.model, family_of(request.path), endpoint_label(request), status,
+        store.record(Row(time.time(), name, model, family_of(request.path), endpoint_label(request), status,
                          prompt, completion, acct.cached_tokens or 0, time.monotonic() - acct.started, acct.ttft,
                          acct.slot_seconds))
 
