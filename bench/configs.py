@@ -22,6 +22,8 @@ REPLICA_SERVERS = ("0.01x4", "0.04x4", "0.001x64", "closing", "0.2x4", "0.2x4", 
 SCALEOUT_PORT = 18517  # PORT_MOCK + 3 + 4: the first of the scale-out phase's servers
 REPLICA_POLICIES = ("round_robin", "least_outstanding")
 PORT_VLLM = 18520
+PORT_GATEWAY_USAGE = 18506  # + 0: usage store off, + 1: on (the usage phase)
+USAGE_MODES = ("off", "on")
 PORT_GATEWAY_SWAP = 18502  # `localai up` of the swap phase; its two models on 18530, 18531
 PORT_SWAP_MODELS = 18530
 API_KEY = "sk-bench-0123456789abcdef"
@@ -40,6 +42,7 @@ FULL = dict(
     scaleout_s=5.0, hung_s=30.0,
     real=True, real_conc=[1, 4, 16], real_s=6.0, real_tokens=32,
     swap_resident=5, swap_rounds=4,
+    usage_rate=1000, usage_s=4.0, usage_rounds=5,
 )
 QUICK = dict(
     rounds=1, warmup=True,
@@ -51,6 +54,7 @@ QUICK = dict(
     scaleout_s=3.0, hung_s=20.0,
     real=False, real_conc=[1, 4], real_s=4.0, real_tokens=16,
     swap_resident=3, swap_rounds=2,
+    usage_rate=1000, usage_s=2.0, usage_rounds=2,
 )
 
 
@@ -66,7 +70,7 @@ def write_replica_configs(out: Path, keys: Path) -> list[Path]:
             f"# Replicas phase, balance: {policy}.\n"
             f"gateway:\n  host: {HOST}\n  port: {PORT_GATEWAY_REPLICAS + i}\n  api_key_file: {keys}\n"
             f"  max_queue: 20000\n  webui: false\n  health_interval: 0.5\n  balance: {policy}\n"
-            f"  max_connections_per_client: 0\n"
+            f"  max_connections_per_client: 0\n  usage_db: null\n"
             f"hosts:\n  - {{name: one, address: {HOST}, gpus: 0}}\n"
             f"  - {{name: two, address: {HOST}, gpus: 0, port_offset: 1}}\n"
             f"models:\n"
@@ -78,13 +82,29 @@ def write_replica_configs(out: Path, keys: Path) -> list[Path]:
     return paths
 
 
+def write_usage_configs(out: Path, keys: Path) -> list[Path]:
+    """The usage phase: the same gateway on mock A without and with the usage store."""
+    paths = []
+    for i, mode in enumerate(USAGE_MODES):
+        path = out / f"gateway-usage-{mode}.yaml"
+        db = "null" if mode == "off" else str(out / "usage.db")
+        path.write_text(
+            f"# Usage phase, store {mode}.\n"
+            f"gateway:\n  host: {HOST}\n  port: {PORT_GATEWAY_USAGE + i}\n  api_key_file: {keys}\n"
+            f"  max_queue: 20000\n  max_connections_per_client: 0\n  webui: false\n  usage_db: {db}\n"
+            f"models:\n  - {{name: mock-a, url: 'http://{HOST}:{PORT_MOCK}/v1', served_model: mock, "
+            f"max_concurrency: 4096}}\n")
+        paths.append(path)
+    return paths
+
+
 def write_configs(out: Path) -> tuple[Path, Path]:
     keys = out / "api-keys"
     keys.write_text(API_KEY + "\n")
     keys.chmod(0o600)
     # max_connections_per_client: 0, as behind a reverse proxy: the load generator is 1,000 clients on one address.
     common = (f"  host: {HOST}\n  api_key_file: {keys}\n  max_queue: 20000\n  queue_timeout: 60\n"
-              f"  max_connections_per_client: 0\n"
+              f"  max_connections_per_client: 0\n  usage_db: {out / 'usage-main.db'}\n"
               f"  webui: false\n  # log_level: info (the default, as in production)\n")
     synth = out / "gateway.yaml"
     synth.write_text(

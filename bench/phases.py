@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import statistics
 import sys
 import time
 import urllib.request
@@ -17,14 +19,17 @@ from .configs import (
     PORT_GATEWAY,
     PORT_GATEWAY_REAL,
     PORT_GATEWAY_REPLICAS,
+    PORT_GATEWAY_USAGE,
     PORT_MOCK,
     PORT_VLLM,
     REPLICA_POLICIES,
     TINY_MODEL,
+    USAGE_MODES,
     VLLM_PYTHON,
     versions,
     write_configs,
     write_replica_configs,
+    write_usage_configs,
 )
 from .harness import Harness
 from .procs import (
@@ -226,6 +231,53 @@ class Bench(Harness):
         return {"rate": rate, "duration_s": dur, "servers": "fast: 4 at a time, 10 ms each; slow: 4 at a time, "
                 "40 ms each", "conversations": p["replica_conversations"], "balance": balance, "retry": retry}
 
+    async def phase_usage(self) -> dict:
+        """What the usage store costs a request: two gateways on mock A, the store off and on, fed
+        the same open loop in turn (off, on; then on, off; ...), the same run, the same core."""
+        p = self.plan
+        configs = write_usage_configs(self.out, self.out / "api-keys")
+        self.start_mock()
+        gws = {mode: self.start_gateway(cfg, PORT_GATEWAY_USAGE + i, ["mock-a"], f"gateway-usage-{mode}")
+               for i, (mode, cfg) in enumerate(zip(USAGE_MODES, configs, strict=True))}
+        rate, dur, to = p["usage_rate"], p["usage_s"], p["open_timeout"]
+        log(f"usage store: off vs on, open loop {rate} RPS, {dur} s, {p['usage_rounds']} rounds")
+        runs: dict[str, list] = {mode: [] for mode in USAGE_MODES}
+        cpu: dict[str, list] = {mode: [] for mode in USAGE_MODES}
+        for rnd in range(-1 if p["warmup"] else 0, p["usage_rounds"]):
+            order = USAGE_MODES if rnd % 2 == 0 else USAGE_MODES[::-1]
+            for mode in order:
+                port = PORT_GATEWAY_USAGE + USAGE_MODES.index(mode)
+                req = self.request("gateway", "", port=port, model="mock-a")[1]
+                c0 = cpu_seconds(gws[mode].pid)
+                run = await loadgen.open_loop(HOST, port, req, rate, dur if rnd >= 0 else 1.0, grace=to)
+                if rnd >= 0:  # -1: the warm-up
+                    runs[mode].append(run)
+                    cpu[mode].append((cpu_seconds(gws[mode].pid) - c0) / max(1, len(run.results)) * 1e6)
+        self.stop_all()  # the store's last batch is written as its gateway stops
+        out: dict = {"rate": rate, "duration_s": dur, "rounds": p["usage_rounds"]}
+        for mode in USAGE_MODES:
+            rounds = [stats.summarize_requests(r.results, r.t_start, rate) for r in runs[mode]]
+            out[mode] = {"pooled": stats.summarize_requests([x for r in runs[mode] for x in r.results]),
+                         "p50_ms_rounds": [r["latency_ms"]["p50"] for r in rounds],
+                         "cpu_us_per_request": round(statistics.median(cpu[mode]), 1)}
+        medians = {mode: statistics.median(out[mode]["p50_ms_rounds"]) for mode in USAGE_MODES}
+        pairs = [on - off for on, off in zip(out["on"]["p50_ms_rounds"], out["off"]["p50_ms_rounds"], strict=True)]
+        # Each round's pair ran back to back: the median of the pairs' differences is the least
+        # swayed by a round the machine's other work disturbed.
+        out["cost_p50_ms"] = round(statistics.median(pairs), 4)
+        out["cost_p50_ms_per_round"] = [round(d, 4) for d in pairs]
+        out["p50_ms_median"] = medians
+        sent = sum(1 for r in runs["on"] for x in r.results if x.error is None)
+        with sqlite3.connect(self.out / "usage.db") as db:
+            out["rows_recorded"] = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        out["requests_answered_on"] = sent
+        log(f"  p50 off {medians['off']} ms, on {medians['on']} ms (medians over rounds); the store costs "
+            f"{out['cost_p50_ms']} ms (median of the rounds' on - off: {out['cost_p50_ms_per_round']}); "
+            f"cpu/request off {out['off']['cpu_us_per_request']} µs, "
+            f"on {out['on']['cpu_us_per_request']} µs; {out['rows_recorded']} rows for {sent} answered requests "
+            "(the warm-up's too)")
+        return out
+
     async def phase_real(self) -> dict:
         p = self.plan
         if not (VLLM_PYTHON.exists() and (TINY_MODEL / "config.json").exists()):
@@ -330,6 +382,8 @@ class Bench(Harness):
                 log_lines = (self.out / "gateway.log").read_bytes().count(b"\n")
                 rep["meta"]["gateway"]["log_lines"] = log_lines
                 self.stop_all()
+            if "usage" in loop_phases:
+                rep["usage"] = await self.phase_usage()
             if "replicas" in loop_phases:
                 rep["replicas"] = await self.phase_replicas()
             if "scaleout" in loop_phases:

@@ -38,6 +38,12 @@ def evaluate_targets(rep: dict) -> list[dict]:
         add("non-streaming RPS sustained with >= 99.9% success", ">= 3000 RPS", best, best >= 3000,
             "highest offered rate with success >= 99.9% and achieved >= 99% of offered"
             + (f"; stopped at {ol['stopped']['rate']} RPS: {ol['stopped']['reason']}" if ol.get("stopped") else ""))
+    usage = rep.get("usage")
+    if usage:
+        v = usage["cost_p50_ms"]
+        add("A @1000 RPS: the usage store's cost p50 (on - off)", "<= 0.1 ms", v, v <= 0.1,
+            f"median of the rounds' p50 on - p50 off, {usage['cost_p50_ms_per_round']} ms; p50 off "
+            f"{usage['p50_ms_median']['off']} ms, on {usage['p50_ms_median']['on']} ms (medians over rounds)")
     streams = rep.get("streams") or []
     s1000 = next((s for s in streams if s["users"] == 1000), None)
     if s1000:

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", action="store_true", help="with --quick: include the real vLLM mode")
     ap.add_argument("--no-real", action="store_true", help="skip the real vLLM mode")
     ap.add_argument("--phases", default="",
-                    help="comma list of seq,open,streams,held,replicas,scaleout,real,swap (default: all; "
+                    help="comma list of seq,open,streams,held,usage,replicas,scaleout,real,swap (default: all; usage: "
+                         "the usage store off vs on at 1,000 RPS; "
                          "scaleout: capacity with 1-3 replicas, a hung replica, affinity hit rate; swap: time to "
                          "first token of a model that is not resident, real vLLM unless --no-real, plus the "
                          "sleep-mode stand-in)")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         plan["real"] = False
     args.phases_given = bool(args.phases)
     if not args.phases:
-        args.phases = "seq,open,streams,held,replicas,scaleout" + (",real" if plan["real"] else "") + ",swap"
+        args.phases = "seq,open,streams,held,usage,replicas,scaleout" + (",real" if plan["real"] else "") + ",swap"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = (args.out or REPO / "bench" / "results" / (stamp + ("-quick" if args.quick else ""))).resolve()
     out.mkdir(parents=True, exist_ok=True)

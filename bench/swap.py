@@ -60,6 +60,7 @@ def swap_config(out: Path, mechanism: str) -> Path:
                    "is resident at a time.\n" + yaml.safe_dump({
                        "vllm": vllm,
                        "gateway": {"host": HOST, "port": PORT_GATEWAY_SWAP, "api_key_file": str(keys), "webui": False,
+                                   "usage_db": None,
                                    "health_interval": 0.5, "min_residency": 0, "queue_timeout": 900},
                        "models": models}, sort_keys=False))
     return cfg

@@ -24,6 +24,10 @@ from tests.harness import (
     wait_until_sync,
 )
 
+# A gateway started without gateway.usage_db keeps its usage database under $XDG_STATE_HOME:
+# the tests' own, never the home of whoever runs them.
+os.environ["XDG_STATE_HOME"] = str(OUTPUT / "xdg-state")
+
 
 def pytest_collection_finish(session) -> None:
     """Freeze the heap once, now that every test module is loaded.
@@ -82,6 +86,7 @@ class RealStack(GatewayProcess):
         models = [{**m, "port": free_port()} for m in (tiny_stack_models() if models is None else models)]
         self.model_ports = {m["name"]: m["port"] for m in models}
         self.url = f"http://127.0.0.1:{self.gateway_port}"
+        self.usage_db = workdir / "usage.db"  # the usage store of this stack alone
         key_file = workdir / "api-keys"
         key_file.write_text(self.api_key + "\n")
         key_file.chmod(0o600)
@@ -91,7 +96,8 @@ class RealStack(GatewayProcess):
             "vllm": {"python": str(VLLM_PYTHON),
                      "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
                              "OMP_NUM_THREADS": "1"}},
-            "gateway": {"port": self.gateway_port, "api_key_file": str(key_file), "health_interval": 0.5},
+            "gateway": {"port": self.gateway_port, "api_key_file": str(key_file), "health_interval": 0.5,
+                        "usage_db": str(self.usage_db)},
             "models": models,
         }, sort_keys=False))
         OUTPUT.mkdir(exist_ok=True)

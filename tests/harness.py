@@ -65,7 +65,8 @@ def free_port() -> int:
 
 
 def make_config(models: list[dict], **gateway) -> Config:
-    data = {"gateway": {"port": free_port(), "health_interval": 0.05, "webui": False, **gateway},
+    # usage_db None: a test that wants the usage store names its own file.
+    data = {"gateway": {"port": free_port(), "health_interval": 0.05, "webui": False, "usage_db": None, **gateway},
             "models": models}
     return parse_config(yaml.safe_dump(data), "test.yaml")
 

@@ -30,6 +30,7 @@ from gateway.http.appkeys import (
     REGISTRY,
     SESSION,
     UPSTREAM_TIMEOUT,
+    USAGE,
 )
 from gateway.http.families import add_all_routes
 from gateway.http.middleware import (
@@ -41,7 +42,9 @@ from gateway.http.middleware import (
     stamp_request_id,
 )
 from gateway.http.probes import health, metrics_handler, ready
+from gateway.http.usage import add_routes as add_usage_routes
 from gateway.keys.keyring import Access, keyring_of, load_keyring
+from gateway.keys.usage import UsageStore
 from gateway.lifecycle.manager import Lifecycle
 from gateway.lifecycle.processes import Supervisor
 from gateway.routing.backends import HealthMonitor, Registry
@@ -87,17 +90,19 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
     if units is not None:
         app[UNITS] = units
     keyring = keyring_of(api_keys) if api_keys is not None else load_keyring(cfg.gateway.api_key_file)
-    app[ACCESS] = Access(keyring, cfg.gateway.key_limits)
+    app[ACCESS] = Access(keyring, cfg.gateway)
     if not keyring:
         # With a key source configured an empty keyring is an error (keys/keyring.py): here none is.
         how = "set gateway.api_key_file or LOCALAI_API_KEY" if api_keys is None else "it was given no key"
         log.warning("no API key configured: the gateway is OPEN to anyone who can reach %s:%s; %s",
                     cfg.gateway.host, cfg.gateway.port, how)
     app[RELOADER] = Reloader(app, cfg)
+    app.cleanup_ctx.append(_usage_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(stamp_request_id)
 
     add_all_routes(app)
+    add_usage_routes(app)
     add_public_get(app, "/health", health)
     add_public_get(app, "/ready", ready)
     app.router.add_get("/metrics", metrics_handler)
@@ -132,3 +137,19 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         await units.close()
     await monitor.stop()
     await session.close()
+
+
+async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The usage store for the app's lifetime (one, whatever reloads come: its file changes on
+    restart), and the budgets' counters seeded from it; closed last, so every request's row is in."""
+    gw = app[CONFIG].gateway
+    if gw.usage_db is None:
+        yield
+        return
+    store = UsageStore(gw.usage_db, gw.usage_keep_days, gw.usage_keep_hourly_days, app[METRICS])
+    app[ACCESS].limiter.spending.seed(store.start())
+    app[USAGE] = store
+    try:
+        yield
+    finally:
+        store.close()

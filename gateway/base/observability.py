@@ -156,6 +156,19 @@ class Metrics:
         self.resident = Gauge(
             "localai_model_resident", "1 while a load: on_demand model is resident on its card", ["model"],
             registry=r)
+        # The usage store (gateway/keys/usage.py): one series each, whatever the traffic.
+        self.usage_db_up = Gauge(
+            "localai_usage_db_up", "1 while the usage database opens and takes writes, 0 while it fails",
+            registry=r)
+        self.usage_write_errors = Counter(
+            "localai_usage_write_errors", "Failed writes (or opens) of the usage database", registry=r)
+        self.usage_dropped = Counter(
+            "localai_usage_dropped_rows", "Requests whose usage row was lost (queue full, or a failing database "
+            "past its retry buffer); the requests themselves were served", registry=r)
+        # By the key's name: as many series as named keys.
+        self.key_tokens = Counter(
+            "localai_key_tokens", "Prompt + completion tokens, by API key name (what its budgets count)",
+            ["key"], registry=r)
         # localai_gpu_*, read from NVML at scrape time; nothing at all on a host without a GPU.
         r.register(GpuCollector())
 

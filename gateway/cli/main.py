@@ -344,6 +344,26 @@ def cmd_unload(args) -> int:
     return unload_main(_gateway(args), args.name)
 
 
+def cmd_usage(args) -> int:
+    from gateway.cli.usage import usage_main
+
+    limits = None
+    db = args.db
+    if db is None:
+        args.config = args.config or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_PATH))
+        cfg = _load(args)
+        if cfg.gateway.usage_db is None:
+            _die(f"{args.config} records no usage (gateway.usage_db: null)", 1)
+        db, limits = cfg.gateway.usage_db, cfg.gateway.key_limits
+    elif args.config is not None:
+        limits = _load(args).gateway.key_limits
+    code, text = usage_main(db, args.since, args.by, args.json, limits)
+    if code:
+        _die(text, code)
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.ops import add_logs_arguments, add_status_arguments
 
@@ -406,6 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = of_running(sub.add_parser("unload", help="take a load: on_demand model off its card (once idle)"), url=True)
     p.add_argument("name")
     p.set_defaults(func=cmd_unload)
+    p = sub.add_parser("usage", help="requests, tokens and GPU time by key, model or day, from the usage database")
+    p.add_argument("--config", "-c", type=Path, help=(
+        f"config whose gateway.usage_db to read, and whose budgets to show (default: ${CONFIG_ENV} or "
+        f"{DEFAULT_CONFIG_PATH})"))
+    p.add_argument("--db", type=Path, help="read this usage database file instead (with --config: its budgets)")
+    p.add_argument("--since", default="7d", help="Nd, Nh or YYYY-MM-DD (default: 7d)")
+    p.add_argument("--by", choices=("key", "model", "day"), default="key", help="one row per (default: key)")
+    p.add_argument("--json", action="store_true", help="everything as JSON: totals, by_key, by_model, by_day")
+    p.set_defaults(func=cmd_usage)
     p = sub.add_parser("tiny-model", help="write a tiny random-weight model for demos and tests (offline)")
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,7 @@ the order of the README's reference. The README's tables of `gateway:`,
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -89,11 +90,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+def _parse_day(value: object) -> object:
+    """`expires: 2027-01-31`: YAML reads it as a date already; a string must be one too."""
+    if isinstance(value, str):
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a date: write YYYY-MM-DD") from None
+    return value
+
+
 class KeyLimit(_Strict):
     """Limits for one API key; unset means unlimited."""
 
     max_concurrent: int | None = Field(None, ge=1)  # requests in flight or waiting, across models
     requests_per_minute: int | None = Field(None, ge=1)
+    # Budgets of prompt + completion tokens per calendar day / month in the host's time zone.
+    tokens_per_day: int | None = Field(None, ge=1)
+    tokens_per_month: int | None = Field(None, ge=1)
+    # The model names (fnmatch globs) the key may use; None: all.
+    models: list[Annotated[str, Field(min_length=1)]] | None = None
+    # The last day the key works (host's time zone); refused with 401 from the day after.
+    expires: Annotated[datetime.date | None, BeforeValidator(_parse_day)] = None
 
 
 class KeyLimits(_Strict):
@@ -108,6 +126,13 @@ class KeyLimits(_Strict):
             return self.default
         # A field the key's entry sets (null too: "no limit for this key") wins over the default.
         return self.default.model_copy(update={f: getattr(own, f) for f in own.model_fields_set})
+
+
+def default_usage_db() -> Path:
+    """$XDG_STATE_HOME/localai/usage.db: a user's own; under systemd HOME is the service's
+    state directory (the playbook sets gateway.usage_db itself, in a directory of the gateway's alone)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "localai" / "usage.db"
 
 
 class TlsFiles(_Strict):
@@ -137,9 +162,25 @@ class GatewaySettings(_Strict):
         "log line (`key`) and the metrics (`localai_key_requests_total`). A file without a key (or "
         "`$LOCALAI_API_KEY` set but empty) stops the start; no key source at all = open, with a loud warning"))
     key_limits: KeyLimits = Field(KeyLimits(), json_schema_extra=_shown("none"), description=(
-        "per-key limits: `default: {max_concurrent: N, requests_per_minute: M}` for every key, "
+        "per-key limits: `default: {max_concurrent: N, requests_per_minute: M, tokens_per_day: T, "
+        "tokens_per_month: T, models: [GLOB, ...], expires: YYYY-MM-DD}` for every key, "
         "`per_key: {NAME: {...}}` overriding it field by field (`null` = no limit). Over a limit: "
-        "`429 key_concurrency_limit` / `key_rate_limit` with `Retry-After`"))
+        "`429 key_concurrency_limit` / `key_rate_limit` / `quota_exceeded` with `Retry-After`; token budgets count "
+        "prompt + completion tokens per calendar day / month in the host's time zone; a model outside `models` "
+        "is answered as one that does not exist and left out of the listings; past `expires` the key gets `401 "
+        "key_expired` (docs/usage.md)"))
+    admin_keys: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field([], description=(
+        "names of the keys that may read every key's usage (`GET /v1/usage/team`, docs/usage.md)"))
+    usage_db: Path | None = Field(
+        default_factory=default_usage_db, json_schema_extra=_shown("`$XDG_STATE_HOME/localai/usage.db`"),
+        description=(
+            "the usage database (SQLite): every finished request's key, model, tokens and GPU slot time, "
+            "for `localai usage`, `GET /v1/usage` and the token budgets across restarts; `null` or `\"\"` "
+            "records nothing (budgets then count from the start only). Its directory is made (mode 0700)"))
+    usage_keep_days: int = Field(31, ge=1, description=(
+        "days the usage database keeps each request's own row"))
+    usage_keep_hourly_days: int = Field(400, ge=1, description=(
+        "days it keeps the hourly sums (per key and model) that `localai usage` and the budgets read"))
     max_queue: int = Field(100, ge=0, description=(
         "requests waiting for a slot, all models together; beyond it `429 queue_full`"))
     queue_timeout: float = Field(60.0, gt=0, description=(
@@ -510,7 +551,9 @@ def _resolve_paths(data: dict, base: Path) -> None:
     """Expand ~ and make relative paths relative to the config file, before validation."""
     gw = data.get("gateway")
     if isinstance(gw, dict):
-        for key in ("api_key_file", "webui_dir"):
+        if gw.get("usage_db") == "":
+            gw["usage_db"] = None  # `usage_db: ""`: like null, no usage database
+        for key in ("api_key_file", "webui_dir", "usage_db"):
             if isinstance(gw.get(key), str):
                 gw[key] = _expand_path(gw[key], base)
         tls = gw.get("tls")

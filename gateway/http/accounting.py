@@ -22,6 +22,12 @@ API_PREFIXES = ("/v1/", "/api/")
 # Probes come every few seconds from systemd, load balancers and our own UI:
 # at info level they would drown the lines that matter.
 PROBE_PATHS = ("/health", "/ready")
+# The API family of a path, for the usage store; the rest is OpenAI's.
+_FAMILIES = (("/api/", "ollama"), ("/v1/messages", "anthropic"), ("/v1/responses", "responses"))
+
+
+def family_of(path: str) -> str:
+    return next((family for prefix, family in _FAMILIES if path.startswith(prefix)), "openai")
 
 
 def _count(value: object) -> int | None:
@@ -41,7 +47,9 @@ class Account:
     ttft: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens the upstream read from its prefix cache
     queue_wait: float | None = None
+    slot_seconds: float = 0.0  # time it held one of the model's admission slots (pipeline.admitted)
     error: str | None = None  # what went wrong after a stream had begun (its status was sent as 200)
     answered: bool = False  # the stream's final event reached the client
     max_tokens_capped: int | None = None  # the context guard lowered max_tokens to this
@@ -57,6 +65,11 @@ class Account:
             prompt += sum(_count(usage.get(k)) or 0 for k in ("cache_read_input_tokens",
                                                               "cache_creation_input_tokens"))
         completion = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+        details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
+        cached = _count(details.get("cached_tokens") if isinstance(details, dict)
+                        else usage.get("cache_read_input_tokens"))
+        if cached is not None:
+            self.cached_tokens = cached
         if prompt is not None:
             self.prompt_tokens = prompt
         if completion is not None:

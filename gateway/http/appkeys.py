@@ -9,6 +9,7 @@ from gateway.base.observability import Metrics
 from gateway.config.schema import Config
 from gateway.http.accounting import Account
 from gateway.keys.keyring import Access
+from gateway.keys.usage import UsageStore
 from gateway.lifecycle.manager import Lifecycle
 from gateway.routing.backends import HealthMonitor, Registry
 
@@ -20,6 +21,7 @@ UPSTREAM_TIMEOUT = web.AppKey("upstream_timeout", aiohttp.ClientTimeout)
 MONITOR = web.AppKey("monitor", HealthMonitor)
 ACCESS = web.AppKey("access", Access)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+USAGE = web.AppKey("usage", UsageStore)  # absent with gateway.usage_db: null
 ACCOUNT = web.RequestKey("account", Account)
 REQUEST_ID = web.RequestKey("request_id", str)
 KEY_NAME = web.RequestKey("key_name", str)  # the API key's name, never the key

@@ -18,9 +18,10 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.base.errors import HTTP_CODES, ApiError, error_response, shape_error
 from gateway.base.observability import request_id_var
-from gateway.http.accounting import Account, account
-from gateway.http.appkeys import ACCESS, ACCOUNT, CONFIG, KEY_NAME, METRICS, REQUEST_ID
+from gateway.http.accounting import Account, account, endpoint_label, family_of
+from gateway.http.appkeys import ACCESS, ACCOUNT, CONFIG, KEY_NAME, METRICS, REQUEST_ID, USAGE
 from gateway.keys.auth import check_key
+from gateway.keys.usage import Row
 
 log = logging.getLogger("localai.gateway")
 
@@ -43,6 +44,8 @@ def add_public_get(app: web.Application, path: str, handler: Handler) -> None:
     public.add(resource)
 # The mark of a handler that spends none of a key's limits (free_of_key_limits).
 _FREE = "localai_free_of_key_limits"
+# The mark of a handler a key over its token budget may still call (open_past_budget).
+_PAST_BUDGET = "localai_open_past_budget"
 
 
 @web.middleware
@@ -69,8 +72,29 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = 200 if acct.answered else 499
         raise
     finally:
-        account(request, acct, status, rid, request.app[METRICS], request.get(KEY_NAME))
+        key = request.get(KEY_NAME)
+        account(request, acct, status, rid, request.app[METRICS], key)
+        if acct.model is not None:
+            record_usage(request, acct, acct.model, status, key)
         request_id_var.reset(token)
+
+
+def record_usage(request: web.Request, acct: Account, model: str, status: int, key: str | None) -> None:
+    """A request that reached a model: its tokens count against its key's budgets at once (in
+    memory), and its row goes to the usage store's queue (written by the store's own thread)."""
+    prompt, completion = acct.prompt_tokens or 0, acct.completion_tokens or 0
+    name = key or ""
+    app = request.app
+    if prompt or completion:
+        app[ACCESS].limiter.spending.add(name, prompt + completion)
+        if key is not None:
+            metrics = app[METRICS]
+            metrics.child(metrics.key_tokens, key).inc(prompt + completion)
+    store = app.get(USAGE)
+    if store is not None:
+        store.record(Row(time.time(), name, model, family_of(request.path), endpoint_label(request), status,
+                         prompt, completion, acct.cached_tokens or 0, time.monotonic() - acct.started, acct.ttft,
+                         acct.slot_seconds))
 
 
 @web.middleware
@@ -121,7 +145,8 @@ def _is_public(request: web.Request) -> bool:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     keyring = request.app[ACCESS].keyring
     if keyring and not _is_public(request):
-        request[KEY_NAME] = check_key(keyring, request)
+        key = request[KEY_NAME] = check_key(keyring, request)
+        request.app[ACCESS].limiter.check_expiry(key)
     return await handler(request)
 
 
@@ -137,7 +162,7 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     key = request.get(KEY_NAME, "")  # "" on an open gateway: the default limits hold for everyone together
     limiter = request.app[ACCESS].limiter
     try:
-        limiter.admit(key)
+        limiter.admit(key, budget=not getattr(match.handler, _PAST_BUDGET, False))
     except ApiError as exc:
         request.app[METRICS].rejections.labels("", exc.code).inc()  # no model yet: the body is unread
         raise
@@ -151,6 +176,13 @@ def free_of_key_limits(handler: H) -> H:
     """Mark a handler that answers from the gateway's own memory (model listings, metrics):
     requests to it spend none of their key's limits."""
     setattr(handler, _FREE, True)
+    return handler
+
+
+def open_past_budget(handler: H) -> H:
+    """Mark a handler that spends a key's concurrency and rate but is open to a key past its token
+    budget (reading its own usage)."""
+    setattr(handler, _PAST_BUDGET, True)
     return handler
 
 

@@ -29,7 +29,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config.schema import NAME_PATTERN, ConfigError, KeyLimits
+from gateway.config.schema import NAME_PATTERN, ConfigError, GatewaySettings
 from gateway.keys.limits import KeyLimiter
 
 log = logging.getLogger("localai.auth")
@@ -178,6 +178,6 @@ def keyring_of(keys: list[bytes]) -> Keyring:
 class Access:
     """What the auth check and the per-key limits read; swapped in place on reload."""
 
-    def __init__(self, keyring: Keyring, limits: KeyLimits):
+    def __init__(self, keyring: Keyring, settings: GatewaySettings):
         self.keyring = keyring
-        self.limiter = KeyLimiter(limits)
+        self.limiter = KeyLimiter(settings)

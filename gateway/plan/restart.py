@@ -22,7 +22,8 @@ from gateway.plan.placement import endpoints, sleep_level
 # Gateway settings a running process keeps until it restarts.
 GATEWAY_SETTINGS = ("host", "port", "max_body_bytes", "connect_timeout", "read_timeout", "webui",
                     "header_timeout", "idle_timeout", "max_connections_per_client", "max_upstream_body_bytes",
-                    "max_upstream_event_bytes", "response_headers_timeout", "first_token_timeout")
+                    "max_upstream_event_bytes", "response_headers_timeout", "first_token_timeout",
+                    "usage_keep_days", "usage_keep_hourly_days")
 
 
 def restart_facts(cfg: Config) -> dict[str, dict[str, object]]:
@@ -33,6 +34,8 @@ def restart_facts(cfg: Config) -> dict[str, dict[str, object]]:
         gateway["gateway.tls"] = {"cert": str(gw.tls.cert), "key": str(gw.tls.key)}
     if gw.webui:
         gateway["gateway.webui_dir"] = None if gw.webui_dir is None else str(gw.webui_dir)
+    # The usage store is opened once, as the app starts (app/factory.py).
+    gateway["gateway.usage_db"] = None if gw.usage_db is None else str(gw.usage_db)
     residency = cfg.residency()
     lifecycle: dict[str, object] = {}
     for m in cfg.managed_models:

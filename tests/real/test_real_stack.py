@@ -3,6 +3,7 @@ models; everything is driven through the gateway with the official openai client
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -11,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import wait_until_sync
+from tests.harness import OUTPUT, localai, wait_until_sync
 
 pytestmark = pytest.mark.real
 
@@ -183,3 +184,39 @@ def test_crashed_backend_is_restarted_and_routed_again(client, real_stack):
     reply = client.chat.completions.create(model="general", messages=[{"role": "user", "content": "x"}],
                                            max_tokens=4)
     assert reply.choices[0].message.content is not None
+
+
+def test_localai_usage_totals_equal_the_usage_vllm_reported(client, real_stack):
+    """Issue #20: what `localai usage` reads from the database is what vLLM reported, request by request."""
+    def totals() -> dict:
+        result = localai("usage", "--db", str(real_stack.usage_db), "--since", "1d", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["totals"]
+
+    before = totals()
+    seen = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    def add(usage) -> None:
+        seen["requests"] += 1
+        seen["prompt_tokens"] += usage.prompt_tokens
+        seen["completion_tokens"] += usage.completion_tokens
+
+    for model in ("coder", "general"):
+        add(client.chat.completions.create(model=model, max_tokens=8,
+                                           messages=[{"role": "user", "content": "Count to three."}]).usage)
+    add(client.completions.create(model="coder", prompt="def add(a, b):", max_tokens=8).usage)
+    stream = client.chat.completions.create(model="coder", max_tokens=8, stream=True,
+                                            stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": "Say hi."}])
+    add([chunk for chunk in stream][-1].usage)
+
+    def caught_up():  # the store writes in batches, a fraction of a second behind
+        now = totals()
+        return now if now["requests"] - before["requests"] >= seen["requests"] else None
+    after = wait_until_sync(caught_up, 30, "the usage written to the database")
+    assert {k: after[k] - before[k] for k in seen} == seen
+    assert after["gpu_seconds"] > before["gpu_seconds"]
+    table = localai("usage", "--db", str(real_stack.usage_db), "--since", "1d", "--by", "model")
+    assert table.returncode == 0 and "coder" in table.stdout
+    (OUTPUT / "usage-real-tier.txt").write_text(
+        table.stdout + "\n" + localai("usage", "--db", str(real_stack.usage_db), "--since", "1d").stdout)

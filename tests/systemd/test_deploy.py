@@ -112,6 +112,25 @@ def test_api_key_file_is_root_only_and_off_the_command_line(box):
     assert box.sh("stat -c '%a %U' /run/localai-gateway/api-keys").stdout.split() == ["400", "localai"]
 
 
+USAGE_DB = "/var/lib/localai/gateway/usage.db"
+
+
+def test_the_usage_database_is_the_gateways_alone_and_localai_usage_reads_it(box):
+    """#20: the gateway writes its usage database in a folder of its own user (the one its unit
+    may write); the model servers' user cannot read it; `localai usage` (root) can."""
+    assert chat(box, "coder")[0] == 200
+    box.wait(lambda: box.sh(f"test -s {USAGE_DB} && echo yes", check=False).stdout.strip() == "yes", 30,
+             "the usage database written")
+    assert box.sh("stat -c '%a %U' /var/lib/localai/gateway").stdout.split() == ["700", "localai"]
+    assert box.sh(f"runuser -u localai-model -- cat {USAGE_DB}", check=False).returncode != 0
+
+    def counted() -> bool:
+        res = box.sh("/opt/localai/venv-gateway/bin/localai usage --config /etc/localai/localai.yaml --json",
+                     check=False)
+        return res.returncode == 0 and json.loads(res.stdout)["totals"]["requests"] >= 1
+    box.wait(counted, 30, "`localai usage` counting the request")
+
+
 def test_killed_model_server_comes_back_and_is_routed_to(box):
     unit = "localai-model@general.service"
     before = int(box.prop(unit, "NRestarts"))
@@ -426,12 +445,15 @@ def test_gpu_host_checks_ask_localai_which_models_fit_together(box):
     assert "sums to 1.60 on one card; it must be at most 1" in res.text
 
 
-def test_uninstall_keeps_models_and_config_and_a_reinstall_serves_them(box):
+def test_uninstall_keeps_models_config_and_usage_and_a_reinstall_serves_them(box):
     """./install.sh --uninstall, then ./install.sh again: what an operator reinstalling sees.
     The reinstall also leaves the box deployed for whichever test runs next."""
     kept = "/etc/localai/localai.yaml /etc/localai/api-keys /var/lib/localai/models/*/config.json"
     before = box.sh(f"stat -c '%n %i %Y %s' {kept}").stdout
     key = box.api_key()
+    assert chat(box, "coder")[0] == 200  # a usage database to keep
+    box.wait(lambda: box.sh(f"test -s {USAGE_DB} && echo yes", check=False).stdout.strip() == "yes", 30,
+             "the usage database written")
     try:
         started = time.monotonic()
         res = box.sh(f"cd {stage.SRC_IN} && ./install.sh --uninstall", check=False, timeout=600)
@@ -444,6 +466,7 @@ def test_uninstall_keeps_models_and_config_and_a_reinstall_serves_them(box):
         assert box.sh("test -f /etc/localai/localai.yaml && test -f /etc/localai/api-keys && echo kept"
                       ).stdout.strip() == "kept"
         assert box.sh("test -f /var/lib/localai/models/tiny-coder/config.json && echo kept").stdout.strip() == "kept"
+        assert box.sh(f"test -s {USAGE_DB} && echo kept").stdout.strip() == "kept"
         assert http("GET", f"{GATEWAY}/health", timeout=5)[0] is None
     finally:
         res, counts = box.install(log_name="install-reinstall")

@@ -11,13 +11,15 @@ leaves in Anthropic's shape, so the SDKs raise their typed exceptions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 from aiohttp import web
 
 from gateway.base.errors import ApiError, error_message, register_error_shape, reshaped_headers
 from gateway.http.context import MESSAGES
 from gateway.http.pipeline import COUNT_TOKENS, read_json_body, run
-from gateway.routing.backends import Registry
+from gateway.routing.backends import Backend, Registry
 
 # Anthropic's error types, by the status they come with.
 _ERROR_TYPES = {
@@ -87,9 +89,10 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     return await run(request, COUNT_TOKENS, body)
 
 
-def model_list(registry: Registry) -> dict:
-    """GET /v1/models for Anthropic clients: every model and preset served, one page."""
-    names = [*registry.backends, *(name for name, _ in registry.presets())]
+def model_list(registry: Registry, allowed: Callable[[Backend], bool]) -> dict:
+    """GET /v1/models for Anthropic clients: every model and preset served that the key may use, one page."""
+    names = [*(name for name, b in registry.backends.items() if allowed(b)),
+             *(name for name, route in registry.presets() if allowed(route.backend))]
     data = [model_entry(name) for name in names]
     return {"data": data, "has_more": False,
             "first_id": names[0] if names else None, "last_id": names[-1] if names else None}

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.http.appkeys import REGISTRY
 from gateway.http.middleware import free_of_key_limits
-from gateway.http.pipeline import json_response, read_json_body, run
+from gateway.http.pipeline import allowed, json_response, read_json_body, resolve, run
 from gateway.lifecycle.manager import residence_fields
 from gateway.plan.placement import max_concurrency
 from gateway.routing.backends import Backend, Route
@@ -75,9 +75,10 @@ def preset_card(name: str, route: Route) -> dict:
 async def list_models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     if anthropic.asks_anthropic(request):
-        return json_response(anthropic.model_list(registry))
-    data = [model_card(b, b is registry.default) for b in registry.backends.values()]
-    data += [preset_card(name, route) for name, route in registry.presets()]
+        return json_response(anthropic.model_list(registry, lambda b: allowed(request, b)))
+    # A key with `models` sees those alone (and their presets): the WebUI's picker reads this list.
+    data = [model_card(b, b is registry.default) for b in registry.backends.values() if allowed(request, b)]
+    data += [preset_card(name, route) for name, route in registry.presets() if allowed(request, route.backend)]
     return json_response({"object": "list", "data": data})
 
 
@@ -86,7 +87,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
     """GET /v1/models/{model}: one card, by name, alias or preset (404 model_not_found otherwise)."""
     registry = request.app[REGISTRY]
     name = request.match_info["model"]
-    route = registry.resolve(name)
+    route = resolve(request, name)
     if anthropic.asks_anthropic(request):
         return json_response(anthropic.model_entry(name if name in route.backend.model.presets
                                                    else route.backend.name))

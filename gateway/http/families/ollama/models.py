@@ -12,7 +12,7 @@ from gateway.config.schema import ManagedModel
 from gateway.http.appkeys import CONFIG, REGISTRY
 from gateway.http.middleware import free_of_key_limits
 from gateway.http.modelfacts import human_count, model_facts
-from gateway.http.pipeline import json_response
+from gateway.http.pipeline import allowed, json_response, resolve
 from gateway.lifecycle.manager import residence_fields
 from gateway.routing.backends import Backend, Registry
 from gateway.routing.states import State
@@ -86,9 +86,10 @@ def _parameters(backend: Backend, defaults: dict) -> str:
 async def tags(request: web.Request) -> web.Response:
     registry: Registry = request.app[REGISTRY]
     cfg = request.app[CONFIG]
-    models = [_entry(name, b, model_facts(b, cfg)) for name, b in registry.backends.items()]
+    models = [_entry(name, b, model_facts(b, cfg)) for name, b in registry.backends.items() if allowed(request, b)]
     for name, route in registry.presets():
-        models.append(_entry(name, route.backend, model_facts(route.backend, cfg), parent=route.backend.name))
+        if allowed(request, route.backend):
+            models.append(_entry(name, route.backend, model_facts(route.backend, cfg), parent=route.backend.name))
     return json_response({"models": models})
 
 
@@ -98,6 +99,8 @@ async def ps(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     models = []
     for name, b in registry.backends.items():
+        if not allowed(request, b):
+            continue
         coming = b.residence is not None and b.state in (State.WAKING, State.LOADING)
         if b.state is not State.READY and not coming:
             continue
@@ -121,7 +124,7 @@ async def show(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name:
         raise ApiError(400, "'model' is required.", code="invalid_request", param="model")
     name = known_name(registry, name)
-    route = registry.resolve(name)
+    route = resolve(request, name)
     b = route.backend
     facts = model_facts(b, request.app[CONFIG])
     arch = facts.get("family", "unknown")
@@ -163,6 +166,6 @@ async def not_here(request: web.Request) -> web.Response:
         name = body.get(field) or body.get("name")
         if not isinstance(name, str) or not name:
             raise ApiError(400, f"'{field}' is required.", code="invalid_type", param=field)
-        registry.resolve(known_name(registry, name))
+        resolve(request, known_name(registry, name))
     raise ApiError(400, f"Models cannot be {_PAST[action]} through this API: they are managed in the localai "
                         "config (models: in localai.yaml).", code="not_supported")

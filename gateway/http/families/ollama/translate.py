@@ -10,7 +10,7 @@ from gateway.base.errors import ApiError
 from gateway.config.schema import parse_duration
 from gateway.http import validation
 from gateway.http.appkeys import ACCOUNT, KEEP_ALIVE, LIFECYCLE, REGISTRY
-from gateway.http.pipeline import CHAT, COMPLETIONS, EMBEDDINGS, json_response, run
+from gateway.http.pipeline import CHAT, COMPLETIONS, EMBEDDINGS, json_response, resolve, run
 from gateway.routing.backends import Registry
 
 from .answers import Embeddings, Reshape
@@ -119,7 +119,7 @@ def _keep_alive(request: web.Request, body: dict, said: dict[str, str]) -> float
 async def _loaded(request: web.Request, body: dict, kind: str) -> web.Response:
     """A request with nothing to generate: Ollama's way to load a model (or unload it, keep_alive 0)."""
     registry: Registry = request.app[REGISTRY]
-    route = registry.resolve(known_name(registry, body.get("model")))
+    route = resolve(request, known_name(registry, body.get("model")))
     acct = request[ACCOUNT]
     acct.model, acct.backend = route.backend.name, route.backend.url
     said: dict[str, str] = {}
