@@ -103,7 +103,8 @@ function render() {
     p.models.length
       ? table('usage-models', `My usage by model, ${since}`, ['Model', 'Requests', 'Errors', 'Tokens', 'GPU time', 'GPU share'],
         p.models.map((m) => [m.model, m.requests, m.errors, m.tokens, m.gpu, m.share]))
-      : h('p', { class: 'usage-none' }, `No requests in the ${since}.`));
+      : h('p', { class: 'usage-none' }, `No requests in the ${since}.`),
+    p.models.length > 0 && h('p', { class: 'usage-note' }, "GPU share: your part of the time each model's slots were busy."));
   const team = p.team && h('section', { class: 'usage-sec', id: 'usage-team', 'aria-labelledby': 'usage-team-h' },
     h('h3', { id: 'usage-team-h' }, 'Team ', h('span', { class: 'usage-since' }, `(${since})`)),
     h('p', { class: 'usage-totals' }, p.team.totals),
@@ -111,7 +112,8 @@ function render() {
       h('figcaption', null, 'Tokens per day (prompt + completion), all keys')),
     table('usage-keys', `Team usage by key, ${since}`, ['Key', 'Requests', 'Errors', 'Tokens', 'Today', 'This month', 'GPU time', 'GPU share', 'Expires'],
       p.team.keys.map((k) => [k.key, k.requests, k.errors, k.tokens, { text: k.today, level: k.todayLevel },
-        { text: k.month, level: k.monthLevel }, k.gpu, k.share, k.expires])));
+        { text: k.month, level: k.monthLevel }, k.gpu, k.share, k.expires])),
+    h('p', { class: 'usage-note' }, 'GPU share: the part of all busy model-slot time. Today and this month: tokens against the key’s budget.'));
   el.usageBody.replaceChildren(mine, ...(team ? [team] : []));
 }
 
