@@ -65,9 +65,12 @@ MODELS = {
 
 
 class StandIn:
-    def __init__(self, port: int, api_key: str = "test-key") -> None:
+    def __init__(self, port: int, api_key: str = "test-key", gateway: dict | None = None) -> None:
+        """gateway: more `gateway:` settings; with an `api_key_file` its keys are the gateway's, and
+        api_key is the one of them the UI is opened with."""
         self.port = port
         self.api_key = api_key
+        self.gateway = gateway or {}
         self.url = f"http://127.0.0.1:{port}"
         self.requests: list[dict] = []  # what the model servers received, in order
         self.script: deque[ScriptedError] = deque()  # errors the next requests get, any model
@@ -179,9 +182,10 @@ class StandIn:
                   for name, entry in MODELS.items()]
         cfg = parse_config(yaml.safe_dump({
             "gateway": {"host": "127.0.0.1", "port": self.port, "health_interval": 0.1, "webui": True,
-                        "webui_dir": str(DIST)},
+                        "webui_dir": str(DIST), **self.gateway},
             "models": models}), "standin.yaml")
-        self._app = self._thread.enter(serving(cfg, api_keys=[self.api_key]))
+        keys = None if "api_key_file" in self.gateway else [self.api_key]
+        self._app = self._thread.enter(serving(cfg, api_keys=keys))
         self.wait_ready(*self.backends)
         return self
 

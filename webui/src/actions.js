@@ -3,11 +3,12 @@
 // named store.update() (the views re-render from their subscriptions), saves the
 // chats, and talks to the gateway through core/gateway.js.
 import { ApiError } from './core/http.js';
-import { listModels, probe, requestAnswer } from './core/gateway.js';
+import { getTeamUsage, getUsage, listModels, probe, requestAnswer } from './core/gateway.js';
+import { USAGE_SINCE, usageError } from './core/usage.js';
 import { connectionOf } from './core/models.js';
 import { addUserTurn, dropLastAnswers, editUserMessage, msgId, newConversation } from './core/conversation.js';
 import { readAnswer, AnswerClock, noteResponseHeaders, asRequestError, describeError, everySecond, loadingText } from './core/chat.js';
-import { store, chats, settings, apiKey, currentModelId } from './state.js';
+import { store, chats, settings, apiKey, currentModelId, NO_USAGE } from './state.js';
 
 /** @typedef {import('./core/types.js').Conversation} Conversation */
 /** @typedef {import('./core/types.js').Message} Message */
@@ -115,12 +116,32 @@ export async function saveKey(key) {
 
 /** After a new key: list the models with it (that sets auth). */
 export async function reloadWithKey() {
-  store.update('keyChanged', { auth: 'unknown' });
+  store.update('keyChanged', { auth: 'unknown', usage: NO_USAGE }); // the usage shown was the old key's
   await loadModels();
 }
 
 export function forgetKey() {
   settings.set('apiKey', null);
+  store.update('keyForgotten', { usage: NO_USAGE });
+}
+
+// ---- usage and budgets ----
+
+/**
+ * Fetch the key's usage and budgets, and the team's for an admin key (a key that is
+ * not one is not sent to /v1/usage/team: it would only be refused). A failure keeps
+ * what was shown, with the reason.
+ */
+export async function loadUsage() {
+  store.update('usageLoading', { usage: { ...store.state.usage, status: 'loading' } });
+  try {
+    const mine = await getUsage(apiKey(), USAGE_SINCE);
+    const team = mine.admin ? await getTeamUsage(apiKey(), USAGE_SINCE) : null;
+    store.update('usageLoaded', { usage: { status: 'ok', mine, team, error: null, at: Date.now() } });
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) store.update('usageRefused', { auth: apiKey() ? 'bad' : 'missing' });
+    store.update('usageFailed', { usage: { ...store.state.usage, status: 'error', error: usageError(e) } });
+  }
 }
 
 // ---- settings ----

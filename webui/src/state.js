@@ -11,6 +11,17 @@ import { chooseModel, contextLimit, modelState } from './core/models.js';
 /** @typedef {import('./core/types.js').Conversation} Conversation */
 /** @typedef {import('./core/types.js').ConversationSummary} ConversationSummary */
 /** @typedef {import('./core/types.js').Message} Message */
+/** @typedef {import('./core/types.js').MyUsage} MyUsage */
+/** @typedef {import('./core/types.js').TeamUsage} TeamUsage */
+
+/**
+ * @typedef {object} UsageState  What the usage panel last fetched.
+ * @property {'idle'|'loading'|'ok'|'error'} status
+ * @property {MyUsage|null} mine  GET /v1/usage
+ * @property {TeamUsage|null} team  GET /v1/usage/team; null unless the key is an admin key
+ * @property {string|null} error  why the last fetch failed
+ * @property {number} at  Date.now() of the last answer
+ */
 
 /**
  * @typedef {object} LiveAnswer  An answer being generated.
@@ -39,7 +50,11 @@ import { chooseModel, contextLimit, modelState } from './core/models.js';
  * @property {{answer: LiveAnswer, change: 'start'|'text'|'wait'|'truncated'|'end'}|null} answer  what last happened to an answer being generated
  * @property {{message: string}|null} keyPrompt  the API key is asked for, and why ('' when the user asked)
  * @property {{text: string, kind: 'info'|'ok'|'error', ms: number}|null} notice  a short notice to show
+ * @property {UsageState} usage  the key's usage and budgets (and the team's, for an admin key)
  */
+
+/** @type {UsageState} no usage fetched (yet, or for the key now in use) */
+export const NO_USAGE = { status: 'idle', mine: null, team: null, error: null, at: 0 };
 
 export const settings = new Settings(localStorage);
 
@@ -61,6 +76,7 @@ const initialState = {
   answer: null,
   keyPrompt: null,
   notice: null,
+  usage: NO_USAGE,
 };
 export const store = new Store(initialState);
 

@@ -122,3 +122,37 @@ test('a chat\'s settings and model are saved once it is saved; the revision tell
   assert.equal(page.settings.get('model'), 'other');
   assert.equal(page.store.state.convRevision, before + 2);
 });
+
+test('usage: a key that is not an admin asks /v1/usage only; an admin key the team too', async () => {
+  const quota = { limit: null, used: 0, remaining: null, resets_at: '2026-12-07T00:00:00Z' };
+  const usage = (admin) => ({ key: admin ? 'boss' : 'alice', admin, since: '', expires: null, models: null,
+    quota: { tokens_per_day: quota, tokens_per_month: quota }, totals: {}, by_model: [], by_day: [] });
+  const asked = [];
+  const routes = { 'v1/usage?since=30d': json(usage(false)) };
+  globalThis.fetch = async (url) => {
+    asked.push(url);
+    if (!routes[url]) throw new TypeError('Failed to fetch');
+    return routes[url]();
+  };
+  assert.deepEqual(await updatesOf(() => actions.loadUsage()), ['usageLoading:usage', 'usageLoaded:usage']);
+  assert.deepEqual(asked, ['v1/usage?since=30d']);
+  const u = page.store.state.usage;
+  assert.equal(u.status, 'ok');
+  assert.equal(u.mine.key, 'alice');
+  assert.equal(u.team, null);
+
+  routes['v1/usage?since=30d'] = json(usage(true));
+  routes['v1/usage/team?since=30d'] = json({ since: '', totals: {}, by_key: [{ key: 'boss' }], by_model: [], by_day: [] });
+  await actions.loadUsage();
+  assert.deepEqual(page.store.state.usage.team.by_key, [{ key: 'boss' }]);
+
+  // A failure keeps what was shown, with the reason; a 401 also tells the page the key is bad.
+  routes['v1/usage?since=30d'] = json({ error: { message: 'bad key' } }, 401);
+  assert.deepEqual(await updatesOf(() => actions.loadUsage()), ['usageLoading:usage', 'usageRefused:auth', 'usageFailed:usage']);
+  assert.equal(page.store.state.usage.status, 'error');
+  assert.equal(page.store.state.usage.error, 'The gateway did not accept your API key.');
+  assert.equal(page.store.state.usage.mine.key, 'boss');
+  // Another key's usage is not shown under this one.
+  actions.forgetKey();
+  assert.deepEqual(page.store.state.usage, page.NO_USAGE);
+});

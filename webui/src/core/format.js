@@ -49,3 +49,40 @@ export function dayGroup(ts, now = new Date()) {
   return d.toLocaleDateString(undefined, { year: 'numeric', month: 'long' });
 }
 
+/** A count in a few characters, for a chart's axis: 950, 1.2k, 12k, 3.4M. @param {number} n */
+export function fmtCompact(n) {
+  if (n >= 999500) {
+    const m = n / 1e6;
+    return `${m >= 9.95 ? Math.round(m) : +m.toFixed(1)}M`;
+  }
+  return fmtK(Math.round(n));
+}
+
+/**
+ * A span of seconds, as precise as it is worth: "<0.1 s", "0.4 s", "42 s", "3 min 5 s", "8 h 12 min", "3 d 4 h".
+ * @param {number} seconds
+ */
+export function fmtDuration(seconds) {
+  const s = Math.max(0, seconds);
+  if (s > 0 && s < 0.05) return '<0.1 s';
+  if (s < 9.95) return `${+s.toFixed(1)} s`;
+  if (s < 59.5) return `${Math.round(s)} s`;
+  const parts = (/** @type {[number, string][]} */ pairs) => pairs.filter(([v], i) => i === 0 || v).map(([v, u]) => `${v} ${u}`).join(' ');
+  if (s < 3599.5) {
+    const t = Math.round(s);
+    return parts([[Math.floor(t / 60), 'min'], [t % 60, 's']]);
+  }
+  if (s < 86370) {
+    const t = Math.round(s / 60);
+    return parts([[Math.floor(t / 60), 'h'], [t % 60, 'min']]);
+  }
+  const t = Math.round(s / 3600);
+  return parts([[Math.floor(t / 24), 'd'], [t % 24, 'h']]);
+}
+
+/** A share (0..1) as a whole percentage; a share too small to round up to 1% is "<1%", not "0%". @param {number} frac */
+export function fmtShare(frac) {
+  if (!(frac > 0)) return '0%';
+  if (frac < 0.005) return '<1%';
+  return `${Math.round(Math.min(frac, 1) * 100)}%`;
+}

@@ -2,12 +2,14 @@
 // The requests the WebUI makes to the gateway: the model list, the health probes, a
 // chat answer's stream. Paths are relative: the page is served by the gateway itself.
 // No DOM: unit-tested under Node (with a stand-in fetch).
-import { authHeaders, getJSON, withTimeout } from './http.js';
+import { ApiError, authHeaders, getJSON, withTimeout } from './http.js';
 import { chatRequest, sendWithRetries } from './chat.js';
 
 /** @typedef {import('./types.js').Model} Model */
 /** @typedef {import('./types.js').Health} Health */
 /** @typedef {import('./types.js').Conversation} Conversation */
+/** @typedef {import('./types.js').MyUsage} MyUsage */
+/** @typedef {import('./types.js').TeamUsage} TeamUsage */
 
 const PROBE_TIMEOUT_MS = 5000;
 
@@ -44,6 +46,34 @@ export async function probe(key) {
   let health = null;
   try { health = await hr.json(); } catch { health = null; }
   return { health: health && typeof health === 'object' ? health : null, ready: rr.status === 200 };
+}
+
+/**
+ * GET /v1/usage: the key's own usage since *since* ("30d") and its budgets. Throws an
+ * ApiError (401: the key was not taken; 404: a gateway that keeps no usage) or a network error.
+ * @param {string} key
+ * @param {string} since
+ * @returns {Promise<MyUsage>}
+ */
+export async function getUsage(key, since) {
+  const { data } = await getJSON(`v1/usage?since=${encodeURIComponent(since)}`, { key });
+  return data;
+}
+
+/**
+ * GET /v1/usage/team: every key's usage; null when the key is not an admin key (403).
+ * @param {string} key
+ * @param {string} since
+ * @returns {Promise<TeamUsage|null>}
+ */
+export async function getTeamUsage(key, since) {
+  try {
+    const { data } = await getJSON(`v1/usage/team?since=${encodeURIComponent(since)}`, { key });
+    return data;
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 403) return null;
+    throw e;
+  }
 }
 
 /**

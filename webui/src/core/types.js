@@ -86,4 +86,45 @@
  * @property {{delta?: {content?: string, reasoning_content?: string, reasoning?: string}, finish_reason?: string|null}[]} [choices]
  */
 
+/**
+ * @typedef {object} UsageCounts  What a window of usage adds up to (GET /v1/usage, /v1/usage/team).
+ * @property {number} requests
+ * @property {number} errors
+ * @property {number} prompt_tokens
+ * @property {number} completion_tokens
+ * @property {number} cached_tokens
+ * @property {number} gpu_seconds  seconds the requests held one of a model's slots
+ *
+ * @typedef {UsageCounts & {model: string, gpu_share: number}} ModelUsage  gpu_share: of that model's busy slot-seconds, 0..1
+ * @typedef {UsageCounts & {day: string}} DayUsage  day: the gateway host's calendar day, YYYY-MM-DD
+ *
+ * @typedef {object} Budget  One token budget of a key.
+ * @property {number|null} limit  null: no budget
+ * @property {number} used
+ * @property {number|null} remaining
+ * @property {string} resets_at  UTC ISO-8601
+ *
+ * @typedef {object} MyUsage  GET /v1/usage: the calling key's own usage.
+ * @property {string} key  the key's name
+ * @property {boolean} admin  it may read GET /v1/usage/team
+ * @property {string} since
+ * @property {string|null} expires  YYYY-MM-DD, the last day the key is accepted
+ * @property {string[]|null} models  the model names (globs) it may use; null: all
+ * @property {{tokens_per_day: Budget, tokens_per_month: Budget}} quota
+ * @property {UsageCounts} totals
+ * @property {ModelUsage[]} by_model
+ * @property {DayUsage[]} by_day
+ *
+ * @typedef {UsageCounts & {key: string, gpu_share: number, tokens_today: number, tokens_month: number,
+ *   tokens_per_day: number|null, tokens_per_month: number|null, expires: string|null}} KeyUsage
+ *   gpu_share: of all slot-seconds in the window
+ *
+ * @typedef {object} TeamUsage  GET /v1/usage/team (admin keys only).
+ * @property {string} since
+ * @property {UsageCounts} totals
+ * @property {KeyUsage[]} by_key
+ * @property {ModelUsage[]} by_model
+ * @property {DayUsage[]} by_day  the whole team per day, oldest first
+ */
+
 export {};

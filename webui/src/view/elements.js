@@ -32,6 +32,7 @@ export const el = {
   importBtn: byId('import-btn', Btn),
   exportBtn: byId('export-btn', Btn),
   settingsBtn: byId('settings-btn', Btn),
+  usageBtn: byId('usage-btn', Btn),
   importFile: byId('import-file', Input),
   backdrop: byId('backdrop', H),
   modelPicker: byId('model-picker', H),
@@ -79,5 +80,10 @@ export const el = {
   confirmTitle: byId('confirm-title', H),
   confirmOk: byId('confirm-ok', Btn),
   helpDialog: byId('help-dialog', Dialog),
+  usageDialog: byId('usage-dialog', Dialog),
+  usageWho: byId('usage-who', H),
+  usageStatus: byId('usage-status', H),
+  usageBody: byId('usage-body', H),
+  usageRefresh: byId('usage-refresh', Btn),
   toasts: byId('toasts', H),
 };
