@@ -19,7 +19,7 @@ demo: venv vllm models
 # Each tier is a pytest run of its own, in a random order (pytest-randomly, in the test extra;
 # its seed is printed at the top: `-p randomly --randomly-seed=N` runs that order again).
 TIERS := unit browser real systemd
-PYTEST := $(VENV)/bin/python -m pytest -p no:cacheprovider -p randomly
+PYTEST := $(VENV)/bin/python -m pytest -p no:cacheprovider -p randomly --durations=15
 
 test: venv vllm models system-deps dbus-deps webui-deps agents-deps lint webui-check
 	@failed=; for tier in $(TIERS); do echo "=== tier $$tier"; $(PYTEST) tests/$$tier || failed="$$failed $$tier"; done; \
