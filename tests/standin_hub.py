@@ -4,9 +4,9 @@
   GET /ORG/NAME/resolve/REV/PATH           a file, with Range requests answered 206
 
 `cut[path] = n` sends the next transfer of that file only up to byte n, then drops the connection
-(a network failure midway); while `hold` is set to an unset event, file transfers wait for it;
-`ranges` records the Range header of each file request. With `token`
-set, requests without it are answered 401, as a gated repository is.
+(a network failure midway; with `drop` an event, once it is set). With `hold` an event, file
+transfers wait for it. `ranges` records the Range header of each file request. With `token` set,
+requests without it are answered 401, as a gated repository is.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class StandinHub:
         self.url = ""  # where the test serves it
         self.cut: dict[str, int] = {}
         self.hold: asyncio.Event | None = None
+        self.drop: asyncio.Event | None = None
         self.ranges: list[tuple[str, str | None]] = []
         self.authorizations: list[str | None] = []
         self.app = web.Application()
@@ -74,6 +75,8 @@ class StandinHub:
         for i in range(start, end, 256 * 1024):
             await resp.write(data[i:min(i + 256 * 1024, end)])
         if end < len(data):
+            if self.drop is not None:
+                await asyncio.wait_for(self.drop.wait(), 30)
             assert request.transport is not None
             request.transport.close()  # the connection drops midway, Content-Length unmet
             return resp

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 from urllib.parse import quote
 
 import aiohttp
@@ -186,7 +187,7 @@ async def _fetch(session: aiohttp.ClientSession, url: str, headers: dict[str, st
             async for chunk in resp.content.iter_chunked(CHUNK):
                 if have + len(chunk) > f.size:
                     raise PullError(f"{f.path}: the hub sent more than its {f.size} bytes")
-                await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(_append, out, chunk)
                 digest.update(chunk)
                 have += len(chunk)
                 step.completed = have
@@ -212,6 +213,12 @@ def _partial(part: Path, f: HubFile) -> tuple[int, hashlib._Hash]:
             while chunk := existing.read(CHUNK):
                 digest.update(chunk)
     return have, digest
+
+
+def _append(out: IO[bytes], chunk: bytes) -> None:
+    """Every byte received is on disk before the next is read: a pull killed midway resumes from it."""
+    out.write(chunk)
+    out.flush()
 
 
 def _present(blob: Path, size: int) -> bool:

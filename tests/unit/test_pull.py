@@ -87,12 +87,19 @@ async def test_cli_pull_shows_progress_and_resumes_a_cut_transfer(hub, tmp_path)
     config.write_text(yaml.safe_dump({"models": [{"name": "coder", "model": REPO_ID, "port": free_port()}],
                                       "vllm": {"env": {"HF_HOME": str(hf_home)}}}))
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
-    hub.cut["model.safetensors"] = CUT
-    code, out, err = await run_cli(["pull", "coder", "--config", str(config)], env)
+    blobs = hf_home / "hub" / "models--org--tiny" / "blobs"
+    part = blobs / (hashlib.sha256(WEIGHTS).hexdigest() + ".incomplete")
+    hub.cut["model.safetensors"], hub.drop = CUT, asyncio.Event()
+    first = asyncio.create_task(run_cli(["pull", "coder", "--config", str(config)], env))
+    # The connection drops once the command has written what came before the cut.
+    await wait_until(lambda: part.exists() and part.stat().st_size == CUT, what="the bytes before the cut on disk")
+    hub.drop.set()
+    code, out, err = await first
     assert code == 1, (out, err)
     assert "pull again to resume" in err
     assert "model.safetensors: 3.0 MiB\n" in out  # plain lines, not a terminal's bar
     assert "\r" not in out
+    assert part.read_bytes() == WEIGHTS[:CUT]  # kept for the next try
 
     code, out, err = await run_cli(["pull", "coder", "--config", str(config)], env, tty=True)
     assert code == 0, (out, err)
