@@ -270,6 +270,9 @@ async def pull(repo: str, cache: Path, report: Callable[[Progress], None], *, en
                 await asyncio.to_thread(_link, snapshot, f.path, blob)
             report(Progress("verifying sha256 digest"))
             await asyncio.to_thread(_finish, folder, revision, commit, snapshot)
+    except PermissionError as exc:
+        raise PullError(f"{repo}: cannot write the model cache ({exc.filename}): pull as the user that owns "
+                        f"{cache}") from exc
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise PullError(f"{repo}: {type(exc).__name__}: {exc or 'timed out'}; pull again to resume") from exc
     report(Progress("writing manifest"))
