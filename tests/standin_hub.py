@@ -5,8 +5,9 @@
 
 `cut[path] = n` sends the next transfer of that file only up to byte n, then drops the connection
 (a network failure midway; with `drop` an event, once it is set). With `hold` an event, file
-transfers wait for it. `ranges` records the Range header of each file request. With `token` set,
-requests without it are answered 401, as a gated repository is.
+transfers wait for it. `corrupt` files are sent with their first byte changed. `ranges` records
+the Range header of each file request. With `token` set, requests without it are answered 401,
+as a gated repository is.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class StandinHub:
         self.cut: dict[str, int] = {}
         self.hold: asyncio.Event | None = None
         self.drop: asyncio.Event | None = None
+        self.corrupt: set[str] = set()
         self.ranges: list[tuple[str, str | None]] = []
         self.authorizations: list[str | None] = []
         self.app = web.Application()
@@ -60,6 +62,8 @@ class StandinHub:
         data = self.files.get(path)
         if data is None:
             raise web.HTTPNotFound()
+        if path in self.corrupt:
+            data = bytes([data[0] ^ 1]) + data[1:]
         self.ranges.append((path, request.headers.get("Range")))
         if self.hold is not None:
             await asyncio.wait_for(self.hold.wait(), 30)

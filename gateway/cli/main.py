@@ -375,12 +375,18 @@ def cmd_pull(args) -> int:
         cfg = _load(args)
         env.update(cfg.vllm.env)
         if any(m.name == args.name for m in cfg.models):
-            model = _managed(cfg, args.name)
+            model = cfg.model(args.name)
+            if not isinstance(model, ManagedModel):
+                print(f"{args.name}: served by {model.url}; nothing to pull")
+                return 0
             env.update(model.env)
             repo = model.model
             if Path(repo).is_dir():
                 print(f"{args.name}: its weights are the folder {repo}; nothing to pull")
                 return 0
+            if not is_repo_id(repo):
+                _die(f"{cfg.source}: model '{args.name}' is read from the folder {repo}, which is missing; "
+                     "only hub models can be pulled")
     if not is_repo_id(repo):
         _die(f"'{repo}' is neither a model of {args.config} nor a hub model id (ORG/NAME)")
     if args.token_file:

@@ -47,6 +47,8 @@ CHUNK = 1024 * 1024
 READ_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 30.0
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+# A revision names refs/<revision> in the cache: a plain name, never a path.
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _OID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 
@@ -168,6 +170,19 @@ async def _fetch(session: aiohttp.ClientSession, url: str, headers: dict[str, st
     part = blob.with_name(blob.name + ".incomplete")
     # The disk is read and written in threads: the gateway's event loop serves requests meanwhile.
     have, digest = await asyncio.to_thread(_partial, part, f)
+    if have < f.size:
+        digest = await _transfer(session, url, headers, f, part, have, digest, report, step)
+    if f.sha256 and digest.hexdigest() != f.sha256:
+        await asyncio.to_thread(part.unlink)
+        raise PullError(f"{f.path}: sha256 mismatch (the partial file was removed); pull again")
+    await asyncio.to_thread(part.rename, blob)
+
+
+async def _transfer(session: aiohttp.ClientSession, url: str, headers: dict[str, str], f: HubFile, part: Path,
+                    have: int, digest: hashlib._Hash, report: Callable[[Progress], None],
+                    step: Progress) -> hashlib._Hash:
+    """The rest of the file from byte `have` on, appended to the partial file (or all of it, when
+    the server ignores the Range); the sha256 of the whole file."""
     request = dict(headers)
     if have:
         request["Range"] = f"bytes={have}-"
@@ -176,8 +191,6 @@ async def _fetch(session: aiohttp.ClientSession, url: str, headers: dict[str, st
             mode = "ab"
         elif resp.status == 200:
             have, mode, digest = 0, "wb", hashlib.sha256()  # the server sends it all: start over
-        elif resp.status == 416 and have == f.size:
-            mode = "ab"
         else:
             raise PullError(f"the hub answered {resp.status} for {f.path}")
         step.completed = have
@@ -196,10 +209,7 @@ async def _fetch(session: aiohttp.ClientSession, url: str, headers: dict[str, st
             await asyncio.to_thread(out.close)
     if have != f.size:
         raise PullError(f"{f.path}: the transfer ended at {have} of {f.size} bytes; pull again to resume")
-    if f.sha256 and digest.hexdigest() != f.sha256:
-        await asyncio.to_thread(part.unlink)
-        raise PullError(f"{f.path}: sha256 mismatch (the partial file was removed); pull again")
-    await asyncio.to_thread(part.rename, blob)
+    return digest
 
 
 def _partial(part: Path, f: HubFile) -> tuple[int, hashlib._Hash]:
@@ -248,6 +258,8 @@ async def pull(repo: str, cache: Path, report: Callable[[Progress], None], *, en
     (called often, from this coroutine: it must not block)."""
     if not is_repo_id(repo):
         raise PullError(f"'{repo}' is not a hub model id (ORG/NAME)")
+    if not _REVISION.match(revision):
+        raise PullError(f"'{revision}' is not a branch, tag or commit name")
     endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)

@@ -177,3 +177,19 @@ async def test_api_pull_refuses_unknown_models_hub_ids_and_keyless_callers(stack
         await client(s, None).pull("coder")
     assert info.value.status_code == 401
     assert hub.ranges == []
+
+
+async def test_api_pull_of_corrupt_weights_fails_in_ollamas_shape_and_keeps_nothing(stack, hub, tmp_path):
+    s = await pull_stack(stack, hub, tmp_path)
+    hub.corrupt.add("model.safetensors")
+    with pytest.raises(ollama.ResponseError) as info:
+        async for _ in await client(s).pull("coder", stream=True):
+            pass
+    assert "model.safetensors: sha256 mismatch" in info.value.error
+    with pytest.raises(ollama.ResponseError) as info:
+        await client(s).pull("coder", stream=False)
+    assert info.value.status_code == 502 and "sha256 mismatch" in info.value.error
+    assert not list((tmp_path / "hub" / "models--org--tiny" / "blobs").glob("*.incomplete"))
+    hub.corrupt.clear()
+    assert (await client(s).pull("coder", stream=False)).status == "success"
+    assert snapshot_files(tmp_path)["model.safetensors"] == WEIGHTS

@@ -11,6 +11,7 @@ next one finds it further along), and at most MAX_PULLS run at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from gateway.lifecycle.pull import Progress, PullError, hub_cache, hub_token, is
 
 from .common import NDJSON, known_name, read_body
 
+log = logging.getLogger("localai.pull")
 # Distinct models downloading at once: each holds a hub connection and the disk's bandwidth.
 MAX_PULLS = 2
 # A follower that hears nothing for this long (a stalled transfer fails sooner: READ_TIMEOUT)
@@ -95,11 +97,16 @@ class Pulls:
         job = self.running[name] = Pull()
 
         async def run() -> None:
-            error = None
+            error: str | None = "the gateway stopped the pull"  # unless it ends otherwise, below
             try:
                 await pull(repo, hub_cache(env), job.report, endpoint=env.get("HF_ENDPOINT"), token=hub_token(env))
+                error = None
             except PullError as exc:
                 error = str(exc)
+                log.warning("pull of %s failed: %s", name, error)
+            except Exception:
+                error = "the pull failed (the gateway's log says why)"
+                log.exception("pull of %s failed", name)
             finally:
                 del self.running[name]
                 job.finish(error)
@@ -108,10 +115,10 @@ class Pulls:
         return job
 
     async def close(self, app: web.Application) -> None:
-        for job in list(self.running.values()):
-            if job.task is not None:
-                job.task.cancel()
-        await asyncio.gather(*(j.task for j in list(self.running.values()) if j.task), return_exceptions=True)
+        tasks = [job.task for job in self.running.values() if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 PULLS = web.AppKey("ollama_pulls", Pulls)
