@@ -310,10 +310,16 @@ class Meter:
             return
         if p.path != self.file:
             self._end()
+            if p.completed >= p.total:
+                self.write(f"{p.path}: {_size(p.total)}, already here\n")
+                return
             self.file, self.started, self.last, self.base = p.path, now, 0.0, p.completed
             if not self.tty:
-                resumed = f", resuming at {_size(p.completed)}" if 0 < p.completed < p.total else ""
+                resumed = f", resuming at {_size(p.completed)}" if p.completed else ""
                 self.write(f"{p.path}: {_size(p.total)}{resumed}\n")
+                self.last = now  # the next line says how far it got
+        elif p.completed == self.base and p.completed < p.total:
+            return  # nothing new
         done = p.completed >= p.total
         if self.tty and (now - self.last >= 0.1 or done):
             self.write(f"\r\x1b[K{self._line(p, now)}")

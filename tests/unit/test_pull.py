@@ -115,6 +115,7 @@ async def test_cli_pull_shows_progress_and_resumes_a_cut_transfer(hub, tmp_path)
     requests = len(hub.ranges)
     code, out, err = await run_cli(["pull", REPO_ID, "--config", str(config)], env)
     assert code == 0 and len(hub.ranges) == requests, (out, err)
+    assert "model.safetensors: 3.0 MiB, already here\n" in out
 
 
 async def test_cli_pull_of_a_gated_model_says_what_to_do(hub, tmp_path):
