@@ -7,7 +7,8 @@
 (a network failure midway; with `drop` an event, once it is set). With `hold` an event, file
 transfers wait for it. `corrupt` files are sent with their first byte changed. `ranges` records
 the Range header of each file request. With `token` set, requests without it are answered 401,
-as a gated repository is.
+as a gated repository is. With `cdn` the URL of another stand-in, LFS files are answered with a
+redirect there, as the hub sends its weights from a CDN.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class StandinHub:
         self.hold: asyncio.Event | None = None
         self.drop: asyncio.Event | None = None
         self.corrupt: set[str] = set()
+        self.cdn = ""
         self.ranges: list[tuple[str, str | None]] = []
         self.authorizations: list[str | None] = []
         self.app = web.Application()
@@ -64,6 +66,8 @@ class StandinHub:
             raise web.HTTPNotFound()
         if path in self.corrupt:
             data = bytes([data[0] ^ 1]) + data[1:]
+        if self.cdn and path.endswith(".safetensors"):
+            raise web.HTTPFound(f"{self.cdn}{request.path}")
         self.ranges.append((path, request.headers.get("Range")))
         if self.hold is not None:
             await asyncio.wait_for(self.hold.wait(), 30)

@@ -4,10 +4,12 @@ progress and its resume after a cut transfer, and Ollama's /api/pull through the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import pty
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import ollama
@@ -27,16 +29,24 @@ FILES = {"config.json": b'{"architectures": ["LlamaForCausalLM"]}', "tokenizer.j
 CUT = 1024 * 1024 + 4321
 
 
-@pytest.fixture
-async def hub():
-    standin = StandinHub(REPO_ID, dict(FILES), token=TOKEN)
+@contextlib.asynccontextmanager
+async def serving_hub(token: str | None) -> AsyncIterator[StandinHub]:
+    standin = StandinHub(REPO_ID, dict(FILES), token=token)
     runner = web.AppRunner(standin.app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     standin.url = f"http://127.0.0.1:{port}"
-    yield standin
-    await runner.cleanup()
+    try:
+        yield standin
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def hub():
+    async with serving_hub(TOKEN) as standin:
+        yield standin
 
 
 def snapshot_files(hf_home: Path) -> dict[str, bytes]:
@@ -193,4 +203,14 @@ async def test_api_pull_of_corrupt_weights_fails_in_ollamas_shape_and_keeps_noth
     assert not list((tmp_path / "hub" / "models--org--tiny" / "blobs").glob("*.incomplete"))
     hub.corrupt.clear()
     assert (await client(s).pull("coder", stream=False)).status == "success"
+    assert snapshot_files(tmp_path)["model.safetensors"] == WEIGHTS
+
+
+async def test_api_pull_follows_the_hubs_redirect_to_its_cdn_without_the_token(stack, hub, tmp_path):
+    async with serving_hub(None) as cdn:
+        hub.cdn = cdn.url
+        s = await pull_stack(stack, hub, tmp_path)
+        assert (await client(s).pull("coder", stream=False)).status == "success"
+    assert [path for path, _ in cdn.ranges] == ["model.safetensors"]
+    assert cdn.authorizations == [None]  # the hub's token stays with the hub
     assert snapshot_files(tmp_path)["model.safetensors"] == WEIGHTS
