@@ -20,6 +20,7 @@ host, such as the hub's CDN) and is never printed.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -187,15 +188,13 @@ async def _transfer(session: aiohttp.ClientSession, url: str, headers: dict[str,
     if have:
         request["Range"] = f"bytes={have}-"
     async with session.get(url, headers=request) as resp:
-        if resp.status == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-            mode = "ab"
-        elif resp.status == 200:
-            have, mode, digest = 0, "wb", hashlib.sha256()  # the server sends it all: start over
-        else:
+        if resp.status == 200:
+            have, digest = 0, hashlib.sha256()  # the server sends it all: start over
+        elif not (resp.status == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {have}-")):
             raise PullError(f"the hub answered {resp.status} for {f.path}")
+        out = await asyncio.to_thread(_claim, part, have, f.path)
         step.completed = have
         report(step)
-        out = await asyncio.to_thread(part.open, mode)
         try:
             async for chunk in resp.content.iter_chunked(CHUNK):
                 if have + len(chunk) > f.size:
@@ -223,6 +222,22 @@ def _partial(part: Path, f: HubFile) -> tuple[int, hashlib._Hash]:
             while chunk := existing.read(CHUNK):
                 digest.update(chunk)
     return have, digest
+
+
+def _claim(part: Path, have: int, path: str) -> IO[bytes]:
+    """The partial file, open to append from byte `have`, locked for this pull alone: the CLI and
+    the gateway (or two CLIs) appending to one file would interleave their bytes."""
+    out = part.open("ab")
+    try:
+        fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        out.close()
+        raise PullError(f"{path}: another pull is fetching it now; let it finish") from None
+    if os.fstat(out.fileno()).st_size < have:  # another pull finished it (and moved it) meanwhile
+        out.close()
+        raise PullError(f"{path}: changed by another pull meanwhile; pull again")
+    out.truncate(have)  # what came after the bytes this pull has read and hashed goes
+    return out
 
 
 def _append(out: IO[bytes], chunk: bytes) -> None:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from gateway.lifecycle.pull import PullError, pull
 from tests.fakebackend import FakeBackend
 from tests.harness import REPO, cli_argv, free_port, wait_until
 from tests.standin_hub import COMMIT, StandinHub
@@ -213,4 +214,21 @@ async def test_api_pull_follows_the_hubs_redirect_to_its_cdn_without_the_token(s
         assert (await client(s).pull("coder", stream=False)).status == "success"
     assert [path for path, _ in cdn.ranges] == ["model.safetensors"]
     assert cdn.authorizations == [None]  # the hub's token stays with the hub
+    assert snapshot_files(tmp_path)["model.safetensors"] == WEIGHTS
+
+
+async def test_a_second_pull_of_a_file_being_fetched_is_refused_not_interleaved(stack, hub, tmp_path):
+    s = await pull_stack(stack, hub, tmp_path)
+    part = tmp_path / "hub" / "models--org--tiny" / "blobs" / (hashlib.sha256(WEIGHTS).hexdigest() + ".incomplete")
+    hub.cut["model.safetensors"], hub.drop = CUT, asyncio.Event()
+    first = asyncio.create_task(client(s).pull("coder", stream=False))
+    await wait_until(lambda: part.exists() and part.stat().st_size == CUT, what="the gateway's pull under way")
+    # `localai pull` of the same model meanwhile, into the same cache (the CLI runs this coroutine).
+    with pytest.raises(PullError, match="another pull is fetching it now"):
+        await pull(REPO_ID, tmp_path / "hub", lambda p: None, endpoint=hub.url, token=TOKEN)
+    hub.drop.set()
+    with pytest.raises(ollama.ResponseError, match="pull again to resume"):
+        await first
+    assert part.read_bytes() == WEIGHTS[:CUT]
+    assert (await client(s).pull("coder", stream=False)).status == "success"
     assert snapshot_files(tmp_path)["model.safetensors"] == WEIGHTS
