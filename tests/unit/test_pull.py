@@ -130,10 +130,12 @@ async def test_cli_pull_shows_progress_and_resumes_a_cut_transfer(hub, tmp_path)
 
 
 async def test_cli_pull_of_a_gated_model_says_what_to_do(hub, tmp_path):
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path), "HF_TOKEN": "",
-           "LOCALAI_CONFIG": str(tmp_path / "none.yaml"), "PYTHONPATH": str(REPO)}
-    code, out, err = await run_cli(["pull", REPO_ID], env)
-    assert code == 1 and "gated or private" in err and "HF_TOKEN" in err, (out, err)
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_TOKEN": "", "LOCALAI_CONFIG": str(tmp_path / "none.yaml"),
+           "PYTHONPATH": str(REPO)}
+    env.pop("HF_ENDPOINT", None)
+    code, out, err = await run_cli(["pull", f"{hub.url}/{REPO_ID}"], env)  # the model's page on that hub
+    assert code == 1 and "org/tiny is gated or private" in err and "HF_TOKEN" in err, (out, err)
+    assert hub.authorizations == [None]
 
 
 def pull_stack(stack, hub, hf_home: Path):
