@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -364,6 +365,56 @@ def cmd_usage(args) -> int:
     return 0
 
 
+def cmd_pull(args) -> int:
+    """A configured model's weights (or a hub model's, by id) into the cache its server reads."""
+    from gateway.lifecycle.pull import Meter, PullError, hub_cache, hub_token, is_repo_id, pull
+
+    env: dict[str, str] = dict(os.environ)
+    name = repo = args.name
+    page = urllib.parse.urlsplit(name)
+    on_page = page.scheme in ("http", "https") and bool(page.netloc)
+    if on_page:  # a model's page on a hub (https://huggingface.co/ORG/NAME): that hub, that model
+        name = repo = page.path.strip("/")
+    # A hub id needs no config (one may still say where the cache is); a model's name does.
+    if args.config.exists() or not is_repo_id(name):
+        cfg = _load(args)
+        env.update(cfg.vllm.env)
+        if any(m.name == name for m in cfg.models):
+            model = cfg.model(name)
+            if not isinstance(model, ManagedModel):
+                print(f"{name}: served by {model.url}; nothing to pull")
+                return 0
+            env.update(model.env)
+            repo = model.model
+            if Path(repo).is_dir():
+                print(f"{name}: its weights are the folder {repo}; nothing to pull")
+                return 0
+            if not is_repo_id(repo):
+                _die(f"{cfg.source}: model '{name}' is read from the folder {repo}, which is missing; "
+                     "only hub models can be pulled")
+    if not is_repo_id(repo):
+        _die(f"'{repo}' is neither a model of {args.config} nor a hub model id (ORG/NAME)")
+    if on_page:
+        env["HF_ENDPOINT"] = f"{page.scheme}://{page.netloc}"
+    if args.token_file:
+        env["HF_TOKEN"], env["HF_TOKEN_PATH"] = "", str(args.token_file)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    meter = Meter(sys.stdout.isatty(), write)
+    try:
+        snapshot = asyncio.run(pull(repo, hub_cache(env), meter, endpoint=env.get("HF_ENDPOINT"),
+                                    token=hub_token(env), revision=args.revision))
+    except PullError as exc:
+        _die(str(exc), 1)
+    except KeyboardInterrupt:
+        _die("interrupted: pull again to resume", 130)
+    print(f"{repo}: {snapshot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.ops import add_logs_arguments, add_status_arguments
 
@@ -435,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=("key", "model", "day"), default="key", help="one row per (default: key)")
     p.add_argument("--json", action="store_true", help="everything as JSON: totals, by_key, by_model, by_day")
     p.set_defaults(func=cmd_usage)
+    p = with_config(sub.add_parser("pull", help="download a model's weights into the cache its vLLM reads "
+                                                "(resumable, with progress)"))
+    p.add_argument("name", help="a model of the config (its model: hub id), a hub model id ORG/NAME, or its "
+                                "page's URL (https://huggingface.co/ORG/NAME)")
+    p.add_argument("--revision", default="main", help="branch, tag or commit (default: main)")
+    p.add_argument("--token-file", type=Path, help="read the hub token from this file (default: $HF_TOKEN, "
+                                                    "$HF_TOKEN_PATH, $HF_HOME/token)")
+    p.set_defaults(func=cmd_pull)
     p = sub.add_parser("tiny-model", help="write a tiny random-weight model for demos and tests (offline)")
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)

@@ -19,16 +19,13 @@ from typing import Any
 import orjson
 
 from gateway.config.schema import Config, ManagedModel
+from gateway.lifecycle.pull import hub_cache, repo_folder
 from gateway.routing.backends import Backend
 
 
 def hf_snapshot(repo_id: str, env: dict[str, str]) -> Path | None:
     """The newest local snapshot of a hub model, in the cache vLLM would use."""
-    cache = env.get("HF_HUB_CACHE") or os.environ.get("HF_HUB_CACHE")
-    if not cache:
-        home = env.get("HF_HOME") or os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
-        cache = os.path.join(home, "hub")
-    snapshots = Path(cache) / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    snapshots = repo_folder(hub_cache({**os.environ, **env}), repo_id) / "snapshots"
     try:
         found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
     except OSError:

@@ -112,8 +112,8 @@ async def test_unknown_paths_make_no_new_metric_series(stack):
 
 
 @pytest.mark.parametrize("method, path, body, status, words", [
-    ("POST", "/api/pull", {"model": "llama3"}, 400, "cannot be pulled"),
-    ("POST", "/api/pull", {"model": "m"}, 400, "localai.yaml"),
+    ("POST", "/api/pull", {"model": "llama3"}, 404, "'llama3' does not exist"),
+    ("POST", "/api/pull", {}, 400, "'model' is required"),
     ("POST", "/api/create", {"model": "mine", "from": "m"}, 400, "cannot be created"),
     ("POST", "/api/push", {"model": "m"}, 400, "cannot be pushed"),
     ("POST", "/api/push", {"model": "nope"}, 404, "'nope' does not exist"),

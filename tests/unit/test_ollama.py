@@ -405,7 +405,8 @@ async def test_embed_and_legacy_embeddings(stack):
     ("/api/generate", {"json": {"model": "m", "prompt": "x", "images": ["aGk="]}}, 400, "Images"),
     ("/api/generate", {"json": {"model": "m", "prompt": "x", "template": "{{ .Prompt }}"}}, 400, "template"),
     ("/api/generate", {"json": {"model": "m", "prompt": "x", "format": 3}}, 400, "format"),
-    ("/api/pull", {"json": {"model": "llama3"}}, 400, "localai config"),
+    ("/api/pull", {"json": {"model": "llama3"}}, 404, "does not exist"),
+    ("/api/push", {"json": {"model": "m"}}, 400, "localai config"),
     ("/api/nothing", {"json": {}}, 404, "/api/nothing"),
 ])
 async def test_errors_are_ollama_shaped(stack, path, kwargs, status, needle):

@@ -11,6 +11,7 @@ adapter turns the backend's answer into Ollama's JSON or NDJSON stream.
   /api/generate raw or suffix     -> /v1/completions (suffix: the model's FIM template)
   /api/embed, /api/embeddings     -> /v1/embeddings
   /api/tags, /api/ps, /api/show, /api/version: answered from the registry.
+  /api/pull                       a configured model's weights from the hub (pull.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gateway.base.errors import register_error_shape
 
 from .common import ollama_error
 from .models import not_here, ps, show, tags, version
+from .pull import add_pull_route
 from .translate import chat, embed, generate
 
 
@@ -34,6 +36,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/generate", generate)
     app.router.add_post("/api/embed", embed)
     app.router.add_post("/api/embeddings", embed)
-    for action in ("pull", "push", "create", "copy"):
+    add_pull_route(app)
+    for action in ("push", "create", "copy"):
         app.router.add_post(f"/api/{action}", not_here)
     app.router.add_delete("/api/delete", not_here)

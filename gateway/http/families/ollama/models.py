@@ -151,11 +151,11 @@ async def version(request: web.Request) -> web.Response:
     return json_response({"version": OLLAMA_VERSION})
 
 
-_PAST = {"pull": "pulled", "push": "pushed", "create": "created", "copy": "copied", "delete": "deleted"}
+_PAST = {"push": "pushed", "create": "created", "copy": "copied", "delete": "deleted"}
 
 
 async def not_here(request: web.Request) -> web.Response:
-    """/api/pull, /push, /create, /copy, /delete: a client error that says where models come from.
+    """/api/push, /create, /copy, /delete: a client error that says where models come from.
 
     Those that act on a model we have (push, copy, delete) say 404 for one we don't, as Ollama does."""
     body = await read_body(request)
