@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from gateway.routing.admission import ModelSlots, WaitingRoom
 from tests.fakebackend import FakeBackend
-from tests.harness import make_config, serving, wait_until
+from tests.harness import localai, make_config, serving, wait_until
 
 KEYS = ["sk-alice-0123456789ab", "sk-bob-0123456789abc"]  # key-1 (alice), key-2 (bob)
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
@@ -229,6 +230,25 @@ async def test_batch_lines_carry_vllm_priority_to_a_priority_scheduled_server(ai
 async def _ready(http: aiohttp.ClientSession, base: str) -> bool:
     async with http.get(base.removesuffix("/v1/") + "/health") as r:
         return all(m["state"] == "ready" for m in (await r.json())["models"].values())
+
+
+async def test_the_cli_lists_shows_and_cancels_the_keys_batches(upstream, tmp_path):
+    models, fakes = upstream
+    fakes["gen"].ttft = 60  # the batch stays in progress until cancelled
+    async with sdk(models, tmp_path, batch_parallel=1) as (client, _app):
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(CHAT, "gen", 3)), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        env = {**os.environ, "LOCALAI_URL": str(client.base_url).removesuffix("/v1/"), "LOCALAI_API_KEY": KEYS[0]}
+        listed = await asyncio.to_thread(localai, "batch", "ls", env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert batch.id in listed.stdout and "/v1/chat/completions" in listed.stdout and "0/3" in listed.stdout
+        cancelled = await asyncio.to_thread(localai, "batch", "cancel", batch.id, env=env)
+        assert cancelled.returncode == 0 and "cancelling" in cancelled.stdout
+        await finished(client, batch.id)
+        shown = await asyncio.to_thread(localai, "batch", "show", batch.id, "--json", env=env)
+        assert json.loads(shown.stdout)["status"] == "cancelled"
+        other = await asyncio.to_thread(localai, "batch", "show", batch.id, env={**env, "LOCALAI_API_KEY": KEYS[1]})
+        assert other.returncode != 0 and "No batch found" in other.stderr
 
 
 # --- admission's low lane -------------------------------------------------------------
