@@ -49,8 +49,9 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 # How often a line waiting for its model to serve looks again.
 WAIT_POLL = 0.5
 _TRANSIENT = (429, 500, 502, 503, 504)
-# The key's own limits: the line waits them out rather than spending a try.
-_WAIT_OUT = ("key_concurrency_limit", "key_rate_limit")
+# The key's own limits, and the gateway's per-address connection cap (the runner is a loopback
+# client like the CLI): the line waits them out rather than spending a try.
+_WAIT_OUT = ("key_concurrency_limit", "key_rate_limit", "too_many_connections")
 
 STORE = web.AppKey("batch_store", BatchStore)
 
@@ -307,7 +308,12 @@ class Runner:
 
     async def _validate(self, key: str, batch: dict) -> dict:
         path = self.store.file_path(batch["input_file_id"])
-        lines, errors, models = await asyncio.to_thread(_read_input, path, batch["endpoint"], self.gw.batch_max_lines)
+        try:
+            lines, errors, models = await asyncio.to_thread(_read_input, path, batch["endpoint"],
+                                                            self.gw.batch_max_lines)
+        except OSError as exc:  # deleted before its batch was validated
+            lines, errors, models = [], [_line_error("file_not_found", f"The input file cannot be read: "
+                                                     f"{exc.strerror}.", None)], {}
         for model, line in models.items():
             problem = self._model_problem(key, model, batch["endpoint"])
             if problem:
