@@ -370,8 +370,9 @@ class Runner:
         model = orjson.loads(body).get("model")
         tries, status, answer, error = 0, 0, None, None
         while True:
-            await self._serving(model)
             rid = f"batch_req_{secrets.token_hex(12)}"
+            if not await self._serving(model, batch["expires_at"]):
+                return False, _expired_line(rid, custom_id)
             headers = {BATCH_TOKEN_HEADER: self.token, BATCH_KEY_HEADER: key, "X-Request-ID": rid,
                        "Content-Type": "application/json"}
             retry_after = None
@@ -397,18 +398,20 @@ class Runner:
         response = None if status == 0 else {"status_code": status, "request_id": rid, "body": answer}
         return ok, orjson.dumps({"id": rid, "custom_id": custom_id, "response": response, "error": error})
 
-    async def _serving(self, model: object) -> None:
+    async def _serving(self, model: object, until: float) -> bool:
         """Wait while the line's model does not serve: down, loading, or (load: on_demand) not on its
-        card, which a batch never brings in (docs/batch.md: it would take the card from interactive users)."""
+        card, which a batch never brings in (docs/batch.md: it would take the card from interactive
+        users). False: the batch's window ended first."""
         lifecycle = self.app[LIFECYCLE]
-        while True:
+        while time.time() < until:
             try:
                 backend: Backend = self.app[REGISTRY].resolve(model).backend
             except ApiError:
-                return  # gone with a reload: the request itself says so
+                return True  # gone with a reload: the request itself says so
             if lifecycle.ready(backend) if lifecycle.manages(backend.name) else backend.state is State.READY:
-                return
+                return True
             await asyncio.sleep(WAIT_POLL)
+        return False
 
     async def _finalize(self, key: str, batch: dict) -> None:
         """The output and error files from the store, then the batch's last status."""
@@ -417,10 +420,8 @@ class Runner:
         expired = batch["status"] == st.FINALIZING and batch["finalizing_at"] >= batch["expires_at"]
         if expired:
             for line, custom_id, _body in await asyncio.to_thread(self.store.pending, batch_id):
-                rid = f"batch_req_{secrets.token_hex(12)}"
-                await asyncio.to_thread(self.store.finish_line, batch_id, line, False, orjson.dumps({
-                    "id": rid, "custom_id": custom_id, "response": None,
-                    "error": {"code": "batch_expired", "message": "This line was not run within the 24h window."}}))
+                await asyncio.to_thread(self.store.finish_line, batch_id, line, False,
+                                        _expired_line(f"batch_req_{secrets.token_hex(12)}", custom_id))
         suffix = batch_id.removeprefix("batch-")
         out = await asyncio.to_thread(self.store.write_file, f"file-{suffix}-output", key,
                                       f"{batch_id}_output.jsonl", "batch_output", self.store.results(batch_id, True))
@@ -433,6 +434,11 @@ class Runner:
 
 
 RUNNER = web.AppKey("batch_runner", Runner)
+
+
+def _expired_line(rid: str, custom_id: str) -> bytes:
+    return orjson.dumps({"id": rid, "custom_id": custom_id, "response": None, "error": {
+        "code": "batch_expired", "message": "This line was not run within the batch's 24h window."}})
 
 
 def _seconds(header: str | None, default: float) -> float:

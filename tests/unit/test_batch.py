@@ -173,6 +173,23 @@ async def test_transient_upstream_errors_are_retried(upstream, tmp_path):
     assert len(fakes["gen"].received) == 4
 
 
+async def test_lines_wait_while_their_model_does_not_serve(upstream, tmp_path):
+    models, fakes = upstream
+    fakes["gen"].health_status = 503  # down (or a load: on_demand model not on its card): lines wait
+    # No retries: a line sent to the model while it is down would fail at once (503 from the gateway).
+    async with sdk(models, tmp_path, batch_retries=0) as (client, app):
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(CHAT, "gen", 3)), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+
+        async def in_progress():
+            return (await client.batches.retrieve(batch.id)).status == "in_progress"
+        await wait_until(in_progress, 10, "batch in progress")
+        assert fakes["gen"].received == []
+        fakes["gen"].health_status = 200
+        done = await finished(client, batch.id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 3, 0)
+
+
 async def test_files_and_batches_are_their_keys_own(upstream, tmp_path):
     models, _fakes = upstream
     async with sdk(models, tmp_path) as (alice, app):
