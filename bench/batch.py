@@ -1,5 +1,5 @@
-"""The batch phase (issue #21): interactive time to first token and tokens/s, p50 and p99, without
-and then with a 1,000-line batch running on the same model, and the batch's own throughput.
+"""The batch phase (issue #21): interactive time to first token and tokens/s, p50 and p99, alone,
+then with a 1,000-line batch running on the same model, then alone again; and the batch's own throughput.
 
     .venv/bin/python -m bench.batch [--lines 1000] [--users 2] [--seconds 15] [--url URL --model NAME]
 
