@@ -192,6 +192,9 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     key = request.get(KEY_NAME, "")  # "" on an open gateway: the default limits hold for everyone together
     limiter = request.app[ACCESS].limiter
     try:
+        if request.get(BATCH_LANE):
+            limiter.admit_batch_line(key)
+            return await handler(request)
         limiter.admit(key, budget=not getattr(match.handler, _PAST_BUDGET, False))
     except ApiError as exc:
         request.app[METRICS].rejections.labels("", exc.code).inc()  # no model yet: the body is unread

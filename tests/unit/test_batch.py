@@ -67,11 +67,12 @@ def sent_ids(fake: FakeBackend) -> collections.Counter:
     return collections.Counter(cid(b) for b in fake.received)
 
 
-async def finished(client: openai.AsyncOpenAI, batch_id: str, timeout: float = 20.0):  # noqa: ASYNC109
+async def finished(client: openai.AsyncOpenAI, batch_id: str, timeout: float = 20.0,  # noqa: ASYNC109
+                   interval: float = 0.02):
     async def done():
         batch = await client.batches.retrieve(batch_id)
         return batch if batch.status in DONE else None
-    return await wait_until(done, timeout, f"batch {batch_id} finished")
+    return await wait_until(done, timeout, f"batch {batch_id} finished", interval=interval)
 
 
 async def output_lines(client: openai.AsyncOpenAI, file_id: str | None) -> list[dict]:
@@ -188,6 +189,22 @@ async def test_lines_wait_while_their_model_does_not_serve(upstream, tmp_path):
         fakes["gen"].health_status = 200
         done = await finished(client, batch.id)
     assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 3, 0)
+
+
+async def test_a_keys_batch_leaves_its_concurrency_and_rate_to_its_interactive_use(upstream, tmp_path):
+    models, fakes = upstream
+    fakes["gen"].ttft = 0.05
+    # 60 lines against 60 requests a minute: were the lines counted, the key's own calls would be refused.
+    limits = {"default": {"max_concurrent": 1, "requests_per_minute": 60}}
+    async with sdk(models, tmp_path, batch_parallel=4, batch_retries=0, key_limits=limits) as (client, _app):
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(CHAT, "gen", 60)), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        await fakes["gen"].wait_for(lambda f: f.active >= 2)
+        # The key's own request, beside 2+ of its batch's lines, is inside its limit of one at a time.
+        reply = await client.chat.completions.create(model="gen", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+        done = await finished(client, batch.id, interval=0.25)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 60, 0)
 
 
 async def test_files_and_batches_are_their_keys_own(upstream, tmp_path):
