@@ -52,6 +52,10 @@ class ModelSlots:
         return self._waiting
 
     @property
+    def low_waiting(self) -> int:
+        return len(self._low_line)
+
+    @property
     def low_limit(self) -> int:
         return max(1, math.floor(self.limit * self.low_share))
 

@@ -15,6 +15,7 @@ import aiohttp
 import openai
 import pytest
 
+from gateway.http.appkeys import REGISTRY
 from gateway.routing.admission import ModelSlots, WaitingRoom
 from tests.fakebackend import FakeBackend
 from tests.harness import localai, make_config, serving, wait_until
@@ -283,6 +284,21 @@ async def test_the_cli_lists_shows_and_cancels_the_keys_batches(upstream, tmp_pa
         assert json.loads(shown.stdout)["status"] == "cancelled"
         other = await asyncio.to_thread(localai, "batch", "show", batch.id, env={**env, "LOCALAI_API_KEY": KEYS[1]})
         assert other.returncode != 0 and "No batch found" in other.stderr
+
+
+async def test_an_interactive_request_is_served_before_the_batch_lines_waiting(upstream, tmp_path):
+    models, fakes = upstream
+    models = [{**models[0], "max_concurrency": 1}]
+    fakes["gen"].ttft = 0.3
+    async with sdk(models, tmp_path, batch_parallel=3, batch_max_share=1.0) as (client, app):
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(CHAT, "gen", 3)), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        slots = app[REGISTRY].backends["gen"].slots
+        await wait_until(lambda: fakes["gen"].active == 1 and slots.low_waiting == 2, 10, "one line in, two waiting")
+        await client.chat.completions.create(model="gen", messages=[{"role": "user", "content": "interactive"}])
+        await finished(client, batch.id)
+    prompts = [b["messages"][0]["content"] for b in fakes["gen"].received]
+    assert prompts[1] == "interactive" and len(prompts) == 4
 
 
 # --- admission's low lane -------------------------------------------------------------
