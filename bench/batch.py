@@ -1,7 +1,7 @@
 """The batch phase (issue #21): interactive time to first token and tokens/s, p50 and p99, alone,
 then with a 1,000-line batch running on the same model, then alone again; and the batch's own throughput.
 
-    .venv/bin/python -m bench.batch [--lines 1000] [--users 2] [--seconds 15] [--url URL --model NAME]
+    .venv/bin/python -m bench.batch [--lines 1000] [--users 3] [--seconds 20] [--url URL --model NAME]
 
 By default the model is a mock engine in this process with a vLLM-like capacity (`--slots`
 sequences at once, each with a first-token delay and a pace per token; more wait in its queue),
@@ -187,8 +187,8 @@ async def with_mock(args: argparse.Namespace) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lines", type=int, default=1000)
-    p.add_argument("--users", type=int, default=2, help="interactive users, one streaming chat after another")
-    p.add_argument("--seconds", type=float, default=15.0, help="each interactive measurement")
+    p.add_argument("--users", type=int, default=3, help="interactive users, one streaming chat after another")
+    p.add_argument("--seconds", type=float, default=20.0, help="each interactive measurement")
     p.add_argument("--slots", type=int, default=8, help="the mock engine's sequences at once")
     p.add_argument("--ttft", type=float, default=0.05, help="the mock's first-token delay (s)")
     p.add_argument("--itl", type=float, default=0.01, help="the mock's pace per token (s)")
