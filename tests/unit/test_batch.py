@@ -301,6 +301,17 @@ async def test_an_interactive_request_is_served_before_the_batch_lines_waiting(u
     assert prompts[1] == "interactive" and len(prompts) == 4
 
 
+async def test_the_runners_header_with_any_other_secret_is_refused(upstream, tmp_path):
+    models, fakes = upstream
+    async with sdk(models, tmp_path) as (client, _app), aiohttp.ClientSession() as http:
+        url = str(client.base_url) + "chat/completions"
+        for token in ("guess", ""):
+            async with http.post(url, json={"model": "gen", "messages": [{"role": "user", "content": "x"}]},
+                                 headers={"X-LocalAI-Batch-Token": token, "X-LocalAI-Batch-Key": "key-1"}) as r:
+                assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_api_key"
+    assert fakes["gen"].received == []
+
+
 # --- admission's low lane -------------------------------------------------------------
 
 
