@@ -175,6 +175,20 @@ async def test_transient_upstream_errors_are_retried(upstream, tmp_path):
     assert len(fakes["gen"].received) == 4
 
 
+async def test_a_model_server_dropping_lines_mid_batch_loses_none(upstream, tmp_path):
+    models, fakes = upstream
+    fakes["gen"].hang_up = True  # like a server killed mid-request: every line's connection dropped
+    async with sdk(models, tmp_path, batch_parallel=2) as (client, _app):
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(CHAT, "gen", 6)), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        await fakes["gen"].wait_for(lambda f: len(f.received) >= 2)
+        fakes["gen"].hang_up = False  # back
+        done = await finished(client, batch.id, 30)
+        lines = await output_lines(client, done.output_file_id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 6, 0)
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"line-{i}" for i in range(6))
+
+
 async def test_lines_wait_while_their_model_does_not_serve(upstream, tmp_path):
     models, fakes = upstream
     fakes["gen"].health_status = 503  # down (or a load: on_demand model not on its card): lines wait
