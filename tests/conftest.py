@@ -87,6 +87,7 @@ class RealStack(GatewayProcess):
         self.model_ports = {m["name"]: m["port"] for m in models}
         self.url = f"http://127.0.0.1:{self.gateway_port}"
         self.usage_db = workdir / "usage.db"  # the usage store of this stack alone
+        self.batch_dir = workdir / "batch"  # the Batch API's files and jobs, this stack's alone
         key_file = workdir / "api-keys"
         key_file.write_text(self.api_key + "\n")
         key_file.chmod(0o600)
@@ -97,7 +98,7 @@ class RealStack(GatewayProcess):
                      "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
                              "OMP_NUM_THREADS": "1"}},
             "gateway": {"port": self.gateway_port, "api_key_file": str(key_file), "health_interval": 0.5,
-                        "usage_db": str(self.usage_db)},
+                        "usage_db": str(self.usage_db), "batch_dir": str(self.batch_dir)},
             "models": models,
         }, sort_keys=False))
         OUTPUT.mkdir(exist_ok=True)

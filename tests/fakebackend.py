@@ -143,6 +143,7 @@ class FakeBackend:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/embeddings", self._embed)
         app.router.add_post("/v1/responses", self._respond)
         app.router.add_get("/v1/responses/{id}", self._retrieve)
         app.router.add_post("/v1/responses/{id}/cancel", self._cancel)
@@ -335,6 +336,19 @@ class FakeBackend:
                 self.generated += len(tokens)
                 return web.json_response(completion(self.model_id, "".join(tokens), finish, used, chat=chat))
             return await self._stream(request, body, tokens, finish, used, chat)
+
+    async def _embed(self, request: web.Request):
+        """One 4-number vector per input (a string or a list of them); usage: a token per word."""
+        body = await request.json()
+        async with self._generating(request, body):
+            if self.errors:
+                return self._scripted_error()
+            await asyncio.sleep(self.ttft)
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            tokens = sum(len(str(i).split()) for i in inputs)
+            return web.json_response({"object": "list", "model": self.model_id, "usage": usage(tokens, 0),
+                                      "data": [{"object": "embedding", "index": n, "embedding": [0.5, -0.5, 0.25, n]}
+                                               for n, _ in enumerate(inputs)]})
 
     async def _stream(self, request: web.Request, body: dict, tokens: list[str], finish: str | None,
                       used: dict, chat: bool) -> web.StreamResponse:

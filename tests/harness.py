@@ -65,8 +65,9 @@ def free_port() -> int:
 
 
 def make_config(models: list[dict], **gateway) -> Config:
-    # usage_db None: a test that wants the usage store names its own file.
-    data = {"gateway": {"port": free_port(), "health_interval": 0.05, "webui": False, "usage_db": None, **gateway},
+    # usage_db, batch_dir None: a test that wants the usage store or the batch API names its own.
+    data = {"gateway": {"port": free_port(), "health_interval": 0.05, "webui": False, "usage_db": None,
+                        "batch_dir": None, **gateway},
             "models": models}
     return parse_config(yaml.safe_dump(data), "test.yaml")
 

@@ -154,7 +154,8 @@ def _loopback(host: str) -> bool:
 def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm_python=None,
                      api_key_file=None, webui_dir=None, gateway_host="", gateway_port=0,
                      overrides=None, all_tiny=False, hosts=None, vllm_host="", accelerator="",
-                     tls="false", tls_dir="/etc/localai/tls", gpu_memory_gib=0, usage_db=None) -> dict:
+                     tls="false", tls_dir="/etc/localai/tls", gpu_memory_gib=0, usage_db=None,
+                     batch_dir=None) -> dict:
     """The config the host gets: the chosen source plus what the roles own.
 
     - models listed in `tiny` (every managed one with all_tiny) point at
@@ -169,7 +170,7 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
     - `gpu_memory_gib` of a single host (vllm.gpu_memory_gib): its card's memory, which the plan
       budgets weights and KV cache against (with hosts, each host's entry says its own);
     - `gateway.usage_db` (the usage database in a folder of the gateway's user alone) unless the
-      config says where (or `null`: none);
+      config says where (or `null`: none), and `gateway.batch_dir` (the Batch API's files) likewise;
     - then `overrides`, merged recursively;
     - last, `gateway.tls` (the certificate the role installs in tls_dir) when `tls` is true, or
       auto and the gateway listens beyond loopback, unless the config names a certificate itself.
@@ -205,6 +206,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
         gw["port"] = int(gateway_port)
     if usage_db and "usage_db" not in gw:
         gw["usage_db"] = usage_db
+    if batch_dir and "batch_dir" not in gw:
+        gw["batch_dir"] = batch_dir
     cfg["gateway"] = gw
     if hosts:
         cfg["hosts"] = [dict(h) for h in hosts]

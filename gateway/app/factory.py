@@ -32,6 +32,7 @@ from gateway.http.appkeys import (
     UPSTREAM_TIMEOUT,
     USAGE,
 )
+from gateway.http.batch import add_routes as add_batch_routes
 from gateway.http.families import add_all_routes
 from gateway.http.middleware import (
     access_middleware,
@@ -103,6 +104,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
 
     add_all_routes(app)
     add_usage_routes(app)
+    add_batch_routes(app)  # after _upstream_ctx: its runner uses the registry and lifecycle
     add_public_get(app, "/health", health)
     add_public_get(app, "/ready", ready)
     app.router.add_get("/metrics", metrics_handler)

@@ -345,6 +345,12 @@ def cmd_unload(args) -> int:
     return unload_main(_gateway(args), args.name)
 
 
+def cmd_batch(args) -> int:
+    from gateway.cli.batch import batch_main
+
+    return batch_main(_gateway(args), args.verb, args.id, args.json)
+
+
 def cmd_usage(args) -> int:
     from gateway.cli.usage import usage_main
 
@@ -477,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = of_running(sub.add_parser("unload", help="take a load: on_demand model off its card (once idle)"), url=True)
     p.add_argument("name")
     p.set_defaults(func=cmd_unload)
+    p = of_running(sub.add_parser("batch", help="the key's batch jobs on the running gateway: ls, show ID, cancel ID"),
+                   url=True)
+    p.add_argument("verb", choices=("ls", "show", "cancel"))
+    p.add_argument("id", nargs="?", help="the batch's id (show, cancel)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=cmd_batch)
     p = sub.add_parser("usage", help="requests, tokens and GPU time by key, model or day, from the usage database")
     p.add_argument("--config", "-c", type=Path, help=(
         f"config whose gateway.usage_db to read, and whose budgets to show (default: ${CONFIG_ENV} or "

@@ -135,6 +135,12 @@ def default_usage_db() -> Path:
     return Path(state) / "localai" / "usage.db"
 
 
+def default_batch_dir() -> Path:
+    """$XDG_STATE_HOME/localai/batch, beside the usage database (docs/batch.md)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "localai" / "batch"
+
+
 class TlsFiles(_Strict):
     """The certificate the gateway serves HTTPS with (`gateway.tls`)."""
 
@@ -181,6 +187,27 @@ class GatewaySettings(_Strict):
         "days the usage database keeps each request's own row"))
     usage_keep_hourly_days: int = Field(400, ge=1, description=(
         "days it keeps the hourly sums (per key and model) that `localai usage` and the budgets read"))
+    batch_dir: Path | None = Field(
+        default_factory=default_batch_dir, json_schema_extra=_shown("`$XDG_STATE_HOME/localai/batch`"),
+        description=(
+            "where the Files and Batch APIs keep their files and their SQLite database of jobs and per-line "
+            "progress (docs/batch.md); `null` or `\"\"` turns both APIs off. Made with mode 0700"))
+    batch_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, description=(
+        "largest file one upload may be (`413 file_too_large`)"))
+    batch_max_key_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1024, description=(
+        "bytes of files one key may hold at once, output files included (`413 storage_quota_exceeded`)"))
+    batch_max_lines: int = Field(50_000, ge=1, description="requests one batch's input file may hold")
+    batch_max_share: float = Field(0.5, gt=0, le=1, description=(
+        "share of a model's slots batch lines may hold at once (at least one); they take a slot only while "
+        "no interactive request waits for one"))
+    batch_parallel: int = Field(16, ge=1, le=1024, description=(
+        "lines of one batch sent at once (admission's share above still decides how many run)"))
+    batch_priority: int = Field(10, ge=1, description=(
+        "vLLM's request `priority` for batch lines, sent to models whose `extra_args` set "
+        "`--scheduling-policy priority` (a lower value is scheduled first; interactive requests have 0)"))
+    batch_retries: int = Field(5, ge=0, le=100, description=(
+        "tries after the first for a line whose answer is transient (5xx, 429, a broken connection), with "
+        "exponential backoff; then the line goes to the error file"))
     max_queue: int = Field(100, ge=0, description=(
         "requests waiting for a slot, all models together; beyond it `429 queue_full`"))
     queue_timeout: float = Field(60.0, gt=0, description=(
@@ -551,9 +578,10 @@ def _resolve_paths(data: dict, base: Path) -> None:
     """Expand ~ and make relative paths relative to the config file, before validation."""
     gw = data.get("gateway")
     if isinstance(gw, dict):
-        if gw.get("usage_db") == "":
-            gw["usage_db"] = None  # `usage_db: ""`: like null, no usage database
-        for key in ("api_key_file", "webui_dir", "usage_db"):
+        for key in ("usage_db", "batch_dir"):
+            if gw.get(key) == "":
+                gw[key] = None  # `usage_db: ""`: like null, no usage database (and so for batch_dir)
+        for key in ("api_key_file", "webui_dir", "usage_db", "batch_dir"):
             if isinstance(gw.get(key), str):
                 gw[key] = _expand_path(gw[key], base)
         tls = gw.get("tls")

@@ -25,6 +25,10 @@ USAGE = web.AppKey("usage", UsageStore)  # absent with gateway.usage_db: null
 ACCOUNT = web.RequestKey("account", Account)
 REQUEST_ID = web.RequestKey("request_id", str)
 KEY_NAME = web.RequestKey("key_name", str)  # the API key's name, never the key
+# Set on a batch line's request (docs/batch.md): admission's low lane, vLLM's batch priority.
+BATCH_LANE = web.RequestKey("batch_lane", bool)
+# The secret the batch runner proves its requests with (one per process, never leaves it).
+BATCH_TOKEN = web.AppKey("batch_token", bytes)
 # Ollama's keep_alive of this request, in seconds (-1: never unload).
 KEEP_ALIVE = web.RequestKey("keep_alive", float)
 # The replica (base URL) this request must go to: the one holding the stored response it reads

@@ -5,6 +5,7 @@ request id stamped on every response as its headers leave."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from gateway.base.errors import HTTP_CODES, ApiError, error_response, shape_error
 from gateway.base.observability import request_id_var
 from gateway.http.accounting import Account, account, endpoint_label, family_of
-from gateway.http.appkeys import ACCESS, ACCOUNT, CONFIG, KEY_NAME, METRICS, REQUEST_ID, USAGE
+from gateway.http.appkeys import ACCESS, ACCOUNT, BATCH_LANE, BATCH_TOKEN, CONFIG, KEY_NAME, METRICS, REQUEST_ID, USAGE
 from gateway.keys.auth import check_key
 from gateway.keys.usage import Row
 
@@ -141,9 +142,38 @@ def _is_public(request: web.Request) -> bool:
     return request.match_info.route.resource in request.app.get(PUBLIC_RESOURCES, ())
 
 
+# A batch line's request from the gateway's own batch runner (http/batch.py): the runner's secret
+# and the name of the key that made the batch, which the line then runs as.
+BATCH_TOKEN_HEADER = "X-LocalAI-Batch-Token"
+BATCH_KEY_HEADER = "X-LocalAI-Batch-Key"
+
+
+def _batch_line(request: web.Request) -> bool:
+    """A batch line (its key's name set on the request), or False; a wrong token is a 401."""
+    token = request.headers.get(BATCH_TOKEN_HEADER)
+    if token is None:
+        return False
+    secret = request.app.get(BATCH_TOKEN)
+    if secret is None or not hmac.compare_digest(token.encode(), secret):
+        raise ApiError(401, "Incorrect batch token.", code="invalid_api_key", type="authentication_error")
+    name = request.headers.get(BATCH_KEY_HEADER, "")
+    keyring = request.app[ACCESS].keyring
+    if keyring and name not in keyring.key_names():
+        # The key was taken out of the key file since the batch was made.
+        raise ApiError(401, f"The key '{name}' that made this batch is no longer valid.",
+                       code="invalid_api_key", type="authentication_error")
+    if keyring:
+        request[KEY_NAME] = name
+        request.app[ACCESS].limiter.check_expiry(name)
+    request[BATCH_LANE] = True
+    return True
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     keyring = request.app[ACCESS].keyring
+    if _batch_line(request):
+        return await handler(request)
     if keyring and not _is_public(request):
         key = request[KEY_NAME] = check_key(keyring, request)
         request.app[ACCESS].limiter.check_expiry(key)
@@ -162,6 +192,9 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     key = request.get(KEY_NAME, "")  # "" on an open gateway: the default limits hold for everyone together
     limiter = request.app[ACCESS].limiter
     try:
+        if request.get(BATCH_LANE):
+            limiter.admit_batch_line(key)
+            return await handler(request)
         limiter.admit(key, budget=not getattr(match.handler, _PAST_BUDGET, False))
     except ApiError as exc:
         request.app[METRICS].rejections.labels("", exc.code).inc()  # no model yet: the body is unread

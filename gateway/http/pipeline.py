@@ -19,7 +19,18 @@ from aiohttp import web
 from gateway.base.errors import ApiError
 from gateway.config.schema import ManagedModel
 from gateway.http import validation
-from gateway.http.appkeys import ACCESS, ACCOUNT, KEY_NAME, LIFECYCLE, METRICS, MONITOR, REGISTRY, SESSION
+from gateway.http.appkeys import (
+    ACCESS,
+    ACCOUNT,
+    BATCH_LANE,
+    CONFIG,
+    KEY_NAME,
+    LIFECYCLE,
+    METRICS,
+    MONITOR,
+    REGISTRY,
+    SESSION,
+)
 from gateway.http.context import MESSAGES, Guarded, guard
 from gateway.http.proxy import Adapter, StreamError, forward
 from gateway.http.waiting import serve_on_demand
@@ -170,6 +181,17 @@ def prepare(route: Route, endpoint: str, body: dict) -> dict:
     return body
 
 
+def scheduled_by_priority(backend: Backend) -> bool:
+    """Whether the model's vLLM runs with `--scheduling-policy priority` (its extra_args say so):
+    only then does it take a request's `priority` (another policy refuses the field)."""
+    model = backend.model
+    if not isinstance(model, ManagedModel):
+        return False
+    args = model.extra_args
+    return "--scheduling-policy=priority" in args or any(
+        a == "--scheduling-policy" and b == "priority" for a, b in zip(args, args[1:], strict=False))
+
+
 Guard = Callable[[aiohttp.ClientSession, Backend, dict], Awaitable[Guarded]]
 
 
@@ -185,19 +207,20 @@ class admitted:  # lowercase: used like a function, as contextlib's suppress and
     A class, not an @asynccontextmanager: that one costs a generator and its wrapper per
     request (1.35 against 0.29 µs)."""
 
-    __slots__ = ("request", "backend", "key", "in_flight", "held_from")
+    __slots__ = ("request", "backend", "key", "low", "in_flight", "held_from")
 
     def __init__(self, request: web.Request, backend: Backend):
         self.request = request
         self.backend = backend
         self.key: str = request.get(KEY_NAME, "")
+        self.low = request.get(BATCH_LANE, False)  # a batch line: the low lane (docs/batch.md)
 
     async def __aenter__(self) -> None:
         request, backend, key = self.request, self.backend, self.key
         metrics = request.app[METRICS]
         waited_from = time.monotonic()
         try:
-            await backend.slots.acquire(key)
+            await (backend.slots.acquire_low(key) if self.low else backend.slots.acquire(key))
         except ApiError as exc:
             metrics.rejections.labels(backend.name, exc.code).inc()
             raise
@@ -210,7 +233,10 @@ class admitted:  # lowercase: used like a function, as contextlib's suppress and
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.in_flight.dec()
-        self.backend.slots.release(self.key)
+        if self.low:
+            self.backend.slots.release_low(self.key)
+        else:
+            self.backend.slots.release(self.key)
         # The key's GPU time (docs/usage.md): how long it held one of the model's slots.
         self.request[ACCOUNT].slot_seconds += time.monotonic() - self.held_from
 
@@ -233,6 +259,8 @@ async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter 
         if not on_demand:
             registry.check_serving(backend)
         body = prepare(route, endpoint, body)
+        if request.get(BATCH_LANE) and scheduled_by_priority(backend):
+            body["priority"] = app[CONFIG].gateway.batch_priority
     except ApiError as exc:
         metrics.rejections.labels(backend.name, exc.code).inc()
         raise

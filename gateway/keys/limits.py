@@ -87,6 +87,14 @@ class KeyLimiter:
         self._take_token(key, limit)
         self._in_flight[key] = running + 1
 
+    def admit_batch_line(self, key: str) -> None:
+        """A line of the key's batch (docs/batch.md): its token budgets hold, but not its concurrency
+        or rate, which stay its interactive use's (batch lines are bounded by the batch runner and
+        admission's share of the model's slots). Not paired with done()."""
+        limit = self.limit_of(key)
+        if limit.tokens_per_day is not None or limit.tokens_per_month is not None:
+            self._check_budget(key, limit, 0)
+
     def done(self, key: str) -> None:
         left = self._in_flight[key] - 1
         if left:

@@ -23,7 +23,10 @@ from gateway.plan.placement import endpoints, sleep_level
 GATEWAY_SETTINGS = ("host", "port", "max_body_bytes", "connect_timeout", "read_timeout", "webui",
                     "header_timeout", "idle_timeout", "max_connections_per_client", "max_upstream_body_bytes",
                     "max_upstream_event_bytes", "response_headers_timeout", "first_token_timeout",
-                    "usage_keep_days", "usage_keep_hourly_days")
+                    "usage_keep_days", "usage_keep_hourly_days",
+                    # The batch runner's (http/batch.py), read from the config it started with.
+                    "batch_max_file_bytes", "batch_max_key_bytes", "batch_max_lines", "batch_parallel",
+                    "batch_priority", "batch_retries")
 
 
 def restart_facts(cfg: Config) -> dict[str, dict[str, object]]:
@@ -36,6 +39,8 @@ def restart_facts(cfg: Config) -> dict[str, dict[str, object]]:
         gateway["gateway.webui_dir"] = None if gw.webui_dir is None else str(gw.webui_dir)
     # The usage store is opened once, as the app starts (app/factory.py).
     gateway["gateway.usage_db"] = None if gw.usage_db is None else str(gw.usage_db)
+    # So are the batch store and its runner (http/batch.py).
+    gateway["gateway.batch_dir"] = None if gw.batch_dir is None else str(gw.batch_dir)
     residency = cfg.residency()
     lifecycle: dict[str, object] = {}
     for m in cfg.managed_models:

@@ -5,12 +5,18 @@ Fair: when a slot frees up it goes to the waiting key with the fewest requests i
 flight on this model, and among equals to the one served longest ago (round-robin),
 so one key's batch of fifty cannot starve another key's single request. Within a
 key the line is first come, first served.
+
+Batch lines (docs/batch.md) wait in a lane of their own behind all of that: a freed slot goes
+to a batch line only when no interactive request waits, batch lines hold at most `low_share`
+of the slots (at least one), and they are neither counted against max_queue nor timed out (the
+batch runner bounds how many it sends).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections import deque
 
 from gateway.base.errors import ApiError
@@ -26,11 +32,14 @@ class WaitingRoom:
 
 
 class ModelSlots:
-    def __init__(self, model: str, limit: int, room: WaitingRoom, depth_gauge=None):
+    def __init__(self, model: str, limit: int, room: WaitingRoom, depth_gauge=None, low_share: float = 1.0):
         self.model = model
         self.limit = limit
         self.room = room
+        self.low_share = low_share
         self.in_flight = 0
+        self.low_in_flight = 0
+        self._low_line: deque[tuple[str, asyncio.Future[None]]] = deque()  # batch lines, in arrival order
         self._lines: dict[str, deque[asyncio.Future[None]]] = {}  # per key, in arrival order
         self._key_in_flight: dict[str, int] = {}
         self._last_served: dict[str, int] = {}  # key -> turn number of its latest slot
@@ -41,6 +50,53 @@ class ModelSlots:
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    @property
+    def low_waiting(self) -> int:
+        return len(self._low_line)
+
+    @property
+    def low_limit(self) -> int:
+        return max(1, math.floor(self.limit * self.low_share))
+
+    def _low_fits(self) -> bool:
+        return self.in_flight < self.limit and self.low_in_flight < self.low_limit and not self._waiting
+
+    async def acquire_low(self, key: str = "") -> None:
+        """Take a slot for a batch line: only while no interactive request waits and the batch
+        lines' share is not used up; waits (without a deadline) otherwise."""
+        if self._low_fits() and not self._low_line:
+            self.in_flight += 1
+            self.low_in_flight += 1
+            self._grant(key)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (key, fut)
+        self._low_line.append(entry)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release_low(key)  # handed to us just as we were cancelled: pass it on
+            elif entry in self._low_line:
+                self._low_line.remove(entry)
+            fut.cancel()
+            raise
+
+    def release_low(self, key: str = "") -> None:
+        self.low_in_flight -= 1
+        self.release(key)
+
+    def _hand_on_low(self) -> bool:
+        """A slot counted in in_flight to the oldest waiting batch line, within the lines' share."""
+        while self._low_line and self.low_in_flight < self.low_limit:
+            key, fut = self._low_line.popleft()
+            if not fut.done():
+                self.low_in_flight += 1
+                self._grant(key)
+                fut.set_result(None)
+                return True
+        return False
 
     async def acquire(self, key: str = "") -> None:
         """Take a slot for `key` (a key's name), waiting in line if all are busy. Raises ApiError 429/503."""
@@ -78,10 +134,11 @@ class ModelSlots:
     def set_limit(self, limit: int) -> None:
         """A new max_concurrency (config reload): more slots serve the line at once."""
         self.limit = limit
-        while self.in_flight < self.limit and self._waiting:
+        while self.in_flight < self.limit and (self._waiting or self._low_line):
             self.in_flight += 1
-            if not self._hand_on():
+            if not (self._hand_on() or self._hand_on_low()):
                 self.in_flight -= 1
+                break
 
     def release(self, key: str = "") -> None:
         left = self._key_in_flight.get(key, 1) - 1
@@ -89,8 +146,8 @@ class ModelSlots:
             self._key_in_flight[key] = left
         else:
             self._key_in_flight.pop(key, None)
-        # Hand the slot straight to the next in line, so nobody can jump it.
-        if not (self.in_flight <= self.limit and self._hand_on()):
+        # Hand the slot straight to the next in line, so nobody can jump it; batch lines come last.
+        if not (self.in_flight <= self.limit and (self._hand_on() or self._hand_on_low())):
             self.in_flight -= 1
 
     def _grant(self, key: str) -> None:

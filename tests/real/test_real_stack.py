@@ -220,3 +220,28 @@ def test_localai_usage_totals_equal_the_usage_vllm_reported(client, real_stack):
     assert table.returncode == 0 and "coder" in table.stdout
     (OUTPUT / "usage-real-tier.txt").write_text(
         table.stdout + "\n" + localai("usage", "--db", str(real_stack.usage_db), "--since", "1d").stdout)
+
+
+@pytest.mark.parametrize(("endpoint", "model"), [("/v1/chat/completions", "coder"), ("/v1/embeddings", "minilm")])
+def test_the_sdk_batch_flow_on_real_vllm(client, endpoint, model):
+    """Issue #21: files.create, batches.create, batches.retrieve until completed, files.content."""
+    def body(i: int) -> dict:
+        if endpoint == "/v1/embeddings":
+            return {"model": model, "input": f"document number {i}"}
+        return {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": f"Say {i}."}]}
+    lines = "".join(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": endpoint, "body": body(i)}) + "\n"
+                    for i in range(3))
+    uploaded = client.files.create(file=("in.jsonl", lines.encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")
+
+    def finished():
+        now = client.batches.retrieve(batch.id)
+        return now if now.status in ("completed", "failed", "cancelled", "expired") else None
+    done = wait_until_sync(finished, 120, f"batch on {model} finished", interval=0.5)
+    assert done.status == "completed" and done.request_counts.completed == 3, done
+    answers = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(a["custom_id"] for a in answers) == ["req-0", "req-1", "req-2"]
+    for a in answers:
+        assert a["response"]["status_code"] == 200
+        data = a["response"]["body"]
+        assert data["data"][0]["embedding"] if endpoint == "/v1/embeddings" else data["choices"][0]["message"]
