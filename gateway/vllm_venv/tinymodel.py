@@ -148,7 +148,7 @@ def write_tiny_model(outdir: Path, seed: int = 0) -> None:
         eos_token="<|im_end|>",  # chat turns end here, like Qwen2.5-Instruct
         pad_token="<|endoftext|>",
         chat_template=CHAT_TEMPLATE,
-        model_max_length=32768,
+        model_max_length=65536,
     )
     # save_jinja_files=False keeps the template inside tokenizer_config.json
     # (transformers 5 would otherwise write a separate chat_template.jinja).
@@ -163,7 +163,9 @@ def write_tiny_model(outdir: Path, seed: int = 0) -> None:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=32768,  # vLLM's ceiling for max_model_len; the real tier uses it all
+        # vLLM's ceiling for max_model_len. 65,536 is the 24 GB profile's agent window, which the
+        # real tier's agents run in; the weights do not depend on it (rotary positions are computed).
+        max_position_embeddings=65536,
         bos_token_id=None,  # no BOS, like Qwen2.5
         eos_token_id=eos_id,
         pad_token_id=pad_id,

@@ -2,43 +2,78 @@
 against real vLLM (CPU), each unchanged and headless, with no network beyond the gateway.
 
 Claude Code speaks /v1/messages, Codex CLI /v1/responses, opencode and Continue's CLI
-/v1/chat/completions. They come pinned from npm (tests/agents/, `make agents-deps`);
-docs/ide-setup.md gives the same settings to users and says what each agent sends.
+/v1/chat/completions. They come pinned from npm (tests/agents/, `make agents-deps`), and
+Claude Code also as the registry's latest at test time; docs/ide-setup.md gives the same
+settings to users and says what each agent sends.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
+from gateway.config.schema import ManagedModel
 from tests.conftest import TINY_MODELS, TINY_VLLM, RealStack, running
 from tests.harness import REPO, wait_until_sync
 
 pytestmark = pytest.mark.real
 
 AGENTS_BIN = REPO / "tests" / "agents" / "node_modules" / ".bin"
-MODEL = "agent"
 PROMPT = "Say hello in one word."
-TURN_TIMEOUT_S = 300  # a turn takes 5-30 s on 2 busy cores; this only stops a hung agent
+# A turn takes 5-200 s on 2 busy cores: the tiny model's gibberish ends at a random end-of-turn
+# token, after 500-12,000 tokens here, or at max_tokens, which the gateway caps to the room the
+# 64k window leaves (46,000 tokens for Claude Code). This only stops a hung agent.
+TURN_TIMEOUT_S = 600
+# The most opencode and Continue ask for in one answer, as a user may set it, which keeps
+# their turns short. Not Claude Code: cut off at its max_tokens it asks again to continue, and
+# Codex has no such setting.
+ANSWER_TOKENS = 4096
+NPM_TIMEOUT_S = 300  # `npm install` of Claude Code: 6 s here; this only stops a hung registry
+PROFILE = REPO / "etc" / "profiles" / "24gb.yaml"
+# What CPU vLLM cannot take of the profile's agent model, and what stands in for it: its
+# weights (a 4-bit GPTQ MoE of 15.5 GiB, CUDA kernels) are the tiny model's, served in
+# float32 without CUDA graphs (TINY_VLLM); gpu_memory_utilization means nothing on a CPU,
+# whose KV space is VLLM_CPU_KVCACHE_SPACE (1 GiB: 2M tokens of the tiny model in fp8);
+# the port is a free one. Everything else (window, max_num_seqs, FP8 KV cache, prefix
+# caching, tool-call parser, context guard) is the profile's own: CPU vLLM accepts it all.
+CPU_SUBSTITUTED = ("model", "port", "gpu_memory_utilization")
+
+
+def profile_agent_model() -> dict:
+    """The 24 GB profile's model for coding agents: the one with tool calling and the longest window."""
+    models = [m for m in yaml.safe_load(PROFILE.read_text())["models"] if m.get("tool_call_parser")]
+    return max(models, key=lambda m: m.get("max_model_len") or 0)
+
+
+PROFILE_AGENT = profile_agent_model()
+MODEL = PROFILE_AGENT["name"]
+GUARD_SHARE = ManagedModel.model_fields["context_limit"].default  # where the profile sets none
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """A stack of its own: the agents' system prompts and tool lists run to 10-20k tokens and
-    they ask for up to 32,000 new ones, so the model needs the tiny model's whole 32,768-token
-    window and tool calling, which the shared stack's models must not have."""
+    """A stack of its own, shaped like the 24 GB profile's agent model (its window, concurrency,
+    KV cache, parser and guard): the agents' system prompts and tool lists run to 10-30k tokens
+    and they ask for up to 32,000 new ones, which the shared stack's models must not take."""
     if not (AGENTS_BIN / "claude").exists():
         pytest.fail(f"coding agents missing under {AGENTS_BIN}: run `make agents-deps`")
-    agent = {"name": MODEL, "model": str(TINY_MODELS / "tiny-general"), "max_model_len": 32768,
-             "max_num_seqs": 2, "tool_call_parser": "hermes",
+    weights = TINY_MODELS / "tiny-general"
+    window = PROFILE_AGENT["max_model_len"]
+    native = json.loads((weights / "config.json").read_text())["max_position_embeddings"]
+    if native < window:
+        pytest.fail(f"{weights} takes {native} tokens, the profile's window is {window}: run `make models`")
+    agent = {**{k: v for k, v in PROFILE_AGENT.items() if k not in CPU_SUBSTITUTED}, "model": str(weights),
              # The names Claude Code and Codex ask for when not told otherwise
              # (claude-opus-5-5, claude-haiku-*, gpt-6.2-sol, ...).
-             "aliases": ["claude-*", "gpt-*"], **TINY_VLLM}
+             "aliases": [*PROFILE_AGENT.get("aliases", []), "claude-*", "gpt-*"], **TINY_VLLM}
     with running(RealStack(tmp_path_factory.mktemp("agent-stack"), [agent], name="agent-stack")) as s:
         yield s
 
@@ -79,6 +114,23 @@ def run_turn(stack: RealStack, argv: list[str], env: dict[str, str], endpoint: s
     return done.stdout
 
 
+def test_the_agents_model_is_the_24gb_profiles(stack):
+    """What the agents below run against: the profile's window, guard and concurrency as the
+    gateway serves them, and its KV cache, prefix caching and parser as vLLM took them."""
+    request = urllib.request.Request(stack.url + "/v1/models", headers={"Authorization": f"Bearer {stack.api_key}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        served = next(m for m in json.load(r)["data"] if m["id"] == MODEL)
+    window = PROFILE_AGENT["max_model_len"]
+    assert window >= 65536 and served["max_model_len"] == window
+    assert served["context_limit"] == int(window * PROFILE_AGENT.get("context_limit", GUARD_SHARE))
+    assert served["max_concurrency"] == PROFILE_AGENT["max_num_seqs"]
+    logged = next(json.loads(line)["msg"] for line in stack.log_path.read_text(errors="replace").splitlines()
+                  if "non-default args: " in line)
+    args = ast.literal_eval(logged.split("non-default args: ", 1)[1])
+    for key in ("kv_cache_dtype", "enable_prefix_caching", "tool_call_parser", "max_num_seqs", "max_model_len"):
+        assert args[key] == PROFILE_AGENT[key], (key, args)
+
+
 @pytest.fixture
 def home(tmp_path) -> Path:
     """A throwaway HOME (and project directory) per agent: nothing of the user's leaks in."""
@@ -95,6 +147,31 @@ def test_claude_code_on_messages_with_its_own_model_names(stack, home):
     # No --model: Claude Code asks for its default (claude-opus-5-5), which `claude-*` routes.
     run_turn(stack, [str(AGENTS_BIN / "claude"), "-p", PROMPT], claude_env(stack, home), "/v1/messages",
              home / "project")
+
+
+def test_claude_code_latest_from_the_registry(stack, home):
+    """The Claude Code a new user installs today, not only the pinned one: the registry's latest,
+    installed at test time into a throwaway prefix. No registry is a failure, not a skip."""
+    prefix = home / "npm"
+    try:
+        done = subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
+                               "--no-update-notifier", "--loglevel=error", "@anthropic-ai/claude-code@latest"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=NPM_TIMEOUT_S,
+                              check=False)
+        failure = f"exit {done.returncode}: {done.stderr[-2000:]}" if done.returncode else None
+    except subprocess.TimeoutExpired:
+        failure = f"no answer within {NPM_TIMEOUT_S} s"
+    except OSError as exc:  # no npm at all
+        failure = str(exc)
+    if failure:
+        pytest.fail("could not install @anthropic-ai/claude-code@latest from the npm registry, which this "
+                    f"test needs to reach ({failure})")
+    package = prefix / "node_modules" / "@anthropic-ai" / "claude-code" / "package.json"
+    pinned = json.loads((REPO / "tests" / "agents" / "package.json").read_text())["dependencies"]
+    print(f"claude-code latest {json.loads(package.read_text())['version']}, "
+          f"pinned {pinned['@anthropic-ai/claude-code']}")
+    run_turn(stack, [str(prefix / "node_modules" / ".bin" / "claude"), "-p", PROMPT], claude_env(stack, home),
+             "/v1/messages", home / "project")
 
 
 def test_claude_code_with_model_flag(stack, home):
@@ -131,7 +208,8 @@ def test_opencode_on_chat_completions(stack, home):
         "provider": {"localai": {
             "npm": "@ai-sdk/openai-compatible", "name": "localai",
             "options": {"baseURL": f"{stack.url}/v1", "apiKey": "{env:LOCALAI_API_KEY}"},
-            "models": {MODEL: {"name": MODEL}}}}}))
+            "models": {MODEL: {"name": MODEL, "limit": {"context": PROFILE_AGENT["max_model_len"],
+                                                        "output": ANSWER_TOKENS}}}}}}))
     # No models.dev catalogue, no plugins, no LSP servers: nothing fetched from the internet.
     env = {"HOME": str(home), "LOCALAI_API_KEY": stack.api_key, "OPENCODE_DISABLE_MODELS_FETCH": "1",
            "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
@@ -152,6 +230,8 @@ models:
     apiBase: {stack.url}/v1
     apiKey: {stack.api_key}
     roles: [chat]
+    defaultCompletionOptions:
+      maxTokens: {ANSWER_TOKENS}
 """)
     env = {"HOME": str(home), "CONTINUE_CLI_ENABLE_TELEMETRY": "0"}
     run_turn(stack, [str(AGENTS_BIN / "cn"), "--config", str(config), "-p", PROMPT], env,

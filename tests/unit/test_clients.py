@@ -92,6 +92,30 @@ async def test_latest_message_alone_too_long_is_400(stack):
         assert_openai_error(await r.json(), "context_length_exceeded")
 
 
+async def test_opencodes_request_past_the_target_is_served_whole_as_it_streams(stack):
+    # opencode's turn (#22): its system prompt and tool list alone pass the share chats are
+    # shortened toward (with a project's AGENTS.md, 25,127 of 32,768 tokens), it asks for 32,000
+    # tokens, streamed with usage. Refused with 400, opencode compacted its history and was
+    # refused again, in a loop (the "2,102 prompt, 8,211 completion tokens" answered in between
+    # were its summaries); vLLM serves the request, and so does the gateway now, whole.
+    fake = FakeBackend(max_model_len=400)  # chats shortened toward 300 prompt tokens
+    s = await stack({"m": fake})
+    tool = {"type": "function", "function": {"name": "glob", "parameters": {
+        "type": "object", "properties": {"pattern": {"type": "string"}}, "required": ["pattern"]}}}
+    body = {"model": "m", "max_tokens": 32000, "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "system", "content": "word " * 340},
+                         {"role": "user", "content": "Say hello in one word."}],
+            "tools": [tool], "tool_choice": "auto"}
+    async with s.http.post(s.url + "/v1/chat/completions", json=body) as r:
+        assert r.status == 200, await r.text()
+        capped = int(r.headers["X-LocalAI-Max-Tokens-Capped"])
+        events = (await r.text()).strip().split("\n\n")
+    sent = fake.received[-1]
+    assert sent["messages"] == body["messages"] and sent["tools"] == [tool]
+    assert sent["max_tokens"] == capped == 400 - fake.last_count
+    assert events[-1] == "data: [DONE]" and '"usage"' in events[-2]
+
+
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
 async def test_max_tokens_too_big_for_the_window_is_capped_not_rejected(stack, field):
     fake = FakeBackend(max_model_len=400)
