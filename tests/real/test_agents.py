@@ -28,9 +28,8 @@ pytestmark = pytest.mark.real
 
 AGENTS_BIN = REPO / "tests" / "agents" / "node_modules" / ".bin"
 PROMPT = "Say hello in one word."
-# A turn takes 5-200 s on 2 busy cores: the tiny model's gibberish ends at a random end-of-turn
-# token, after 500-12,000 tokens here, or at max_tokens, which the gateway caps to the room the
-# 64k window leaves (46,000 tokens for Claude Code). This only stops a hung agent.
+# A turn takes 5-60 s on 2 busy cores: the tiny model's gibberish ends at a random end token
+# (brief_answers) or at max_tokens. This only stops a hung agent.
 TURN_TIMEOUT_S = 600
 # The most opencode and Continue ask for in one answer, as a user may set it, which keeps
 # their turns short. Not Claude Code: cut off at its max_tokens it asks again to continue, and
@@ -58,6 +57,25 @@ MODEL = PROFILE_AGENT["name"]
 GUARD_SHARE = ManagedModel.model_fields["context_limit"].default  # where the profile sets none
 
 
+# Ordinary tokens the agents' model also ends an answer on (its generation_config's eos_token_id):
+# with one end token in 3,000 the gibberish ran 500-12,000 tokens (minutes a turn on 2 cores, and
+# up to the max_tokens room a 64k window leaves); with six it ends after ~500 on average, and the
+# chance that it ends before its first word stays about 0.2 %.
+EXTRA_END_TOKENS = [211, 733, 1259, 1801, 2377]
+
+
+def brief_answers(weights: Path, into: Path) -> Path:
+    """The tiny model's weights and tokenizer (linked) with more end-of-answer tokens."""
+    for item in weights.iterdir():
+        if item.name != "generation_config.json":
+            (into / item.name).symlink_to(item)
+    generation = json.loads((weights / "generation_config.json").read_text())
+    eos = generation["eos_token_id"]
+    generation["eos_token_id"] = [*(eos if isinstance(eos, list) else [eos]), *EXTRA_END_TOKENS]
+    (into / "generation_config.json").write_text(json.dumps(generation))
+    return into
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """A stack of its own, shaped like the 24 GB profile's agent model (its window, concurrency,
@@ -70,7 +88,8 @@ def stack(tmp_path_factory):
     native = json.loads((weights / "config.json").read_text())["max_position_embeddings"]
     if native < window:
         pytest.fail(f"{weights} takes {native} tokens, the profile's window is {window}: run `make models`")
-    agent = {**{k: v for k, v in PROFILE_AGENT.items() if k not in CPU_SUBSTITUTED}, "model": str(weights),
+    agent = {**{k: v for k, v in PROFILE_AGENT.items() if k not in CPU_SUBSTITUTED},
+             "model": str(brief_answers(weights, tmp_path_factory.mktemp("agent-model"))),
              # The names Claude Code and Codex ask for when not told otherwise
              # (claude-opus-5-5, claude-haiku-*, gpt-6.2-sol, ...).
              "aliases": [*PROFILE_AGENT.get("aliases", []), "claude-*", "gpt-*"], **TINY_VLLM}
