@@ -143,8 +143,9 @@ def test_the_agents_model_is_the_24gb_profiles(stack):
     assert window >= 65536 and served["max_model_len"] == window
     assert served["context_limit"] == int(window * PROFILE_AGENT.get("context_limit", GUARD_SHARE))
     assert served["max_concurrency"] == PROFILE_AGENT["max_num_seqs"]
-    logged = next(json.loads(line)["msg"] for line in stack.log_path.read_text(errors="replace").splitlines()
-                  if "non-default args: " in line)
+    # The last such line: the log is appended to, so an earlier run's stack may have written one.
+    logged = [json.loads(line)["msg"] for line in stack.log_path.read_text(errors="replace").splitlines()
+              if "non-default args: " in line][-1]
     args = ast.literal_eval(logged.split("non-default args: ", 1)[1])
     for key in ("kv_cache_dtype", "enable_prefix_caching", "tool_call_parser", "max_num_seqs", "max_model_len"):
         assert args[key] == PROFILE_AGENT[key], (key, args)
