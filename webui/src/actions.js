@@ -3,12 +3,13 @@
 // named store.update() (the views re-render from their subscriptions), saves the
 // chats, and talks to the gateway through core/gateway.js.
 import { ApiError } from './core/http.js';
-import { getTeamUsage, getUsage, listModels, probe, requestAnswer } from './core/gateway.js';
+import { cancelBatch as postCancel, fileContent, getTeamUsage, getUsage, listBatches, listModels, probe, requestAnswer } from './core/gateway.js';
+import { BATCH_LIMIT, BATCH_POLL_MS, anyMoving, batchesError, batchesOff } from './core/batches.js';
 import { USAGE_SINCE, usageError } from './core/usage.js';
 import { connectionOf } from './core/models.js';
 import { addUserTurn, dropLastAnswers, editUserMessage, msgId, newConversation } from './core/conversation.js';
 import { readAnswer, AnswerClock, noteResponseHeaders, asRequestError, describeError, everySecond, loadingText } from './core/chat.js';
-import { store, chats, settings, apiKey, currentModelId, NO_USAGE } from './state.js';
+import { store, chats, settings, apiKey, currentModelId, NO_USAGE, NO_BATCHES } from './state.js';
 
 /** @typedef {import('./core/types.js').Conversation} Conversation */
 /** @typedef {import('./core/types.js').Message} Message */
@@ -116,13 +117,13 @@ export async function saveKey(key) {
 
 /** After a new key: list the models with it (that sets auth). */
 export async function reloadWithKey() {
-  store.update('keyChanged', { auth: 'unknown', usage: NO_USAGE }); // the usage shown was the old key's
+  store.update('keyChanged', { auth: 'unknown', usage: NO_USAGE, batches: NO_BATCHES }); // what was shown was the old key's
   await loadModels();
 }
 
 export function forgetKey() {
   settings.set('apiKey', null);
-  store.update('keyForgotten', { usage: NO_USAGE });
+  store.update('keyForgotten', { usage: NO_USAGE, batches: NO_BATCHES });
 }
 
 // ---- usage and budgets ----
@@ -141,6 +142,72 @@ export async function loadUsage() {
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) store.update('usageRefused', { auth: apiKey() ? 'bad' : 'missing' });
     store.update('usageFailed', { usage: { ...store.state.usage, status: 'error', error: usageError(e) } });
+  }
+}
+
+// ---- batch jobs (the usage panel's "My batches") ----
+
+// The watch's own bookkeeping: nothing is drawn from it.
+let watchingBatches = false;
+/** @type {ReturnType<typeof setTimeout>|undefined} */
+let batchTimer;
+
+/**
+ * Fetch the key's newest batches; while the panel watches them (watchBatches) and one of
+ * them is not finished, again in BATCH_POLL_MS. A 404 (no Batch API on this gateway)
+ * turns the section off; another failure keeps what was shown, with the reason.
+ */
+export async function loadBatches() {
+  clearTimeout(batchTimer);
+  store.update('batchesLoading', { batches: { ...store.state.batches, status: 'loading' } });
+  try {
+    const { data, has_more } = await listBatches(apiKey(), BATCH_LIMIT);
+    store.update('batchesLoaded', { batches: { status: 'ok', list: data, more: has_more, error: null, at: Date.now() } });
+  } catch (e) {
+    if (batchesOff(e)) {
+      store.update('batchesOff', { batches: { ...NO_BATCHES, status: 'off' } });
+      return;
+    }
+    if (e instanceof ApiError && e.status === 401) store.update('batchesRefused', { auth: apiKey() ? 'bad' : 'missing' });
+    store.update('batchesFailed', { batches: { ...store.state.batches, status: 'error', error: batchesError(e) } });
+  }
+  const b = store.state.batches;
+  if (watchingBatches && b.status === 'ok' && anyMoving(b.list)) {
+    clearTimeout(batchTimer); // a load that overlapped this one (a Cancel's) may have set one
+    batchTimer = setTimeout(loadBatches, BATCH_POLL_MS);
+  }
+}
+
+/** The panel opened (true: list the batches now, and follow them) or closed (false: stop asking). @param {boolean} on */
+export function watchBatches(on) {
+  watchingBatches = on;
+  clearTimeout(batchTimer);
+  if (on) return loadBatches();
+  return Promise.resolve();
+}
+
+/** Cancel batch *id*, then list again (it shows cancelling, then cancelled). @param {string} id */
+export async function cancelBatch(id) {
+  try {
+    await postCancel(apiKey(), id);
+  } catch (e) {
+    notify(e instanceof ApiError ? `Could not cancel the batch: ${e.message}` : "Can't reach the gateway.", 'error');
+  }
+  await loadBatches();
+}
+
+/**
+ * An output or error file's content, for the view to save; null (with a notice) when it
+ * could not be fetched.
+ * @param {string} fileId
+ * @returns {Promise<Blob|null>}
+ */
+export async function batchFile(fileId) {
+  try {
+    return await fileContent(apiKey(), fileId);
+  } catch (e) {
+    notify(e instanceof ApiError ? `Could not download the file: ${e.message}` : "Can't reach the gateway.", 'error');
+    return null;
   }
 }
 

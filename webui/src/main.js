@@ -6,13 +6,13 @@
 //               conversations, storage, the store
 //   state.js    the page's state, declared in one place, and the store holding it
 //   actions.js  the only code that changes the state
-//   view/       the page: thread, sidebar, model picker, composer, dialogs, connection, usage;
+//   view/       the page: thread, sidebar, model picker, composer, dialogs, connection, usage, batches;
 //               each draws from the state and calls actions, none imports another
 import './styles.css';
 import { targetOf, autosize } from './dom.js';
 import { hydrateIcons } from './icons.js';
 import { store, settings } from './state.js';
-import { newChat, openChat, routeTo, stopCurrent, poll, loadModels, loadUsage, chatsChangedElsewhere, pageUnloading } from './actions.js';
+import { newChat, openChat, routeTo, stopCurrent, poll, loadModels, loadUsage, loadBatches, watchBatches, chatsChangedElsewhere, pageUnloading } from './actions.js';
 import { el } from './view/elements.js';
 import { toast } from './view/toast.js';
 import { applyTheme, cycleTheme, openKeyDialog, saveKey, forgetKey, openChatDialog, saveChatDialog, exportAll, importFile, subscribeDialogs } from './view/dialogs.js';
@@ -21,6 +21,7 @@ import { subscribeConnection } from './view/connection.js';
 import { renderSidebar, startRename, deleteConversation, openSidebar, sidebarIsOpen, subscribeSidebar } from './view/sidebar.js';
 import { subscribeLocation } from './view/location.js';
 import { openUsage, subscribeUsage } from './view/usage.js';
+import { onBatchClick, subscribeBatches } from './view/batches.js';
 import { onThreadClick, onScroll, jumpToBottom, subscribeThread } from './view/thread.js';
 import { updateComposer, onInputKey, submitComposer, updateMeter, subscribeComposer } from './view/composer.js';
 
@@ -109,7 +110,9 @@ function wire() {
   el.keyCancel.addEventListener('click', () => el.keyDialog.close());
   el.keyClear.addEventListener('click', forgetKey);
   el.usageBtn.addEventListener('click', openUsage);
-  el.usageRefresh.addEventListener('click', () => loadUsage());
+  el.usageRefresh.addEventListener('click', () => { loadUsage(); loadBatches(); });
+  el.usageDialog.addEventListener('close', () => { watchBatches(false); });
+  el.batchBody.addEventListener('click', onBatchClick);
   el.exportBtn.addEventListener('click', exportAll);
   el.importBtn.addEventListener('click', () => el.importFile.click());
   el.importFile.addEventListener('change', () => {
@@ -142,6 +145,7 @@ function subscribeViews() {
   subscribeDialogs();
   subscribeLocation();
   subscribeUsage();
+  subscribeBatches();
   store.subscribe(['notice'], (s) => { if (s.notice) toast(s.notice.text, s.notice.kind, s.notice.ms); });
 }
 

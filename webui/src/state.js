@@ -13,12 +13,22 @@ import { chooseModel, contextLimit, modelState } from './core/models.js';
 /** @typedef {import('./core/types.js').Message} Message */
 /** @typedef {import('./core/types.js').MyUsage} MyUsage */
 /** @typedef {import('./core/types.js').TeamUsage} TeamUsage */
+/** @typedef {import('./core/types.js').Batch} Batch */
 
 /**
  * @typedef {object} UsageState  What the usage panel last fetched.
  * @property {'idle'|'loading'|'ok'|'error'} status
  * @property {MyUsage|null} mine  GET /v1/usage
  * @property {TeamUsage|null} team  GET /v1/usage/team; null unless the key is an admin key
+ * @property {string|null} error  why the last fetch failed
+ * @property {number} at  Date.now() of the last answer
+ */
+
+/**
+ * @typedef {object} BatchesState  What the usage panel's "My batches" section last fetched.
+ * @property {'idle'|'loading'|'ok'|'error'|'off'} status  off: the gateway has no Batch API (the section is hidden)
+ * @property {Batch[]} list  GET /v1/batches, the newest page
+ * @property {boolean} more  the key has older batches than those listed
  * @property {string|null} error  why the last fetch failed
  * @property {number} at  Date.now() of the last answer
  */
@@ -51,10 +61,14 @@ import { chooseModel, contextLimit, modelState } from './core/models.js';
  * @property {{message: string}|null} keyPrompt  the API key is asked for, and why ('' when the user asked)
  * @property {{text: string, kind: 'info'|'ok'|'error', ms: number}|null} notice  a short notice to show
  * @property {UsageState} usage  the key's usage and budgets (and the team's, for an admin key)
+ * @property {BatchesState} batches  the key's batch jobs
  */
 
 /** @type {UsageState} no usage fetched (yet, or for the key now in use) */
 export const NO_USAGE = { status: 'idle', mine: null, team: null, error: null, at: 0 };
+
+/** @type {BatchesState} no batches fetched (yet, or for the key now in use) */
+export const NO_BATCHES = { status: 'idle', list: [], more: false, error: null, at: 0 };
 
 export const settings = new Settings(localStorage);
 
@@ -77,6 +91,7 @@ const initialState = {
   keyPrompt: null,
   notice: null,
   usage: NO_USAGE,
+  batches: NO_BATCHES,
 };
 export const store = new Store(initialState);
 

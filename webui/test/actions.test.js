@@ -156,3 +156,43 @@ test('usage: a key that is not an admin asks /v1/usage only; an admin key the te
   actions.forgetKey();
   assert.deepEqual(page.store.state.usage, page.NO_USAGE);
 });
+
+test('batches: followed while the panel is open and one runs; a 404 turns the section off', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const b = (status) => ({ id: 'batch-1', endpoint: '/v1/chat/completions', status, created_at: 1, output_file_id: null,
+    error_file_id: null, errors: null, request_counts: { total: 3, completed: 1, failed: 0 } });
+  let answer = json({ object: 'list', data: [b('in_progress')], has_more: false });
+  let lists = 0;
+  globalThis.fetch = async (url, init) => {
+    if (url === 'v1/batches/batch-1/cancel' && init.method === 'POST') {
+      answer = json({ object: 'list', data: [b('cancelled')], has_more: false });
+      return json(b('cancelling'))();
+    }
+    if (url !== 'v1/batches?limit=20') throw new TypeError('Failed to fetch');
+    lists++;
+    return answer();
+  };
+  assert.deepEqual(await updatesOf(() => actions.watchBatches(true)), ['batchesLoading:batches', 'batchesLoaded:batches']);
+  assert.equal(page.store.state.batches.list[0].status, 'in_progress');
+  t.mock.timers.tick(3000); // it runs: asked again
+  await new Promise((r) => setImmediate(r));
+  assert.equal(lists, 2);
+  await actions.cancelBatch('batch-1');
+  assert.equal(page.store.state.batches.list[0].status, 'cancelled');
+  t.mock.timers.tick(30000); // nothing runs: not asked again
+  await new Promise((r) => setImmediate(r));
+  assert.equal(lists, 3);
+
+  answer = json({ object: 'list', data: [b('in_progress')], has_more: false });
+  await actions.loadBatches();
+  await actions.watchBatches(false); // the panel closed: no more asking
+  t.mock.timers.tick(30000);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(lists, 4);
+
+  answer = json({ error: { message: 'off', code: 'batch_disabled' } }, 404);
+  assert.deepEqual(await updatesOf(() => actions.loadBatches()), ['batchesLoading:batches', 'batchesOff:batches']);
+  assert.equal(page.store.state.batches.status, 'off');
+  actions.forgetKey();
+  assert.deepEqual(page.store.state.batches, page.NO_BATCHES);
+});

@@ -2,7 +2,7 @@
 // The requests the WebUI makes to the gateway: the model list, the health probes, a
 // chat answer's stream. Paths are relative: the page is served by the gateway itself.
 // No DOM: unit-tested under Node (with a stand-in fetch).
-import { ApiError, authHeaders, getJSON, withTimeout } from './http.js';
+import { ApiError, authHeaders, getJSON, readError, withTimeout } from './http.js';
 import { chatRequest, sendWithRetries } from './chat.js';
 
 /** @typedef {import('./types.js').Model} Model */
@@ -10,6 +10,8 @@ import { chatRequest, sendWithRetries } from './chat.js';
 /** @typedef {import('./types.js').Conversation} Conversation */
 /** @typedef {import('./types.js').MyUsage} MyUsage */
 /** @typedef {import('./types.js').TeamUsage} TeamUsage */
+/** @typedef {import('./types.js').Batch} Batch */
+/** @typedef {import('./types.js').BatchList} BatchList */
 
 const PROBE_TIMEOUT_MS = 5000;
 
@@ -74,6 +76,61 @@ export async function getTeamUsage(key, since) {
     if (e instanceof ApiError && e.status === 403) return null;
     throw e;
   }
+}
+
+/**
+ * GET /v1/batches: the key's newest *limit* batches. Throws an ApiError (404: the Batch
+ * API is off, or the gateway has none) or a network error.
+ * @param {string} key
+ * @param {number} limit
+ * @returns {Promise<BatchList>}
+ */
+export async function listBatches(key, limit) {
+  const { data } = await getJSON(`v1/batches?limit=${limit}`, { key });
+  return { data: Array.isArray(data.data) ? data.data : [], has_more: !!data.has_more };
+}
+
+/**
+ * A request with the key, its answer read by *read* before the timeout is cleared (the
+ * timeout bounds the whole body); non-2xx answers throw an ApiError.
+ * @template T
+ * @param {string} url
+ * @param {string} key
+ * @param {(resp: Response) => Promise<T>} read
+ * @param {{method?: string, timeout?: number}} [opts]
+ * @returns {Promise<T>}
+ */
+async function call(url, key, read, { method = 'GET', timeout = 8000 } = {}) {
+  const t = withTimeout(timeout);
+  try {
+    const resp = await fetch(url, { method, headers: authHeaders(key), cache: 'no-store', signal: t.signal });
+    if (!resp.ok) throw await readError(resp);
+    return await read(resp);
+  } finally {
+    t.done();
+  }
+}
+
+/**
+ * POST /v1/batches/{id}/cancel: the batch as it is now (cancelling, or cancelled).
+ * @param {string} key
+ * @param {string} id
+ * @returns {Promise<Batch>}
+ */
+export function cancelBatch(key, id) {
+  return call(`v1/batches/${encodeURIComponent(id)}/cancel`, key, (r) => r.json(), { method: 'POST' });
+}
+
+/**
+ * GET /v1/files/{id}/content, read whole: an output or error file, to be saved. The key
+ * goes in the Authorization header, so the file is fetched here rather than linked to.
+ * Two minutes for up to gateway.batch_max_file_bytes from the gateway.
+ * @param {string} key
+ * @param {string} id
+ * @returns {Promise<Blob>}
+ */
+export function fileContent(key, id) {
+  return call(`v1/files/${encodeURIComponent(id)}/content`, key, (r) => r.blob(), { timeout: 120000 });
 }
 
 /**

@@ -127,4 +127,22 @@
  * @property {DayUsage[]} by_day  the whole team per day, oldest first
  */
 
+/**
+ * @typedef {'validating'|'in_progress'|'finalizing'|'completed'|'failed'|'cancelling'|'cancelled'|'expired'} BatchStatus
+ *
+ * @typedef {object} Batch  One of GET /v1/batches's `data` (OpenAI's Batch object; the fields the panel reads).
+ * @property {string} id
+ * @property {string} endpoint  /v1/chat/completions, /v1/completions or /v1/embeddings
+ * @property {BatchStatus} status
+ * @property {number} created_at  Unix seconds
+ * @property {{total: number, completed: number, failed: number}} request_counts
+ * @property {string|null} output_file_id
+ * @property {string|null} error_file_id
+ * @property {{data: {line?: number|null, code?: string, message: string}[]}|null} errors  why a batch failed
+ *
+ * @typedef {object} BatchList  GET /v1/batches
+ * @property {Batch[]} data  newest first
+ * @property {boolean} has_more
+ */
+
 export {};

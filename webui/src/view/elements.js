@@ -85,5 +85,8 @@ export const el = {
   usageStatus: byId('usage-status', H),
   usageBody: byId('usage-body', H),
   usageRefresh: byId('usage-refresh', Btn),
+  batchSec: byId('batch-sec', H),
+  batchStatus: byId('batch-status', H),
+  batchBody: byId('batch-body', H),
   toasts: byId('toasts', H),
 };

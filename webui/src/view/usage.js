@@ -120,6 +120,7 @@ function render() {
 export function openUsage() {
   if (!el.usageDialog.open) el.usageDialog.showModal();
   actions.loadUsage();
+  actions.watchBatches(true); // until the panel closes (main.js)
 }
 
 export function subscribeUsage() {
