@@ -64,6 +64,14 @@ MODELS = {
 }
 
 
+def key_file(folder: Path, keys: dict[str, str]) -> str:
+    """A gateway key file (name: key lines, 0600, as the gateway requires) in *folder*; its path."""
+    path = folder / "keys"
+    path.write_text("".join(f"{name}: {key}\n" for name, key in keys.items()))
+    path.chmod(0o600)
+    return str(path)
+
+
 class StandIn:
     def __init__(self, port: int, api_key: str = "test-key", gateway: dict | None = None) -> None:
         """gateway: more `gateway:` settings; with an `api_key_file` its keys are the gateway's, and

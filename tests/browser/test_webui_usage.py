@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 from playwright.sync_api import expect
-from standin import StandIn
+from standin import StandIn, key_file
 from uihelp import wait_connected
 
 from tests.harness import free_port, wait_until_sync
@@ -50,11 +50,8 @@ def _chat(url: str, key: str, model: str) -> int:
 def usage_gateway(tmp_path_factory):
     """The gateway, after alice asked coder twice and boss asked chat once; the tokens each used."""
     tmp = tmp_path_factory.mktemp("usage")
-    keys = tmp / "keys"
-    keys.write_text(f"alice: {ALICE}\nboss: {BOSS}\n")
-    keys.chmod(0o600)
     s = StandIn(free_port(), api_key=ALICE, gateway={
-        "api_key_file": str(keys),
+        "api_key_file": key_file(tmp, {"alice": ALICE, "boss": BOSS}),
         "admin_keys": ["boss"],
         "key_limits": {"per_key": {"alice": {"tokens_per_day": ALICE_PER_DAY, "models": ["cod*"],
                                              "expires": ALICE_EXPIRES.isoformat()}}},
