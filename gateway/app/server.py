@@ -218,6 +218,17 @@ class _GatewayProtocol(RequestHandler):
             # would wait for the rest of it as long as the client keeps the connection open.
             request.content.set_exception(RequestPayloadError("the request body is malformed"))
 
+    def close(self) -> None:
+        # The gateway is stopping (a restart): aiohttp closes every connection between requests,
+        # but one accepted just before, whose first request is still on its way, would lose it
+        # (its client sent it to a socket that was listening). That request is served, then the
+        # connection closed: aiohttp's shutdown waits for its handler, and the head timer
+        # (header_timeout) bounds how long the request may take to come.
+        if self._request_count == 0 and self.transport is not None:
+            self._keepalive = False
+            return
+        super().close()
+
     def log_exception(self, *args: Any, **kw: Any) -> None:
         # A body broken off mid-way (bad chunk, bad gzip) raises again when aiohttp drains
         # it after the handler answered 400: that request has had its line already.

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import aiohttp
 
+from gateway.app.factory import create_app
+from gateway.app.server import serve
 from tests.fakebackend import FakeBackend
-from tests.harness import wait_until
+from tests.harness import make_config, wait_until
 from tests.rawhttp import RawResponse, read_response
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n"
@@ -124,3 +127,42 @@ async def test_connections_past_the_per_address_cap_are_refused_while_other_addr
         answer = await ask(s.port, HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), greedy)
         return answer.status == 200
     await wait_until(served, what="the greedy address served again once its connections closed")
+
+
+async def test_a_request_on_a_connection_accepted_just_before_a_stop_is_answered():
+    # A restart under systemd: the socket stays open, the old gateway stops. A client whose
+    # connection the old one had accepted, but whose request was still on its way, lost it
+    # (seen as a dropped request in the systemd tier's restart test).
+    cfg = make_config([{"name": "m", "url": "http://127.0.0.1:1", "default": True}])
+    app = create_app(cfg)
+    stopping = asyncio.Event()
+    sent = asyncio.Event()
+
+    async def on_shutdown(_app) -> None:  # runs once aiohttp has closed the idle connections
+        stopping.set()
+        await sent.wait()
+
+    app.on_shutdown.append(on_shutdown)
+    stop = asyncio.Event()
+
+    async def gateway() -> None:
+        async with serve(app, cfg.gateway.host, cfg.gateway.port):
+            await stop.wait()
+
+    running = asyncio.create_task(gateway())
+    await wait_until(lambda: _connects(cfg.gateway.port), 5, "the gateway listening")
+    reader, writer = await asyncio.open_connection("127.0.0.1", cfg.gateway.port)
+    stop.set()
+    await asyncio.wait_for(stopping.wait(), 10)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    sent.set()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    await running
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+
+
+def _connects(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
