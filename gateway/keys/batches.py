@@ -23,7 +23,8 @@ from pathlib import Path
 
 import orjson
 
-BUSY_TIMEOUT_MS = 2000
+from gateway.keys.usage import connect
+
 DB_NAME = "batch.db"
 
 # A batch's states (OpenAI's): the runner moves it along; terminal ones never change again.
@@ -47,15 +48,6 @@ CREATE TABLE IF NOT EXISTS lines (
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
-
-
-def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
-    if read_only:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-    else:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    return conn
 
 
 def batch_list(conn: sqlite3.Connection, key: str | None, after: str | None, limit: int) -> list[dict]:

@@ -112,7 +112,7 @@ def _hourly(rows: Iterable[Row]) -> list[tuple]:
 
 
 def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
-    """A connection to the usage database; a reader never creates the file."""
+    """A connection to one of the gateway's SQLite files (usage, batches); a reader never creates the file."""
     if read_only:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     else:
