@@ -64,8 +64,11 @@ class ReplicaStack(RealStack):
         with urllib.request.urlopen(request, timeout=10) as r:
             return r.read().decode()
 
+    def model(self) -> dict:
+        return json.loads(self.get("/v1/models"))["data"][0]
+
     def replicas(self) -> list[dict]:
-        return json.loads(self.get("/v1/models"))["data"][0]["replicas"]
+        return self.model()["replicas"]
 
     def until_replicas(self, *states: str, timeout: float = 600) -> None:
         wait_until_sync(lambda: [r["state"] for r in self.replicas()] == list(states), timeout,
@@ -138,6 +141,42 @@ def test_affinity_reuses_more_of_the_prefix_cache_than_round_robin(stack):
     assert affinity > rr + 0.1, rates
 
 
+def test_two_replicas_serve_more_requests_at_once_than_one_can(stack):
+    """Each replica brings its own max_num_seqs (8) to the model's admission: 12 long requests run
+    at once, split over both, none waiting in the gateway's queue."""
+    stack.until_replicas("ready", "ready")
+    assert stack.model()["max_concurrency"] == 16
+    assert [r["max_concurrency"] for r in stack.replicas()] == [8, 8]
+    results: list[httpx.Response] = []
+
+    def ask(k: int) -> None:
+        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"},
+                          timeout=300) as http:
+            results.append(http.post("/v1/chat/completions", json={
+                "model": "coder", "max_tokens": 400, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"capacity {k}: count"}]}))
+
+    peak: list[list[int]] = []
+
+    def all_in_flight() -> bool:
+        now = [r["in_flight"] for r in stack.replicas()]
+        peak.append(now)
+        return sum(now) == 12
+
+    clients = [threading.Thread(target=ask, args=(k,)) for k in range(12)]
+    for t in clients:
+        t.start()
+    try:
+        wait_until_sync(all_in_flight, 120, "12 requests in flight at once", interval=0.1,
+                        detail=lambda: f": {peak[-5:]}")
+        assert min(peak[-1]) >= 4, peak[-1]  # both replicas busy: more than one replica's 8 slots
+    finally:
+        for t in clients:
+            t.join(timeout=300)
+    assert [r.status_code for r in results] == [200] * 12
+    assert {r.json()["usage"]["completion_tokens"] for r in results} == {400}
+
+
 def test_killing_a_replica_loses_no_non_streamed_request(stack):
     stack.until_replicas("ready", "ready")
     stack.balance("least_outstanding")
@@ -170,6 +209,8 @@ def test_killing_a_replica_loses_no_non_streamed_request(stack):
         wait_until_sync(lambda: len(results) >= at_kill + 20, 120, "20 answers since the kill", interval=0.2,
                         detail=lambda: f" ({len(results) - at_kill})")
         assert stack.replicas()[1]["state"] != "ready"  # out, and restarting under `localai up`
+        model = stack.model()  # its slots left with it (unless it came back meanwhile)
+        assert model["max_concurrency"] == (16 if model["replicas"][1]["state"] == "ready" else 8), model
     finally:
         stop.set()
         for t in clients:
