@@ -27,6 +27,7 @@ log = logging.getLogger("localai.gateway")
 # The longest request line (method, path, version) and the longest header line aiohttp's
 # parser takes. Two different numbers, so that a LineTooLong tells which one was too long.
 MAX_REQUEST_LINE = 8190
+LINGER_S = 2.0
 MAX_HEADER_FIELD = 16384
 
 # Why the parser refused a request, as far as the client may be told: llhttp's own (fixed)
@@ -272,7 +273,10 @@ async def serve(app: web.Application, host: str, port: int):
     # closes the upstream request, which makes vLLM stop generating (aiohttp's
     # default since 3.9 is to let the handler run on). keepalive_timeout: aiohttp closes
     # a connection that holds no complete request head this long after its last answer.
-    runner = _GatewayRunner(app, handler_cancellation=True, access_log=None,
+    # lingering_time: after an answer sent before its body was read (413, 401, 408 body_timeout),
+    # the rest of the body is read and dropped this long at most, so the client sees the answer
+    # rather than a reset; aiohttp's 10 s would let a trickling body hold its connection on.
+    runner = _GatewayRunner(app, handler_cancellation=True, access_log=None, lingering_time=LINGER_S,
                             keepalive_timeout=app[CONFIG].gateway.idle_timeout,
                             max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_HEADER_FIELD)
     await runner.setup()

@@ -217,6 +217,9 @@ class GatewaySettings(_Strict):
     header_timeout: float = Field(10.0, gt=0, description=(
         "seconds a client may take to send a request's line and headers, from the connection's start or the "
         "first byte of a later request; past it the gateway answers `408 header_timeout` and closes the connection"))
+    body_timeout: float = Field(60.0, gt=0, description=(
+        "seconds a request's body may take to arrive once its headers have (a file upload: one more second per "
+        "64 KiB that arrived); past it the gateway answers `408 body_timeout` and closes the connection"))
     idle_timeout: float = Field(75.0, gt=0, description=(
         "seconds a keep-alive connection may sit idle between requests before the gateway closes it"))
     max_connections_per_client: int = Field(64, ge=0, description=(

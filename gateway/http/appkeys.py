@@ -25,6 +25,9 @@ USAGE = web.AppKey("usage", UsageStore)  # absent with gateway.usage_db: null
 ACCOUNT = web.RequestKey("account", Account)
 REQUEST_ID = web.RequestKey("request_id", str)
 KEY_NAME = web.RequestKey("key_name", str)  # the API key's name, never the key
+# Set when the rest of a request's body may still come on its connection, which then cannot carry
+# another request: its answer closes it.
+UNREAD_BODY = web.RequestKey("unread_body", bool)
 # Set on a batch line's request (docs/batch.md): admission's low lane, vLLM's batch priority.
 BATCH_LANE = web.RequestKey("batch_lane", bool)
 # The secret the batch runner proves its requests with (one per process, never leaves it).

@@ -18,8 +18,9 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -30,7 +31,15 @@ from gateway.base.errors import ApiError
 from gateway.config.schema import GatewaySettings, connect_host
 from gateway.http.appkeys import ACCESS, BATCH_TOKEN, CONFIG, KEY_NAME, LIFECYCLE, REGISTRY
 from gateway.http.middleware import BATCH_KEY_HEADER, BATCH_TOKEN_HEADER
-from gateway.http.pipeline import CHAT, COMPLETIONS, EMBEDDINGS, check_task, json_response, read_json_body
+from gateway.http.pipeline import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    body_timed_out,
+    check_task,
+    json_response,
+    read_json_body,
+)
 from gateway.keys import batches as st
 from gateway.keys.batches import BatchStore
 from gateway.routing.backends import Backend
@@ -109,15 +118,15 @@ async def create_file(request: web.Request) -> web.Response:
     tmp = store.file_path(file_id).with_suffix(".part")
     purpose, filename, size = None, None, None
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        reader, clock = await request.multipart(), _UploadClock(request)
+        while (part := await clock.read(reader.next())) is not None:
             if not isinstance(part, aiohttp.BodyPartReader):
                 continue  # a nested multipart: nothing of OpenAI's
             if part.name == "purpose":
-                purpose = (await part.read_chunk(256)).decode(errors="replace").strip()
+                purpose = (await clock.read(part.read_chunk(256))).decode(errors="replace").strip()
             elif part.name == "file" and size is None:
                 filename = part.filename or "upload.jsonl"
-                size = await _save(part, tmp, room, gw)
+                size = await _save(clock, part, tmp, room)
         if size is None:
             raise ApiError(400, "Missing the 'file' field.", code="missing_required_parameter", param="file")
         if purpose != "batch":
@@ -130,10 +139,36 @@ async def create_file(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(store.add_file, file_id, key, filename, "batch", size))
 
 
-async def _save(part: aiohttp.BodyPartReader, tmp: Path, room: int, gw: GatewaySettings) -> int:
+T = TypeVar("T")
+# An upload may take long as a whole (hundreds of MiB), so its deadline grows with what arrived:
+# gateway.body_timeout plus a second per this many bytes (Apache mod_reqtimeout's MinRate).
+UPLOAD_MIN_RATE = 64 * 1024
+
+
+class _UploadClock:
+    """The deadline of one upload's reads: a trickle falls behind it and is cut off (408)."""
+
+    def __init__(self, request: web.Request):
+        self.request = request
+        self.seconds = request.app[CONFIG].gateway.body_timeout
+        self.until = time.monotonic() + self.seconds
+
+    async def read(self, step: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.until - time.monotonic()):
+                got = await step
+        except TimeoutError:
+            raise body_timed_out(self.request, self.seconds) from None
+        if isinstance(got, bytes):
+            self.until += len(got) / UPLOAD_MIN_RATE
+        return got
+
+
+async def _save(clock: _UploadClock, part: aiohttp.BodyPartReader, tmp: Path, room: int) -> int:
+    gw: GatewaySettings = clock.request.app[CONFIG].gateway
     size = 0
     with open(tmp, "wb") as out:  # noqa: ASYNC230 - one chunk at a time, each a small local write
-        while chunk := await part.read_chunk(256 * 1024):
+        while chunk := await clock.read(part.read_chunk(256 * 1024)):
             size += len(chunk)
             if size > room:
                 if room < gw.batch_max_file_bytes:

@@ -20,7 +20,18 @@ from aiohttp.web_protocol import RequestPayloadError
 from gateway.base.errors import HTTP_CODES, ApiError, error_response, shape_error
 from gateway.base.observability import request_id_var
 from gateway.http.accounting import Account, account, endpoint_label, family_of
-from gateway.http.appkeys import ACCESS, ACCOUNT, BATCH_LANE, BATCH_TOKEN, CONFIG, KEY_NAME, METRICS, REQUEST_ID, USAGE
+from gateway.http.appkeys import (
+    ACCESS,
+    ACCOUNT,
+    BATCH_LANE,
+    BATCH_TOKEN,
+    CONFIG,
+    KEY_NAME,
+    METRICS,
+    REQUEST_ID,
+    UNREAD_BODY,
+    USAGE,
+)
 from gateway.keys.auth import check_key
 from gateway.keys.usage import Row
 
@@ -103,7 +114,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every error leaves as JSON in the shape of the client's API; no traceback reaches a client."""
     response = await _json_errors(request, handler)
     if response.status >= 400 and isinstance(response, web.Response) and not response.prepared:
-        return shape_error(request, response)
+        response = shape_error(request, response)
+        if request.get(UNREAD_BODY):  # the rest of its body may still come on this connection
+            response.force_close()
     return response
 
 

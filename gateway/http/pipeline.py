@@ -8,6 +8,7 @@ admission, the context guard, logs and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from gateway.http.appkeys import (
     MONITOR,
     REGISTRY,
     SESSION,
+    UNREAD_BODY,
 )
 from gateway.http.context import MESSAGES, Guarded, guard
 from gateway.http.proxy import Adapter, StreamError, forward
@@ -78,7 +80,24 @@ def require_json(request: web.Request) -> None:
 
 async def read_json_body(request: web.Request) -> dict:
     require_json(request)
-    return parse_json_object(await request.read())  # read() raises 413 past gateway.max_body_bytes
+    return parse_json_object(await read_in_time(request))
+
+
+async def read_in_time(request: web.Request) -> bytes:
+    """The whole body (413 past gateway.max_body_bytes), within gateway.body_timeout of its head:
+    a body that trickles in would otherwise hold its connection, and the key's slot, for good."""
+    seconds = request.app[CONFIG].gateway.body_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        raise body_timed_out(request, seconds) from None
+
+
+def body_timed_out(request: web.Request, seconds: float) -> ApiError:
+    request[UNREAD_BODY] = True
+    return ApiError(408, f"The request body did not arrive within {seconds:g} s (gateway.body_timeout).",
+                    code="body_timeout")
 
 
 def parse_json_object(raw: bytes) -> dict:

@@ -13,7 +13,7 @@ import time
 import aiohttp
 
 from gateway.app.factory import create_app
-from gateway.app.server import serve
+from gateway.app.server import LINGER_S, serve
 from tests.fakebackend import FakeBackend
 from tests.harness import make_config, wait_until
 from tests.rawhttp import RawResponse, read_response
@@ -38,29 +38,13 @@ async def ask(port: int, head: bytes, source: str = "127.0.0.1") -> RawResponse:
 
 async def test_a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout(stack):
     s = await stack({"m": FakeBackend()}, header_timeout=1.0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
     head = b"GET /health HTTP/1.1\r\nHost: gateway\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
-
-    async def drip() -> None:  # the attack: every byte in time for any per-read timeout, the head never done
-        for byte in head:
-            writer.write(bytes([byte]))
-            await writer.drain()
-            await asyncio.sleep(0.05)
-
-    dripping = asyncio.create_task(drip())
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(8):
-            answer = await reader.read()  # until the gateway closes the connection
-    finally:
-        dripping.cancel()
-        writer.close()
-    took = time.monotonic() - started
+    # The attack: every byte in time for any per-read timeout, the head (11 s of bytes) never done.
+    answer, took = await _trickle(s.port, b"", head)
     assert took < 1.0 + 1.5, f"the half-sent head held the connection {took:.1f} s"
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
     body = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert body["error"]["code"] == "header_timeout" and "1 s" in body["error"]["message"]
-    assert not dripping.done() or dripping.cancelled(), "the whole head went out before the cut"
     # Everyone else is served meanwhile and after.
     async with s.http.get(s.url + "/health") as r:
         assert r.status == 200
@@ -166,3 +150,68 @@ async def test_a_request_on_a_connection_accepted_just_before_a_stop_is_answered
 def _connects(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _trickle(port: int, head: bytes, body: bytes) -> tuple[bytes, float]:
+    """A request whose head arrives at once and whose body then comes a byte every 50 ms; the
+    answer (read until the gateway closes the connection) and how long the connection was held."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def drip() -> None:
+        writer.write(head)
+        for byte in body:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    dripping = asyncio.create_task(drip())
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(8):
+            answer = await reader.read()
+    finally:
+        dripping.cancel()
+        writer.close()
+    return answer, time.monotonic() - started
+
+
+def _head(path: str, content_type: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+
+async def test_a_request_body_that_trickles_in_is_cut_off_at_the_body_timeout(stack):
+    """The head in time, then the body a byte at a time (each in time for any per-read timeout):
+    408 in the API's own shape once gateway.body_timeout has passed, and the connection closed."""
+    s = await stack({"m": FakeBackend()}, body_timeout=1.0)
+    body = json.dumps({"model": "m", "messages": HI, "pad": "a" * 400}).encode()
+    for path, shape in (("/v1/chat/completions", "openai"), ("/api/chat", "ollama")):
+        answer, took = await _trickle(s.port, _head(path, "application/json", body), body)
+        assert took < 1.0 + LINGER_S + 1.5, f"{path}: the half-sent body held the connection {took:.1f} s"
+        assert answer.startswith(b"HTTP/1.1 408 "), (path, answer[:80])
+        error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+        message = error["message"] if shape == "openai" else error
+        assert "1 s" in message and "body_timeout" in message, (path, error)
+        if shape == "openai":
+            assert error["code"] == "body_timeout"
+    async with s.http.get(s.url + "/health") as r:
+        assert r.status == 200
+
+
+async def test_a_file_upload_that_trickles_in_is_cut_off_while_a_steady_one_is_not(stack, tmp_path):
+    """An upload's deadline grows with what arrived (a big file may take minutes), so a byte
+    every 50 ms falls behind it: 408 body_timeout; the same file sent at once is stored."""
+    s = await stack({"m": FakeBackend()}, body_timeout=1.0, batch_dir=str(tmp_path))
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": "m", "messages": HI}}) + "\n"
+    body = (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n'
+            b"Content-Type: application/jsonl\r\n\r\n" + line.encode() * 4 + b"\r\n--b--\r\n")
+    answer, took = await _trickle(s.port, _head("/v1/files", "multipart/form-data; boundary=b", body), body)
+    assert took < 1.0 + LINGER_S + 1.5
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "body_timeout"
+    async with s.http.post(s.url + "/v1/files", data=body,
+                           headers={"Content-Type": "multipart/form-data; boundary=b"}) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["bytes"] == len(line) * 4

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from gateway.base.errors import ApiError, error_message, reshaped_headers
-from gateway.http.pipeline import parse_json_object, require_json
+from gateway.http.pipeline import parse_json_object, read_in_time, require_json
 from gateway.routing.backends import Registry
 
 # What /api/version reports: recent enough that clients enable tools, structured
@@ -54,7 +54,7 @@ async def read_body(request: web.Request) -> dict:
     site's: it must be JSON, as on /v1 (a 415, in Ollama's shape). The Ollama clients send JSON."""
     if "Origin" in request.headers:
         require_json(request)
-    raw = await request.read()
+    raw = await read_in_time(request)
     return parse_json_object(raw) if raw.strip() else {}
 
 
