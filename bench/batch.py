@@ -1,13 +1,16 @@
 """The batch phase (issue #21): interactive time to first token and tokens/s, p50 and p99, alone,
 then with a 1,000-line batch running on the same model, then alone again; and the batch's own throughput.
 
-    .venv/bin/python -m bench.batch [--lines 1000] [--users 3] [--seconds 20] [--url URL --model NAME]
+    .venv/bin/python -m bench.batch [--lines 1000] [--users 3] [--seconds 20] [--think 0] [--batch-yield idle|share]
+                                    [--url URL --model NAME]
 
 By default the model is a mock engine in this process with a vLLM-like capacity (`--slots`
 sequences at once, each with a first-token delay and a pace per token; more wait in its queue),
 behind a `localai gateway` started as a process with that model's max_concurrency = the engine's
-slots and gateway.batch_max_share 0.5. With `--url` (a running gateway) and `--model` it measures
-a real stack instead (e.g. `localai up` on real vLLM CPU; set the key in $LOCALAI_API_KEY).
+slots, gateway.batch_max_share 0.5 and gateway.batch_yield `--batch-yield`. With `--url` (a
+running gateway) and `--model` it measures a real stack instead (e.g. `localai up` on real vLLM
+CPU; set the key in $LOCALAI_API_KEY; `--batch-yield` then only labels the result with the
+stack's own setting).
 The result (JSON) goes to stdout and bench/results/batch-<time>.json.
 """
 
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -68,16 +72,21 @@ class Engine:
             return resp
 
 
-async def interactive(http: aiohttp.ClientSession, url: str, model: str, users: int, seconds: float) -> dict:
-    """`users` streaming chats back to back for `seconds`: each one's TTFT and tokens/s."""
+async def interactive(http: aiohttp.ClientSession, url: str, model: str, users: int, seconds: float,
+                      think: float = 0.0) -> dict:
+    """`users` streaming chats for `seconds`, back to back or (think) each after a pause of `think`
+    seconds on average (exponential, as people reading an answer): each one's TTFT and tokens/s."""
     ttfts: list[float] = []
     rates: list[float] = []
     end = time.monotonic() + seconds
+    pause = random.Random(21)
     body = {"model": model, "stream": True, "max_tokens": 32,
             "messages": [{"role": "user", "content": "Say something."}]}
 
     async def user() -> None:
         while time.monotonic() < end:
+            if think:
+                await asyncio.sleep(pause.expovariate(1 / think))
             sent = time.monotonic()
             first, tokens = None, 0
             async with http.post(url + "/v1/chat/completions", json=body,
@@ -125,24 +134,29 @@ async def status(http: aiohttp.ClientSession, url: str, batch_id: str) -> dict:
 async def measure(url: str, model: str, args: argparse.Namespace) -> dict:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
         await interactive(http, url, model, args.users, 2)  # warm-up
-        alone = await interactive(http, url, model, args.users, args.seconds)
+        alone = await interactive(http, url, model, args.users, args.seconds, args.think)
         started = time.monotonic()
         batch_id = await submit(http, url, model, args.lines)
-        beside = await interactive(http, url, model, args.users, args.seconds)
+        beside = await interactive(http, url, model, args.users, args.seconds, args.think)
         during = await status(http, url, batch_id)
+        interactive_ended = time.monotonic()
         # The batch's end is seen only by asking, as an SDK client does.
         while (batch := await status(http, url, batch_id))["status"] not in DONE:  # noqa: ASYNC110
             await asyncio.sleep(0.5)
         took = time.monotonic() - started
         # Alone again once the batch is done: on a shared machine the spread between the two
         # runs alone says how much of a difference is the machine's.
-        after = await interactive(http, url, model, args.users, args.seconds)
+        after = await interactive(http, url, model, args.users, args.seconds, args.think)
     counts = batch["request_counts"]
-    return {"interactive_alone": alone, "interactive_with_batch": beside, "interactive_alone_after": after,
+    rest = counts["completed"] - during["request_counts"]["completed"]
+    return {"batch_yield": args.batch_yield, "users": args.users, "think_s": args.think, "seconds": args.seconds,
+            "interactive_alone": alone, "interactive_with_batch": beside, "interactive_alone_after": after,
             "p99_ttft_ratio": round(beside["ttft_p99_ms"] / min(alone["ttft_p99_ms"], after["ttft_p99_ms"]), 2),
             "batch": {"lines": args.lines, "status": batch["status"], "completed": counts["completed"],
                       "failed": counts["failed"], "done_when_interactive_ended": during["request_counts"],
-                      "seconds": round(took, 1), "lines_per_s": round(counts["completed"] / took, 1)}}
+                      "seconds": round(took, 1), "lines_per_s": round(counts["completed"] / took, 1),
+                      # Once the interactive users stopped: what the batch does with the model to itself.
+                      "lines_per_s_after_interactive": round(rest / (started + took - interactive_ended), 1)}}
 
 
 async def with_mock(args: argparse.Namespace) -> dict:
@@ -157,7 +171,8 @@ async def with_mock(args: argparse.Namespace) -> dict:
         cfg = Path(tmp) / "gateway.yaml"
         cfg.write_text(json.dumps({
             "gateway": {"port": gw_port, "usage_db": None, "webui": False, "batch_dir": f"{tmp}/batch",
-                        "batch_max_share": 0.5, "batch_parallel": 64, "log_level": "warning"},
+                        "batch_max_share": 0.5, "batch_parallel": 64, "batch_yield": args.batch_yield,
+                        "log_level": "warning"},
             "models": [{"name": "m", "url": f"http://127.0.0.1:{mock_port}", "served_model": "m",
                         "max_concurrency": args.slots}]}))
         proc = await asyncio.create_subprocess_exec(
@@ -189,10 +204,14 @@ def main() -> int:
     p.add_argument("--lines", type=int, default=1000)
     p.add_argument("--users", type=int, default=3, help="interactive users, one streaming chat after another")
     p.add_argument("--seconds", type=float, default=20.0, help="each interactive measurement")
+    p.add_argument("--think", type=float, default=0.0,
+                   help="each user's mean pause between chats (s; exponential); 0: back to back")
     p.add_argument("--slots", type=int, default=8, help="the mock engine's sequences at once")
     p.add_argument("--ttft", type=float, default=0.05, help="the mock's first-token delay (s)")
     p.add_argument("--itl", type=float, default=0.01, help="the mock's pace per token (s)")
     p.add_argument("--port", type=int, default=18540, help="the mock run's gateway port")
+    p.add_argument("--batch-yield", choices=("idle", "share"), default="idle",
+                   help="gateway.batch_yield of the mock run (with --url: the running stack's, for the record)")
     p.add_argument("--url", help="a running gateway to measure instead of the mock")
     p.add_argument("--model", default="m", help="with --url: the model to load")
     args = p.parse_args()

@@ -200,6 +200,14 @@ class GatewaySettings(_Strict):
     batch_max_share: float = Field(0.5, gt=0, le=1, description=(
         "share of a model's slots batch lines may hold at once (at least one); they take a slot only while "
         "no interactive request waits for one"))
+    batch_yield: Literal["idle", "share"] = Field("idle", description=(
+        "`idle`: a model runs batch lines only while it has no interactive request (in flight or waiting, "
+        "nor within `batch_quiet`), and an interactive request stops the lines running on it (they run again "
+        "later); `share`: batch lines keep `batch_max_share` of the slots and are never stopped (a GPU whose "
+        "batched decode costs interactive users little)"))
+    batch_quiet: float = Field(1.0, ge=0, le=600, description=(
+        "seconds a model must have had no interactive request before batch lines start on it again "
+        "(`batch_yield: idle`)"))
     batch_parallel: int = Field(16, ge=1, le=1024, description=(
         "lines of one batch sent at once (admission's share above still decides how many run)"))
     batch_priority: int = Field(10, ge=1, description=(

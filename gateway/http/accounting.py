@@ -54,6 +54,9 @@ class Account:
     answered: bool = False  # the stream's final event reached the client
     max_tokens_capped: int | None = None  # the context guard lowered max_tokens to this
     keep_alive_clamped: float | None = None  # gateway.max_keep_alive held the client's keep_alive to this
+    # The gateway threw the request's work away (a batch line stopped for interactive requests, sent
+    # again later): no usage row, so its key is neither charged nor shown an error for it.
+    discarded: bool = False
 
     def add_usage(self, usage: object) -> None:
         """Take the counts of an OpenAI usage object, or an Anthropic / Responses one."""

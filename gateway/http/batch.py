@@ -32,6 +32,7 @@ from gateway.config.schema import GatewaySettings, connect_host
 from gateway.http.appkeys import ACCESS, BATCH_TOKEN, CONFIG, KEY_NAME, LIFECYCLE, REGISTRY
 from gateway.http.middleware import BATCH_KEY_HEADER, BATCH_TOKEN_HEADER
 from gateway.http.pipeline import (
+    BATCH_STOPPED,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
@@ -55,7 +56,7 @@ MAX_ERRORS = 100
 CONNECTIONS = 32
 # Backoff between tries of a line: doubles from the first, up to the last.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
-# How often a line waiting for its model to serve looks again.
+# How often a line waiting for its model to serve, or to be free of interactive requests, looks again.
 WAIT_POLL = 0.5
 _TRANSIENT = (429, 500, 502, 503, 504)
 # The key's own limits, and the gateway's per-address connection cap (the runner is a loopback
@@ -424,6 +425,8 @@ class Runner:
             if status == 429 and code in _WAIT_OUT:
                 await asyncio.sleep(_seconds(retry_after, 1.0))  # the key's own limits: not the line's fault
                 continue
+            if status == 503 and code == BATCH_STOPPED:
+                continue  # stopped for interactive requests (batch_yield idle): sent again once they are gone
             if (status in _TRANSIENT or status == 0) and tries < gw.batch_retries:
                 await asyncio.sleep(max(min(BACKOFF_FIRST * 2 ** tries, BACKOFF_MAX), _seconds(retry_after, 0.0)))
                 tries += 1
@@ -436,14 +439,16 @@ class Runner:
     async def _serving(self, model: object, until: float) -> bool:
         """Wait while the line's model does not serve: down, loading, or (load: on_demand) not on its
         card, which a batch never brings in (docs/batch.md: it would take the card from interactive
-        users). False: the batch's window ended first."""
+        users); and (batch_yield idle) while it has interactive requests, so that the line does not
+        sit in admission's low lane holding a connection. False: the batch's window ended first."""
         lifecycle = self.app[LIFECYCLE]
         while time.time() < until:
             try:
                 backend: Backend = self.app[REGISTRY].resolve(model).backend
             except ApiError:
                 return True  # gone with a reload: the request itself says so
-            if lifecycle.ready(backend) if lifecycle.manages(backend.name) else backend.state is State.READY:
+            serves = lifecycle.ready(backend) if lifecycle.manages(backend.name) else backend.state is State.READY
+            if serves and backend.slots.batch_may_start():
                 return True
             await asyncio.sleep(WAIT_POLL)
         return False

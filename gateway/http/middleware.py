@@ -86,7 +86,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     finally:
         key = request.get(KEY_NAME)
         account(request, acct, status, rid, request.app[METRICS], key)
-        if acct.model is not None:
+        if acct.model is not None and not acct.discarded:
             record_usage(request, acct, acct.model, status, key)
         request_id_var.reset(token)
 

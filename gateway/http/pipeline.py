@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 import orjson
@@ -60,6 +61,9 @@ _ENDPOINT_TASKS = {
 # Endpoints that generate, and so take a preset's sampling defaults.
 _GENERATING = (CHAT, COMPLETIONS, RESPONSES, MESSAGES)
 COUNT_TOKENS = MESSAGES + "/count_tokens"
+# The error code of a batch line stopped for interactive requests (gateway.batch_yield idle): the
+# runner sends it again, not counted as a try (batch.py).
+BATCH_STOPPED = "batch_preempted"
 # Paths whose prompts the default context guard holds to the window.
 _GUARDED = (CHAT, COMPLETIONS, MESSAGES)
 _FIM_SLOTS = re.compile(r"(\{prefix\}|\{suffix\})")
@@ -226,7 +230,7 @@ class admitted:  # lowercase: used like a function, as contextlib's suppress and
     A class, not an @asynccontextmanager: that one costs a generator and its wrapper per
     request (1.35 against 0.29 µs)."""
 
-    __slots__ = ("request", "backend", "key", "low", "in_flight", "held_from")
+    __slots__ = ("request", "backend", "key", "low", "in_flight", "held_from", "stop")
 
     def __init__(self, request: web.Request, backend: Backend):
         self.request = request
@@ -234,12 +238,17 @@ class admitted:  # lowercase: used like a function, as contextlib's suppress and
         self.key: str = request.get(KEY_NAME, "")
         self.low = request.get(BATCH_LANE, False)  # a batch line: the low lane (docs/batch.md)
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> asyncio.Future[None] | None:
+        """A batch line's stop signal (admission.py acquire_low), None for an interactive request."""
         request, backend, key = self.request, self.backend, self.key
         metrics = request.app[METRICS]
         waited_from = time.monotonic()
+        self.stop = None
         try:
-            await (backend.slots.acquire_low(key) if self.low else backend.slots.acquire(key))
+            if self.low:
+                self.stop = await backend.slots.acquire_low(key)
+            else:
+                await backend.slots.acquire(key)
         except ApiError as exc:
             metrics.rejections.labels(backend.name, exc.code).inc()
             raise
@@ -249,15 +258,37 @@ class admitted:  # lowercase: used like a function, as contextlib's suppress and
         self.in_flight = metrics.child(metrics.in_flight, backend.name)
         self.in_flight.inc()
         self.held_from = time.monotonic()
+        return self.stop
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.in_flight.dec()
-        if self.low:
-            self.backend.slots.release_low(self.key)
+        if self.stop is not None:
+            self.backend.slots.release_low(self.key, self.stop)
         else:
             self.backend.slots.release(self.key)
         # The key's GPU time (docs/usage.md): how long it held one of the model's slots.
         self.request[ACCOUNT].slot_seconds += time.monotonic() - self.held_from
+
+
+async def _unless_stopped(request: web.Request, backend: Backend, call: Coroutine[Any, Any, web.StreamResponse],
+                          stop: asyncio.Future[None]) -> web.StreamResponse:
+    """A batch line's forward, called off when an interactive request wants its model (stop is set:
+    gateway.batch_yield idle). Cancelling it closes the upstream connection, which is how vLLM learns
+    to abort the request, streamed or not (its OpenAI routes are wrapped in `with_cancellation`). A
+    batch line never streams: its answer is whole before it is written, so nothing reached the
+    runner. The runner sends the line again later (batch.py); the work thrown away is no usage row."""
+    task = asyncio.create_task(call)
+    try:
+        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+    if not task.cancelled():
+        return task.result()
+    request[ACCOUNT].discarded = True
+    raise ApiError(503, f"Model '{backend.name}' has interactive requests: this batch line runs again later.",
+                   code=BATCH_STOPPED, type="server_error")
 
 
 async def run(request: web.Request, endpoint: str, body: dict, adapter: Adapter | None = None, *,
@@ -321,10 +352,11 @@ async def _guarded_forward(request: web.Request, backend: Backend, endpoint: str
         headers["X-LocalAI-Max-Tokens-Capped"] = str(guarded.max_tokens_capped)
     # Only a model with replicas to choose between pays for naming the conversation.
     affinity = affinity_key(guarded.body) if backend.balancer.affine else None
-    async with admitted(request, backend):
+    async with admitted(request, backend) as stop:
         try:
-            return await forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers,
-                                 prepared=prepared, stream_error=stream_error, affinity=affinity)
+            call = forward(request, backend, endpoint, guarded.body, adapter=adapter, headers=headers,
+                           prepared=prepared, stream_error=stream_error, affinity=affinity)
+            return await (call if stop is None else _unless_stopped(request, backend, call, stop))
         except ApiError as exc:
             if exc.code == "backend_unreachable":
                 app[MONITOR].poke(backend.name)

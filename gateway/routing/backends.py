@@ -161,7 +161,8 @@ class Registry:
 
     def _backend(self, m: ManagedModel | ExternalModel, cfg: Config) -> Backend:
         slots = ModelSlots(m.name, max_concurrency(m), self.room, self.metrics.queue_depth.labels(m.name),
-                           low_share=cfg.gateway.batch_max_share)
+                           low_share=cfg.gateway.batch_max_share, yield_idle=cfg.gateway.batch_yield == "idle",
+                           quiet=cfg.gateway.batch_quiet)
         # Read at scrape time: the slots change as replicas come and go (Backend.fit_slots).
         self.metrics.capacity.labels(m.name).set_function(lambda: slots.limit)
         balancer = _balancer(m, cfg, ())
@@ -208,7 +209,8 @@ class Registry:
                     # The server restarted with the new window (or will): unset, it is learned again.
                     old.max_model_len = m.max_model_len
                 old.model = m
-                old.slots.low_share = cfg.gateway.batch_max_share
+                old.slots.set_batch(cfg.gateway.batch_max_share, cfg.gateway.batch_yield == "idle",
+                                    cfg.gateway.batch_quiet)
                 old.balancer = _balancer(m, cfg, old.replicas)
                 old.fit_slots()
                 if isinstance(m, ExternalModel):

@@ -8,6 +8,7 @@ import collections
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from gateway.http.appkeys import REGISTRY
+from gateway.keys.usage import read_summary
 from gateway.routing.admission import ModelSlots, WaitingRoom
 from tests.fakebackend import FakeBackend
 from tests.harness import localai, make_config, serving, wait_until
@@ -300,11 +302,13 @@ async def test_the_cli_lists_shows_and_cancels_the_keys_batches(upstream, tmp_pa
         assert other.returncode != 0 and "No batch found" in other.stderr
 
 
-async def test_an_interactive_request_is_served_before_the_batch_lines_waiting(upstream, tmp_path):
+async def test_in_share_mode_an_interactive_request_waits_for_the_line_in_flight(upstream, tmp_path):
+    """batch_yield share: a line in flight is never stopped; a freed slot goes to the interactive
+    request before the lines waiting."""
     models, fakes = upstream
     models = [{**models[0], "max_concurrency": 1}]
     fakes["gen"].ttft = 0.3
-    async with sdk(models, tmp_path, batch_parallel=3, batch_max_share=1.0) as (client, app):
+    async with sdk(models, tmp_path, batch_parallel=3, batch_max_share=1.0, batch_yield="share") as (client, app):
         uploaded = await client.files.create(file=("in.jsonl", jsonl(CHAT, "gen", 3)), purpose="batch")
         batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
         slots = app[REGISTRY].backends["gen"].slots
@@ -313,6 +317,59 @@ async def test_an_interactive_request_is_served_before_the_batch_lines_waiting(u
         await finished(client, batch.id)
     prompts = [b["messages"][0]["content"] for b in fakes["gen"].received]
     assert prompts[1] == "interactive" and len(prompts) == 4
+    assert fakes["gen"].cancelled == 0
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+async def test_an_interactive_request_stops_the_batch_lines_running_on_its_model(upstream, tmp_path, share):
+    """batch_yield idle: the lines in flight are aborted upstream (their connections closed, as vLLM
+    learns to stop), the interactive request is served at once, and the lines run again later, each
+    answered exactly once, neither as a retry (batch_retries 0) nor as an error in the usage."""
+    models, fakes = upstream
+    models = [{**models[0], "max_concurrency": 2}]
+    fake = fakes["gen"]
+    fake.ttft = 60  # the lines in flight hang until stopped
+    db = tmp_path / "usage.db"
+    async with sdk(models, tmp_path, batch_parallel=2, batch_max_share=share, batch_retries=0,
+                   batch_quiet=0.2, usage_db=str(db)) as (client, _app):
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(CHAT, "gen", 6)), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        running = max(1, int(2 * share))
+        await fake.wait_for(lambda f: f.active == running)
+        fake.ttft = 0.0
+        answer = await asyncio.wait_for(client.chat.completions.create(
+            model="gen", messages=[{"role": "user", "content": "interactive"}]), 5)
+        assert answer.choices[0].message.content
+        await fake.wait_for(lambda f: f.cancelled == running)
+        batch = await finished(client, batch.id)
+        lines = await output_lines(client, batch.output_file_id)
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (6, 0)
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"line-{i}" for i in range(6))
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    sent = sent_ids(fake)
+    assert sent["interactive"] == 1 and sorted(sent.values()).count(2) == running  # the stopped ones, sent again
+    totals = read_summary(db, 0)["totals"]
+    assert (totals["requests"], totals["errors"]) == (7, 0)
+
+
+async def test_batch_lines_wait_out_the_quiet_time_after_interactive_traffic(upstream, tmp_path):
+    models, fakes = upstream
+    fake = fakes["gen"]
+    started: list[float] = []
+
+    def reply(body: dict) -> str:  # the fake answers at once: the time a line reached it
+        started.append(time.monotonic())
+        return "ok"
+    fake.reply = reply
+    async with sdk(models, tmp_path, batch_quiet=1.0) as (client, _app):
+        await client.chat.completions.create(model="gen", messages=[{"role": "user", "content": "interactive"}])
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(CHAT, "gen", 3)), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        batch = await finished(client, batch.id)
+    assert batch.status == "completed"
+    # The interactive request ended after it reached the fake: the lines came a second after that at least.
+    assert len(started) == 4 and min(started[1:]) >= started[0] + 1.0
 
 
 async def test_the_runners_header_with_any_other_secret_is_refused(upstream, tmp_path):
@@ -347,13 +404,34 @@ async def test_an_interactive_request_goes_before_waiting_batch_lines():
 
 async def test_batch_lines_hold_at_most_their_share_of_the_slots():
     slots = ModelSlots("m", 4, WaitingRoom(10, 5.0), low_share=0.5)
-    await slots.acquire_low("b")
+    first = await slots.acquire_low("b")
     await slots.acquire_low("b")
     third = asyncio.ensure_future(slots.acquire_low("b"))
     await asyncio.sleep(0)
     assert not third.done() and slots.in_flight == 2
     await slots.acquire("c")  # interactive requests still find the other half free
     await slots.acquire("c")
-    slots.release_low("b")
+    assert not first.done()  # share mode: the lines in flight go on
+    slots.release_low("b", first)
     await third
     assert slots.low_in_flight == 2
+
+
+async def test_yielding_lines_are_stopped_and_wait_out_the_quiet_time():
+    """yield_idle: an interactive request stops the lines in flight and gets a slot even when they
+    hold them all; new lines wait until the model has had no interactive request for `quiet`."""
+    slots = ModelSlots("m", 2, WaitingRoom(10, 5.0), low_share=1.0, yield_idle=True, quiet=0.3)
+    stops = [await slots.acquire_low("b"), await slots.acquire_low("b")]
+    interactive = asyncio.ensure_future(slots.acquire("c"))
+    await asyncio.sleep(0)
+    assert all(stop.done() for stop in stops) and not interactive.done()
+    slots.release_low("b", stops[0])
+    await interactive  # the first slot a stopped line gave back
+    slots.release_low("b", stops[1])
+    line = asyncio.ensure_future(slots.acquire_low("b"))
+    await asyncio.sleep(0)
+    assert not line.done() and not slots.batch_may_start()  # an interactive request is in flight
+    slots.release("c")
+    ended = time.monotonic()
+    stop = await asyncio.wait_for(line, 5)
+    assert time.monotonic() - ended >= 0.3 - 0.01 and slots.batch_may_start() and not stop.done()
