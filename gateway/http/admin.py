@@ -14,7 +14,7 @@ serves, or after S seconds (then `state` says why not). Either answers the repli
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections.abc import Callable
 
 from aiohttp import web
@@ -22,14 +22,13 @@ from aiohttp import web
 from gateway.base.errors import ApiError
 from gateway.http.appkeys import KEY_NAME
 from gateway.http.families.openai import replica_cards
-from gateway.http.middleware import free_of_key_limits, is_admin
+from gateway.http.middleware import is_admin
 from gateway.http.pipeline import json_response, read_json_body, resolve
 from gateway.routing.backends import Backend
+from gateway.routing.balancer import Replica
 
 # The longest a call waits: a drain outlasts the longest answer in flight (read_timeout's default).
 MAX_WAIT_S = 3600.0
-# How often a waiting call looks again: the counts it waits on change in the proxy's hands.
-POLL_S = 0.1
 
 
 def _admin_only(request: web.Request) -> None:
@@ -56,13 +55,13 @@ async def _target(request: web.Request) -> tuple[Backend, int, dict]:
     return resolve(request, request.match_info["model"]).backend, n, body
 
 
-async def _until(done: Callable[[], bool], wait: float) -> bool:
-    deadline = time.monotonic() + wait
-    while not done():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(POLL_S)
-    return True
+async def _until(replica: Replica, done: Callable[[], bool], wait: float) -> None:
+    """Until done() holds, or `wait` seconds; the answer then says which."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait):
+            while not done():
+                replica.changed.clear()
+                await replica.changed.wait()
 
 
 def _answer(backend: Backend, n: int) -> web.Response:
@@ -70,19 +69,17 @@ def _answer(backend: Backend, n: int) -> web.Response:
     return json_response({"model": backend.name, "replica": n, **(cards[n] if n < len(cards) else {})})
 
 
-@free_of_key_limits
 async def drain(request: web.Request) -> web.Response:
     backend, n, body = await _target(request)
     replica = backend.drain(n, force=body.get("force", False))
-    await _until(lambda: replica.in_flight == 0, body.get("wait", 0))
+    await _until(replica, lambda: replica.in_flight == 0, body.get("wait", 0))
     return _answer(backend, n)
 
 
-@free_of_key_limits
 async def undrain(request: web.Request) -> web.Response:
     backend, n, body = await _target(request)
     replica = backend.undrain(n)
-    await _until(lambda: replica.serving, body.get("wait", 0))
+    await _until(replica, lambda: replica.serving, body.get("wait", 0))
     return _answer(backend, n)
 
 

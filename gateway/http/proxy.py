@@ -177,6 +177,7 @@ def _replica_failed(app: web.Application, backend: Backend, replica: Replica, er
 def _leave(app: web.Application, backend: Backend, balancer: Balancer, replica: Replica) -> None:
     """The request no longer occupies the replica: its answer ended, or the try failed."""
     replica.in_flight -= 1
+    replica.changed.set()
     if balancer.only is None:  # a model with replicas counts each one's
         metrics = app[METRICS]
         metrics.child(metrics.replica_in_flight, backend.name, replica.address).dec()

@@ -59,6 +59,8 @@ class Replica:
     failures: int = 0  # failures in a row to reach it
     open_until: float = 0.0  # breaker: not tried again before this (monotonic clock)
     draining: bool = False  # the operator's: no new request until undrained (Backend.drain)
+    # Set when a request leaves it or its state moves: what a drain's or an undrain's wait looks at.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Requests sent to it that have nothing back yet (their handlers' tasks; proxy.py `_connect`):
     # when it stops serving they are cancelled, marked in `released`, and tried on the others.
     waiting: set[asyncio.Task] = field(default_factory=set)
@@ -75,8 +77,10 @@ class Replica:
         return self.ready and not self.draining
 
     def set_state(self, state: State, reason: str | None) -> None:
-        if move(self, state, reason, f"replica {self.address}") and state is not State.READY:
-            self.release()
+        if move(self, state, reason, f"replica {self.address}"):
+            self.changed.set()
+            if state is not State.READY:
+                self.release()
 
     def release(self) -> None:
         """Send the requests waiting on it to the other replicas at once: it stopped serving (a
