@@ -283,6 +283,7 @@ def test_second_run_changes_nothing_on_either_host(pair):
 # time, each drained in the gateway first, while clients keep asking. ---
 
 ROLLING_UNITS = {"node-a": "localai-model@coder.service", "node-b": "localai-model@coder.1.service"}
+PACE_S = 0.2
 
 
 def _streamed_chat(pair, content: str) -> tuple[int | None, str]:
@@ -346,7 +347,9 @@ def test_a_rolling_restart_of_the_replicas_loses_no_request(pair):
 
     def ask(kind: str, send) -> None:
         n = 0
-        while not stop.is_set():
+        # A few requests a second each (a pause between answers, not a wait for anything): back to
+        # back, the tiny model answers ~40 a second and starves the two-core machine the playbook runs on.
+        while not stop.wait(PACE_S):
             n += 1
             status, problem = send(pair, f"{kind} client, turn {n}: name a colour")
             results.append((kind, status, problem))
