@@ -242,9 +242,10 @@ class FakeBackend:
     async def _paced(self, i: int) -> None:
         """Wait before streaming the i-th token: the gate (if set) and the inter-token delay."""
         if i:
-            if self.gate is not None:
-                await self.gate.wait()
-                self.gate.clear()
+            gate = self.gate  # `release` may take it away while this waits on it
+            if gate is not None:
+                await gate.wait()
+                gate.clear()
             await asyncio.sleep(self.itl)
 
     async def _health(self, request):

@@ -72,7 +72,9 @@ async def all_ready(r: Replicated) -> bool:
 
 def replicated_factory(aiohttp_server, contexts: contextlib.AsyncExitStack):
     """make(n, model={settings of the model}, **gateway settings) -> Replicated, every replica ready."""
-    async def make(n: int = 2, model: dict | None = None, **gateway) -> Replicated:
+    async def make(n: int = 2, model: dict | None = None, api_keys: list[str] | None = None,
+                   **gateway) -> Replicated:
+        """api_keys: the gateway's (named key-1, key-2, ...; the client sends the first); none: open."""
         ports = sorted(free_port() for _ in range(n))
         fakes = [FakeBackend("m") for _ in range(n)]
         servers = [await aiohttp_server(f.app(), port=p) for f, p in zip(fakes, ports, strict=True)]
@@ -85,8 +87,9 @@ def replicated_factory(aiohttp_server, contexts: contextlib.AsyncExitStack):
         }
         cfg = parse_config(yaml.safe_dump(data), "replicas.yaml")
         setup_logging("info", stream=io.StringIO())
-        app = await contexts.enter_async_context(serving(cfg, api_keys=[]))
-        http = await contexts.enter_async_context(aiohttp.ClientSession())
+        app = await contexts.enter_async_context(serving(cfg, api_keys=api_keys or []))
+        auth = {"Authorization": f"Bearer {api_keys[0]}"} if api_keys else None
+        http = await contexts.enter_async_context(aiohttp.ClientSession(headers=auth))
         r = Replicated(f"http://127.0.0.1:{cfg.gateway.port}", http, fakes, ports, servers, app, data)
         await wait_until(lambda: all_ready(r))
         return r

@@ -64,6 +64,22 @@ def placements(plan, host=None) -> list:
     return [p for p in (plan or {}).get("placements") or [] if host is None or p.get("host") == host]
 
 
+def rolling_servers(plan, servers, restart, active, host) -> list:
+    """This host's servers that restart one replica at a time (roles/localai_models/tasks/rolling.yml):
+    those of `servers` (this host's placements) due a restart (`restart`: unit names) and running
+    now (`active`: unit names), of a load: always model that has other replicas (in the whole
+    plan) to serve meanwhile; a replica spanning hosts (nodes > 1) is several units and restarts
+    as before. Each: {host (the inventory's), unit, model, replica, server (the placement)}."""
+    counts: dict = {}
+    for p in placements(plan):
+        if p.get("role") == "server":
+            counts[p["model"]] = counts.get(p["model"], 0) + 1
+    return [{"host": host, "unit": p["unit"], "model": p["model"], "replica": p["replica"], "server": p}
+            for p in servers or []
+            if p.get("role") == "server" and p.get("load", "always") == "always" and counts.get(p["model"], 0) > 1
+            and p["unit"] in (restart or ()) and p["unit"] in (active or ())]
+
+
 def node_mismatches(plan, versions) -> list:
     """Sentences for each model spanning hosts (nodes > 1) whose nodes have different vLLMs.
 
@@ -155,7 +171,7 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
                      api_key_file=None, webui_dir=None, gateway_host="", gateway_port=0,
                      overrides=None, all_tiny=False, hosts=None, vllm_host="", accelerator="",
                      tls="false", tls_dir="/etc/localai/tls", gpu_memory_gib=0, usage_db=None,
-                     batch_dir=None) -> dict:
+                     batch_dir=None, admin_keys=()) -> dict:
     """The config the host gets: the chosen source plus what the roles own.
 
     - models listed in `tiny` (every managed one with all_tiny) point at
@@ -171,6 +187,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
       budgets weights and KV cache against (with hosts, each host's entry says its own);
     - `gateway.usage_db` (the usage database in a folder of the gateway's user alone) unless the
       config says where (or `null`: none), and `gateway.batch_dir` (the Batch API's files) likewise;
+    - `gateway.admin_keys` (the key the role generates: its holder deployed the service) unless the
+      config names its own;
     - then `overrides`, merged recursively;
     - last, `gateway.tls` (the certificate the role installs in tls_dir) when `tls` is true, or
       auto and the gateway listens beyond loopback, unless the config names a certificate itself.
@@ -208,6 +226,8 @@ def effective_config(source, tiny=(), models_dir="/var/lib/localai/models", vllm
         gw["usage_db"] = usage_db
     if batch_dir and "batch_dir" not in gw:
         gw["batch_dir"] = batch_dir
+    if admin_keys and "admin_keys" not in gw:
+        gw["admin_keys"] = list(admin_keys)
     cfg["gateway"] = gw
     if hosts:
         cfg["hosts"] = [dict(h) for h in hosts]
@@ -265,6 +285,7 @@ class FilterModule:
             "localai_tiny_model_dirs": tiny_model_dirs,
             "localai_placements": placements,
             "localai_node_mismatches": node_mismatches,
+            "localai_rolling_servers": rolling_servers,
             "localai_server_fingerprint": server_fingerprint,
             "localai_firewall_rules": firewall_rules,
         }

@@ -21,6 +21,7 @@ from gateway.app.reload import RELOADER, Reloader
 from gateway.app.switches import switches
 from gateway.base.observability import Metrics
 from gateway.config.schema import Config
+from gateway.http.admin import add_routes as add_admin_routes
 from gateway.http.appkeys import (
     ACCESS,
     CONFIG,
@@ -104,6 +105,7 @@ def create_app(cfg: Config, *, api_keys: list[bytes] | None = None,
 
     add_all_routes(app)
     add_usage_routes(app)
+    add_admin_routes(app)
     add_batch_routes(app)  # after _upstream_ctx: its runner uses the registry and lifecycle
     add_public_get(app, "/health", health)
     add_public_get(app, "/ready", ready)

@@ -300,9 +300,10 @@ def _running(args, url_too: bool = False) -> str | None:
     return None
 
 
-def _gateway(args):
+def _gateway(args, admin: bool = False):
     """The running gateway `ps`, `load` and `unload` speak to: that of --config, else $LOCALAI_URL,
-    else as _running finds it; the key from $LOCALAI_API_KEY, else the config's key file."""
+    else as _running finds it; the key from $LOCALAI_API_KEY, else the config's key file (`admin`:
+    its first key named in gateway.admin_keys)."""
     from gateway.app.runtime import client_url
     from gateway.cli.ollama_verbs import Gateway, config_key, env_key
 
@@ -311,7 +312,7 @@ def _gateway(args):
         return Gateway(url.rstrip("/"), env_key())
     url = _running(args, url_too=True)
     cfg = _load(args)
-    return Gateway(url or client_url(cfg.gateway.host, cfg.gateway.port), env_key() or config_key(cfg))
+    return Gateway(url or client_url(cfg.gateway.host, cfg.gateway.port), env_key() or config_key(cfg, admin))
 
 
 def cmd_status(args) -> int:
@@ -343,6 +344,18 @@ def cmd_unload(args) -> int:
     from gateway.cli.ollama_verbs import unload_main
 
     return unload_main(_gateway(args), args.name)
+
+
+def cmd_drain(args) -> int:
+    from gateway.cli.drain import drain_main
+
+    return drain_main(_gateway(args, admin=True), args.model, args.replica, args.wait, args.force)
+
+
+def cmd_undrain(args) -> int:
+    from gateway.cli.drain import undrain_main
+
+    return undrain_main(_gateway(args, admin=True), args.model, args.replica, args.wait)
 
 
 def cmd_batch(args) -> int:
@@ -422,6 +435,7 @@ def cmd_pull(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.cli.drain import add_arguments as add_drain_arguments
     from gateway.cli.ops import add_logs_arguments, add_status_arguments
 
     parser = argparse.ArgumentParser(prog="localai", description="Self-hosted OpenAI-compatible AI service.")
@@ -483,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = of_running(sub.add_parser("unload", help="take a load: on_demand model off its card (once idle)"), url=True)
     p.add_argument("name")
     p.set_defaults(func=cmd_unload)
+    p = of_running(sub.add_parser("drain", help="send a model's replica no new request (before its server "
+                                                "restarts); its requests in flight finish"), url=True)
+    add_drain_arguments(p, drain=True)
+    p.set_defaults(func=cmd_drain)
+    p = of_running(sub.add_parser("undrain", help="let a drained replica take requests again"), url=True)
+    add_drain_arguments(p, drain=False)
+    p.set_defaults(func=cmd_undrain)
     p = of_running(sub.add_parser("batch", help="the key's batch jobs on the running gateway: ls, show ID, cancel ID"),
                    url=True)
     p.add_argument("verb", choices=("ls", "show", "cancel"))

@@ -36,17 +36,26 @@ def env_key() -> str | None:
     return os.environ.get(KEY_ENV, "").strip() or None
 
 
-def config_key(cfg: Config) -> str | None:
-    """The first key of the config's key file (None: the gateway takes none)."""
+def config_key(cfg: Config, admin: bool = False) -> str | None:
+    """The first key of the config's key file (None: the gateway takes none); `admin`: the first
+    one named in gateway.admin_keys, if any is (for the operators' verbs: `localai drain`)."""
     path = cfg.gateway.api_key_file
-    if path is None:
-        return None
     try:
-        pairs = parse_key_file(path.read_text(), path)
+        return read_config_key(cfg, admin)
     except OSError as exc:
         raise SystemExit(f"localai: cannot read the API key file {path} ({exc.strerror}); set {KEY_ENV}") from None
     except ConfigError as exc:
         raise SystemExit(f"localai: {exc}") from None
+
+
+def read_config_key(cfg: Config, admin: bool = False) -> str | None:
+    """config_key's answer; raises OSError (an unreadable key file) and ConfigError (a bad one)."""
+    path = cfg.gateway.api_key_file
+    if path is None:
+        return None
+    pairs = parse_key_file(path.read_text(), path)
+    if admin:
+        pairs = [p for p in pairs if p[0] in cfg.gateway.admin_keys] or pairs
     return pairs[0][1] if pairs else None
 
 
@@ -65,6 +74,8 @@ def _call(gateway: Gateway, method: str, path: str, body: dict | None = None, ti
             message = json.load(exc).get("error", exc.reason)
         except ValueError:
             message = exc.reason
+        if isinstance(message, dict):  # the OpenAI shape (the /v1 routes'); Ollama's is a string
+            message = message.get("message", exc.reason)
         raise SystemExit(f"localai: {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.app.runtime import client_url
 from gateway.base import gpu as gpu_mod
@@ -165,6 +166,27 @@ def _model_readiness(replicas: list[dict]) -> tuple[str, str]:
     return ("degraded" if len(down) < len(replicas) else down[0]["readiness"]), why
 
 
+def _draining(gateway_url: str, cfg) -> set[tuple[str, str]]:
+    """(model, host:port) of the replicas the running gateway drains (`localai drain`), from its
+    GET /v1/models with the config's key; none when it does not answer or the key is unreadable."""
+    from gateway.cli.ollama_verbs import read_config_key
+    from gateway.config.schema import ConfigError
+
+    try:
+        key = read_config_key(cfg)
+    except (OSError, ConfigError):  # not the gateway's user, nor root: the status shows without it
+        return set()
+    request = urllib.request.Request(gateway_url + "/v1/models",
+                                     headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=2.0) as resp:  # noqa: S310 - the config's own gateway
+            models = json.load(resp)["data"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {(m["id"], r["address"]) for m in models if isinstance(m, dict) and "preset_of" not in m
+            for r in m.get("replicas") or [] if r.get("draining")}
+
+
 def collect_status(config: Path) -> dict:
     from gateway.plan.placement import backend_url, endpoints, placement, placements
 
@@ -183,6 +205,8 @@ def collect_status(config: Path) -> dict:
         units.append({"unit": unit, "active": unit_props.get("ActiveState", "unknown" if not systemd else ""),
                       "sub": unit_props.get("SubState", ""), "restarts": unit_props.get("NRestarts", ""),
                       "since": _since(unit_props), "result": unit_props.get("Result", ""), "on_demand": rests})
+    gw_url = client_url(cfg.gateway.host, cfg.gateway.port)
+    draining = _draining(gw_url, cfg)
     models = []
     for m in cfg.models:
         url = backend_url(m, cfg.vllm)
@@ -191,6 +215,8 @@ def collect_status(config: Path) -> dict:
             replicas = [_replica_status(p, {} if p.unit in elsewhere else props[p.unit], p.unit in elsewhere,
                                         m.name in on_demand)
                         for p in endpoints(cfg, m.name)]
+            for r in replicas:
+                r["draining"] = (m.name, urlsplit(r["url"]).netloc.rpartition("@")[2]) in draining
             readiness, why = _model_readiness(replicas)
             entry.update(kind="managed", unit=replicas[0]["unit"], url=replicas[0]["url"], port=replicas[0]["port"],
                          readiness=readiness, why=why, replicas=replicas, on_demand=m.name in on_demand)
@@ -200,7 +226,6 @@ def collect_status(config: Path) -> dict:
             entry.update(kind="external", unit=None, port=None, readiness="reachable" if reach else "unreachable",
                          why="" if reach else (f"HTTP {status}" if status else err))
         models.append(entry)
-    gw_url = client_url(cfg.gateway.host, cfg.gateway.port)
     gw_status, gw_err = _http_status(gw_url + "/health")
     gpus = gpu_mod.read_gpus()
     return {
@@ -237,7 +262,8 @@ def render_status(st: dict) -> str:
         if m["why"]:
             out.append(f"{'':16} {'':12} {'':>6}  why: {m['why']}")
         for i, r in enumerate(m.get("replicas", []) if len(m.get("replicas", [])) > 1 else []):
-            out.append(f"  #{i} {r['host']:11} {r['readiness']:12} {r['port']:>6}  {r['url']} ({r['unit']})")
+            drains = ", draining: no new request" if r.get("draining") else ""
+            out.append(f"  #{i} {r['host']:11} {r['readiness']:12} {r['port']:>6}  {r['url']} ({r['unit']}{drains})")
             if r["why"]:
                 out.append(f"{'':16} {'':12} {'':>6}  why: {r['why']}")
     gw = st["gateway"]

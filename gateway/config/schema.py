@@ -176,7 +176,8 @@ class GatewaySettings(_Strict):
         "is answered as one that does not exist and left out of the listings; past `expires` the key gets `401 "
         "key_expired` (docs/usage.md)"))
     admin_keys: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field([], description=(
-        "names of the keys that may read every key's usage (`GET /v1/usage/team`, docs/usage.md)"))
+        "names of the keys that may read every key's usage (`GET /v1/usage/team`, docs/usage.md) and drain a "
+        "model's replicas (`localai drain`, docs/deploy.md)"))
     usage_db: Path | None = Field(
         default_factory=default_usage_db, json_schema_extra=_shown("`$XDG_STATE_HOME/localai/usage.db`"),
         description=(

@@ -218,6 +218,13 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
         limiter.done(key)
 
 
+def is_admin(request: web.Request) -> bool:
+    """Whether the request's key is one of gateway.admin_keys (GET /v1/usage/team, /v1/admin/...)."""
+    access = request.app[ACCESS]
+    # An open gateway (no keys) tells no caller from another: everyone may do everything there.
+    return not access.keyring or request.get(KEY_NAME, "") in access.limiter.admin_keys
+
+
 def free_of_key_limits(handler: H) -> H:
     """Mark a handler that answers from the gateway's own memory (model listings, metrics):
     requests to it spend none of their key's limits."""

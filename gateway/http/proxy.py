@@ -177,6 +177,7 @@ def _replica_failed(app: web.Application, backend: Backend, replica: Replica, er
 def _leave(app: web.Application, backend: Backend, balancer: Balancer, replica: Replica) -> None:
     """The request no longer occupies the replica: its answer ended, or the try failed."""
     replica.in_flight -= 1
+    replica.changed.set()
     if balancer.only is None:  # a model with replicas counts each one's
         metrics = app[METRICS]
         metrics.child(metrics.replica_in_flight, backend.name, replica.address).dec()
@@ -250,8 +251,10 @@ async def _connect(request: web.Request, backend: Backend, balancer: Balancer, m
         picked = balancer.pick(affinity, time.monotonic(), tried)
         if picked is None and error is not None:  # every usable replica was tried
             raise _unreachable(backend, error)
-        if picked is None:  # the ready ones all have their breakers open
-            raise ApiError(503, f"Model '{backend.name}' has no replica that answers now; retry shortly.",
+        if picked is None:  # the ready ones all have their breakers open, or drain
+            draining = sum(r.draining for r in balancer.replicas)
+            raise ApiError(503, f"Model '{backend.name}' has no replica that answers now"
+                                + (f" ({draining} draining)" if draining else "") + "; retry shortly.",
                            code="model_unavailable", type="server_error", headers={"Retry-After": "5"})
         replica = picked
         label = (backend.name, replica.address)

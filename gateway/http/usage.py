@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.base.errors import ApiError
 from gateway.http.appkeys import ACCESS, KEY_NAME, USAGE
-from gateway.http.middleware import open_past_budget
+from gateway.http.middleware import is_admin, open_past_budget
 from gateway.http.pipeline import json_response
 from gateway.keys.usage import FIELDS, next_midnight, next_month, read_summary
 
@@ -78,12 +78,6 @@ def _quota(request: web.Request, key: str) -> dict:
     return out
 
 
-def _is_admin(request: web.Request, key: str) -> bool:
-    access = request.app[ACCESS]
-    # An open gateway (no keys) tells no caller from another: everyone sees everything there.
-    return not access.keyring or key in access.limiter.admin_keys
-
-
 @open_past_budget  # a key over its budget may still read what it spent
 async def own_usage(request: web.Request) -> web.Response:
     key = request.get(KEY_NAME, "")
@@ -91,7 +85,7 @@ async def own_usage(request: web.Request) -> web.Response:
     limit = request.app[ACCESS].limiter.limit_of(key)
     summary = await _summary(request, since, key)
     return json_response({
-        "key": key, "admin": _is_admin(request, key), "since": _utc(since),
+        "key": key, "admin": is_admin(request), "since": _utc(since),
         "expires": limit.expires.isoformat() if limit.expires else None, "models": limit.models,
         "quota": _quota(request, key), **summary})
 
@@ -99,7 +93,7 @@ async def own_usage(request: web.Request) -> web.Response:
 @open_past_budget
 async def team_usage(request: web.Request) -> web.Response:
     key = request.get(KEY_NAME, "")
-    if not _is_admin(request, key):
+    if not is_admin(request):
         raise ApiError(403, f"API key '{key}' may read its own usage only (GET /v1/usage); the team's is for the "
                             "keys in gateway.admin_keys.", code="admin_only", type="permission_error")
     since = _since(request)

@@ -81,9 +81,48 @@ class Backend:
         keeps one replica's worth: its requests then wait for one, or are told it is down."""
         per_replica = max_concurrency(self.model)
         replicas = self.balancer.replicas
-        ready = sum(r.ready for r in replicas) if len(replicas) > 1 else 1
+        ready = sum(r.serving for r in replicas) if len(replicas) > 1 else 1
         if self.slots.limit != per_replica * max(ready, 1):
             self.slots.set_limit(per_replica * max(ready, 1))
+
+    def replica(self, n: int) -> Replica:
+        """Its replica number n (the plan's: unit NAME is 0, NAME.1 is 1). Raises ApiError 404."""
+        replicas = self.balancer.replicas
+        if not 0 <= n < len(replicas):
+            raise ApiError(404, f"Model '{self.name}' has no replica {n}; its replicas are 0 to {len(replicas) - 1}.",
+                           code="replica_not_found", param="replica")
+        return replicas[n]
+
+    def drain(self, n: int, force: bool = False) -> Replica:
+        """Send replica n no new request (those in flight on it finish; its slots leave the model's)
+        until `undrain`. A model's one replica has nowhere else to send them: refused (409), as is
+        its last serving replica unless `force` (its requests then wait for a replica, or get 503).
+        Raises ApiError."""
+        r = self.replica(n)
+        if len(self.balancer.replicas) == 1:
+            raise ApiError(409, f"Model '{self.name}' has one replica: draining it would leave its requests nowhere "
+                                "to go. Restart it as it is (its requests in flight fail), or give it replicas.",
+                           code="last_replica", param="replica")
+        if r.serving and not force and not any(o.serving for o in self.balancer.replicas if o is not r):
+            raise ApiError(409, f"Replica {n} of model '{self.name}' is its last one serving: draining it would leave "
+                                "the model none. Wait until another is ready, or force it.",
+                           code="last_replica", param="replica")
+        if not r.draining:
+            r.draining = True
+            log.info("replica %s of model %s drains", r.address, self.name,
+                     extra={"model": self.name, "replica": r.address, "in_flight": r.in_flight})
+            self.fit_slots()
+        return r
+
+    def undrain(self, n: int) -> Replica:
+        """Replica n takes new requests again (once its health checks say it is ready). Raises ApiError."""
+        r = self.replica(n)
+        if r.draining:
+            r.draining = False
+            log.info("replica %s of model %s no longer drains", r.address, self.name,
+                     extra={"model": self.name, "replica": r.address})
+            self.fit_slots()
+        return r
 
     def set_state(self, state: State, reason: str | None) -> None:
         """The one way the model's state changes (states.py: raises on a move it does not allow)."""
@@ -457,7 +496,7 @@ class HealthMonitor:
             label = (b.name, r.address)
             self.metrics.replica_up.labels(*label).set(1 if healthy else 0)
             self.metrics.replica_ready.labels(*label).set(1 if r.ready else 0)
-            self.metrics.replica_capacity.labels(*label).set(max_concurrency(b.model) if r.ready else 0)
+            self.metrics.replica_capacity.labels(*label).set(max_concurrency(b.model) if r.serving else 0)
 
     def _record(self, b: Backend, healthy: bool, detail: str) -> None:
         self.metrics.backend_up.labels(b.name).set(1 if healthy else 0)

@@ -16,6 +16,8 @@ that stops serving cancels the requests waiting on it: `Replica.release`).
   set: a pick is then O(replicas), a replica that is down or full sends its keys on evenly to the
   others (a ring would pile them on one neighbour), and a replica added or removed moves only
   the keys it gains or held.
+- **Draining** (an operator's, before a restart: `Backend.drain`): a draining replica gets no new
+  request, those in flight on it finish; it serves again only once undrained.
 - **Circuit breaker**: BREAK_AFTER failures in a row to reach a replica take it out for
   COOL_DOWN seconds; then one request (or a passed health check) may try it again (half-open):
   success closes the breaker, failure opens it for another cool-down.
@@ -56,6 +58,9 @@ class Replica:
     in_flight: int = 0
     failures: int = 0  # failures in a row to reach it
     open_until: float = 0.0  # breaker: not tried again before this (monotonic clock)
+    draining: bool = False  # the operator's: no new request until undrained (Backend.drain)
+    # Set when a request leaves it or its state moves: what a drain's or an undrain's wait looks at.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Requests sent to it that have nothing back yet (their handlers' tasks; proxy.py `_connect`):
     # when it stops serving they are cancelled, marked in `released`, and tried on the others.
     waiting: set[asyncio.Task] = field(default_factory=set)
@@ -66,9 +71,16 @@ class Replica:
         """The health monitor's last word: it serves."""
         return self.state == State.READY
 
+    @property
+    def serving(self) -> bool:
+        """Ready and not draining: it takes new requests, and its slots count in the model's."""
+        return self.ready and not self.draining
+
     def set_state(self, state: State, reason: str | None) -> None:
-        if move(self, state, reason, f"replica {self.address}") and state is not State.READY:
-            self.release()
+        if move(self, state, reason, f"replica {self.address}"):
+            self.changed.set()
+            if state is not State.READY:
+                self.release()
 
     def release(self) -> None:
         """Send the requests waiting on it to the other replicas at once: it stopped serving (a
@@ -88,7 +100,7 @@ class Replica:
         return task.uncancel() == 0
 
     def usable(self, now: float) -> bool:
-        return self.ready and (self.failures < BREAK_AFTER or now >= self.open_until)
+        return self.serving and (self.failures < BREAK_AFTER or now >= self.open_until)
 
     def breaker(self, now: float) -> str:
         if self.failures < BREAK_AFTER:

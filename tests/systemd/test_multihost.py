@@ -17,10 +17,12 @@ routes to it before it ends.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 import venv
 from pathlib import Path
@@ -275,3 +277,111 @@ def test_second_run_changes_nothing_on_either_host(pair):
     changed = re.findall(r"^TASK \[(.*?)\].*?\n(?:.*\n)*?changed:", res.stdout, re.M)
     assert all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), f"{counts}; changed: {changed}"
     assert set(counts) == set(NODES)
+
+
+# --- A rolling restart (issue #19): a change to what coder's servers run restarts them one at a
+# time, each drained in the gateway first, while clients keep asking. ---
+
+ROLLING_UNITS = {"node-a": "localai-model@coder.service", "node-b": "localai-model@coder.1.service"}
+PACE_S = 0.2
+
+
+def _streamed_chat(pair, content: str) -> tuple[int | None, str]:
+    """A streamed chat through the gateway: (status, how it went: "" when it ended whole, with
+    [DONE] after its finish reason, else what it sent)."""
+    req = urllib.request.Request(f"{GATEWAY}/v1/chat/completions", method="POST", data=json.dumps(
+        {"model": "coder", "messages": [{"role": "user", "content": content}], "max_tokens": 4,
+         "stream": True}).encode(), headers={"content-type": "application/json",
+                                             "authorization": f"Bearer {key(pair)}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            body = resp.read().decode()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return None, str(exc)
+    events = [e.removeprefix("data: ") for e in body.split("\n\n") if e.startswith("data: ")]
+    finished = any(c.get("finish_reason") for e in events[:-1] for c in json.loads(e).get("choices", []))
+    return status, "" if events and events[-1] == "[DONE]" and finished and '"error"' not in body else body
+
+
+def _whole_chat(pair, content: str) -> tuple[int | None, str]:
+    status, body = chat(pair, content)
+    if status == 200 and body["choices"][0].get("finish_reason"):
+        return status, ""
+    return status, str(body)
+
+
+def _restart_marks(pair) -> dict[str, tuple[str, int, int]]:
+    """Each replica's unit: (MainPID, when it last left active, when it last turned active), the
+    times on the kernel's monotonic clock, which both containers share."""
+    out = {}
+    for node, unit in ROLLING_UNITS.items():
+        props = dict(line.split("=", 1) for line in pair.sh(node, f"systemctl show {unit} -p MainPID "
+                     "-p ActiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic").stdout.split())
+        out[node] = (props["MainPID"], int(props["ActiveExitTimestampMonotonic"]),
+                     int(props["ActiveEnterTimestampMonotonic"]))
+    return out
+
+
+def _rolled(pair, before: dict, label: str) -> None:
+    """Both replicas restarted, one after the other: one was back before the other went down."""
+    after = _restart_marks(pair)
+    assert all(after[n][0] != before[n][0] for n in ROLLING_UNITS), (label, before, after)
+    (first, a), (second, b) = sorted(after.items(), key=lambda kv: kv[1][1])
+    assert a[1] > before[first][2] and b[1] > before[second][2], (label, before, after)  # each went down
+    assert a[2] < b[1], f"{label}: {first} was down until {a[2]}, {second} went down at {b[1]}"
+
+
+def test_a_rolling_restart_of_the_replicas_loses_no_request(pair):
+    replicas_listed(pair)
+    source = pair.work / "localai.yaml"
+    original = source.read_text()
+    changed = yaml.safe_load(original)
+    # A new environment variable for coder's servers: what they run changes, so both restart
+    # (as for an upgrade of vLLM); the gateway only reloads.
+    changed["models"][0]["env"] = {"LOCALAI_TIER_ROLLING": "1"}
+    results: list[tuple[str, int | None, str]] = []
+    stop = threading.Event()
+
+    def ask(kind: str, send) -> None:
+        n = 0
+        # A few requests a second each (a pause between answers, not a wait for anything): back to
+        # back, the tiny model answers ~40 a second and starves the two-core machine the playbook runs on.
+        while not stop.wait(PACE_S):
+            n += 1
+            status, problem = send(pair, f"{kind} client, turn {n}: name a colour")
+            results.append((kind, status, problem))
+
+    clients = [threading.Thread(target=ask, args=args) for args in (("whole", _whole_chat),
+                                                                   ("streamed", _streamed_chat))]
+    for t in clients:
+        t.start()
+    runs = []
+    try:
+        for label, text in (("rolling-1", yaml.safe_dump(changed, sort_keys=False)), ("rolling-2", original)):
+            before = _restart_marks(pair)
+            source.write_text(text)
+            res, counts = pair.deploy(label)
+            runs.append((label, res, counts, before))
+            assert res.returncode == 0, res.stdout[-3000:]
+            _rolled(pair, before, label)
+    finally:
+        source.write_text(original)
+        stop.set()
+        for t in clients:
+            t.join(timeout=180)
+        if len(runs) < 2:  # stopped before the config was put back: put it back
+            pair.deploy("rolling-restore")
+    lost = [r for r in results if r[1] != 200 or r[2]]
+    served = len(results) - len(lost)
+    (OUT / "pair-rolling.txt").write_text(
+        f"rolling restarts: {len(runs)} (each restarts coder's 2 replicas one at a time)\n"
+        f"requests during them: {len(results)} (whole and streamed), served {served}, lost {len(lost)}\n"
+        + "".join(f"lost: {kind} {status} {problem[:300]}\n" for kind, status, problem in lost[:20]))
+    assert not lost, lost[:5]
+    assert served >= 10, results  # the clients did ask throughout
+    for label, _, counts, _ in runs:
+        assert all(c["failed"] == 0 and c["changed"] > 0 for c in counts.values()), (label, counts)
+    replicas_listed(pair)

@@ -261,3 +261,31 @@ def test_the_firewall_opens_what_the_plan_lists():
     tasks = (REPO / "ansible/roles/localai_firewall/tasks/main.yml").read_text()
     assert "localai_checks_servers | product" not in tasks and "localai_firewall_rules" in tasks
     assert "gateway.port | default" not in tasks
+
+
+# --- which servers the playbook restarts one replica at a time ----------------------------------
+
+
+def test_the_playbook_rolls_the_running_replicas_of_models_that_have_others():
+    cfg = parse_config(yaml.safe_dump({
+        "hosts": [{"name": "a", "address": "10.0.0.1", "gpus": 0}, {"name": "b", "address": "10.0.0.2", "gpus": 0}],
+        "models": [{"name": "coder", "model": "/m/coder", "port": 8101, "replicas": 2, "default": True},
+                   {"name": "solo", "model": "/m/solo", "port": 8201, "hosts": ["b"]}],
+    }), "/dev/stdin")
+    plan = json.loads(json.dumps(full_plan(cfg)))
+    on_b = F.placements(plan, "b")
+    units = [p["unit"] for p in on_b]
+    assert set(units) == {"coder.1", "solo"}, units
+    rolled = F.rolling_servers(plan, on_b, restart=units, active=units, host="node-b")
+    # solo has no other replica to serve while it restarts.
+    assert [(r["host"], r["unit"], r["model"], r["replica"], r["server"]["unit"]) for r in rolled] == \
+        [("node-b", "coder.1", "coder", 1, "coder.1")]
+    assert F.rolling_servers(plan, on_b, restart=[], active=units, host="node-b") == []  # nothing changed
+    assert F.rolling_servers(plan, on_b, restart=units, active=[], host="node-b") == []  # not running: a start
+
+
+def test_the_generated_key_is_the_admin_unless_the_config_names_one():
+    assert F.effective_config({"models": []}, admin_keys=["key-1"])["gateway"]["admin_keys"] == ["key-1"]
+    own = F.effective_config({"gateway": {"admin_keys": ["ops"]}, "models": []}, admin_keys=["key-1"])
+    assert own["gateway"]["admin_keys"] == ["ops"]
+    assert "admin_keys" not in F.effective_config({"models": []})["gateway"]

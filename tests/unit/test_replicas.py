@@ -22,7 +22,7 @@ async def test_models_list_each_replica_with_its_host_state_and_load(replicated)
     r = await replicated(2)
     replicas = await r.replicas()
     assert replicas == [{"host": f"h{i}", "address": f"127.0.0.1:{r.ports[i]}", "state": "ready", "state_reason": None,
-                         "in_flight": 0, "max_concurrency": 256} for i in (0, 1)]
+                         "in_flight": 0, "max_concurrency": 256, "draining": False} for i in (0, 1)]
     gate = r.fakes[0].gate = r.fakes[1].gate = asyncio.Event()
     async with r.http.post(r.url + "/v1/completions", json={"model": "m", "prompt": [1, 2], "stream": True}) as s:
         assert s.status == 200

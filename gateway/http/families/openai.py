@@ -49,11 +49,12 @@ def replica_cards(b: Backend) -> list[dict]:
     """Each server of the model: where (host:port; the list is for key holders, like /health's
     reasons), its state and the requests it serves now. A lone replica is the model itself, so it
     shows the model's state (which the model lifecycle may set); the balancer takes a replica
-    whose breaker is open out, so it shows as `unreachable`."""
+    whose breaker is open out, so it shows as `unreachable`. `draining`: an operator drained it
+    (`localai drain`): its state stays its server's, and it takes no new request (no slots)."""
     if len(b.replicas) == 1:
         r = b.replicas[0]
         return [{"host": r.host, "address": r.address, "state": b.state.value, "state_reason": b.reason,
-                 "in_flight": r.in_flight, "max_concurrency": b.slots.limit}]
+                 "in_flight": r.in_flight, "max_concurrency": b.slots.limit, "draining": False}]
     per_replica = max_concurrency(b.model)
     now = time.monotonic()
     cards = []
@@ -61,7 +62,8 @@ def replica_cards(b: Backend) -> list[dict]:
         out = r.ready and r.breaker(now) == "open"
         cards.append({"host": r.host, "address": r.address, "state": "unreachable" if out else r.state,
                       "state_reason": f"{r.failures} requests in a row could not reach it" if out else r.reason,
-                      "in_flight": r.in_flight, "max_concurrency": per_replica if r.ready else 0})
+                      "in_flight": r.in_flight, "max_concurrency": per_replica if r.serving else 0,
+                      "draining": r.draining})
     return cards
 
 
