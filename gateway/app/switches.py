@@ -16,7 +16,7 @@ from gateway.lifecycle.swap import ProcessSwitch, SleepSwitch, Switch, UnitSwitc
 from gateway.plan.placement import endpoints, sleep_level
 
 if TYPE_CHECKING:
-    from gateway.lifecycle.units import SystemdUnits
+    from gateway.lifecycle.units import SystemdUnits, Units
 
 log = logging.getLogger("localai.lifecycle")
 
@@ -31,13 +31,15 @@ def switches(cfg: Config, session: aiohttp.ClientSession, poke: Callable[[str], 
         if m.load != "on_demand":
             continue
         name, level = m.name, sleep_level(m, endpoints(cfg, m.name)[0])
-        instance = endpoints(cfg, name)[0].unit  # an on_demand model has one server
+        server = endpoints(cfg, name)[0]  # an on_demand model has one server
+        instance = server.unit
         if level is not None:
-            out[name] = SleepSwitch(session, level, gw, _launcher(name, instance, gw.start_timeout, supervisor, units))
+            out[name] = SleepSwitch(session, level, gw, _launcher(name, instance, gw.start_timeout, supervisor,
+                                                                  units and units.on(server.host)))
         elif supervisor is not None:
             out[name] = ProcessSwitch(session, supervisor, poke, gw)
         elif units is not None:
-            out[name] = UnitSwitch(session, units, instance, poke, gw)
+            out[name] = UnitSwitch(session, units.on(server.host), instance, poke, gw)
         else:
             log.warning("model %s is load: on_demand, but this vLLM has no sleep mode and nothing here can "
                         "start or stop it (run the gateway with --units under systemd, or use `localai up`): "
@@ -46,7 +48,7 @@ def switches(cfg: Config, session: aiohttp.ClientSession, poke: Callable[[str], 
 
 
 def _launcher(name: str, instance: str, within: float, supervisor: Supervisor | None,
-              units: SystemdUnits | None) -> Callable[[], Awaitable[None]] | None:
+              units: Units | None) -> Callable[[], Awaitable[None]] | None:
     """How a sleep-mode model's server is started when the gateway starts (None: not by it)."""
     if supervisor is not None:
         async def supervised() -> None:

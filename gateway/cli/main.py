@@ -136,7 +136,9 @@ def cmd_gateway(args) -> int:
     if args.units:
         from gateway.lifecycle.units import SystemdUnits
 
-        units = SystemdUnits()
+        if args.host is not None:
+            _here(cfg, [args.host])  # a host the config names
+        units = SystemdUnits(host=args.host)
     app = _create_app(cfg, units)
 
     async def run(stop: asyncio.Event) -> None:
@@ -446,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--units", action="store_true",
                    help="run by systemd: start and stop load: on_demand models' units "
                         "(localai-model@NAME.service) over D-Bus")
+    p.add_argument("--host", metavar="NAME",
+                   help="with --units: the config's name of the host the gateway runs on; the units of "
+                        "models placed on other hosts are started and stopped there (systemctl -H NAME, "
+                        "over SSH). Unset: every unit is started on this host")
     p.set_defaults(func=cmd_gateway)
     p = with_config(sub.add_parser("up", help="run the gateway and the model servers placed on this machine "
                                               "in the foreground"))

@@ -5,7 +5,8 @@ Two mechanisms, chosen per model by the plan (plan.sleep_level):
   back in seconds; level 2 drops the weights, so they are reloaded and the prefix cache reset.
 - stop/start (the CPU build, which has no sleep mode): through `localai up`'s supervisor, or, for
   the gateway run by systemd (`localai gateway --units`), by starting and stopping the model's
-  unit over D-Bus (units.py), so `systemctl status` shows what is loaded.
+  unit over D-Bus (units.py; on another host through `systemctl -H`), so `systemctl status`
+  shows what is loaded.
 Either way one tiny request warms the model up before the waiting requests are let through:
 the first request after a wake is otherwise several times slower.
 """
@@ -26,7 +27,7 @@ from gateway.routing.states import State
 
 if TYPE_CHECKING:
     from gateway.lifecycle.processes import Supervisor
-    from gateway.lifecycle.units import SystemdUnits
+    from gateway.lifecycle.units import Units
 
 # While a started server loads, ask the health monitor this often whether it is up.
 _POKE_S = 0.25
@@ -218,7 +219,7 @@ class ProcessSwitch(_StopStart):
         await warm_up(self.session, b, self.timeout)
 
 
-async def start_unit(units: SystemdUnits, instance: str, within: float) -> None:
+async def start_unit(units: Units, instance: str, within: float) -> None:
     """Start localai-model@INSTANCE and return once it is active: its ExecStartPost saw vLLM answer /health."""
     await _unit_job(units.start, instance, within, "start")
 
@@ -238,9 +239,10 @@ async def _unit_job(job: Callable[[str], Awaitable[None]], instance: str, within
 
 
 class UnitSwitch(_StopStart):
-    """Stop and start the model's systemd unit (localai-model@NAME.service) over D-Bus."""
+    """Stop and start the model's systemd unit (localai-model@NAME.service) over D-Bus, on this
+    host or, through `systemctl -H`, on the host the plan puts it on."""
 
-    def __init__(self, session: aiohttp.ClientSession, units: SystemdUnits, instance: str,
+    def __init__(self, session: aiohttp.ClientSession, units: Units, instance: str,
                  poke: Callable[[str], None], gateway: GatewaySettings):
         super().__init__(session, poke, gateway)
         self.units = units
