@@ -1,7 +1,8 @@
 """A load: on_demand model on another host (#19): the gateway starts and stops its unit there with
 the real `systemctl -H HOST`, which runs `ssh HOST systemd-stdio-bridge`. Here ssh is a stand-in
 (a script first on PATH) that fails or hangs as a network does; the systemd tier runs the real
-thing across two hosts (tests/systemd/test_multihost.py)."""
+thing across two hosts (tests/systemd/test_multihost.py). And which host's manager each unit
+gets, where the gateway runs on a model host and on a host of its own."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import asyncio
 import os
 import shutil
 
+import aiohttp
 import pytest
 
-from gateway.lifecycle.units import RemoteUnits, UnitError, model_unit
-from tests.harness import localai, wait_until
+from gateway.app.switches import switches
+from gateway.lifecycle.swap import UnitSwitch
+from gateway.lifecycle.units import RemoteUnits, SystemdUnits, UnitError, model_unit
+from gateway.plan.placement import placements
+from gateway.plan.validate import parse_config
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl (the real client)")
 
@@ -68,10 +74,22 @@ async def test_a_hung_connection_is_given_up_and_leaves_no_process_behind(tmp_pa
     await wait_until(gone, 5, "the stand-in ssh killed")
 
 
-def test_the_gateway_refuses_a_host_the_config_does_not_name(tmp_path):
-    config = tmp_path / "localai.yaml"
-    config.write_text("hosts: [{name: a, gpus: 0}, {name: b, gpus: 0}]\n"
-                      "models: [{name: m, model: /m/m, port: 18999, hosts: [b], load: on_demand, "
-                      "gpu_memory_utilization: 0.5}]\n")
-    res = localai("gateway", "--units", "--host", "c", config=config)
-    assert res.returncode != 0 and "no host named c" in res.stderr, res.stderr
+async def test_each_models_units_are_started_on_its_hosts_manager():
+    cfg = parse_config("""\
+hosts: [{name: a, gpus: 0}, {name: b, gpus: 0}]
+models:
+  - {name: m, model: /m/m, port: 18991, hosts: [b], load: on_demand, gpu_memory_utilization: 0.5, default: true}
+  - {name: r, model: /m/r, port: 18993, replicas: 2, load: on_demand, gpu_memory_utilization: 0.5}
+""")
+    placed = {p.unit: p.host for p in placements(cfg)}
+    # On a model host, its own units over its bus, the others' over SSH; on a host of the gateway's
+    # own (not among the model hosts), every unit over SSH.
+    for here in ("b", "gw"):
+        units = SystemdUnits(host=here)
+        async with aiohttp.ClientSession() as session:
+            made = switches(cfg, session, lambda _: None, units=units)
+        seen = {instance: "here" if manager is units else manager.host  # type: ignore[attr-defined]
+                for s in made.values() if isinstance(s, UnitSwitch) for manager, instance in s.servers}
+        assert seen == {u: "here" if h == here else h for u, h in placed.items()}, (here, seen)
+        assert all(isinstance(m, RemoteUnits) for s in made.values() if isinstance(s, UnitSwitch)
+                   for m, _ in s.servers if m is not units)
