@@ -12,11 +12,11 @@ import aiohttp
 
 from gateway.config.schema import Config
 from gateway.lifecycle.processes import Supervisor
-from gateway.lifecycle.swap import ProcessSwitch, SleepSwitch, Switch, UnitSwitch, start_unit
+from gateway.lifecycle.swap import ProcessSwitch, SleepSwitch, Switch, UnitSwitch, start_units
 from gateway.plan.placement import endpoints, sleep_level
 
 if TYPE_CHECKING:
-    from gateway.lifecycle.units import SystemdUnits
+    from gateway.lifecycle.units import SystemdUnits, Units
 
 log = logging.getLogger("localai.lifecycle")
 
@@ -30,14 +30,16 @@ def switches(cfg: Config, session: aiohttp.ClientSession, poke: Callable[[str], 
     for m in cfg.managed_models:
         if m.load != "on_demand":
             continue
-        name, level = m.name, sleep_level(m, endpoints(cfg, m.name)[0])
-        instance = endpoints(cfg, name)[0].unit  # an on_demand model has one server
+        name, placed = m.name, endpoints(cfg, m.name)  # one server per replica; they come and go together
+        levels = {sleep_level(m, p) for p in placed}  # each replica's host's build may differ
+        level = levels.pop() if len(levels) == 1 else None
+        servers = [(units.on(p.host), p.unit) for p in placed] if units is not None else []
         if level is not None:
-            out[name] = SleepSwitch(session, level, gw, _launcher(name, instance, gw.start_timeout, supervisor, units))
+            out[name] = SleepSwitch(session, level, gw, _launcher(name, servers, gw.start_timeout, supervisor))
         elif supervisor is not None:
             out[name] = ProcessSwitch(session, supervisor, poke, gw)
         elif units is not None:
-            out[name] = UnitSwitch(session, units, instance, poke, gw)
+            out[name] = UnitSwitch(session, servers, poke, gw)
         else:
             log.warning("model %s is load: on_demand, but this vLLM has no sleep mode and nothing here can "
                         "start or stop it (run the gateway with --units under systemd, or use `localai up`): "
@@ -45,15 +47,15 @@ def switches(cfg: Config, session: aiohttp.ClientSession, poke: Callable[[str], 
     return out
 
 
-def _launcher(name: str, instance: str, within: float, supervisor: Supervisor | None,
-              units: SystemdUnits | None) -> Callable[[], Awaitable[None]] | None:
-    """How a sleep-mode model's server is started when the gateway starts (None: not by it)."""
+def _launcher(name: str, servers: list[tuple[Units, str]], within: float,
+              supervisor: Supervisor | None) -> Callable[[], Awaitable[None]] | None:
+    """How a sleep-mode model's servers are started when the gateway starts (None: not by it)."""
     if supervisor is not None:
         async def supervised() -> None:
             supervisor.start(name)
         return supervised
-    if units is not None:
+    if servers:
         def unit() -> Awaitable[None]:
-            return start_unit(units, instance, within)
+            return start_units(servers, within)
         return unit
     return None

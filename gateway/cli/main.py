@@ -136,7 +136,9 @@ def cmd_gateway(args) -> int:
     if args.units:
         from gateway.lifecycle.units import SystemdUnits
 
-        units = SystemdUnits()
+        # Without hosts: every server is on this one machine. With them, a host they do not list
+        # runs no model server (a gateway-only host): every unit is on another host.
+        units = SystemdUnits(host=args.host if cfg.hosts is not None else None)
     app = _create_app(cfg, units)
 
     async def run(stop: asyncio.Event) -> None:
@@ -460,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--units", action="store_true",
                    help="run by systemd: start and stop load: on_demand models' units "
                         "(localai-model@NAME.service) over D-Bus")
+    p.add_argument("--host", metavar="NAME",
+                   help="with --units and a config with hosts: the name of the host the gateway runs on "
+                        "(one the config does not list serves no model); the units of models placed on "
+                        "other hosts are started and stopped there (systemctl -H NAME, over SSH). Unset: "
+                        "every unit is started on this host")
     p.set_defaults(func=cmd_gateway)
     p = with_config(sub.add_parser("up", help="run the gateway and the model servers placed on this machine "
                                               "in the foreground"))

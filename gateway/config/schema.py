@@ -673,9 +673,6 @@ def _host_checks(cfg: Config) -> list[tuple[KeyPath, str]]:
             if len(set(chunk)) < len(chunk):
                 problems.append((at + ("hosts",), f"the {m.nodes} nodes of one server need {m.nodes} different "
                                                   f"hosts ({', '.join(chunk)})"))
-        if m.load == "on_demand" and m.replica_count > 1:
-            problems.append((at + ("hosts" if m.hosts else "replicas",),
-                             "a load: on_demand model has exactly one replica"))
         if m.load == "on_demand" and m.nodes > 1:
             problems.append((at + ("nodes",), "a load: on_demand model runs on one host (nodes: 1)"))
         if m.nodes > len(known):

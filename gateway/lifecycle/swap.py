@@ -5,9 +5,12 @@ Two mechanisms, chosen per model by the plan (plan.sleep_level):
   back in seconds; level 2 drops the weights, so they are reloaded and the prefix cache reset.
 - stop/start (the CPU build, which has no sleep mode): through `localai up`'s supervisor, or, for
   the gateway run by systemd (`localai gateway --units`), by starting and stopping the model's
-  unit over D-Bus (units.py), so `systemctl status` shows what is loaded.
+  unit over D-Bus (units.py; on another host through `systemctl -H`), so `systemctl status`
+  shows what is loaded.
 Either way one tiny request warms the model up before the waiting requests are let through:
-the first request after a wake is otherwise several times slower.
+the first request after a wake is otherwise several times slower. A model with replicas comes
+and goes whole: each of its servers is woken or started (at once, each on its own host), put to
+sleep or stopped; one that fails fails the swap, and the lifecycle puts the others out again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from gateway.routing.states import State
 
 if TYPE_CHECKING:
     from gateway.lifecycle.processes import Supervisor
-    from gateway.lifecycle.units import SystemdUnits
+    from gateway.lifecycle.units import Units
 
 # While a started server loads, ask the health monitor this often whether it is up.
 _POKE_S = 0.25
@@ -92,14 +95,26 @@ async def until_state(b: Backend, states: tuple[State, ...], within: float,
         b.on_change.remove(changed)
 
 
+async def together(jobs: list[Awaitable[None]]) -> None:
+    """Run these at once (one per replica) and wait for all; the first SwapError (or timeout) is raised."""
+    errors = [e for e in await asyncio.gather(*jobs, return_exceptions=True) if e is not None]
+    for e in errors:
+        if not isinstance(e, (SwapError, TimeoutError)):
+            raise e
+    if errors:
+        raise errors[0]
+
+
 async def warm_up(session: aiohttp.ClientSession, b: Backend, within: float) -> None:
-    """One tiny request, so the first real one does not pay for cold caches and kernels."""
+    """One tiny request to each serving replica, so the first real one does not pay for cold
+    caches and kernels."""
     body: dict[str, object]
     if b.model.task == "embed":
         path, body = "/v1/embeddings", {"model": b.served_id, "input": "warm up"}
     else:
         path, body = "/v1/completions", {"model": b.served_id, "prompt": "warm up", "max_tokens": 1}
-    await _post(session, b, path, body, within, "the warm-up request")
+    urls = [r.url for r in b.replicas if r.ready] or [b.url]
+    await together([_post(session, url, path, body, within, "the warm-up request") for url in urls])
 
 
 async def _said(r: aiohttp.ClientResponse) -> str:
@@ -110,10 +125,10 @@ async def _said(r: aiohttp.ClientResponse) -> str:
         return "(an answer of over 64 KiB)"
 
 
-async def _post(session: aiohttp.ClientSession, b: Backend, path: str, body: dict | None, within: float,
+async def _post(session: aiohttp.ClientSession, url: str, path: str, body: dict | None, within: float,
                 what: str) -> None:
     try:
-        async with session.post(b.url + path, json=body, timeout=aiohttp.ClientTimeout(total=within)) as r:
+        async with session.post(url + path, json=body, timeout=aiohttp.ClientTimeout(total=within)) as r:
             if r.status != 200:
                 raise SwapError(f"{what} answered HTTP {r.status}: {await _said(r)}")
     except TimeoutError:
@@ -154,7 +169,7 @@ class SleepSwitch:
 
     async def put_out(self, b: Backend) -> None:
         path = f"/sleep?level={self.level}"
-        await _post(self.session, b, path, None, self.timeout, f"POST {path}")
+        await together([_post(self.session, r.url, path, None, self.timeout, f"POST {path}") for r in b.replicas])
         b.set_state(State.SLEEPING, f"asleep (sleep mode level {self.level})")
 
     async def bring_in(self, b: Backend) -> None:
@@ -164,8 +179,11 @@ class SleepSwitch:
         else:  # the weights were dropped: bring the memory back, reload them, then the KV cache
             steps = [("/wake_up?tags=weights", None), ("/collective_rpc", {"method": "reload_weights"}),
                      ("/wake_up?tags=kv_cache", None), ("/reset_prefix_cache", None)]
-        for path, body in steps:
-            await _post(self.session, b, path, body, self.timeout, f"POST {path}")
+        async def wake(url: str) -> None:
+            for path, body in steps:
+                await _post(self.session, url, path, body, self.timeout, f"POST {path}")
+
+        await together([wake(r.url) for r in b.replicas])
         await warm_up(self.session, b, self.timeout)
         b.set_state(State.READY, None)
 
@@ -218,9 +236,10 @@ class ProcessSwitch(_StopStart):
         await warm_up(self.session, b, self.timeout)
 
 
-async def start_unit(units: SystemdUnits, instance: str, within: float) -> None:
-    """Start localai-model@INSTANCE and return once it is active: its ExecStartPost saw vLLM answer /health."""
-    await _unit_job(units.start, instance, within, "start")
+async def start_units(servers: list[tuple[Units, str]], within: float) -> None:
+    """Start localai-model@INSTANCE of each server (its host's manager, its instance) at once and
+    return once all are active: each one's ExecStartPost saw its vLLM answer /health."""
+    await together([_unit_job(units.start, instance, within, "start") for units, instance in servers])
 
 
 async def _unit_job(job: Callable[[str], Awaitable[None]], instance: str, within: float, verb: str) -> None:
@@ -238,13 +257,13 @@ async def _unit_job(job: Callable[[str], Awaitable[None]], instance: str, within
 
 
 class UnitSwitch(_StopStart):
-    """Stop and start the model's systemd unit (localai-model@NAME.service) over D-Bus."""
+    """Stop and start the model's systemd units (localai-model@NAME.service, one per replica) over
+    D-Bus, on this host or, through `systemctl -H`, on the host the plan puts each on."""
 
-    def __init__(self, session: aiohttp.ClientSession, units: SystemdUnits, instance: str,
+    def __init__(self, session: aiohttp.ClientSession, servers: list[tuple[Units, str]],
                  poke: Callable[[str], None], gateway: GatewaySettings):
         super().__init__(session, poke, gateway)
-        self.units = units
-        self.instance = instance  # the plan's unit instance name
+        self.servers = servers  # each replica's: its host's manager and the plan's unit instance name
 
     async def boot(self, b: Backend, written: float, room: bool) -> Boot:
         """Units left running by the gateway before this one (a restart, an upgrade) are kept
@@ -260,17 +279,19 @@ class UnitSwitch(_StopStart):
         return Boot.OUT
 
     async def running(self, b: Backend, since: float) -> bool:
-        """Whether its unit is active with a server started after `since` (when the config was
-        written: so it runs this config's command line), for the gateway before this one (a
-        restart, an upgrade), and answers; then it can be kept, not stopped and started again."""
+        """Whether its units (every replica's) are active with servers started after `since`
+        (when the config was written: so they run this config's command line), for the gateway
+        before this one (a restart, an upgrade), and it answers; then it can be kept, not stopped
+        and started again."""
         from gateway.lifecycle.units import UnitError, model_unit
 
-        try:
-            started = await self.units.running_since(model_unit(self.instance))
-        except UnitError:
-            return False
-        if started is None or started < since:
-            return False
+        for units, instance in self.servers:
+            try:
+                started = await units.running_since(model_unit(instance))
+            except UnitError:
+                return False
+            if started is None or started < since:
+                return False
         b.set_state(State.LOADING, "its unit was running when the gateway started: checking it")
         try:
             await until_state(b, (State.READY,), min(self.timeout, _RUNNING_CHECK_S), lambda: self.poke(b.name))
@@ -279,12 +300,12 @@ class UnitSwitch(_StopStart):
         return True
 
     async def put_out(self, b: Backend) -> None:
-        await _unit_job(self.units.stop, self.instance, self.timeout, "stop")
+        await together([_unit_job(units.stop, instance, self.timeout, "stop") for units, instance in self.servers])
         b.set_state(State.STOPPED, "stopped: starts on the next request")
 
     async def bring_in(self, b: Backend) -> None:
         b.set_state(State.LOADING, "starting its unit")
-        await start_unit(self.units, self.instance, self.timeout)
+        await start_units(self.servers, self.timeout)
         try:  # then the health monitor's own look (it also learns the served model's limits)
             await until_state(b, (State.READY,), self.timeout, lambda: self.poke(b.name))
         except TimeoutError:

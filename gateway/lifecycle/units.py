@@ -11,13 +11,21 @@ the bus went away). A start or stop is a job: systemd answers the call with the 
 announces its end (JobRemoved, with a result: done, failed, timeout, canceled, ...) later, so the
 wait is for that signal, not a poll. For a model unit a start job ends when its ExecStartPost
 (`localai wait-ready`) saw vLLM answer /health.
+
+A model placed on another host of the config (`hosts:`) has its unit started and stopped there
+through systemd's own remote bus: `systemctl -H HOST`, which runs `ssh HOST systemd-stdio-bridge`
+and speaks to that host's systemd as the SSH user; polkit there lets that user do what it lets
+the gateway's user do here (docs/security.md). How ssh reaches HOST (address, port, user, key,
+the pinned host key) is the gateway user's ssh config, written by the playbook.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -46,11 +54,25 @@ class UnitError(Exception):
         self.dbus_error = dbus_error
 
 
+class Units(Protocol):
+    """One host's systemd manager, as the switches (swap.py) use it."""
+
+    async def start(self, unit: str) -> None: ...
+
+    async def stop(self, unit: str) -> None: ...
+
+    async def running_since(self, unit: str) -> float | None: ...
+
+
 class SystemdUnits:
     """systemd's manager, reached over one bus connection: start and stop units, wait for their jobs."""
 
-    def __init__(self, bus_address: str | None = None):
+    def __init__(self, bus_address: str | None = None, host: str | None = None):
         self._address = bus_address  # None: the system bus
+        # The config's name of the host this bus is on (`localai gateway --host`); None: every host's
+        # units are started here (a config without hosts:, or a gateway not told where it runs).
+        self.host = host
+        self._remote: dict[str, RemoteUnits] = {}
         self._bus: MessageBus | None = None
         self._connecting = asyncio.Lock()
         self._watched: Counter[str] = Counter()  # units with a job of ours under way
@@ -82,6 +104,12 @@ class SystemdUnits:
         if await self._property(path, _UNIT, "ActiveState") != "active":
             return None
         return int(await self._property(path, _SERVICE, "ExecMainStartTimestamp")) / 1e6
+
+    def on(self, host: str) -> Units:
+        """The manager of a placement's host: this one, or another host's over SSH."""
+        if self.host is None or host == self.host:
+            return self
+        return self._remote.setdefault(host, RemoteUnits(host))
 
     async def close(self) -> None:
         if self._bus is not None:
@@ -172,6 +200,66 @@ class SystemdUnits:
             self._bus = bus
             return bus
 
+
+class RemoteUnits:
+    """systemd's manager on another host, through `systemctl -H HOST` (one SSH connection a call).
+
+    `systemctl start` and `stop` wait for their job as the D-Bus path does and say in their
+    stderr why one failed (or why ssh or polkit refused): that text is the UnitError's message.
+    A call the caller gives up on (its timeout) kills systemctl, and with it the SSH connection;
+    the job it queued goes on there, as one queued over D-Bus does.
+    """
+
+    def __init__(self, host: str, path: str = "/usr/bin:/bin"):
+        self.host = host
+        # A clean environment: nothing of the gateway's (its keys' paths, proxies) reaches ssh.
+        # ssh reads its config from the home directory in the passwd entry, not from $HOME.
+        self._env = {"PATH": path, "LC_ALL": "C.UTF-8", "SYSTEMD_COLORS": "0"}
+
+    async def start(self, unit: str) -> None:
+        # As SystemdUnits.start: a unit that failed before starts afresh (not loaded: nothing to reset).
+        try:
+            await self._systemctl("reset-failed", unit)
+        except UnitError as exc:
+            if "not loaded" not in str(exc):
+                raise
+        await self._systemctl("start", unit)
+
+    async def stop(self, unit: str) -> None:
+        await self._systemctl("stop", unit)
+
+    async def running_since(self, unit: str) -> float | None:
+        async with asyncio.timeout(_REMOTE_QUERY_S):
+            out = await self._systemctl("show", "--timestamp=unix", "-p", "ActiveState",
+                                        "-p", "ExecMainStartTimestamp", unit)
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        started = props.get("ExecMainStartTimestamp", "").lstrip("@")
+        if props.get("ActiveState") != "active" or not started:
+            return None
+        return float(started)
+
+    async def _systemctl(self, verb: str, *args: str) -> str:
+        argv = ["systemctl", "-H", self.host, "--no-ask-password", verb, *args]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=self._env, start_new_session=True)
+        except OSError as exc:
+            raise UnitError(f"cannot run systemctl to reach {self.host} ({exc})") from None
+        try:
+            out, err = await proc.communicate()
+        except BaseException:  # cancelled (the caller's timeout): leave no systemctl or ssh behind
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: systemctl and the ssh it runs
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            said = " ".join(err.decode(errors="replace").split())[:500] or f"exit status {proc.returncode}"
+            raise UnitError(f"{verb} of {args[-1]} on {self.host} (systemctl -H {self.host}): {said}")
+        return out.decode(errors="replace")
+
+
+# A remote query (not a job) that takes longer than this is given up.
+_REMOTE_QUERY_S = 60.0
 
 # What a job's result means, in words (systemd's JobRemoved results).
 _JOB_RESULTS = {

@@ -30,7 +30,8 @@ def _env() -> jinja2.Environment:
 
 def role_defaults(**overrides) -> dict:
     """Every role's defaults, templated values resolved (plain string references only)."""
-    raw: dict = {"playbook_dir": str(REPO / "ansible"), "ansible_managed": "Ansible managed: test render"}
+    raw: dict = {"playbook_dir": str(REPO / "ansible"), "ansible_managed": "Ansible managed: test render",
+                 "localai_checks_plan_host": "local"}  # a fact of the plan: the config's one host
     for f in sorted(ROLES.glob("*/defaults/main.yml")):
         raw.update(yaml.safe_load(f.read_text()) or {})
     raw.update(overrides)

@@ -9,8 +9,9 @@ its own port. The containers share this machine's network, so each host gets
 its own model ports through localai_port_offset (hosts: port_offset in the
 config), and every address is 127.0.0.1.
 
-Deployed: the demo's tiny coder model with `replicas: 2` (one on each host)
-and the gateway on node-a. One deployment for every test, which run in any
+Deployed: the demo's tiny coder model with `replicas: 2` (one on each host),
+its general model load: on_demand on node-b (started there by the gateway, over
+SSH) and the gateway on node-a. One deployment for every test, which run in any
 order: a test that stops a server starts it again and waits until the gateway
 routes to it before it ends.
 """
@@ -106,13 +107,13 @@ def _config() -> dict:
     cfg["gateway"]["port"] = GATEWAY_PORT
     coder = next(m for m in cfg["models"] if m["name"] == "coder")
     coder.update(port=MODEL_PORT, replicas=2)
-    cfg["models"] = [coder]
+    cfg["models"] = [coder, _remote_on_demand(cfg)]
     return cfg
 
 
 def _vars(work: Path) -> dict:
     return {**{k: v for k, v in stage.test_vars().items() if k != "localai_config_file"},
-            "localai_config_file": str(work / "localai.yaml"), "localai_tiny_models": ["coder"]}
+            "localai_config_file": str(work / "localai.yaml"), "localai_tiny_models": ["coder", ON_DEMAND]}
 
 
 def _boot(name: str, ssh_port: int, tarball: Path, pubkey: str) -> ct.Container:
@@ -378,3 +379,76 @@ def test_a_rolling_restart_of_the_replicas_loses_no_request(pair):
     assert served >= 10, results  # the clients did ask throughout
     assert all(c["failed"] == 0 and c["changed"] > 0 for c in counts.values()), counts
     replicas_listed(pair)
+
+
+# --- a load: on_demand model on the other host -------------------------------------------------
+# The demo's general model, placed on node-b only: the gateway on node-a starts and stops its unit
+# there with `systemctl -H node-b` (ssh as the playbook's login user, whose key runs the bus bridge
+# only; polkit there allows the model units only).
+ON_DEMAND = "general"
+ON_DEMAND_PORT = 18493  # node-b listens on it + 10
+ON_DEMAND_UNIT = f"localai-model@{ON_DEMAND}.service"
+
+
+def _remote_on_demand(cfg: dict) -> dict:
+    """general, on_demand on node-b; with an on_demand model every model states its share (CPU: nominal)."""
+    for m in cfg["models"]:
+        m.setdefault("gpu_memory_utilization", 0.45)
+    general = next(m for m in cfg["models"] if m["name"] == ON_DEMAND)
+    cfg["gateway"]["min_residency"] = 0  # an unload takes effect at once
+    return {**general, "port": ON_DEMAND_PORT, "hosts": ["node-b"], "load": "on_demand"}
+
+
+def ask(pair, content: str):
+    return http("POST", f"{GATEWAY}/v1/chat/completions", key(pair),
+                {"model": ON_DEMAND, "messages": [{"role": "user", "content": content}], "max_tokens": 4},
+                timeout=600)
+
+
+def on_demand_state(pair) -> str:
+    return pair.prop("node-b", ON_DEMAND_UNIT, "ActiveState")
+
+
+def unloaded(pair) -> None:
+    """Ask the gateway to unload it (Ollama's keep_alive 0) and wait until its unit on node-b is stopped."""
+    status, body = http("POST", f"{GATEWAY}/api/generate", key(pair), {"model": ON_DEMAND, "keep_alive": 0})
+    assert status == 200, (status, body)
+    wait_until_sync(lambda: on_demand_state(pair) == "inactive", 120, f"{ON_DEMAND_UNIT} stopped on node-b",
+                    interval=0.5)
+
+
+def test_a_remote_on_demand_model_starts_on_its_host_and_loses_no_request(pair):
+    unloaded(pair)  # as the gateway leaves it at its start (and any test before this one)
+    results: list = []
+
+    def client(i: int) -> None:
+        results.append(ask(pair, f"Question {i}: name a colour"))
+
+    # Every request arrives while the unit starts on node-b: each waits for it, none is lost.
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=700)
+    assert [status for status, _ in results] == [200] * 4, results
+    assert on_demand_state(pair) == "active"
+    assert pair.prop("node-a", ON_DEMAND_UNIT, "ActiveState") == "inactive"  # not started on the gateway's host
+    assert served(ON_DEMAND_PORT + 10) >= 4
+    unloaded(pair)
+
+
+def test_the_gateways_key_manages_only_model_units_on_the_other_host(pair):
+    def as_gateway(command: str):
+        return pair.sh("node-a", f"runuser -u localai -- {command}", check=False, timeout=120)
+
+    # What the key can do: speak to node-b's systemd, as the playbook's login user ...
+    shown = as_gateway(f"systemctl -H node-b show -p Id --value {ON_DEMAND_UNIT}")
+    assert (shown.returncode, shown.stdout.strip()) == (0, ON_DEMAND_UNIT), shown
+    # ... which polkit lets manage the model units only: stopping any other unit is refused.
+    refused = as_gateway("systemctl -H node-b --no-ask-password stop systemd-journald.service")
+    assert refused.returncode != 0, refused
+    assert "authentication required" in refused.stderr.lower() or "access denied" in refused.stderr.lower(), refused
+    assert pair.prop("node-b", "systemd-journald.service", "ActiveState") == "active"
+    # Any other command over the key runs the bus bridge instead (its forced command); no shell.
+    other = as_gateway("ssh node-b echo forced-command-bypassed </dev/null")
+    assert "forced-command-bypassed" not in other.stdout, other

@@ -14,6 +14,7 @@ import yaml
 
 from gateway.lifecycle import swap
 from gateway.lifecycle.units import SystemdUnits, model_unit
+from gateway.plan.placement import placements
 from gateway.plan.validate import load_config
 from tests.fakesystemd import Unit, fake_systemd, private_bus, run_model
 from tests.harness import free_port, serving, standin_python, wait_until
@@ -32,8 +33,8 @@ async def gateway(tmp_path, models: list[dict], running: tuple[str, ...] = (), s
         "gateway": {"port": free_port(), "health_interval": 0.05, "min_residency": 0, "webui": False},
         "vllm": {"python": str(standin_python(tmp_path))}, "models": models}))
     cfg = load_config(config)
-    units = {model_unit(m["name"]): Unit(run_model(m["name"], config), f"http://127.0.0.1:{m['port']}/health")
-             for m in models}
+    units = {model_unit(p.unit): Unit(run_model(p.unit, config), f"http://127.0.0.1:{p.port}/health")
+             for p in placements(cfg)}
     async with private_bus(tmp_path) as address, fake_systemd(address, units) as systemd:
         earlier = SystemdUnits(address)
         for name in running:
@@ -147,3 +148,29 @@ async def test_sleep_mode_models_units_start_in_turn_each_asleep_before_the_next
         systemd.calls.clear()
         assert (await chat(http, "a"))[0] == 200  # woken over HTTP: no unit job
         assert systemd.calls == []
+
+
+async def test_an_on_demand_model_with_replicas_comes_and_goes_whole(tmp_path):
+    # a's two replicas (0.45 of the card each) and b (0.45) do not fit together: b's request puts
+    # out both of a's units, a's request starts both (at once) and both serve.
+    units = [model_unit(u) for u in ("a", "a.1")]
+    async with gateway(tmp_path, [model("a", 0.45, replicas=2), model("b", 0.45)]) as (http, systemd):
+        await until_states(http, a="stopped", b="stopped")
+        systemd.calls.clear()
+        status, text = await chat(http, "a")
+        assert status == 200 and "tok0" in text
+        assert [systemd.units[u].active for u in units] == ["active", "active"]
+        assert {c for c in systemd.calls if c[0] == "start"} == {("start", u) for u in units}
+
+        async def replica_states() -> list[str]:
+            async with http.get("/v1/models") as r:
+                (card,) = [m for m in (await r.json())["data"] if m["id"] == "a"]
+            return [r["state"] for r in card["replicas"]]
+
+        async def both_ready() -> bool:
+            return await replica_states() == ["ready", "ready"]
+
+        await wait_until(both_ready, 10, "both replicas listed ready")
+        assert (await chat(http, "b"))[0] == 200
+        assert [systemd.units[u].active for u in units] == ["inactive", "inactive"]
+        assert (await states(http))["a"]["state"] == "stopped"

@@ -168,8 +168,6 @@ models:
     (("hosts: [gpu2]", "hosts: [gpu3]"), 19, "models[1].hosts[0]", "no host named 'gpu3' (hosts: gpu1, gpu2)"),
     (("hosts: [gpu2]", "hosts: [gpu2]\n    replicas: 2"), 20, "models[1].replicas",
      "replicas: 2 but hosts lists 1 replica"),
-    (("    replicas: 2\n", "    replicas: 2\n    load: on_demand\n"), 14, "models[0].replicas",
-     "a load: on_demand model has exactly one replica"),
     (("nodes: 2", "nodes: 3"), 24, "models[2].nodes", "nodes: 3 needs 3 hosts; the config has 2 (gpu1, gpu2)"),
     (("    nodes: 2\n", "    hosts: [gpu1, gpu1]\n    nodes: 2\n"), 24, "models[2].hosts",
      "the 2 nodes of one server need 2 different hosts (gpu1, gpu1)"),
@@ -326,3 +324,18 @@ async def test_up_starts_every_replica_placed_on_this_machine(tmp_path):
     for p, want in zip(ran, (port, port + 1), strict=True):
         argv, _ = json.loads(p.read_text())
         assert argv[argv.index("--port") + 1] == str(want)
+
+
+def test_an_on_demand_model_with_replicas_is_placed_on_each_host_and_resident_whole():
+    cfg = parse_config("""\
+hosts:
+  - {name: a, gpus: 0}
+  - {name: b, gpus: 0}
+models:
+  - {name: coder, model: /m/c, port: 8001, default: true, gpu_memory_utilization: 0.5}
+  - {name: swap, model: /m/s, port: 8002, replicas: 2, load: on_demand, gpu_memory_utilization: 0.5}
+  - {name: other, model: /m/o, port: 8003, hosts: [b], load: on_demand, gpu_memory_utilization: 0.6}
+""")
+    assert sorted(p.host for p in placements(cfg) if p.model == "swap") == ["a", "b"]  # one replica on each
+    # swap needs its share on both hosts; other takes more of b than swap leaves: the two take turns.
+    assert cfg.residency().together() == [["swap"], ["other"]]
