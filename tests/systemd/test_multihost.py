@@ -303,8 +303,11 @@ def _streamed_chat(pair, content: str) -> tuple[int | None, str]:
     except (urllib.error.URLError, OSError) as exc:
         return None, str(exc)
     events = [e.removeprefix("data: ") for e in body.split("\n\n") if e.startswith("data: ")]
-    finished = any(c.get("finish_reason") for e in events[:-1] for c in json.loads(e).get("choices", []))
-    return status, "" if events and events[-1] == "[DONE]" and finished and '"error"' not in body else body
+    chunks = [json.loads(e) for e in events[:-1]]
+    finished = any(c.get("finish_reason") for chunk in chunks for c in chunk.get("choices", []))
+    # An error event, not the text: the tiny model's random words include "error" now and then.
+    broken = any("error" in chunk for chunk in chunks)
+    return status, "" if events and events[-1] == "[DONE]" and finished and not broken else body
 
 
 def _whole_chat(pair, content: str) -> tuple[int | None, str]:
