@@ -45,10 +45,13 @@ def test_model_servers_run_as_a_user_of_their_own_the_polkit_rule_does_not_name(
     assert model["Group"] != gateway["Group"]
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     env.filters["to_json"] = json.dumps
-    rule = env.from_string(RULE.read_text()).render(**defaults)
-    assert re.findall(r'subject\.user !== "([^"]+)"', rule) == gateway["User"]
     model_user = model["User"][0]
-    assert f'"{model_user}"' not in rule  # the user (the units are named localai-model@ too)
+    # On the gateway's host the rule names the gateway's user; on another host, its SSH login there.
+    for polkit_user in (gateway["User"][0], defaults["localai_units_user"]):
+        rule = env.from_string(RULE.read_text()).render(**defaults, localai_models_polkit_user=polkit_user)
+        assert re.findall(r'subject\.user !== "([^"]+)"', rule) == [polkit_user]
+        assert f'"{model_user}"' not in rule  # the user (the units are named localai-model@ too)
+    assert model_user != defaults["localai_units_user"]
     # The secrets the gateway keeps are not even in the model servers' view of the file system.
     hidden = " ".join(model.get("InaccessiblePaths", [])).split()
     for secret in (defaults["localai_api_key_path"], str(Path(defaults["localai_api_key_credential"]).parent),
