@@ -284,7 +284,7 @@ def test_second_run_changes_nothing_on_either_host(pair):
 # time, each drained in the gateway first, while clients keep asking. ---
 
 ROLLING_UNITS = {"node-a": "localai-model@coder.service", "node-b": "localai-model@coder.1.service"}
-PACE_S = 0.2
+PACE_S = 1.0
 
 
 def _streamed_chat(pair, content: str) -> tuple[int | None, str]:
@@ -351,8 +351,9 @@ def test_a_rolling_restart_of_the_replicas_loses_no_request(pair):
 
     def ask(kind: str, send) -> None:
         n = 0
-        # A few requests a second each (a pause between answers, not a wait for anything): back to
-        # back, the tiny model answers ~40 a second and starves the two-core machine the playbook runs on.
+        # A request a second each (a pause between answers, not a wait for anything): at five a
+        # second each the playbook's tasks ran 2-3 times slower on the two-core machine (the run took
+        # 460 s, against ~60 s for one that changes nothing), and back to back it starves them.
         while not stop.wait(PACE_S):
             n += 1
             status, problem = send(pair, f"{kind} client, turn {n}: name a colour")
