@@ -18,9 +18,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -36,7 +35,7 @@ from gateway.http.pipeline import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
-    body_timed_out,
+    BodyClock,
     check_task,
     json_response,
     read_json_body,
@@ -119,7 +118,7 @@ async def create_file(request: web.Request) -> web.Response:
     tmp = store.file_path(file_id).with_suffix(".part")
     purpose, filename, size = None, None, None
     try:
-        reader, clock = await request.multipart(), _UploadClock(request)
+        reader, clock = await request.multipart(), BodyClock(request, UPLOAD_MIN_RATE)
         while (part := await clock.read(reader.next())) is not None:
             if not isinstance(part, aiohttp.BodyPartReader):
                 continue  # a nested multipart: nothing of OpenAI's
@@ -140,32 +139,12 @@ async def create_file(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(store.add_file, file_id, key, filename, "batch", size))
 
 
-T = TypeVar("T")
 # An upload may take long as a whole (hundreds of MiB), so its deadline grows with what arrived:
 # gateway.body_timeout plus a second per this many bytes (Apache mod_reqtimeout's MinRate).
 UPLOAD_MIN_RATE = 64 * 1024
 
 
-class _UploadClock:
-    """The deadline of one upload's reads: a trickle falls behind it and is cut off (408)."""
-
-    def __init__(self, request: web.Request):
-        self.request = request
-        self.seconds = request.app[CONFIG].gateway.body_timeout
-        self.until = time.monotonic() + self.seconds
-
-    async def read(self, step: Awaitable[T]) -> T:
-        try:
-            async with asyncio.timeout(self.until - time.monotonic()):
-                got = await step
-        except TimeoutError:
-            raise body_timed_out(self.request, self.seconds) from None
-        if isinstance(got, bytes):
-            self.until += len(got) / UPLOAD_MIN_RATE
-        return got
-
-
-async def _save(clock: _UploadClock, part: aiohttp.BodyPartReader, tmp: Path, room: int) -> int:
+async def _save(clock: BodyClock, part: aiohttp.BodyPartReader, tmp: Path, room: int) -> int:
     gw: GatewaySettings = clock.request.app[CONFIG].gateway
     size = 0
     with open(tmp, "wb") as out:  # noqa: ASYNC230 - one chunk at a time, each a small local write

@@ -9,10 +9,11 @@ admission, the context guard, logs and metrics.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -90,18 +91,34 @@ async def read_json_body(request: web.Request) -> dict:
 async def read_in_time(request: web.Request) -> bytes:
     """The whole body (413 past gateway.max_body_bytes), within gateway.body_timeout of its head:
     a body that trickles in would otherwise hold its connection, and the key's slot, for good."""
-    seconds = request.app[CONFIG].gateway.body_timeout
-    try:
-        async with asyncio.timeout(seconds):
-            return await request.read()
-    except TimeoutError:
-        raise body_timed_out(request, seconds) from None
+    return await BodyClock(request).read(request.read())
 
 
-def body_timed_out(request: web.Request, seconds: float) -> ApiError:
-    request[UNREAD_BODY] = True
-    return ApiError(408, f"The request body did not arrive within {seconds:g} s (gateway.body_timeout).",
-                    code="body_timeout")
+T = TypeVar("T")
+
+
+class BodyClock:
+    """The deadline of a request body's reads, gateway.body_timeout from the first; each byte read
+    moves it on by 1/min_rate s (an upload, which may take long as a whole). Past it: 408, and the
+    connection is closed after the answer (the rest of the body may still be on its way)."""
+
+    def __init__(self, request: web.Request, min_rate: float = math.inf):
+        self.request = request
+        self.seconds = request.app[CONFIG].gateway.body_timeout
+        self.until = time.monotonic() + self.seconds
+        self.min_rate = min_rate
+
+    async def read(self, step: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.until - time.monotonic()):
+                got = await step
+        except TimeoutError:
+            self.request[UNREAD_BODY] = True
+            raise ApiError(408, f"The request body did not arrive within {self.seconds:g} s "
+                                "(gateway.body_timeout).", code="body_timeout") from None
+        if isinstance(got, bytes):
+            self.until += len(got) / self.min_rate
+        return got
 
 
 def parse_json_object(raw: bytes) -> dict:
