@@ -152,7 +152,9 @@ class _GatewayProtocol(RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport is None or self._force_close:
+        # Not `_force_close`: a stop sets it on every connection and then waits for a request
+        # still on its way (close() below); this timer is what bounds that wait.
+        if self.transport is None:
             return
         if self._head_begun:
             log.info("refused: request head not complete within %g s", self._bounds.header_timeout,

@@ -215,3 +215,30 @@ async def test_a_file_upload_that_trickles_in_is_cut_off_while_a_steady_one_is_n
                            headers={"Content-Type": "multipart/form-data; boundary=b"}) as r:
         assert r.status == 200, await r.text()
         assert (await r.json())["bytes"] == len(line) * 4
+
+
+async def test_a_connection_that_never_sends_a_request_holds_a_stop_no_longer_than_the_header_timeout():
+    # Browsers open spare connections ahead of need (Chromium's preconnect) and may send nothing
+    # on them. A stop waits for a request already on its way (above), but the head timer bounds
+    # that wait: it held the stop for aiohttp's 60 s shutdown timeout instead (a browser test's
+    # gateway took over 40 s to stop).
+    cfg = make_config([{"name": "m", "url": "http://127.0.0.1:1", "default": True}], header_timeout=1.0)
+    app = create_app(cfg)
+    stop = asyncio.Event()
+
+    async def gateway() -> None:
+        async with serve(app, cfg.gateway.host, cfg.gateway.port):
+            await stop.wait()
+
+    running = asyncio.create_task(gateway())
+    await wait_until(lambda: _connects(cfg.gateway.port), 5, "the gateway listening")
+    reader, writer = await asyncio.open_connection("127.0.0.1", cfg.gateway.port)
+    try:
+        stop.set()
+        started = time.monotonic()
+        await asyncio.wait_for(running, 10)
+        took = time.monotonic() - started
+        assert took < 1.0 + 1.5, f"an idle connection held the stop {took:.1f} s"
+        assert await asyncio.wait_for(reader.read(), 5) == b"", "the idle connection is closed, with no answer"
+    finally:
+        writer.close()
