@@ -89,4 +89,12 @@ def stage(root: Path) -> None:
     os.chmod(root / "etc" / "pip.conf", 0o644)
 
 
-INSTALL_ARGV = ["./install.sh", "-e", "@tests-systemd-vars.yml"]
+def task_times_env(repo: str) -> dict[str, str]:
+    """ansible-playbook's environment for task_times (callback_plugins/): each run's log ends
+    with its slowest tasks. repo: where the repository is, as the playbook's runner sees it."""
+    return {"ANSIBLE_CALLBACK_PLUGINS": f"{repo}/tests/systemd/callback_plugins",
+            "ANSIBLE_CALLBACKS_ENABLED": "task_times"}
+
+
+INSTALL_ARGV = [*(f"{k}={v}" for k, v in task_times_env(SRC_IN).items()),
+                "./install.sh", "-e", "@tests-systemd-vars.yml"]
