@@ -9,6 +9,11 @@ its own port. The containers share this machine's network, so each host gets
 its own model ports through localai_port_offset (hosts: port_offset in the
 config), and every address is 127.0.0.1.
 
+The hosts start with the single box's vLLM venv (conftest.py's `box`) linked in, as
+from an image with vLLM baked in: installing vLLM on a bare host is the box's
+first run and its reinstall, and the pair's deploy skips two more installs of
+the same wheels (two minutes of the tier).
+
 Deployed: the demo's tiny coder model with `replicas: 2` (one on each host),
 its general model load: on_demand on node-b (started there by the gateway, over
 SSH) and the gateway on node-a. One deployment for every test, which run in any
@@ -45,6 +50,7 @@ GATEWAY_PORT = 18490
 MODEL_PORT = 18491  # node-b's replica listens on MODEL_PORT + 10
 GATEWAY = f"http://127.0.0.1:{GATEWAY_PORT}"
 CONTROLLER_VENV = ct.CACHE.parent / "controller-venv"
+VLLM_VENV = "/opt/localai/venv-vllm"  # the role's default localai_vllm_venv
 
 
 def _ansible_core_pin() -> str:
@@ -83,7 +89,8 @@ class Pair:
         argv = [str(controller()), "-i", str(self.work / "inventory.yml"), "site.yml",
                 "-e", f"@{self.work / 'vars.yml'}"]
         env = {"ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg"), "NO_COLOR": "1",
-               "ANSIBLE_HOST_KEY_CHECKING": "False", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+               "ANSIBLE_HOST_KEY_CHECKING": "False", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+               **stage.task_times_env(str(REPO))}
         started = time.monotonic()
         res = subprocess.run(argv, cwd=REPO / "ansible", capture_output=True, text=True, env=env, timeout=3000)
         TIMINGS[f"pair-{log_name}"] = time.monotonic() - started
@@ -116,10 +123,16 @@ def _vars(work: Path) -> dict:
             "localai_config_file": str(work / "localai.yaml"), "localai_tiny_models": ["coder", ON_DEMAND]}
 
 
-def _boot(name: str, ssh_port: int, tarball: Path, pubkey: str) -> ct.Container:
+def _boot(name: str, ssh_port: int, tarball: Path, pubkey: str, vllm_venv: Path | None) -> ct.Container:
     c = ct.Container(f"localai-tier-{name}", binds_ro=stage.binds()[1], log_path=OUT / f"console-{name}.log",
                      workdir=Path("/var/tmp"))
     c.create(tarball)
+    if vllm_venv is not None:
+        # Hard links: no copy of its 3.7 GB. pip and Python never write an installed file in
+        # place (they add and unlink), so neither host's changes reach the other's venv.
+        dest = c.path(VLLM_VENV)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-al", str(vllm_venv), str(dest)], check=True)
     stage.stage(c.root)  # the CA and pip.conf the installs need (and a copy of the tree, for debugging)
     ssh_dir = c.root / "root" / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -132,7 +145,7 @@ def _boot(name: str, ssh_port: int, tarball: Path, pubkey: str) -> ct.Container:
 
 
 @pytest.fixture(scope="module")
-def pair(tier_lock, tmp_path_factory):
+def pair(tier_lock, box, tmp_path_factory):
     OUT.mkdir(parents=True, exist_ok=True)
     work = tmp_path_factory.mktemp("pair")
     key = work / "id_ed25519"
@@ -146,8 +159,10 @@ def pair(tier_lock, tmp_path_factory):
     with torn_down_on_sigterm():
         try:
             tarball = ct.cached_rootfs(include=(*ct.INCLUDE, "openssh-server"))
+            seed = box.c.path(VLLM_VENV)  # absent if a failed test left the box uninstalled
             for name, n in NODES.items():
-                p.nodes[name] = _boot(name, n["ssh"], tarball, (work / "id_ed25519.pub").read_text())
+                p.nodes[name] = _boot(name, n["ssh"], tarball, (work / "id_ed25519.pub").read_text(),
+                                      seed if seed.is_dir() else None)
             for name, n in NODES.items():
                 wait_until_sync(lambda n=n: subprocess.run(
                     ["ssh", "-i", str(key), "-p", str(n["ssh"]), "-o", "StrictHostKeyChecking=no", "-o",
