@@ -111,7 +111,7 @@ class _GatewayProtocol(RequestHandler):
     max_connections_per_client connections from one address a request gets 429, unread by
     the app; past twice that, the connection is closed at once."""
 
-    __slots__ = ("_bounds", "_client", "_head_timer", "_head_begun")
+    __slots__ = ("_bounds", "_client", "_head_timer", "_head_begun", "_first_head")
 
     def __init__(self, manager: _GatewayServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -119,6 +119,7 @@ class _GatewayProtocol(RequestHandler):
         self._client: str | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_begun = False
+        self._first_head: asyncio.Future[None] | None = None  # a stop waits on it: shutdown()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -138,6 +139,7 @@ class _GatewayProtocol(RequestHandler):
             self._bounds.closed(self._client)
             self._client = None
         self._disarm_head_timer()
+        self._first_head_came()
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
@@ -214,6 +216,7 @@ class _GatewayProtocol(RequestHandler):
         super().data_received(data)
         if self._request_count > heads:  # a head is complete (or refused): the handler takes over
             self._disarm_head_timer()
+            self._first_head_came()
         request = self._current_request
         if request is not None and self._messages and isinstance(self._messages[-1][0], _ErrInfo):
             # The parser refused what came after a head it had accepted (a bad chunk size, say):
@@ -231,6 +234,19 @@ class _GatewayProtocol(RequestHandler):
             self._keepalive = False
             return
         super().close()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's signature)
+        # aiohttp's shutdown marks the connection closing and from then on drops what arrives
+        # unread: the request still on its way (close() above) would be lost after all. Its head
+        # is waited for first; the head timer bounds the wait (it closes the connection).
+        if self._request_count == 0 and self.transport is not None:
+            self._first_head = self._loop.create_future()
+            await self._first_head
+        await super().shutdown(timeout)
+
+    def _first_head_came(self) -> None:
+        if self._first_head is not None and not self._first_head.done():
+            self._first_head.set_result(None)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         # A body broken off mid-way (bad chunk, bad gzip) raises again when aiohttp drains

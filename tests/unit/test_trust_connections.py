@@ -242,3 +242,36 @@ async def test_a_connection_that_never_sends_a_request_holds_a_stop_no_longer_th
         assert await asyncio.wait_for(reader.read(), 5) == b"", "the idle connection is closed, with no answer"
     finally:
         writer.close()
+
+
+async def test_a_request_that_comes_once_the_stop_has_begun_to_wait_for_handlers_is_answered():
+    # The same restart, a moment later: aiohttp's shutdown had marked the connection closing
+    # and dropped its request's bytes unread, so the client's connection closed with no answer
+    # (a lost request in the systemd tier's restart test, again).
+    cfg = make_config([{"name": "m", "url": "http://127.0.0.1:1", "default": True}])
+    app = create_app(cfg)
+    stop = asyncio.Event()
+    runners: list = []
+
+    async def gateway() -> None:
+        async with serve(app, cfg.gateway.host, cfg.gateway.port) as runner:
+            runners.append(runner)
+            await stop.wait()
+
+    running = asyncio.create_task(gateway())
+    await wait_until(lambda: _connects(cfg.gateway.port), 5, "the gateway listening")
+    reader, writer = await asyncio.open_connection("127.0.0.1", cfg.gateway.port)
+    try:
+        await wait_until(lambda: len(runners[0].server.connections) == 1, 5, "the connection accepted")
+        connection = runners[0].server.connections[0]
+        stop.set()
+        # aiohttp's own mark that its shutdown is waiting on this connection (no public sign of it).
+        await wait_until(lambda: connection._force_close or connection.transport is None, 10,
+                         "the stop to reach the connection")
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+    await asyncio.wait_for(running, 15)
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
