@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
+from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import web
 
 from gateway.app.factory import create_app
 from gateway.app.server import LINGER_S, serve
+from gateway.config.schema import Config
 from tests.fakebackend import FakeBackend
 from tests.harness import make_config, wait_until
 from tests.rawhttp import RawResponse, read_response
@@ -127,29 +129,43 @@ async def test_a_request_on_a_connection_accepted_just_before_a_stop_is_answered
         await sent.wait()
 
     app.on_shutdown.append(on_shutdown)
-    stop = asyncio.Event()
-
-    async def gateway() -> None:
-        async with serve(app, cfg.gateway.host, cfg.gateway.port):
-            await stop.wait()
-
-    running = asyncio.create_task(gateway())
-    await wait_until(lambda: _connects(cfg.gateway.port), 5, "the gateway listening")
-    reader, writer = await asyncio.open_connection("127.0.0.1", cfg.gateway.port)
-    stop.set()
+    g = await _served_with_a_quiet_client(app, cfg)
+    g.stop.set()
     await asyncio.wait_for(stopping.wait(), 10)
-    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
+    g.writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    await g.writer.drain()
     sent.set()
-    status_line = await asyncio.wait_for(reader.readline(), 10)
-    writer.close()
-    await running
+    status_line = await asyncio.wait_for(g.reader.readline(), 10)
+    g.writer.close()
+    await g.running
     assert status_line.startswith(b"HTTP/1.1 200"), status_line
 
 
-def _connects(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+@dataclass
+class _Stopping:
+    """A gateway served in a task of its own (stop.set() stops it; `running` ends then), and a
+    client connected to it that has sent nothing yet."""
+
+    stop: asyncio.Event
+    running: asyncio.Task
+    runner: web.AppRunner
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+async def _served_with_a_quiet_client(app: web.Application, cfg: Config) -> _Stopping:
+    stop = asyncio.Event()
+    listening: asyncio.Future[web.AppRunner] = asyncio.get_running_loop().create_future()
+
+    async def gateway() -> None:
+        async with serve(app, cfg.gateway.host, cfg.gateway.port) as runner:
+            listening.set_result(runner)
+            await stop.wait()
+
+    running = asyncio.create_task(gateway())
+    runner = await asyncio.wait_for(listening, 5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", cfg.gateway.port)
+    return _Stopping(stop, running, runner, reader, writer)
 
 
 async def _trickle(port: int, head: bytes, body: bytes) -> tuple[bytes, float]:
@@ -223,25 +239,16 @@ async def test_a_connection_that_never_sends_a_request_holds_a_stop_no_longer_th
     # that wait: it held the stop for aiohttp's 60 s shutdown timeout instead (a browser test's
     # gateway took over 40 s to stop).
     cfg = make_config([{"name": "m", "url": "http://127.0.0.1:1", "default": True}], header_timeout=1.0)
-    app = create_app(cfg)
-    stop = asyncio.Event()
-
-    async def gateway() -> None:
-        async with serve(app, cfg.gateway.host, cfg.gateway.port):
-            await stop.wait()
-
-    running = asyncio.create_task(gateway())
-    await wait_until(lambda: _connects(cfg.gateway.port), 5, "the gateway listening")
-    reader, writer = await asyncio.open_connection("127.0.0.1", cfg.gateway.port)
+    g = await _served_with_a_quiet_client(create_app(cfg), cfg)
     try:
-        stop.set()
+        g.stop.set()
         started = time.monotonic()
-        await asyncio.wait_for(running, 10)
+        await asyncio.wait_for(g.running, 10)
         took = time.monotonic() - started
         assert took < 1.0 + 1.5, f"an idle connection held the stop {took:.1f} s"
-        assert await asyncio.wait_for(reader.read(), 5) == b"", "the idle connection is closed, with no answer"
+        assert await asyncio.wait_for(g.reader.read(), 5) == b"", "the idle connection is closed, with no answer"
     finally:
-        writer.close()
+        g.writer.close()
 
 
 async def test_a_request_that_comes_once_the_stop_has_begun_to_wait_for_handlers_is_answered():
@@ -249,29 +256,21 @@ async def test_a_request_that_comes_once_the_stop_has_begun_to_wait_for_handlers
     # and dropped its request's bytes unread, so the client's connection closed with no answer
     # (a lost request in the systemd tier's restart test, again).
     cfg = make_config([{"name": "m", "url": "http://127.0.0.1:1", "default": True}])
-    app = create_app(cfg)
-    stop = asyncio.Event()
-    runners: list = []
-
-    async def gateway() -> None:
-        async with serve(app, cfg.gateway.host, cfg.gateway.port) as runner:
-            runners.append(runner)
-            await stop.wait()
-
-    running = asyncio.create_task(gateway())
-    await wait_until(lambda: _connects(cfg.gateway.port), 5, "the gateway listening")
-    reader, writer = await asyncio.open_connection("127.0.0.1", cfg.gateway.port)
+    g = await _served_with_a_quiet_client(create_app(cfg), cfg)
+    server = g.runner.server
+    assert server is not None
     try:
-        await wait_until(lambda: len(runners[0].server.connections) == 1, 5, "the connection accepted")
-        connection = runners[0].server.connections[0]
-        stop.set()
-        # aiohttp's own mark that its shutdown is waiting on this connection (no public sign of it).
-        await wait_until(lambda: connection._force_close or connection.transport is None, 10,
-                         "the stop to reach the connection")
-        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), 10)
+        await wait_until(lambda: len(server.connections) == 1, 5, "the connection accepted")
+        connection = server.connections[0]
+        g.stop.set()
+        # The stop is at this connection: aiohttp's shutdown has marked it closing, or (with the
+        # fix) waits for its first head (no public sign of either).
+        await wait_until(lambda: connection._force_close or getattr(connection, "_first_head", None) is not None,
+                         10, "the stop to reach the connection")
+        g.writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await g.writer.drain()
+        status_line = await asyncio.wait_for(g.reader.readline(), 10)
     finally:
-        writer.close()
-    await asyncio.wait_for(running, 15)
+        g.writer.close()
+    await asyncio.wait_for(g.running, 15)
     assert status_line.startswith(b"HTTP/1.1 200"), status_line
